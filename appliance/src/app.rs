@@ -1,0 +1,280 @@
+//! `ringlb run`: EAL and port setup in one place, worker launch, then the
+//! control thread's loop (stats, signals) on the main lcore, and an orderly
+//! shutdown that leaves no hugepage files behind.
+
+use crate::config::Config;
+use crate::dataplane::Shared;
+use crate::dpdk::{Eal, Mempool, Port, SpscRing};
+use crate::stats::{Drop, Snapshot, WorkerStats};
+use crate::worker::{self, Clock, WorkerSetup};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct RunOptions {
+    pub stats_interval: Duration,
+    /// Stop by itself after this long (demo and tests); None = until a signal.
+    pub duration: Option<Duration>,
+}
+
+const RX_DESC: u16 = 1024;
+const HANDOFF_RING: u32 = 4096;
+
+/// The EAL command line for a configuration.
+pub fn eal_args(cfg: &Config) -> Vec<String> {
+    let e = &cfg.eal;
+    let mut lcores = format!("0@{}", e.control_core);
+    for (i, c) in e.worker_cores.iter().enumerate() {
+        lcores.push_str(&format!(",{}@{}", i + 1, c));
+    }
+    let mut a = vec![
+        "ringlb".to_string(),
+        "--lcores".into(),
+        lcores,
+        "--in-memory".into(),
+    ];
+    if !e.hugepages {
+        a.push("--no-huge".into());
+    }
+    if let Some(m) = e.memory_mb {
+        a.push("-m".into());
+        a.push(m.to_string());
+    }
+    let mut any_pci = false;
+    for p in &cfg.ports {
+        if p.is_vdev() {
+            a.push("--vdev".into());
+        } else {
+            any_pci = true;
+            a.push("-a".into());
+        }
+        a.push(p.device.clone());
+    }
+    if !any_pci {
+        a.push("--no-pci".into());
+    }
+    a.push("--log-level".into());
+    a.push("*:warning".into());
+    a.extend(e.extra_args.iter().cloned());
+    a
+}
+
+fn fmt_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), String> {
+    let quit = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&quit))
+            .map_err(|e| format!("installing signal handler: {e}"))?;
+    }
+
+    let eal = Eal::init(&eal_args(cfg)).map_err(|e| e.to_string())?;
+    let result = run_with_eal(&eal, cfg, opts, &quit);
+    eal.cleanup();
+    result
+}
+
+fn run_with_eal(
+    eal: &Eal,
+    cfg: &Config,
+    opts: &RunOptions,
+    quit: &Arc<AtomicBool>,
+) -> Result<(), String> {
+    let workers = cfg.eal.worker_cores.len();
+    let mut ports = Vec::new();
+    for (i, pc) in cfg.ports.iter().enumerate() {
+        let port = Port::by_name(pc.dpdk_name()).map_err(|e| format!("ports[{i}]: {e}"))?;
+        ports.push(port);
+    }
+    let socket = ports[0].socket();
+    let queues: Vec<(u16, u16)> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let info = p.info().map_err(|e| format!("ports[{i}]: {e}"))?;
+            if usize::from(info.max_tx_queues) < workers {
+                return Err(format!(
+                    "ports[{i}] ({}): driver {} offers {} tx queues, ringlb needs one per worker ({workers})",
+                    cfg.ports[i].device, info.driver, info.max_tx_queues
+                ));
+            }
+            let rxq = info.max_rx_queues.clamp(1, workers as u16);
+            Ok((rxq, workers as u16))
+        })
+        .collect::<Result<_, String>>()?;
+    let mbufs: u32 = queues
+        .iter()
+        .map(|&(r, t)| u32::from(r + t) * u32::from(RX_DESC))
+        .sum::<u32>()
+        + (workers * workers) as u32 * HANDOFF_RING
+        + 8192;
+    let pool =
+        Arc::new(Mempool::new("ringlb_mbufs", mbufs, 256, socket).map_err(|e| e.to_string())?);
+    let mut macs = Vec::new();
+    for (i, (&port, &(rxq, txq))) in ports.iter().zip(&queues).enumerate() {
+        port.configure(rxq, txq, RX_DESC, &pool)
+            .map_err(|e| format!("ports[{i}]: {e}"))?;
+        port.start().map_err(|e| format!("ports[{i}]: {e}"))?;
+        let mac = match cfg.ports[i].mac {
+            Some(m) => m,
+            None => port.mac().map_err(|e| e.to_string())?,
+        };
+        println!(
+            "port {i}: {} (dpdk port {}) mac {} ip {}/{} rx queues {rxq} tx queues {txq}",
+            cfg.ports[i].device,
+            port.0,
+            fmt_mac(&mac),
+            std::net::Ipv4Addr::from(cfg.ports[i].ip),
+            cfg.ports[i].prefix_len
+        );
+        macs.push(mac);
+    }
+
+    let shared = Arc::new(Shared::new(cfg, &macs));
+    let stats: Arc<Vec<WorkerStats>> = Arc::new(
+        (0..workers)
+            .map(|_| WorkerStats::new(cfg.servers.len()))
+            .collect(),
+    );
+    let mut port_index =
+        vec![0xffu8; ports.iter().map(|p| usize::from(p.0)).max().unwrap_or(0) + 1];
+    for (i, p) in ports.iter().enumerate() {
+        port_index[usize::from(p.0)] = i as u8;
+    }
+    // rings[from][to]
+    let mut rings: Vec<Vec<Option<Arc<SpscRing>>>> = Vec::new();
+    for from in 0..workers {
+        let mut row = Vec::new();
+        for to in 0..workers {
+            row.push(if from == to {
+                None
+            } else {
+                Some(Arc::new(
+                    SpscRing::new(&format!("ho_{from}_{to}"), HANDOFF_RING, socket)
+                        .map_err(|e| e.to_string())?,
+                ))
+            });
+        }
+        rings.push(row);
+    }
+    let clock = Clock::new(eal.tsc_hz());
+    let worker_quit = Arc::new(AtomicBool::new(false));
+    for id in 0..workers {
+        let rx_queues = queues
+            .iter()
+            .enumerate()
+            .filter(|(_, &(rxq, _))| (id as u16) < rxq)
+            .map(|(p, _)| (p as u8, id as u16))
+            .collect();
+        let setup = WorkerSetup {
+            id,
+            shared: Arc::clone(&shared),
+            stats: Arc::clone(&stats),
+            ports: ports.clone(),
+            port_index: port_index.clone(),
+            rx_queues,
+            inbound: (0..workers)
+                .filter_map(|from| rings[from][id].clone())
+                .collect(),
+            outbound: rings[id].clone(),
+            pool: Arc::clone(&pool),
+            quit: Arc::clone(&worker_quit),
+            clock,
+        };
+        eal.launch(id as u32 + 1, move || worker::run(setup))
+            .map_err(|e| e.to_string())?;
+    }
+    println!(
+        "ringlb running: {workers} worker(s), {} service(s), {} server(s), session capacity {} ({} per worker)",
+        cfg.services.len(),
+        cfg.servers.len(),
+        cfg.session_capacity,
+        shared.session_capacity_per_worker
+    );
+
+    let labels: Vec<String> = (0..cfg.servers.len())
+        .map(|i| cfg.server_label(i))
+        .collect();
+    let started = Instant::now();
+    let mut last = Snapshot::take(&stats.iter().collect::<Vec<_>>());
+    let mut last_print = Instant::now();
+    while !quit.load(Relaxed) && opts.duration.is_none_or(|d| started.elapsed() < d) {
+        std::thread::sleep(Duration::from_millis(20));
+        if !opts.stats_interval.is_zero() && last_print.elapsed() >= opts.stats_interval {
+            let dt = last_print.elapsed().as_secs_f64();
+            last_print = Instant::now();
+            let now = Snapshot::take(&stats.iter().collect::<Vec<_>>());
+            println!(
+                "{}",
+                stats_line(started.elapsed().as_secs_f64(), &now, &last, dt, &labels)
+            );
+            last = now;
+        }
+    }
+
+    worker_quit.store(true, Relaxed);
+    eal.wait_all();
+    let fin = Snapshot::take(&stats.iter().collect::<Vec<_>>());
+    println!(
+        "{}",
+        summary(started.elapsed().as_secs_f64(), &fin, &labels)
+    );
+    for p in &ports {
+        p.stop_and_close();
+    }
+    Ok(())
+}
+
+/// One line per interval: totals, rates, active sessions, new sessions per server.
+pub fn stats_line(t: f64, now: &Snapshot, last: &Snapshot, dt: f64, labels: &[String]) -> String {
+    let rate = |a: u64, b: u64| ((a.saturating_sub(b)) as f64 / dt.max(1e-3)).round() as u64;
+    let per_server: Vec<String> = labels
+        .iter()
+        .zip(now.per_server.iter().zip(&last.per_server))
+        .map(|(l, (n, o))| format!("{l}=+{}", n - o))
+        .collect();
+    format!(
+        "stats t={t:.1}s rx={} tx={} drops={} rx_pps={} tx_pps={} active={} created={} new_per_s={} | new sessions: {}",
+        now.rx,
+        now.tx,
+        now.drops_total(),
+        rate(now.rx, last.rx),
+        rate(now.tx, last.tx),
+        now.active,
+        now.created,
+        rate(now.created, last.created),
+        per_server.join(" ")
+    )
+}
+
+pub fn summary(t: f64, s: &Snapshot, labels: &[String]) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(o, "summary after {t:.1}s:");
+    let _ = writeln!(
+        o,
+        "  rx={} tx={} handoff={} arp_replies={} echo_replies={}",
+        s.rx, s.tx, s.handoff, s.arp_replies, s.echo_replies
+    );
+    let _ = writeln!(
+        o,
+        "  sessions created={} expired={} active={}",
+        s.created, s.expired, s.active
+    );
+    let drops: Vec<String> = Drop::ALL
+        .iter()
+        .filter(|d| s.drops[**d as usize] > 0)
+        .map(|d| format!("{}={}", d.name(), s.drops[*d as usize]))
+        .collect();
+    let _ = writeln!(o, "  drops={} {}", s.drops_total(), drops.join(" "));
+    for (l, n) in labels.iter().zip(&s.per_server) {
+        let _ = writeln!(o, "  server {l} sessions={n}");
+    }
+    o.push_str("ringlb stopped cleanly");
+    o
+}

@@ -1,0 +1,775 @@
+//! The YAML configuration: schema (serde), parsing (serde-saphyr) and
+//! validation into a resolved [`Config`] the data plane can index directly.
+//! Every error names the file, line and column (or the key) and says why.
+
+use crate::packet::{L4Proto, Mac};
+use crate::sched::maglev;
+use crate::session::Timeouts;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+// ---------- schema: what the user writes ----------
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    eal: RawEal,
+    ports: Vec<RawPort>,
+    services: Vec<RawService>,
+    server_groups: BTreeMap<String, Vec<RawServer>>,
+    #[serde(default)]
+    sessions: RawSessions,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    arp: RawArp,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawEal {
+    control_core: u32,
+    worker_cores: Spanned<Vec<u32>>,
+    #[serde(default = "yes")]
+    hugepages: bool,
+    /// Memory for DPDK in MiB (`-m`); required sizing when hugepages are off.
+    #[serde(default)]
+    memory_mb: Option<u32>,
+    #[serde(default)]
+    extra_args: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawPort {
+    /// PCI address (0000:03:00.0) or vdev string (net_af_packet0,iface=eth1).
+    device: Spanned<String>,
+    /// The appliance's own address on this port, with prefix: 198.18.0.1/24.
+    ip: Spanned<String>,
+    #[serde(default)]
+    mac: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// L4/2: rewrite MACs only; servers answer the client directly.
+    Dsr,
+    /// L4/3: rewrite the destination address; replies come back through us.
+    Nat,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulerKind {
+    /// Smooth weighted round robin.
+    Wrr,
+    /// Maglev consistent hashing of the client endpoint.
+    Maglev,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    vip: Spanned<Ipv4Addr>,
+    port: u16,
+    #[serde(default = "tcp")]
+    protocol: Protocol,
+    mode: Mode,
+    #[serde(default = "wrr")]
+    scheduler: SchedulerKind,
+    #[serde(default)]
+    maglev_table_size: Option<Spanned<usize>>,
+    group: Spanned<String>,
+}
+
+fn tcp() -> Protocol {
+    Protocol::Tcp
+}
+fn wrr() -> SchedulerKind {
+    SchedulerKind::Wrr
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    ip: Spanned<Ipv4Addr>,
+    port: u16,
+    #[serde(default = "one")]
+    weight: u32,
+    #[serde(default)]
+    mac: Option<Spanned<String>>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawSessions {
+    capacity: Spanned<usize>,
+}
+
+impl Default for RawSessions {
+    fn default() -> Self {
+        let loc = serde_saphyr::Location::UNKNOWN;
+        RawSessions {
+            capacity: Spanned::new(1 << 20, loc, loc),
+        }
+    }
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct RawTimeouts {
+    syn: Spanned<String>,
+    established: Spanned<String>,
+    closing: Spanned<String>,
+    udp: Spanned<String>,
+}
+
+fn unspanned<T>(v: T) -> Spanned<T> {
+    let loc = serde_saphyr::Location::UNKNOWN;
+    Spanned::new(v, loc, loc)
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        RawTimeouts {
+            syn: unspanned("5s".into()),
+            established: unspanned("300s".into()),
+            closing: unspanned("10s".into()),
+            udp: unspanned("30s".into()),
+        }
+    }
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct RawArp {
+    /// How often a resolved server's MAC is re-requested.
+    refresh: Spanned<String>,
+}
+
+impl Default for RawArp {
+    fn default() -> Self {
+        RawArp {
+            refresh: unspanned("30s".into()),
+        }
+    }
+}
+
+// ---------- resolved configuration ----------
+
+#[derive(Debug, Clone)]
+pub struct EalConfig {
+    pub control_core: u32,
+    pub worker_cores: Vec<u32>,
+    pub hugepages: bool,
+    pub memory_mb: Option<u32>,
+    pub extra_args: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PortConfig {
+    pub device: String,
+    pub ip: u32,
+    pub prefix_len: u8,
+    pub mac: Option<Mac>,
+}
+
+impl PortConfig {
+    /// The name DPDK registers the port under: the vdev name or the PCI address.
+    pub fn dpdk_name(&self) -> &str {
+        self.device.split(',').next().unwrap_or(&self.device)
+    }
+    pub fn is_vdev(&self) -> bool {
+        self.device.starts_with("net_") || self.device.contains(',')
+    }
+    pub fn contains(&self, ip: u32) -> bool {
+        let mask = if self.prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix_len)
+        };
+        ip & mask == self.ip & mask
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub vip: u32,
+    pub port: u16,
+    pub proto: L4Proto,
+    pub mode: Mode,
+    pub scheduler: SchedulerKind,
+    pub maglev_table_size: usize,
+    pub group: String,
+    /// Global server ids, in group order.
+    pub servers: Vec<u16>,
+}
+
+/// One member of a service's server group. A machine serving two services
+/// appears twice (its weight and counters are per service).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub ip: u32,
+    pub port: u16,
+    pub weight: u32,
+    pub service: u16,
+    pub neighbor: u16,
+}
+
+/// A next hop the appliance sends to directly: one per distinct server IP.
+#[derive(Debug, Clone)]
+pub struct NeighborConfig {
+    pub ip: u32,
+    pub port: u8,
+    pub static_mac: Option<Mac>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub eal: EalConfig,
+    pub ports: Vec<PortConfig>,
+    pub services: Vec<ServiceConfig>,
+    pub servers: Vec<ServerConfig>,
+    pub neighbors: Vec<NeighborConfig>,
+    pub session_capacity: usize,
+    pub timeouts: Timeouts,
+    pub arp_refresh_ms: u32,
+}
+
+// ---------- errors ----------
+
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
+        } else {
+            write!(f, "{}: {}", self.file, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+struct Ctx<'a> {
+    file: &'a str,
+}
+
+impl Ctx<'_> {
+    fn at<T>(&self, s: &Spanned<T>, msg: impl Into<String>) -> ConfigError {
+        self.at_loc(s.referenced, msg)
+    }
+    fn at_loc(&self, loc: serde_saphyr::Location, msg: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            line: loc.line(),
+            column: loc.column(),
+            message: msg.into(),
+        }
+    }
+    fn key(&self, msg: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            line: 0,
+            column: 0,
+            message: msg.into(),
+        }
+    }
+}
+
+// ---------- parsing and validation ----------
+
+pub fn load(path: &str) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        line: 0,
+        column: 0,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates `text`; `file` is only used in messages.
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let cx = Ctx { file };
+    let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| {
+        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        // The rendered error may carry a source snippet; keep its first line.
+        let msg = e.to_string();
+        let first = msg.lines().next().unwrap_or("invalid YAML").to_owned();
+        ConfigError {
+            file: file.to_owned(),
+            line,
+            column,
+            message: first,
+        }
+    })?;
+    validate(raw, &cx)
+}
+
+pub fn parse_mac(s: &str) -> Option<Mac> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.is_empty() || p.len() > 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
+}
+
+/// "250ms", "5s", "2m", "1h" → milliseconds.
+pub fn parse_duration_ms(s: &str) -> Option<u32> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.checked_mul(1000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    // Session timestamps are u32 milliseconds compared with wrapping arithmetic:
+    // a timeout must stay well under half the range.
+    if ms == 0 || ms > u64::from(u32::MAX / 4) {
+        return None;
+    }
+    Some(ms as u32)
+}
+
+fn duration(cx: &Ctx, s: &Spanned<String>, key: &str) -> Result<u32, ConfigError> {
+    parse_duration_ms(&s.value).ok_or_else(|| {
+        cx.at(
+            s,
+            format!(
+                "{key}: '{}' is not a duration (use e.g. 500ms, 5s, 2m; > 0 and < 12 days)",
+                s.value
+            ),
+        )
+    })
+}
+
+fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
+    // EAL
+    let workers = &raw.eal.worker_cores;
+    if workers.value.is_empty() {
+        return Err(cx.at(
+            workers,
+            "eal.worker_cores: at least one worker core is needed",
+        ));
+    }
+    if workers.value.len() > 64 {
+        return Err(cx.at(
+            workers,
+            "eal.worker_cores: at most 64 workers are supported",
+        ));
+    }
+    if !raw.eal.hugepages && raw.eal.memory_mb.is_none() {
+        return Err(cx.key(
+            "eal.memory_mb: required when eal.hugepages is false (DPDK needs a size for --no-huge)",
+        ));
+    }
+
+    // Ports
+    if raw.ports.is_empty() {
+        return Err(cx.key("ports: at least one port is needed"));
+    }
+    if raw.ports.len() > 32 {
+        return Err(cx.key("ports: at most 32 ports are supported"));
+    }
+    let mut ports = Vec::new();
+    let mut devices = HashSet::new();
+    for (i, p) in raw.ports.iter().enumerate() {
+        if p.device.value.trim().is_empty() {
+            return Err(cx.at(&p.device, format!("ports[{i}].device: empty")));
+        }
+        let (ip, prefix) = p
+            .ip
+            .value
+            .split_once('/')
+            .and_then(|(a, l)| {
+                Some((
+                    a.parse::<Ipv4Addr>().ok()?,
+                    l.parse::<u8>().ok().filter(|l| *l <= 32)?,
+                ))
+            })
+            .ok_or_else(|| {
+                cx.at(
+                    &p.ip,
+                    format!(
+                        "ports[{i}].ip: '{}' is not an IPv4 address with prefix (198.18.0.1/24)",
+                        p.ip.value
+                    ),
+                )
+            })?;
+        let mac = match &p.mac {
+            None => None,
+            Some(m) => Some(parse_mac(&m.value).ok_or_else(|| {
+                cx.at(
+                    m,
+                    format!(
+                        "ports[{i}].mac: '{}' is not a MAC address (02:00:00:00:00:01)",
+                        m.value
+                    ),
+                )
+            })?),
+        };
+        let port = PortConfig {
+            device: p.device.value.clone(),
+            ip: u32::from(ip),
+            prefix_len: prefix,
+            mac,
+        };
+        if !devices.insert(port.dpdk_name().to_owned()) {
+            return Err(cx.at(
+                &p.device,
+                format!(
+                    "ports[{i}].device: '{}' is used by two ports",
+                    port.dpdk_name()
+                ),
+            ));
+        }
+        ports.push(port);
+    }
+
+    // Services and their servers
+    if raw.services.is_empty() {
+        return Err(cx.key("services: at least one service is needed"));
+    }
+    let mut services = Vec::new();
+    let mut servers: Vec<ServerConfig> = Vec::new();
+    let mut neighbors: Vec<NeighborConfig> = Vec::new();
+    let mut neighbor_of_ip: HashMap<u32, u16> = HashMap::new();
+    let mut names = HashSet::new();
+    let mut endpoints = HashSet::new();
+    let mut nat_backends: HashMap<(u32, u16, L4Proto), String> = HashMap::new();
+    for (si, s) in raw.services.iter().enumerate() {
+        let name = &s.name.value;
+        if name.is_empty() || !names.insert(name.clone()) {
+            return Err(cx.at(
+                &s.name,
+                format!("services[{si}].name: '{name}' is empty or used twice"),
+            ));
+        }
+        let proto = match s.protocol {
+            Protocol::Tcp => L4Proto::Tcp,
+            Protocol::Udp => L4Proto::Udp,
+        };
+        let vip = u32::from(s.vip.value);
+        if s.port == 0 {
+            return Err(cx.at(
+                &s.name,
+                format!("services[{si}] '{name}': port 0 is not a service port"),
+            ));
+        }
+        if !endpoints.insert((vip, s.port, proto)) {
+            return Err(cx.at(
+                &s.vip,
+                format!(
+                    "services[{si}] '{name}': {}:{} {:?} is already another service's address",
+                    s.vip.value, s.port, s.protocol
+                ),
+            ));
+        }
+        if ports.iter().any(|p| p.ip == vip) {
+            return Err(cx.at(
+                &s.vip,
+                format!(
+                    "services[{si}] '{name}': VIP {} is also a port address",
+                    s.vip.value
+                ),
+            ));
+        }
+        let group = raw.server_groups.get(&s.group.value).ok_or_else(|| {
+            let known: Vec<&str> = raw.server_groups.keys().map(String::as_str).collect();
+            cx.at(
+                &s.group,
+                format!(
+                    "services[{si}] '{name}': unknown server group '{}' (known: {})",
+                    s.group.value,
+                    known.join(", ")
+                ),
+            )
+        })?;
+        if group.is_empty() {
+            return Err(cx.at(
+                &s.group,
+                format!("server_groups.{}: empty group", s.group.value),
+            ));
+        }
+        if group.iter().all(|m| m.weight == 0) {
+            return Err(cx.at(
+                &s.group,
+                format!("server_groups.{}: every weight is 0", s.group.value),
+            ));
+        }
+        let maglev_table_size = match &s.maglev_table_size {
+            None => maglev::DEFAULT_TABLE_SIZE,
+            Some(sz) => {
+                if !maglev::is_prime(sz.value) || sz.value <= group.len() || sz.value > 16_777_259 {
+                    return Err(cx.at(sz, format!("services[{si}].maglev_table_size: {} must be a prime larger than the group's size (and ≤ 16777259)", sz.value)));
+                }
+                sz.value
+            }
+        };
+        let mut ids = Vec::new();
+        for (mi, m) in group.iter().enumerate() {
+            let where_ = format!("server_groups.{}[{mi}]", s.group.value);
+            let ip = u32::from(m.ip.value);
+            if m.weight > 1_000_000 {
+                return Err(cx.at(
+                    &m.ip,
+                    format!("{where_}.weight: {} is above the 1000000 limit", m.weight),
+                ));
+            }
+            if s.mode == Mode::Dsr && m.port != s.port {
+                return Err(cx.at(&m.ip, format!(
+                    "{where_}: service '{name}' is dsr, which cannot change ports: server port {} must equal the service port {}",
+                    m.port, s.port
+                )));
+            }
+            if m.port == 0 {
+                return Err(cx.at(&m.ip, format!("{where_}.port: 0 is not a server port")));
+            }
+            let port = ports.iter().position(|p| p.contains(ip)).ok_or_else(|| {
+                cx.at(&m.ip, format!("{where_}: server {} is on none of the ports' subnets (ringlb sends to servers directly)", m.ip.value))
+            })?;
+            let static_mac = match &m.mac {
+                None => None,
+                Some(x) => Some(parse_mac(&x.value).ok_or_else(|| {
+                    cx.at(
+                        x,
+                        format!("{where_}.mac: '{}' is not a MAC address", x.value),
+                    )
+                })?),
+            };
+            let neighbor = match neighbor_of_ip.get(&ip) {
+                Some(&n) => {
+                    if static_mac.is_some() && neighbors[usize::from(n)].static_mac != static_mac {
+                        return Err(cx.at(
+                            &m.ip,
+                            format!(
+                                "{where_}.mac: server {} has two different static MACs",
+                                m.ip.value
+                            ),
+                        ));
+                    }
+                    n
+                }
+                None => {
+                    let n = neighbors.len() as u16;
+                    neighbors.push(NeighborConfig {
+                        ip,
+                        port: port as u8,
+                        static_mac,
+                    });
+                    neighbor_of_ip.insert(ip, n);
+                    n
+                }
+            };
+            if s.mode == Mode::Nat {
+                if let Some(other) = nat_backends.insert((ip, m.port, proto), name.clone()) {
+                    if &other != name {
+                        return Err(cx.at(&m.ip, format!(
+                            "{where_}: {}:{} is a NAT backend of both '{other}' and '{name}'; replies could not be told apart",
+                            m.ip.value, m.port
+                        )));
+                    }
+                }
+            }
+            if servers.len() >= usize::from(u16::MAX) {
+                return Err(cx.key("server_groups: too many servers (limit 65534 across services)"));
+            }
+            ids.push(servers.len() as u16);
+            servers.push(ServerConfig {
+                ip,
+                port: m.port,
+                weight: m.weight,
+                service: si as u16,
+                neighbor,
+            });
+        }
+        services.push(ServiceConfig {
+            name: name.clone(),
+            vip,
+            port: s.port,
+            proto,
+            mode: s.mode,
+            scheduler: s.scheduler,
+            maglev_table_size,
+            group: s.group.value.clone(),
+            servers: ids,
+        });
+    }
+    if services.len() >= usize::from(u16::MAX) {
+        return Err(cx.key("services: too many"));
+    }
+
+    let cap = &raw.sessions.capacity;
+    if cap.value == 0 || cap.value > 1 << 30 {
+        return Err(cx.at(
+            cap,
+            format!(
+                "sessions.capacity: {} must be between 1 and 2^30",
+                cap.value
+            ),
+        ));
+    }
+    let t = &raw.timeouts;
+    let timeouts = Timeouts {
+        syn_ms: duration(cx, &t.syn, "timeouts.syn")?,
+        established_ms: duration(cx, &t.established, "timeouts.established")?,
+        closing_ms: duration(cx, &t.closing, "timeouts.closing")?,
+        udp_ms: duration(cx, &t.udp, "timeouts.udp")?,
+    };
+    let arp_refresh_ms = duration(cx, &raw.arp.refresh, "arp.refresh")?;
+
+    Ok(Config {
+        eal: EalConfig {
+            control_core: raw.eal.control_core,
+            worker_cores: workers.value.clone(),
+            hugepages: raw.eal.hugepages,
+            memory_mb: raw.eal.memory_mb,
+            extra_args: raw.eal.extra_args,
+        },
+        ports,
+        services,
+        servers,
+        neighbors,
+        session_capacity: cap.value,
+        timeouts,
+        arp_refresh_ms,
+    })
+}
+
+fn ip(v: u32) -> Ipv4Addr {
+    Ipv4Addr::from(v)
+}
+
+fn mac_str(m: &Mac) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Config {
+    /// The effective configuration, defaults filled in, as `ringlb check` prints it.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let e = &self.eal;
+        let _ = writeln!(
+            o,
+            "eal:\n  control_core: {}\n  worker_cores: {:?}\n  hugepages: {}",
+            e.control_core, e.worker_cores, e.hugepages
+        );
+        if let Some(m) = e.memory_mb {
+            let _ = writeln!(o, "  memory_mb: {m}");
+        }
+        let _ = writeln!(o, "  extra_args: {:?}", e.extra_args);
+        let _ = writeln!(o, "ports:");
+        for p in &self.ports {
+            let _ = writeln!(
+                o,
+                "  - device: \"{}\"\n    ip: {}/{}",
+                p.device,
+                ip(p.ip),
+                p.prefix_len
+            );
+            let _ = writeln!(
+                o,
+                "    mac: {}",
+                p.mac.map_or("(from device)".into(), |m| mac_str(&m))
+            );
+        }
+        let _ = writeln!(o, "services:");
+        for s in &self.services {
+            let _ = writeln!(
+                o,
+                "  - name: {}\n    vip: {}\n    port: {}\n    protocol: {:?}\n    mode: {:?}\n    scheduler: {:?}",
+                s.name,
+                ip(s.vip),
+                s.port,
+                s.proto,
+                s.mode,
+                s.scheduler
+            );
+            if s.scheduler == SchedulerKind::Maglev {
+                let _ = writeln!(o, "    maglev_table_size: {}", s.maglev_table_size);
+            }
+            let _ = writeln!(o, "    group: {}\n    servers:", s.group);
+            for &id in &s.servers {
+                let sv = &self.servers[usize::from(id)];
+                let n = &self.neighbors[usize::from(sv.neighbor)];
+                let mac = n.static_mac.map_or_else(|| "arp".into(), |m| mac_str(&m));
+                let _ = writeln!(
+                    o,
+                    "      - {{ ip: {}, port: {}, weight: {}, mac: {}, via_port: {} }}",
+                    ip(sv.ip),
+                    sv.port,
+                    sv.weight,
+                    mac,
+                    n.port
+                );
+            }
+        }
+        let t = &self.timeouts;
+        let _ = writeln!(o, "sessions:\n  capacity: {}", self.session_capacity);
+        let _ = writeln!(
+            o,
+            "timeouts:\n  syn: {}ms\n  established: {}ms\n  closing: {}ms\n  udp: {}ms\narp:\n  refresh: {}ms",
+            t.syn_ms, t.established_ms, t.closing_ms, t.udp_ms, self.arp_refresh_ms
+        );
+        o
+    }
+
+    /// "service/ip:port" labels for per-server counters.
+    pub fn server_label(&self, id: usize) -> String {
+        let s = &self.servers[id];
+        format!(
+            "{}/{}:{}",
+            self.services[usize::from(s.service)].name,
+            ip(s.ip),
+            s.port
+        )
+    }
+}

@@ -1,0 +1,512 @@
+//! The per-packet logic of a worker: classify, find or create the session,
+//! rewrite, and say where the frame goes. Works on `&mut [u8]` and knows
+//! nothing of DPDK, so it runs the same under unit tests, fuzzing and lcores.
+//!
+//! Fast-path rules: no locks, no allocation, no syscalls, no logging, no
+//! panics. All tables are built before the workers start.
+
+use crate::config::{Config, Mode, SchedulerKind};
+use crate::packet::{self, tcp_flags, ArpInfo, L4Info, L4Proto, Mac, Parsed, BROADCAST_MAC};
+use crate::sched::{maglev, wrr::SmoothWrr, Scheduler};
+use crate::session::{mix, Entry, FlowKey, SessionTable, State};
+use crate::stats::{Drop, WorkerStats};
+use rustc_hash::FxHashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Where a frame goes after `process`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the (rewritten) frame out of this port.
+    Tx(u8),
+    /// Another worker owns the flow: pass the untouched frame to it.
+    Handoff(usize),
+    /// Handled here, nothing to send (e.g. an ARP reply we learned from).
+    Consumed,
+    Drop(Drop),
+}
+
+/// A next hop's MAC, written by whichever worker hears its ARP and read by
+/// all: 0 = unresolved, else bit 48 set plus the 48-bit address.
+pub struct Neighbor {
+    pub ip: u32,
+    pub port: u8,
+    mac: AtomicU64,
+    pub is_static: bool,
+}
+
+impl Neighbor {
+    #[inline]
+    pub fn mac(&self) -> Option<Mac> {
+        let v = self.mac.load(Relaxed);
+        if v == 0 {
+            return None;
+        }
+        let b = v.to_be_bytes();
+        Some([b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+    #[inline]
+    pub fn learn(&self, mac: Mac) {
+        if self.is_static {
+            return;
+        }
+        let mut b = [0u8; 8];
+        b[1] = 1;
+        b[2..].copy_from_slice(&mac);
+        self.mac.store(u64::from_be_bytes(b), Relaxed);
+    }
+}
+
+pub struct PortRt {
+    pub ip: u32,
+    pub mac: Mac,
+}
+
+struct ServiceRt {
+    vip: u32,
+    port: u16,
+    mode: Mode,
+    scheduler: SchedulerKind,
+    weights: Vec<u32>,
+    servers: Vec<u16>,
+    maglev: Option<Arc<maglev::Maglev>>,
+}
+
+struct ServerRt {
+    ip: u32,
+    port: u16,
+    neighbor: u16,
+}
+
+type EndpointKey = (u32, u16, u8);
+
+/// Everything the workers share, read-only once built (neighbour MACs are
+/// atomics).
+pub struct Shared {
+    pub ports: Vec<PortRt>,
+    services: Vec<ServiceRt>,
+    servers: Vec<ServerRt>,
+    pub neighbors: Vec<Neighbor>,
+    /// (VIP, port, proto) → service.
+    vips: FxHashMap<EndpointKey, u16>,
+    /// (server IP, port, proto) → NAT service, to recognise replies.
+    nat_backends: FxHashMap<EndpointKey, u16>,
+    vip_set: FxHashMap<u32, ()>,
+    pub workers: usize,
+    pub timeouts: crate::session::Timeouts,
+    pub session_capacity_per_worker: usize,
+    pub arp_refresh_ms: u32,
+}
+
+impl Shared {
+    /// Builds the shared tables. `port_macs` are the MACs actually in use on
+    /// each port (configured, or the device's own).
+    pub fn new(cfg: &Config, port_macs: &[Mac]) -> Shared {
+        let ports = cfg
+            .ports
+            .iter()
+            .zip(port_macs)
+            .map(|(p, &mac)| PortRt { ip: p.ip, mac })
+            .collect();
+        let services: Vec<ServiceRt> = cfg
+            .services
+            .iter()
+            .map(|s| {
+                let names: Vec<String> = s
+                    .servers
+                    .iter()
+                    .map(|&id| {
+                        let sv = &cfg.servers[usize::from(id)];
+                        format!("{}:{}", std::net::Ipv4Addr::from(sv.ip), sv.port)
+                    })
+                    .collect();
+                let weights: Vec<u32> = s
+                    .servers
+                    .iter()
+                    .map(|&id| cfg.servers[usize::from(id)].weight)
+                    .collect();
+                let maglev = (s.scheduler == SchedulerKind::Maglev).then(|| {
+                    let bs: Vec<maglev::Backend> = names
+                        .iter()
+                        .zip(&weights)
+                        .map(|(name, &weight)| maglev::Backend { name, weight })
+                        .collect();
+                    Arc::new(maglev::Maglev::new(&bs, s.maglev_table_size))
+                });
+                ServiceRt {
+                    vip: s.vip,
+                    port: s.port,
+                    mode: s.mode,
+                    scheduler: s.scheduler,
+                    weights,
+                    servers: s.servers.clone(),
+                    maglev,
+                }
+            })
+            .collect();
+        let mut vips = FxHashMap::default();
+        let mut vip_set = FxHashMap::default();
+        let mut nat_backends = FxHashMap::default();
+        for (i, s) in cfg.services.iter().enumerate() {
+            vips.insert((s.vip, s.port, s.proto as u8), i as u16);
+            vip_set.insert(s.vip, ());
+            if s.mode == Mode::Nat {
+                for &id in &s.servers {
+                    let sv = &cfg.servers[usize::from(id)];
+                    nat_backends.insert((sv.ip, sv.port, s.proto as u8), i as u16);
+                }
+            }
+        }
+        let neighbors = cfg
+            .neighbors
+            .iter()
+            .map(|n| {
+                let nb = Neighbor {
+                    ip: n.ip,
+                    port: n.port,
+                    mac: AtomicU64::new(0),
+                    is_static: false,
+                };
+                if let Some(m) = n.static_mac {
+                    nb.learn(m);
+                }
+                Neighbor {
+                    is_static: n.static_mac.is_some(),
+                    ..nb
+                }
+            })
+            .collect();
+        let workers = cfg.eal.worker_cores.len();
+        Shared {
+            ports,
+            services,
+            servers: cfg
+                .servers
+                .iter()
+                .map(|s| ServerRt {
+                    ip: s.ip,
+                    port: s.port,
+                    neighbor: s.neighbor,
+                })
+                .collect(),
+            neighbors,
+            vips,
+            nat_backends,
+            vip_set,
+            workers,
+            timeouts: cfg.timeouts,
+            session_capacity_per_worker: cfg.session_capacity.div_ceil(workers),
+            arp_refresh_ms: cfg.arp_refresh_ms,
+        }
+    }
+
+    /// The worker that owns a client endpoint. Multiply-shift instead of `%`.
+    #[inline]
+    pub fn owner(&self, client_ip: u32, client_port: u16) -> usize {
+        let h = mix(u64::from(client_ip), u64::from(client_port)) >> 32;
+        ((h * self.workers as u64) >> 32) as usize
+    }
+
+    fn is_local(&self, ip: u32, port: u8) -> bool {
+        self.ports
+            .get(usize::from(port))
+            .is_some_and(|p| p.ip == ip)
+            || self.vip_set.contains_key(&ip)
+    }
+}
+
+/// One worker's private state.
+pub struct Worker<'a> {
+    pub id: usize,
+    shared: &'a Shared,
+    table: SessionTable,
+    schedulers: Vec<Scheduler>,
+    pub stats: &'a WorkerStats,
+    /// Per neighbour: when we last asked for its MAC (worker 0 only).
+    last_solicit_ms: Vec<Option<u32>>,
+}
+
+/// How many session slots the sweep visits per housekeeping call.
+const SWEEP_BUDGET: usize = 256;
+/// Unresolved neighbours are asked again this often.
+const UNRESOLVED_RETRY_MS: u32 = 1000;
+
+impl<'a> Worker<'a> {
+    pub fn new(id: usize, shared: &'a Shared, stats: &'a WorkerStats) -> Self {
+        let schedulers = shared
+            .services
+            .iter()
+            .map(|s| match (&s.maglev, s.scheduler) {
+                (Some(m), _) => Scheduler::Maglev(Arc::clone(m)),
+                (None, _) => Scheduler::RoundRobin(SmoothWrr::new(&s.weights)),
+            })
+            .collect();
+        Worker {
+            id,
+            shared,
+            table: SessionTable::new(shared.session_capacity_per_worker, shared.timeouts),
+            schedulers,
+            stats,
+            last_solicit_ms: vec![None; shared.neighbors.len()],
+        }
+    }
+
+    pub fn table(&self) -> &SessionTable {
+        &self.table
+    }
+
+    /// Decides what happens to one received frame, rewriting it in place.
+    /// `handed_off` is true when another worker already routed it here.
+    #[inline]
+    pub fn process(
+        &mut self,
+        frame: &mut [u8],
+        in_port: u8,
+        now_ms: u32,
+        handed_off: bool,
+    ) -> Verdict {
+        let Some(port) = self.shared.ports.get(usize::from(in_port)) else {
+            return Verdict::Drop(Drop::NotForUs);
+        };
+        let Some(dst) = packet::dst_mac(frame) else {
+            return Verdict::Drop(Drop::Malformed);
+        };
+        let broadcast = dst == BROADCAST_MAC;
+        if dst != port.mac && !broadcast {
+            return Verdict::Drop(Drop::NotForUs);
+        }
+        let parsed = match packet::parse(frame) {
+            Ok(p) => p,
+            Err(d) => return Verdict::Drop(d),
+        };
+        match parsed {
+            Parsed::Arp(arp) => self.arp(frame, &arp, in_port, port.mac),
+            _ if broadcast => Verdict::Drop(Drop::NotForUs),
+            Parsed::Echo { dst_ip } => {
+                if self.shared.is_local(dst_ip, in_port) {
+                    packet::echo_reply_in_place(frame, port.mac);
+                    self.stats.echo_replies_sent.inc();
+                    Verdict::Tx(in_port)
+                } else {
+                    Verdict::Drop(Drop::NoService)
+                }
+            }
+            Parsed::L4(info) => self.l4(frame, &info, in_port, now_ms, handed_off),
+        }
+    }
+
+    fn arp(&mut self, frame: &mut [u8], arp: &ArpInfo, in_port: u8, our_mac: Mac) -> Verdict {
+        // Learn from any ARP a known next hop sends, request or reply.
+        for n in &self.shared.neighbors {
+            if n.ip == arp.sender_ip && n.port == in_port {
+                n.learn(arp.sender_mac);
+            }
+        }
+        if arp.is_request && self.shared.is_local(arp.target_ip, in_port) {
+            packet::arp_reply_in_place(frame, arp, our_mac);
+            self.stats.arp_replies_sent.inc();
+            Verdict::Tx(in_port)
+        } else if arp.is_request {
+            Verdict::Drop(Drop::ArpIgnored)
+        } else {
+            Verdict::Consumed
+        }
+    }
+
+    #[inline]
+    fn l4(
+        &mut self,
+        frame: &mut [u8],
+        info: &L4Info,
+        in_port: u8,
+        now_ms: u32,
+        handed_off: bool,
+    ) -> Verdict {
+        let proto = info.proto as u8;
+        if let Some(&svc) = self.shared.vips.get(&(info.dst_ip, info.dst_port, proto)) {
+            let owner = self.shared.owner(info.src_ip, info.src_port);
+            if owner != self.id && !handed_off {
+                return Verdict::Handoff(owner);
+            }
+            return self.forward(frame, info, svc, in_port, now_ms);
+        }
+        if let Some(&svc) = self
+            .shared
+            .nat_backends
+            .get(&(info.src_ip, info.src_port, proto))
+        {
+            let owner = self.shared.owner(info.dst_ip, info.dst_port);
+            if owner != self.id && !handed_off {
+                return Verdict::Handoff(owner);
+            }
+            return self.nat_reply(frame, info, svc, now_ms);
+        }
+        Verdict::Drop(Drop::NoService)
+    }
+
+    /// Client → service: follow the session, or create one on a SYN (any first UDP packet).
+    #[inline]
+    fn forward(
+        &mut self,
+        frame: &mut [u8],
+        info: &L4Info,
+        svc: u16,
+        in_port: u8,
+        now_ms: u32,
+    ) -> Verdict {
+        let service = &self.shared.services[usize::from(svc)];
+        let key = FlowKey {
+            client_ip: info.src_ip,
+            vip: info.dst_ip,
+            client_port: info.src_port,
+            vport: info.dst_port,
+            proto: info.proto,
+        };
+        let hash = key.hash();
+        let is_tcp = info.proto == L4Proto::Tcp;
+        let syn = is_tcp && info.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+        let closing = is_tcp && info.flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
+        let stats = self.stats;
+
+        let server = match self.table.lookup(&key, hash, now_ms, |_| {
+            stats.sessions_expired.inc();
+            stats.sessions_active.dec();
+        }) {
+            Some(e) if syn && e.state == State::Closing => {
+                // A new connection reusing the client port of one that closed: schedule it afresh.
+                let idx = self.schedulers[usize::from(svc)].pick(hash);
+                e.server = service.servers[idx];
+                e.state = State::SynSeen;
+                e.last_seen_ms = now_ms;
+                stats.sessions_created.inc();
+                stats.server_new_sessions[usize::from(e.server)].inc();
+                e.server
+            }
+            Some(e) => {
+                e.last_seen_ms = now_ms;
+                if closing {
+                    e.state = State::Closing;
+                } else if e.state == State::SynSeen && !syn {
+                    e.state = State::Established;
+                }
+                e.server
+            }
+            None if syn || !is_tcp => {
+                let idx = self.schedulers[usize::from(svc)].pick(hash);
+                let server = service.servers[idx];
+                let state = if is_tcp { State::SynSeen } else { State::Udp };
+                let entry = Entry::new(now_ms, server, svc, state, in_port, packet::src_mac(frame));
+                if self.table.insert(&key, hash, entry).is_err() {
+                    // Full: reclaim idle entries once before refusing the flow.
+                    let reclaimed = self.table.sweep(now_ms, SWEEP_BUDGET * 4, |_| ());
+                    stats.sessions_expired.add(reclaimed as u64);
+                    for _ in 0..reclaimed {
+                        stats.sessions_active.dec();
+                    }
+                    if self.table.insert(&key, hash, entry).is_err() {
+                        return Verdict::Drop(Drop::TableFull);
+                    }
+                }
+                stats.sessions_created.inc();
+                stats.sessions_active.inc();
+                stats.server_new_sessions[usize::from(server)].inc();
+                server
+            }
+            None => return Verdict::Drop(Drop::NoSession),
+        };
+
+        let srv = &self.shared.servers[usize::from(server)];
+        let nb = &self.shared.neighbors[usize::from(srv.neighbor)];
+        let Some(server_mac) = nb.mac() else {
+            return Verdict::Drop(Drop::NoNeighbor);
+        };
+        let egress_mac = self.shared.ports[usize::from(nb.port)].mac;
+        match service.mode {
+            Mode::Dsr => packet::rewrite_dsr(frame, server_mac, egress_mac),
+            Mode::Nat => {
+                if info.ttl <= 1 {
+                    return Verdict::Drop(Drop::TtlExceeded);
+                }
+                packet::rewrite_nat_forward(frame, info, srv.ip, srv.port, server_mac, egress_mac);
+            }
+        }
+        Verdict::Tx(nb.port)
+    }
+
+    /// Server → client in NAT mode: the source becomes the VIP again.
+    #[inline]
+    fn nat_reply(&mut self, frame: &mut [u8], info: &L4Info, svc: u16, now_ms: u32) -> Verdict {
+        let service = &self.shared.services[usize::from(svc)];
+        let key = FlowKey {
+            client_ip: info.dst_ip,
+            vip: service.vip,
+            client_port: info.dst_port,
+            vport: service.port,
+            proto: info.proto,
+        };
+        let stats = self.stats;
+        let Some(e) = self.table.lookup(&key, key.hash(), now_ms, |_| {
+            stats.sessions_expired.inc();
+            stats.sessions_active.dec();
+        }) else {
+            return Verdict::Drop(Drop::NoSession);
+        };
+        let srv = &self.shared.servers[usize::from(e.server)];
+        if srv.ip != info.src_ip || srv.port != info.src_port {
+            // A reply from a server this client's session is not bound to.
+            return Verdict::Drop(Drop::NoSession);
+        }
+        if info.ttl <= 1 {
+            return Verdict::Drop(Drop::TtlExceeded);
+        }
+        e.last_seen_ms = now_ms;
+        if info.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
+            e.state = State::Closing;
+        } else if e.state == State::SynSeen && info.proto == L4Proto::Tcp {
+            // The server answered; the session stays bound even if the client's ACK is slow.
+            e.state = State::Established;
+        }
+        let out_port = e.client_port_id;
+        let out_mac = self.shared.ports[usize::from(out_port)].mac;
+        packet::rewrite_nat_reply(
+            frame,
+            info,
+            service.vip,
+            service.port,
+            e.client_hop_mac,
+            out_mac,
+        );
+        Verdict::Tx(out_port)
+    }
+
+    /// Periodic work between bursts: expire idle sessions a slice at a time.
+    pub fn sweep(&mut self, now_ms: u32) {
+        let stats = self.stats;
+        self.table.sweep(now_ms, SWEEP_BUDGET, |_| {
+            stats.sessions_expired.inc();
+            stats.sessions_active.dec();
+        });
+    }
+
+    /// Calls `send(neighbor)` for each next hop whose MAC should be
+    /// (re)requested now. Only worker 0 does this.
+    pub fn due_solicits(&mut self, now_ms: u32, mut send: impl FnMut(&Neighbor, &PortRt) -> bool) {
+        if self.id != 0 {
+            return;
+        }
+        for (i, n) in self.shared.neighbors.iter().enumerate() {
+            if n.is_static {
+                continue;
+            }
+            let interval = if n.mac().is_some() {
+                self.shared.arp_refresh_ms
+            } else {
+                UNRESOLVED_RETRY_MS
+            };
+            let due = self.last_solicit_ms[i].is_none_or(|t| now_ms.wrapping_sub(t) >= interval);
+            if due && send(n, &self.shared.ports[usize::from(n.port)]) {
+                self.last_solicit_ms[i] = Some(now_ms);
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! ringlb: a DPDK load-balancing appliance.
+//!
+//! Layering, bottom up: `packet` (parse/rewrite byte slices), `session`
+//! (per-worker flow table), `sched` (server selection), `dataplane` (the
+//! per-packet decision), `dpdk` (the only unsafe code), `worker` (the lcore
+//! loop), `app` (setup, control thread, shutdown), `config` (YAML).
+
+pub mod app;
+pub mod config;
+pub mod dataplane;
+pub mod dpdk;
+pub mod packet;
+pub mod sched;
+pub mod session;
+pub mod stats;
+pub mod worker;

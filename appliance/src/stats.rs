@@ -1,0 +1,185 @@
+//! Per-lcore counters. Each worker is the single writer of its own block
+//! (plain load + store, no locked read-modify-write); the control thread
+//! reads all blocks with relaxed loads and sums them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why a packet was not forwarded. Every drop is counted under one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drop {
+    /// Truncated or inconsistent headers.
+    Malformed,
+    UnsupportedEthertype,
+    UnsupportedProtocol,
+    Fragment,
+    /// Destination MAC is neither ours nor broadcast.
+    NotForUs,
+    /// IPv4 to an address/port that is neither a service nor a NAT backend.
+    NoService,
+    /// A non-SYN TCP packet (or an unknown NAT reply) without a session.
+    NoSession,
+    /// A new flow found its worker's session table full.
+    TableFull,
+    /// The chosen server's MAC is not resolved yet.
+    NoNeighbor,
+    /// TTL would reach zero in NAT mode.
+    TtlExceeded,
+    /// Multi-segment mbuf (frame larger than one buffer).
+    MultiSegment,
+    /// The TX queue or a hand-off ring was full.
+    TxFull,
+    HandoffFull,
+    /// ARP not asking for one of our addresses.
+    ArpIgnored,
+}
+
+impl Drop {
+    pub const ALL: [Drop; 14] = [
+        Drop::Malformed,
+        Drop::UnsupportedEthertype,
+        Drop::UnsupportedProtocol,
+        Drop::Fragment,
+        Drop::NotForUs,
+        Drop::NoService,
+        Drop::NoSession,
+        Drop::TableFull,
+        Drop::NoNeighbor,
+        Drop::TtlExceeded,
+        Drop::MultiSegment,
+        Drop::TxFull,
+        Drop::HandoffFull,
+        Drop::ArpIgnored,
+    ];
+    pub const COUNT: usize = Self::ALL.len();
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Drop::Malformed => "malformed",
+            Drop::UnsupportedEthertype => "ethertype",
+            Drop::UnsupportedProtocol => "ip_proto",
+            Drop::Fragment => "fragment",
+            Drop::NotForUs => "not_for_us",
+            Drop::NoService => "no_service",
+            Drop::NoSession => "no_session",
+            Drop::TableFull => "table_full",
+            Drop::NoNeighbor => "no_neighbor",
+            Drop::TtlExceeded => "ttl_exceeded",
+            Drop::MultiSegment => "multi_segment",
+            Drop::TxFull => "tx_full",
+            Drop::HandoffFull => "handoff_full",
+            Drop::ArpIgnored => "arp_ignored",
+        }
+    }
+}
+
+/// A single-writer counter.
+#[derive(Default, Debug)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    #[inline]
+    pub fn dec(&self) {
+        self.0.store(self.0.load(Relaxed).wrapping_sub(1), Relaxed);
+    }
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// One worker's counters, padded so two workers never share a cache line.
+#[repr(align(64))]
+#[derive(Debug)]
+pub struct WorkerStats {
+    pub rx: Counter,
+    pub tx: Counter,
+    pub handoff_out: Counter,
+    pub arp_replies_sent: Counter,
+    pub echo_replies_sent: Counter,
+    pub sessions_created: Counter,
+    pub sessions_expired: Counter,
+    pub sessions_active: Counter,
+    pub drops: [Counter; Drop::COUNT],
+    /// New sessions per server, indexed by global server id.
+    pub server_new_sessions: Box<[Counter]>,
+}
+
+impl WorkerStats {
+    pub fn new(servers: usize) -> Self {
+        WorkerStats {
+            rx: Counter::default(),
+            tx: Counter::default(),
+            handoff_out: Counter::default(),
+            arp_replies_sent: Counter::default(),
+            echo_replies_sent: Counter::default(),
+            sessions_created: Counter::default(),
+            sessions_expired: Counter::default(),
+            sessions_active: Counter::default(),
+            drops: Default::default(),
+            server_new_sessions: (0..servers).map(|_| Counter::default()).collect(),
+        }
+    }
+
+    #[inline]
+    pub fn drop(&self, why: Drop) {
+        self.drops[why as usize].inc();
+    }
+
+    pub fn drops_total(&self) -> u64 {
+        self.drops.iter().map(Counter::get).sum()
+    }
+}
+
+/// A point-in-time sum over all workers, for printing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub rx: u64,
+    pub tx: u64,
+    pub handoff: u64,
+    pub arp_replies: u64,
+    pub echo_replies: u64,
+    pub created: u64,
+    pub expired: u64,
+    pub active: u64,
+    pub drops: [u64; Drop::COUNT],
+    pub per_server: Vec<u64>,
+}
+
+impl Snapshot {
+    pub fn take(workers: &[&WorkerStats]) -> Snapshot {
+        let servers = workers.first().map_or(0, |w| w.server_new_sessions.len());
+        let mut s = Snapshot {
+            per_server: vec![0; servers],
+            ..Default::default()
+        };
+        for w in workers {
+            s.rx += w.rx.get();
+            s.tx += w.tx.get();
+            s.handoff += w.handoff_out.get();
+            s.arp_replies += w.arp_replies_sent.get();
+            s.echo_replies += w.echo_replies_sent.get();
+            s.created += w.sessions_created.get();
+            s.expired += w.sessions_expired.get();
+            s.active += w.sessions_active.get();
+            for (d, c) in s.drops.iter_mut().zip(w.drops.iter()) {
+                *d += c.get();
+            }
+            for (d, c) in s.per_server.iter_mut().zip(w.server_new_sessions.iter()) {
+                *d += c.get();
+            }
+        }
+        s
+    }
+
+    pub fn drops_total(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+}
