@@ -18,7 +18,7 @@ pub struct RunOptions {
 }
 
 const RX_DESC: u16 = 1024;
-const HANDOFF_RING: u32 = 4096;
+const HANDOFF_RING: u32 = 8192;
 
 /// The EAL command line for a configuration.
 pub fn eal_args(cfg: &Config) -> Vec<String> {
@@ -27,15 +27,10 @@ pub fn eal_args(cfg: &Config) -> Vec<String> {
     for (i, c) in e.worker_cores.iter().enumerate() {
         lcores.push_str(&format!(",{}@{}", i + 1, c));
     }
-    let mut a = vec![
-        "ringlb".to_string(),
-        "--lcores".into(),
-        lcores,
-        "--in-memory".into(),
-    ];
-    if !e.hugepages {
-        a.push("--no-huge".into());
-    }
+    let mut a = vec!["ringlb".to_string(), "--lcores".into(), lcores];
+    // --in-memory: hugepages without files left behind. --no-huge implies legacy
+    // memory, which EAL refuses to combine with --in-memory (and leaves no files).
+    a.push(if e.hugepages { "--in-memory" } else { "--no-huge" }.into());
     if let Some(m) = e.memory_mb {
         a.push("-m".into());
         a.push(m.to_string());
@@ -60,31 +55,23 @@ pub fn eal_args(cfg: &Config) -> Vec<String> {
 }
 
 fn fmt_mac(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), String> {
     let quit = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&quit))
-            .map_err(|e| format!("installing signal handler: {e}"))?;
+        signal_hook::flag::register(sig, Arc::clone(&quit)).map_err(|e| format!("installing signal handler: {e}"))?;
     }
 
-    let eal = Eal::init(&eal_args(cfg)).map_err(|e| e.to_string())?;
+    let args = eal_args(cfg);
+    let eal = Eal::init(&args).map_err(|e| format!("{e}\nEAL arguments were: {}", args[1..].join(" ")))?;
     let result = run_with_eal(&eal, cfg, opts, &quit);
     eal.cleanup();
     result
 }
 
-fn run_with_eal(
-    eal: &Eal,
-    cfg: &Config,
-    opts: &RunOptions,
-    quit: &Arc<AtomicBool>,
-) -> Result<(), String> {
+fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBool>) -> Result<(), String> {
     let workers = cfg.eal.worker_cores.len();
     let mut ports = Vec::new();
     for (i, pc) in cfg.ports.iter().enumerate() {
@@ -107,18 +94,13 @@ fn run_with_eal(
             Ok((rxq, workers as u16))
         })
         .collect::<Result<_, String>>()?;
-    let mbufs: u32 = queues
-        .iter()
-        .map(|&(r, t)| u32::from(r + t) * u32::from(RX_DESC))
-        .sum::<u32>()
+    let mbufs: u32 = queues.iter().map(|&(r, t)| u32::from(r + t) * u32::from(RX_DESC)).sum::<u32>()
         + (workers * workers) as u32 * HANDOFF_RING
         + 8192;
-    let pool =
-        Arc::new(Mempool::new("ringlb_mbufs", mbufs, 256, socket).map_err(|e| e.to_string())?);
+    let pool = Arc::new(Mempool::new("ringlb_mbufs", mbufs, 256, socket).map_err(|e| e.to_string())?);
     let mut macs = Vec::new();
     for (i, (&port, &(rxq, txq))) in ports.iter().zip(&queues).enumerate() {
-        port.configure(rxq, txq, RX_DESC, &pool)
-            .map_err(|e| format!("ports[{i}]: {e}"))?;
+        port.configure(rxq, txq, RX_DESC, &pool).map_err(|e| format!("ports[{i}]: {e}"))?;
         port.start().map_err(|e| format!("ports[{i}]: {e}"))?;
         let mac = match cfg.ports[i].mac {
             Some(m) => m,
@@ -136,13 +118,8 @@ fn run_with_eal(
     }
 
     let shared = Arc::new(Shared::new(cfg, &macs));
-    let stats: Arc<Vec<WorkerStats>> = Arc::new(
-        (0..workers)
-            .map(|_| WorkerStats::new(cfg.servers.len()))
-            .collect(),
-    );
-    let mut port_index =
-        vec![0xffu8; ports.iter().map(|p| usize::from(p.0)).max().unwrap_or(0) + 1];
+    let stats: Arc<Vec<WorkerStats>> = Arc::new((0..workers).map(|_| WorkerStats::new(cfg.servers.len())).collect());
+    let mut port_index = vec![0xffu8; ports.iter().map(|p| usize::from(p.0)).max().unwrap_or(0) + 1];
     for (i, p) in ports.iter().enumerate() {
         port_index[usize::from(p.0)] = i as u8;
     }
@@ -155,8 +132,7 @@ fn run_with_eal(
                 None
             } else {
                 Some(Arc::new(
-                    SpscRing::new(&format!("ho_{from}_{to}"), HANDOFF_RING, socket)
-                        .map_err(|e| e.to_string())?,
+                    SpscRing::new(&format!("ho_{from}_{to}"), HANDOFF_RING, socket).map_err(|e| e.to_string())?,
                 ))
             });
         }
@@ -178,16 +154,14 @@ fn run_with_eal(
             ports: ports.clone(),
             port_index: port_index.clone(),
             rx_queues,
-            inbound: (0..workers)
-                .filter_map(|from| rings[from][id].clone())
-                .collect(),
+            inbound: (0..workers).filter_map(|from| rings[from][id].clone()).collect(),
             outbound: rings[id].clone(),
             pool: Arc::clone(&pool),
             quit: Arc::clone(&worker_quit),
             clock,
+            tsc_hz: eal.tsc_hz(),
         };
-        eal.launch(id as u32 + 1, move || worker::run(setup))
-            .map_err(|e| e.to_string())?;
+        eal.launch(id as u32 + 1, move || worker::run(setup)).map_err(|e| e.to_string())?;
     }
     println!(
         "ringlb running: {workers} worker(s), {} service(s), {} server(s), session capacity {} ({} per worker)",
@@ -197,9 +171,7 @@ fn run_with_eal(
         shared.session_capacity_per_worker
     );
 
-    let labels: Vec<String> = (0..cfg.servers.len())
-        .map(|i| cfg.server_label(i))
-        .collect();
+    let labels: Vec<String> = (0..cfg.servers.len()).map(|i| cfg.server_label(i)).collect();
     let started = Instant::now();
     let mut last = Snapshot::take(&stats.iter().collect::<Vec<_>>());
     let mut last_print = Instant::now();
@@ -209,10 +181,7 @@ fn run_with_eal(
             let dt = last_print.elapsed().as_secs_f64();
             last_print = Instant::now();
             let now = Snapshot::take(&stats.iter().collect::<Vec<_>>());
-            println!(
-                "{}",
-                stats_line(started.elapsed().as_secs_f64(), &now, &last, dt, &labels)
-            );
+            println!("{}", stats_line(started.elapsed().as_secs_f64(), &now, &last, dt, &labels));
             last = now;
         }
     }
@@ -220,10 +189,7 @@ fn run_with_eal(
     worker_quit.store(true, Relaxed);
     eal.wait_all();
     let fin = Snapshot::take(&stats.iter().collect::<Vec<_>>());
-    println!(
-        "{}",
-        summary(started.elapsed().as_secs_f64(), &fin, &labels)
-    );
+    println!("{}", summary(started.elapsed().as_secs_f64(), &fin, &labels));
     for p in &ports {
         p.stop_and_close();
     }
@@ -261,11 +227,7 @@ pub fn summary(t: f64, s: &Snapshot, labels: &[String]) -> String {
         "  rx={} tx={} handoff={} arp_replies={} echo_replies={}",
         s.rx, s.tx, s.handoff, s.arp_replies, s.echo_replies
     );
-    let _ = writeln!(
-        o,
-        "  sessions created={} expired={} active={}",
-        s.created, s.expired, s.active
-    );
+    let _ = writeln!(o, "  sessions created={} expired={} active={}", s.created, s.expired, s.active);
     let drops: Vec<String> = Drop::ALL
         .iter()
         .filter(|d| s.drops[**d as usize] > 0)

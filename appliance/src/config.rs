@@ -129,9 +129,7 @@ struct RawSessions {
 impl Default for RawSessions {
     fn default() -> Self {
         let loc = serde_saphyr::Location::UNKNOWN;
-        RawSessions {
-            capacity: Spanned::new(1 << 20, loc, loc),
-        }
+        RawSessions { capacity: Spanned::new(1 << 20, loc, loc) }
     }
 }
 
@@ -169,9 +167,7 @@ struct RawArp {
 
 impl Default for RawArp {
     fn default() -> Self {
-        RawArp {
-            refresh: unspanned("30s".into()),
-        }
+        RawArp { refresh: unspanned("30s".into()) }
     }
 }
 
@@ -203,11 +199,7 @@ impl PortConfig {
         self.device.starts_with("net_") || self.device.contains(',')
     }
     pub fn contains(&self, ip: u32) -> bool {
-        let mask = if self.prefix_len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - self.prefix_len)
-        };
+        let mask = if self.prefix_len == 0 { 0 } else { u32::MAX << (32 - self.prefix_len) };
         ip & mask == self.ip & mask
     }
 }
@@ -270,11 +262,7 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line > 0 {
-            write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file, self.line, self.column, self.message
-            )
+            write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
         } else {
             write!(f, "{}: {}", self.file, self.message)
         }
@@ -292,20 +280,10 @@ impl Ctx<'_> {
         self.at_loc(s.referenced, msg)
     }
     fn at_loc(&self, loc: serde_saphyr::Location, msg: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: self.file.to_owned(),
-            line: loc.line(),
-            column: loc.column(),
-            message: msg.into(),
-        }
+        ConfigError { file: self.file.to_owned(), line: loc.line(), column: loc.column(), message: msg.into() }
     }
     fn key(&self, msg: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: self.file.to_owned(),
-            line: 0,
-            column: 0,
-            message: msg.into(),
-        }
+        ConfigError { file: self.file.to_owned(), line: 0, column: 0, message: msg.into() }
     }
 }
 
@@ -329,12 +307,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         // The rendered error may carry a source snippet; keep its first line.
         let msg = e.to_string();
         let first = msg.lines().next().unwrap_or("invalid YAML").to_owned();
-        ConfigError {
-            file: file.to_owned(),
-            line,
-            column,
-            message: first,
-        }
+        ConfigError { file: file.to_owned(), line, column, message: first }
     })?;
     validate(raw, &cx)
 }
@@ -377,13 +350,7 @@ pub fn parse_duration_ms(s: &str) -> Option<u32> {
 
 fn duration(cx: &Ctx, s: &Spanned<String>, key: &str) -> Result<u32, ConfigError> {
     parse_duration_ms(&s.value).ok_or_else(|| {
-        cx.at(
-            s,
-            format!(
-                "{key}: '{}' is not a duration (use e.g. 500ms, 5s, 2m; > 0 and < 12 days)",
-                s.value
-            ),
-        )
+        cx.at(s, format!("{key}: '{}' is not a duration (use e.g. 500ms, 5s, 2m; > 0 and < 12 days)", s.value))
     })
 }
 
@@ -391,21 +358,13 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
     // EAL
     let workers = &raw.eal.worker_cores;
     if workers.value.is_empty() {
-        return Err(cx.at(
-            workers,
-            "eal.worker_cores: at least one worker core is needed",
-        ));
+        return Err(cx.at(workers, "eal.worker_cores: at least one worker core is needed"));
     }
     if workers.value.len() > 64 {
-        return Err(cx.at(
-            workers,
-            "eal.worker_cores: at most 64 workers are supported",
-        ));
+        return Err(cx.at(workers, "eal.worker_cores: at most 64 workers are supported"));
     }
     if !raw.eal.hugepages && raw.eal.memory_mb.is_none() {
-        return Err(cx.key(
-            "eal.memory_mb: required when eal.hugepages is false (DPDK needs a size for --no-huge)",
-        ));
+        return Err(cx.key("eal.memory_mb: required when eal.hugepages is false (DPDK needs a size for --no-huge)"));
     }
 
     // Ports
@@ -421,51 +380,25 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
         if p.device.value.trim().is_empty() {
             return Err(cx.at(&p.device, format!("ports[{i}].device: empty")));
         }
-        let (ip, prefix) = p
-            .ip
-            .value
-            .split_once('/')
-            .and_then(|(a, l)| {
-                Some((
-                    a.parse::<Ipv4Addr>().ok()?,
-                    l.parse::<u8>().ok().filter(|l| *l <= 32)?,
-                ))
-            })
-            .ok_or_else(|| {
-                cx.at(
-                    &p.ip,
-                    format!(
-                        "ports[{i}].ip: '{}' is not an IPv4 address with prefix (198.18.0.1/24)",
-                        p.ip.value
-                    ),
-                )
-            })?;
+        let (ip, prefix) =
+            p.ip.value
+                .split_once('/')
+                .and_then(|(a, l)| Some((a.parse::<Ipv4Addr>().ok()?, l.parse::<u8>().ok().filter(|l| *l <= 32)?)))
+                .ok_or_else(|| {
+                    cx.at(
+                        &p.ip,
+                        format!("ports[{i}].ip: '{}' is not an IPv4 address with prefix (198.18.0.1/24)", p.ip.value),
+                    )
+                })?;
         let mac = match &p.mac {
             None => None,
             Some(m) => Some(parse_mac(&m.value).ok_or_else(|| {
-                cx.at(
-                    m,
-                    format!(
-                        "ports[{i}].mac: '{}' is not a MAC address (02:00:00:00:00:01)",
-                        m.value
-                    ),
-                )
+                cx.at(m, format!("ports[{i}].mac: '{}' is not a MAC address (02:00:00:00:00:01)", m.value))
             })?),
         };
-        let port = PortConfig {
-            device: p.device.value.clone(),
-            ip: u32::from(ip),
-            prefix_len: prefix,
-            mac,
-        };
+        let port = PortConfig { device: p.device.value.clone(), ip: u32::from(ip), prefix_len: prefix, mac };
         if !devices.insert(port.dpdk_name().to_owned()) {
-            return Err(cx.at(
-                &p.device,
-                format!(
-                    "ports[{i}].device: '{}' is used by two ports",
-                    port.dpdk_name()
-                ),
-            ));
+            return Err(cx.at(&p.device, format!("ports[{i}].device: '{}' is used by two ports", port.dpdk_name())));
         }
         ports.push(port);
     }
@@ -484,10 +417,7 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
     for (si, s) in raw.services.iter().enumerate() {
         let name = &s.name.value;
         if name.is_empty() || !names.insert(name.clone()) {
-            return Err(cx.at(
-                &s.name,
-                format!("services[{si}].name: '{name}' is empty or used twice"),
-            ));
+            return Err(cx.at(&s.name, format!("services[{si}].name: '{name}' is empty or used twice")));
         }
         let proto = match s.protocol {
             Protocol::Tcp => L4Proto::Tcp,
@@ -495,10 +425,7 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
         };
         let vip = u32::from(s.vip.value);
         if s.port == 0 {
-            return Err(cx.at(
-                &s.name,
-                format!("services[{si}] '{name}': port 0 is not a service port"),
-            ));
+            return Err(cx.at(&s.name, format!("services[{si}] '{name}': port 0 is not a service port")));
         }
         if !endpoints.insert((vip, s.port, proto)) {
             return Err(cx.at(
@@ -510,13 +437,7 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
             ));
         }
         if ports.iter().any(|p| p.ip == vip) {
-            return Err(cx.at(
-                &s.vip,
-                format!(
-                    "services[{si}] '{name}': VIP {} is also a port address",
-                    s.vip.value
-                ),
-            ));
+            return Err(cx.at(&s.vip, format!("services[{si}] '{name}': VIP {} is also a port address", s.vip.value)));
         }
         let group = raw.server_groups.get(&s.group.value).ok_or_else(|| {
             let known: Vec<&str> = raw.server_groups.keys().map(String::as_str).collect();
@@ -530,16 +451,10 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
             )
         })?;
         if group.is_empty() {
-            return Err(cx.at(
-                &s.group,
-                format!("server_groups.{}: empty group", s.group.value),
-            ));
+            return Err(cx.at(&s.group, format!("server_groups.{}: empty group", s.group.value)));
         }
         if group.iter().all(|m| m.weight == 0) {
-            return Err(cx.at(
-                &s.group,
-                format!("server_groups.{}: every weight is 0", s.group.value),
-            ));
+            return Err(cx.at(&s.group, format!("server_groups.{}: every weight is 0", s.group.value)));
         }
         let maglev_table_size = match &s.maglev_table_size {
             None => maglev::DEFAULT_TABLE_SIZE,
@@ -555,10 +470,7 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
             let where_ = format!("server_groups.{}[{mi}]", s.group.value);
             let ip = u32::from(m.ip.value);
             if m.weight > 1_000_000 {
-                return Err(cx.at(
-                    &m.ip,
-                    format!("{where_}.weight: {} is above the 1000000 limit", m.weight),
-                ));
+                return Err(cx.at(&m.ip, format!("{where_}.weight: {} is above the 1000000 limit", m.weight)));
             }
             if s.mode == Mode::Dsr && m.port != s.port {
                 return Err(cx.at(&m.ip, format!(
@@ -570,37 +482,33 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
                 return Err(cx.at(&m.ip, format!("{where_}.port: 0 is not a server port")));
             }
             let port = ports.iter().position(|p| p.contains(ip)).ok_or_else(|| {
-                cx.at(&m.ip, format!("{where_}: server {} is on none of the ports' subnets (ringlb sends to servers directly)", m.ip.value))
+                cx.at(
+                    &m.ip,
+                    format!(
+                        "{where_}: server {} is on none of the ports' subnets (ringlb sends to servers directly)",
+                        m.ip.value
+                    ),
+                )
             })?;
             let static_mac = match &m.mac {
                 None => None,
-                Some(x) => Some(parse_mac(&x.value).ok_or_else(|| {
-                    cx.at(
-                        x,
-                        format!("{where_}.mac: '{}' is not a MAC address", x.value),
-                    )
-                })?),
+                Some(x) => Some(
+                    parse_mac(&x.value)
+                        .ok_or_else(|| cx.at(x, format!("{where_}.mac: '{}' is not a MAC address", x.value)))?,
+                ),
             };
             let neighbor = match neighbor_of_ip.get(&ip) {
                 Some(&n) => {
                     if static_mac.is_some() && neighbors[usize::from(n)].static_mac != static_mac {
-                        return Err(cx.at(
-                            &m.ip,
-                            format!(
-                                "{where_}.mac: server {} has two different static MACs",
-                                m.ip.value
-                            ),
-                        ));
+                        return Err(
+                            cx.at(&m.ip, format!("{where_}.mac: server {} has two different static MACs", m.ip.value))
+                        );
                     }
                     n
                 }
                 None => {
                     let n = neighbors.len() as u16;
-                    neighbors.push(NeighborConfig {
-                        ip,
-                        port: port as u8,
-                        static_mac,
-                    });
+                    neighbors.push(NeighborConfig { ip, port: port as u8, static_mac });
                     neighbor_of_ip.insert(ip, n);
                     n
                 }
@@ -619,13 +527,7 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
                 return Err(cx.key("server_groups: too many servers (limit 65534 across services)"));
             }
             ids.push(servers.len() as u16);
-            servers.push(ServerConfig {
-                ip,
-                port: m.port,
-                weight: m.weight,
-                service: si as u16,
-                neighbor,
-            });
+            servers.push(ServerConfig { ip, port: m.port, weight: m.weight, service: si as u16, neighbor });
         }
         services.push(ServiceConfig {
             name: name.clone(),
@@ -645,13 +547,7 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
 
     let cap = &raw.sessions.capacity;
     if cap.value == 0 || cap.value > 1 << 30 {
-        return Err(cx.at(
-            cap,
-            format!(
-                "sessions.capacity: {} must be between 1 and 2^30",
-                cap.value
-            ),
-        ));
+        return Err(cx.at(cap, format!("sessions.capacity: {} must be between 1 and 2^30", cap.value)));
     }
     let t = &raw.timeouts;
     let timeouts = Timeouts {
@@ -685,10 +581,7 @@ fn ip(v: u32) -> Ipv4Addr {
 }
 
 fn mac_str(m: &Mac) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 impl Config {
@@ -708,18 +601,8 @@ impl Config {
         let _ = writeln!(o, "  extra_args: {:?}", e.extra_args);
         let _ = writeln!(o, "ports:");
         for p in &self.ports {
-            let _ = writeln!(
-                o,
-                "  - device: \"{}\"\n    ip: {}/{}",
-                p.device,
-                ip(p.ip),
-                p.prefix_len
-            );
-            let _ = writeln!(
-                o,
-                "    mac: {}",
-                p.mac.map_or("(from device)".into(), |m| mac_str(&m))
-            );
+            let _ = writeln!(o, "  - device: \"{}\"\n    ip: {}/{}", p.device, ip(p.ip), p.prefix_len);
+            let _ = writeln!(o, "    mac: {}", p.mac.map_or("(from device)".into(), |m| mac_str(&m)));
         }
         let _ = writeln!(o, "services:");
         for s in &self.services {
@@ -765,11 +648,6 @@ impl Config {
     /// "service/ip:port" labels for per-server counters.
     pub fn server_label(&self, id: usize) -> String {
         let s = &self.servers[id];
-        format!(
-            "{}/{}:{}",
-            self.services[usize::from(s.service)].name,
-            ip(s.ip),
-            s.port
-        )
+        format!("{}/{}:{}", self.services[usize::from(s.service)].name, ip(s.ip), s.port)
     }
 }

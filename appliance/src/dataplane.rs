@@ -102,12 +102,7 @@ impl Shared {
     /// Builds the shared tables. `port_macs` are the MACs actually in use on
     /// each port (configured, or the device's own).
     pub fn new(cfg: &Config, port_macs: &[Mac]) -> Shared {
-        let ports = cfg
-            .ports
-            .iter()
-            .zip(port_macs)
-            .map(|(p, &mac)| PortRt { ip: p.ip, mac })
-            .collect();
+        let ports = cfg.ports.iter().zip(port_macs).map(|(p, &mac)| PortRt { ip: p.ip, mac }).collect();
         let services: Vec<ServiceRt> = cfg
             .services
             .iter()
@@ -120,17 +115,10 @@ impl Shared {
                         format!("{}:{}", std::net::Ipv4Addr::from(sv.ip), sv.port)
                     })
                     .collect();
-                let weights: Vec<u32> = s
-                    .servers
-                    .iter()
-                    .map(|&id| cfg.servers[usize::from(id)].weight)
-                    .collect();
+                let weights: Vec<u32> = s.servers.iter().map(|&id| cfg.servers[usize::from(id)].weight).collect();
                 let maglev = (s.scheduler == SchedulerKind::Maglev).then(|| {
-                    let bs: Vec<maglev::Backend> = names
-                        .iter()
-                        .zip(&weights)
-                        .map(|(name, &weight)| maglev::Backend { name, weight })
-                        .collect();
+                    let bs: Vec<maglev::Backend> =
+                        names.iter().zip(&weights).map(|(name, &weight)| maglev::Backend { name, weight }).collect();
                     Arc::new(maglev::Maglev::new(&bs, s.maglev_table_size))
                 });
                 ServiceRt {
@@ -161,34 +149,18 @@ impl Shared {
             .neighbors
             .iter()
             .map(|n| {
-                let nb = Neighbor {
-                    ip: n.ip,
-                    port: n.port,
-                    mac: AtomicU64::new(0),
-                    is_static: false,
-                };
+                let nb = Neighbor { ip: n.ip, port: n.port, mac: AtomicU64::new(0), is_static: false };
                 if let Some(m) = n.static_mac {
                     nb.learn(m);
                 }
-                Neighbor {
-                    is_static: n.static_mac.is_some(),
-                    ..nb
-                }
+                Neighbor { is_static: n.static_mac.is_some(), ..nb }
             })
             .collect();
         let workers = cfg.eal.worker_cores.len();
         Shared {
             ports,
             services,
-            servers: cfg
-                .servers
-                .iter()
-                .map(|s| ServerRt {
-                    ip: s.ip,
-                    port: s.port,
-                    neighbor: s.neighbor,
-                })
-                .collect(),
+            servers: cfg.servers.iter().map(|s| ServerRt { ip: s.ip, port: s.port, neighbor: s.neighbor }).collect(),
             neighbors,
             vips,
             nat_backends,
@@ -208,10 +180,7 @@ impl Shared {
     }
 
     fn is_local(&self, ip: u32, port: u8) -> bool {
-        self.ports
-            .get(usize::from(port))
-            .is_some_and(|p| p.ip == ip)
-            || self.vip_set.contains_key(&ip)
+        self.ports.get(usize::from(port)).is_some_and(|p| p.ip == ip) || self.vip_set.contains_key(&ip)
     }
 }
 
@@ -258,13 +227,7 @@ impl<'a> Worker<'a> {
     /// Decides what happens to one received frame, rewriting it in place.
     /// `handed_off` is true when another worker already routed it here.
     #[inline]
-    pub fn process(
-        &mut self,
-        frame: &mut [u8],
-        in_port: u8,
-        now_ms: u32,
-        handed_off: bool,
-    ) -> Verdict {
+    pub fn process(&mut self, frame: &mut [u8], in_port: u8, now_ms: u32, handed_off: bool) -> Verdict {
         let Some(port) = self.shared.ports.get(usize::from(in_port)) else {
             return Verdict::Drop(Drop::NotForUs);
         };
@@ -314,14 +277,7 @@ impl<'a> Worker<'a> {
     }
 
     #[inline]
-    fn l4(
-        &mut self,
-        frame: &mut [u8],
-        info: &L4Info,
-        in_port: u8,
-        now_ms: u32,
-        handed_off: bool,
-    ) -> Verdict {
+    fn l4(&mut self, frame: &mut [u8], info: &L4Info, in_port: u8, now_ms: u32, handed_off: bool) -> Verdict {
         let proto = info.proto as u8;
         if let Some(&svc) = self.shared.vips.get(&(info.dst_ip, info.dst_port, proto)) {
             let owner = self.shared.owner(info.src_ip, info.src_port);
@@ -330,11 +286,7 @@ impl<'a> Worker<'a> {
             }
             return self.forward(frame, info, svc, in_port, now_ms);
         }
-        if let Some(&svc) = self
-            .shared
-            .nat_backends
-            .get(&(info.src_ip, info.src_port, proto))
-        {
+        if let Some(&svc) = self.shared.nat_backends.get(&(info.src_ip, info.src_port, proto)) {
             let owner = self.shared.owner(info.dst_ip, info.dst_port);
             if owner != self.id && !handed_off {
                 return Verdict::Handoff(owner);
@@ -346,14 +298,7 @@ impl<'a> Worker<'a> {
 
     /// Client → service: follow the session, or create one on a SYN (any first UDP packet).
     #[inline]
-    fn forward(
-        &mut self,
-        frame: &mut [u8],
-        info: &L4Info,
-        svc: u16,
-        in_port: u8,
-        now_ms: u32,
-    ) -> Verdict {
+    fn forward(&mut self, frame: &mut [u8], info: &L4Info, svc: u16, in_port: u8, now_ms: u32) -> Verdict {
         let service = &self.shared.services[usize::from(svc)];
         let key = FlowKey {
             client_ip: info.src_ip,
@@ -468,14 +413,7 @@ impl<'a> Worker<'a> {
         }
         let out_port = e.client_port_id;
         let out_mac = self.shared.ports[usize::from(out_port)].mac;
-        packet::rewrite_nat_reply(
-            frame,
-            info,
-            service.vip,
-            service.port,
-            e.client_hop_mac,
-            out_mac,
-        );
+        packet::rewrite_nat_reply(frame, info, service.vip, service.port, e.client_hop_mac, out_mac);
         Verdict::Tx(out_port)
     }
 
@@ -498,11 +436,7 @@ impl<'a> Worker<'a> {
             if n.is_static {
                 continue;
             }
-            let interval = if n.mac().is_some() {
-                self.shared.arp_refresh_ms
-            } else {
-                UNRESOLVED_RETRY_MS
-            };
+            let interval = if n.mac().is_some() { self.shared.arp_refresh_ms } else { UNRESOLVED_RETRY_MS };
             let due = self.last_solicit_ms[i].is_none_or(|t| now_ms.wrapping_sub(t) >= interval);
             if due && send(n, &self.shared.ports[usize::from(n.port)]) {
                 self.last_solicit_ms[i] = Some(now_ms);

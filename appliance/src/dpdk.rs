@@ -19,9 +19,7 @@ impl std::error::Error for DpdkError {}
 /// rte_errno's text, for error messages.
 fn errno_text(code: i32) -> String {
     // SAFETY: rte_strerror returns a pointer to a static or thread-local string.
-    unsafe { CStr::from_ptr(sys::rte_strerror(code)) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { CStr::from_ptr(sys::rte_strerror(code)) }.to_string_lossy().into_owned()
 }
 
 fn last_error(what: &str) -> DpdkError {
@@ -49,9 +47,7 @@ impl Eal {
     /// checking that the library at run time is the one we were built for.
     pub fn init(args: &[String]) -> Result<Eal, DpdkError> {
         // SAFETY: ringlb_version returns a static string.
-        let version = unsafe { CStr::from_ptr(sys::ringlb_version()) }
-            .to_string_lossy()
-            .into_owned();
+        let version = unsafe { CStr::from_ptr(sys::ringlb_version()) }.to_string_lossy().into_owned();
         if !version.contains(&format!(" {}.", sys::BUILT_FOR_SERIES)) {
             return Err(DpdkError(format!(
                 "DPDK at run time is '{version}', ringlb was built for {}",
@@ -68,13 +64,9 @@ impl Eal {
         }
         let cargs: Vec<CString> = args
             .iter()
-            .map(|a| {
-                CString::new(a.as_str())
-                    .map_err(|_| DpdkError(format!("EAL argument contains NUL: {a:?}")))
-            })
+            .map(|a| CString::new(a.as_str()).map_err(|_| DpdkError(format!("EAL argument contains NUL: {a:?}"))))
             .collect::<Result<_, _>>()?;
-        let mut argv: Vec<*mut libc_char> =
-            cargs.iter().map(|c| c.as_ptr() as *mut libc_char).collect();
+        let mut argv: Vec<*mut libc_char> = cargs.iter().map(|c| c.as_ptr() as *mut libc_char).collect();
         argv.push(std::ptr::null_mut());
         // SAFETY: argv is a NULL-terminated array of valid C strings that
         // outlive the call; EAL may permute the array but not free it. `cargs`
@@ -93,11 +85,7 @@ impl Eal {
     }
 
     /// Launches `f` on lcore `lcore` (not the main lcore).
-    pub fn launch<F: FnOnce() -> i32 + Send + 'static>(
-        &self,
-        lcore: u32,
-        f: F,
-    ) -> Result<(), DpdkError> {
+    pub fn launch<F: FnOnce() -> i32 + Send + 'static>(&self, lcore: u32, f: F) -> Result<(), DpdkError> {
         extern "C" fn trampoline(arg: *mut c_void) -> i32 {
             // SAFETY: `arg` is the Box we leaked below, used exactly once.
             let f: Box<Box<dyn FnOnce() -> i32 + Send>> = unsafe { Box::from_raw(arg.cast()) };
@@ -157,19 +145,10 @@ impl Mempool {
         let cname = CString::new(name).map_err(|_| DpdkError("pool name contains NUL".into()))?;
         // SAFETY: valid name; data room is the DPDK default (2 KiB + headroom).
         let mp = unsafe {
-            sys::rte_pktmbuf_pool_create(
-                cname.as_ptr(),
-                mbufs,
-                cache,
-                0,
-                sys::RTE_MBUF_DEFAULT_BUF_SIZE as u16,
-                socket,
-            )
+            sys::rte_pktmbuf_pool_create(cname.as_ptr(), mbufs, cache, 0, sys::RTE_MBUF_DEFAULT_BUF_SIZE as u16, socket)
         };
         if mp.is_null() {
-            return Err(last_error(&format!(
-                "creating mbuf pool '{name}' ({mbufs} mbufs)"
-            )));
+            return Err(last_error(&format!("creating mbuf pool '{name}' ({mbufs} mbufs)")));
         }
         Ok(Mempool(mp))
     }
@@ -248,10 +227,7 @@ unsafe impl<const N: usize> Send for Burst<N> {}
 
 impl<const N: usize> Default for Burst<N> {
     fn default() -> Self {
-        Burst {
-            ptrs: [std::ptr::null_mut(); N],
-            len: 0,
-        }
+        Burst { ptrs: [std::ptr::null_mut(); N], len: 0 }
     }
 }
 
@@ -317,33 +293,21 @@ impl Port {
         let mut id: u16 = 0;
         // SAFETY: valid string and out-pointer.
         let ret = unsafe { sys::rte_eth_dev_get_port_by_name(c.as_ptr(), &mut id) };
-        check(
-            ret,
-            &format!("no DPDK port named '{name}' (is the device bound / the vdev string right?)"),
-        )?;
+        check(ret, &format!("no DPDK port named '{name}' (is the device bound / the vdev string right?)"))?;
         Ok(Port(id))
     }
 
     pub fn info(self) -> Result<PortInfo, DpdkError> {
         let mut info = sys::rte_eth_dev_info::default();
         // SAFETY: valid out-pointer.
-        check(
-            unsafe { sys::rte_eth_dev_info_get(self.0, &mut info) },
-            "rte_eth_dev_info_get",
-        )?;
+        check(unsafe { sys::rte_eth_dev_info_get(self.0, &mut info) }, "rte_eth_dev_info_get")?;
         let driver = if info.driver_name.is_null() {
             "?"
         } else {
             // SAFETY: driver names are static strings owned by the PMD.
-            unsafe { CStr::from_ptr(info.driver_name) }
-                .to_str()
-                .unwrap_or("?")
+            unsafe { CStr::from_ptr(info.driver_name) }.to_str().unwrap_or("?")
         };
-        Ok(PortInfo {
-            max_rx_queues: info.max_rx_queues,
-            max_tx_queues: info.max_tx_queues,
-            driver,
-        })
+        Ok(PortInfo { max_rx_queues: info.max_rx_queues, max_tx_queues: info.max_tx_queues, driver })
     }
 
     pub fn socket(self) -> i32 {
@@ -356,32 +320,23 @@ impl Port {
     pub fn configure(self, rxq: u16, txq: u16, desc: u16, pool: &Mempool) -> Result<(), DpdkError> {
         let mut info = sys::rte_eth_dev_info::default();
         // SAFETY: valid out-pointer.
-        check(
-            unsafe { sys::rte_eth_dev_info_get(self.0, &mut info) },
-            "rte_eth_dev_info_get",
-        )?;
+        check(unsafe { sys::rte_eth_dev_info_get(self.0, &mut info) }, "rte_eth_dev_info_get")?;
         let mut conf = sys::rte_eth_conf::default();
         if rxq > 1 && info.flow_type_rss_offloads != 0 {
             conf.rxmode.mq_mode = sys::rte_eth_rx_mq_mode::RTE_ETH_MQ_RX_RSS;
             conf.rx_adv_conf.rss_conf.rss_hf = info.flow_type_rss_offloads;
         }
         // SAFETY: valid config struct for the call's duration.
-        check(
-            unsafe { sys::rte_eth_dev_configure(self.0, rxq, txq, &conf) },
-            &format!("configuring port {}", self.0),
-        )?;
+        check(unsafe { sys::rte_eth_dev_configure(self.0, rxq, txq, &conf) }, &format!("configuring port {}", self.0))?;
         let socket = self.socket() as u32;
         for q in 0..rxq {
             // SAFETY: valid pool; NULL rxconf selects the driver's defaults.
-            let r = unsafe {
-                sys::rte_eth_rx_queue_setup(self.0, q, desc, socket, std::ptr::null(), pool.0)
-            };
+            let r = unsafe { sys::rte_eth_rx_queue_setup(self.0, q, desc, socket, std::ptr::null(), pool.0) };
             check(r, &format!("port {} rx queue {q}", self.0))?;
         }
         for q in 0..txq {
             // SAFETY: NULL txconf selects the driver's defaults.
-            let r =
-                unsafe { sys::rte_eth_tx_queue_setup(self.0, q, desc, socket, std::ptr::null()) };
+            let r = unsafe { sys::rte_eth_tx_queue_setup(self.0, q, desc, socket, std::ptr::null()) };
             check(r, &format!("port {} tx queue {q}", self.0))?;
         }
         Ok(())
@@ -389,10 +344,7 @@ impl Port {
 
     pub fn start(self) -> Result<(), DpdkError> {
         // SAFETY: configured port.
-        check(
-            unsafe { sys::rte_eth_dev_start(self.0) },
-            &format!("starting port {}", self.0),
-        )?;
+        check(unsafe { sys::rte_eth_dev_start(self.0) }, &format!("starting port {}", self.0))?;
         // Promiscuous so a configured MAC different from the device's still
         // reaches us; software filters by destination MAC. Not every PMD supports it.
         // SAFETY: started port.
@@ -403,10 +355,7 @@ impl Port {
     pub fn mac(self) -> Result<[u8; 6], DpdkError> {
         let mut a = sys::rte_ether_addr::default();
         // SAFETY: valid out-pointer.
-        check(
-            unsafe { sys::rte_eth_macaddr_get(self.0, &mut a) },
-            "rte_eth_macaddr_get",
-        )?;
+        check(unsafe { sys::rte_eth_macaddr_get(self.0, &mut a) }, "rte_eth_macaddr_get")?;
         Ok(a.addr_bytes)
     }
 
@@ -436,9 +385,7 @@ impl Port {
             return 0;
         }
         // SAFETY: the first b.len pointers are owned mbufs; the PMD takes `sent` of them.
-        let sent = usize::from(unsafe {
-            sys::ringlb_tx_burst(self.0, queue, b.ptrs.as_mut_ptr(), b.len as u16)
-        });
+        let sent = usize::from(unsafe { sys::ringlb_tx_burst(self.0, queue, b.ptrs.as_mut_ptr(), b.len as u16) });
         b.consume_front(sent);
         sent
     }
@@ -455,14 +402,7 @@ impl SpscRing {
     pub fn new(name: &str, size: u32, socket: i32) -> Result<SpscRing, DpdkError> {
         let c = CString::new(name).map_err(|_| DpdkError("ring name contains NUL".into()))?;
         // SAFETY: valid name; size is a power of two (caller).
-        let r = unsafe {
-            sys::rte_ring_create(
-                c.as_ptr(),
-                size,
-                socket,
-                sys::RING_F_SP_ENQ | sys::RING_F_SC_DEQ,
-            )
-        };
+        let r = unsafe { sys::rte_ring_create(c.as_ptr(), size, socket, sys::RING_F_SP_ENQ | sys::RING_F_SC_DEQ) };
         if r.is_null() {
             return Err(last_error(&format!("creating ring '{name}'")));
         }
@@ -476,9 +416,7 @@ impl SpscRing {
             return 0;
         }
         // SAFETY: single producer (this worker); pointers are owned mbufs.
-        let n =
-            unsafe { sys::ringlb_ring_enqueue_burst(self.0, b.ptrs.as_ptr().cast(), b.len as u32) }
-                as usize;
+        let n = unsafe { sys::ringlb_ring_enqueue_burst(self.0, b.ptrs.as_ptr().cast(), b.len as u32) } as usize;
         b.consume_front(n);
         n
     }
@@ -487,9 +425,7 @@ impl SpscRing {
     pub fn dequeue<const N: usize>(&self, out: &mut Burst<N>) -> usize {
         debug_assert!(out.is_empty());
         // SAFETY: single consumer (this worker); room for N pointers.
-        let n = unsafe {
-            sys::ringlb_ring_dequeue_burst(self.0, out.ptrs.as_mut_ptr().cast(), N as u32)
-        } as usize;
+        let n = unsafe { sys::ringlb_ring_dequeue_burst(self.0, out.ptrs.as_mut_ptr().cast(), N as u32) } as usize;
         out.len = n;
         n
     }

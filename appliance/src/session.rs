@@ -38,8 +38,7 @@ impl FlowKey {
 /// only needs good spread.
 #[inline]
 pub fn mix(a: u64, b: u64) -> u64 {
-    let m =
-        u128::from(a ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(u128::from(b ^ 0xd6e8_feb8_6659_fd93));
+    let m = u128::from(a ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(u128::from(b ^ 0xd6e8_feb8_6659_fd93));
     let x = (m as u64) ^ ((m >> 64) as u64);
     let m = u128::from(x ^ 0xa076_1d64_78bd_642f).wrapping_mul(0xe703_7ed1_a0b4_28db);
     (m as u64) ^ ((m >> 64) as u64)
@@ -188,12 +187,7 @@ impl SessionTable {
 
     /// Inserts a new entry for `key` (which must not be present).
     #[inline]
-    pub fn insert(
-        &mut self,
-        key: &FlowKey,
-        hash: u64,
-        entry: Entry,
-    ) -> Result<&mut Entry, TableFull> {
+    pub fn insert(&mut self, key: &FlowKey, hash: u64, entry: Entry) -> Result<&mut Entry, TableFull> {
         if self.len >= self.max_len {
             return Err(TableFull);
         }
@@ -201,10 +195,7 @@ impl SessionTable {
         while self.slots[i].state != State::Empty {
             i = (i + 1) & self.mask;
         }
-        self.slots[i] = Entry {
-            key: key.pack(),
-            ..entry
-        };
+        self.slots[i] = Entry { key: key.pack(), ..entry };
         self.len += 1;
         Ok(&mut self.slots[i])
     }
@@ -221,11 +212,7 @@ impl SessionTable {
             }
             // An entry may move to i only if its home slot is not in (i, j].
             let home = self.home(&self.slots[j]);
-            let in_between = if i <= j {
-                i < home && home <= j
-            } else {
-                i < home || home <= j
-            };
+            let in_between = if i <= j { i < home && home <= j } else { i < home || home <= j };
             if !in_between {
                 self.slots[i] = self.slots[j];
                 i = j;
@@ -242,12 +229,7 @@ impl SessionTable {
 
     /// Visits up to `budget` slots from the sweep cursor and removes the idle
     /// entries, reporting each through `on_expire`. Returns how many expired.
-    pub fn sweep(
-        &mut self,
-        now_ms: u32,
-        budget: usize,
-        mut on_expire: impl FnMut(&Entry),
-    ) -> usize {
+    pub fn sweep(&mut self, now_ms: u32, budget: usize, mut on_expire: impl FnMut(&Entry)) -> usize {
         let mut expired = 0;
         let mut visited = 0;
         // Bounded by budget + removals: each step either advances or shrinks the table.
@@ -269,23 +251,8 @@ impl SessionTable {
 }
 
 impl Entry {
-    pub fn new(
-        now_ms: u32,
-        server: u16,
-        service: u16,
-        state: State,
-        client_port_id: u8,
-        client_hop_mac: Mac,
-    ) -> Self {
-        Entry {
-            key: 0,
-            last_seen_ms: now_ms,
-            server,
-            service,
-            state,
-            client_port_id,
-            client_hop_mac,
-        }
+    pub fn new(now_ms: u32, server: u16, service: u16, state: State, client_port_id: u8, client_hop_mac: Mac) -> Self {
+        Entry { key: 0, last_seen_ms: now_ms, server, service, state, client_port_id, client_hop_mac }
     }
 }
 
@@ -293,12 +260,7 @@ impl Entry {
 mod tests {
     use super::*;
 
-    const T: Timeouts = Timeouts {
-        syn_ms: 100,
-        established_ms: 1000,
-        closing_ms: 50,
-        udp_ms: 300,
-    };
+    const T: Timeouts = Timeouts { syn_ms: 100, established_ms: 1000, closing_ms: 50, udp_ms: 300 };
 
     fn key(i: u32) -> FlowKey {
         FlowKey {
@@ -324,9 +286,7 @@ mod tests {
         assert_eq!(t.len(), 10_000);
         for i in 0..10_000 {
             let k = key(i);
-            let e = t
-                .lookup(&k, k.hash(), 10, |_| panic!("not idle"))
-                .expect("present");
+            let e = t.lookup(&k, k.hash(), 10, |_| panic!("not idle")).expect("present");
             assert_eq!(e.server, (i % 7) as u16);
         }
         let missing = key(20_000);
@@ -350,11 +310,7 @@ mod tests {
         for i in 0..1000 {
             let k = key(i);
             let mut e = entry(0, 0);
-            e.state = if i % 2 == 0 {
-                State::Closing
-            } else {
-                State::Established
-            };
+            e.state = if i % 2 == 0 { State::Closing } else { State::Established };
             t.insert(&k, k.hash(), e).unwrap();
         }
         // At t=60 only closing entries (50 ms) are idle.
@@ -364,10 +320,7 @@ mod tests {
         // Survivors are all still reachable after the backward shifts.
         for i in (1..1000).step_by(2) {
             let k = key(i);
-            assert!(
-                t.lookup(&k, k.hash(), 60, |_| panic!()).is_some(),
-                "lost key {i}"
-            );
+            assert!(t.lookup(&k, k.hash(), 60, |_| panic!()).is_some(), "lost key {i}");
         }
         assert_eq!(t.sweep(2000, usize::MAX, |_| ()), 500);
         assert!(t.is_empty());
@@ -392,9 +345,7 @@ mod tests {
         let mut x: u64 = 12345;
         let mut now = 0u32;
         for _ in 0..50_000 {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let id = ((x >> 33) % 700) as u32;
             now += (x >> 60) as u32;
             let k = key(id);

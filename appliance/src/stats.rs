@@ -156,10 +156,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn take(workers: &[&WorkerStats]) -> Snapshot {
         let servers = workers.first().map_or(0, |w| w.server_new_sessions.len());
-        let mut s = Snapshot {
-            per_server: vec![0; servers],
-            ..Default::default()
-        };
+        let mut s = Snapshot { per_server: vec![0; servers], ..Default::default() };
         for w in workers {
             s.rx += w.rx.get();
             s.tx += w.tx.get();

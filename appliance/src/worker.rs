@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 pub const BURST: usize = 32;
+/// How long a worker waits on a full hand-off ring before dropping (µs).
+const HANDOFF_PATIENCE_US: u64 = 200;
 
 /// Converts TSC ticks to milliseconds since start without dividing per packet.
 #[derive(Clone, Copy)]
@@ -20,10 +22,7 @@ pub struct Clock {
 
 impl Clock {
     pub fn new(tsc_hz: u64) -> Clock {
-        Clock {
-            start: dpdk::rdtsc(),
-            ms_per_tick_q32: (1000u128 << 32) / u128::from(tsc_hz.max(1)),
-        }
+        Clock { start: dpdk::rdtsc(), ms_per_tick_q32: (1000u128 << 32) / u128::from(tsc_hz.max(1)) }
     }
     #[inline]
     pub fn now_ms(&self) -> u32 {
@@ -50,6 +49,7 @@ pub struct WorkerSetup {
     pub pool: Arc<Mempool>,
     pub quit: Arc<AtomicBool>,
     pub clock: Clock,
+    pub tsc_hz: u64,
 }
 
 struct Loop<'a> {
@@ -61,6 +61,7 @@ struct Loop<'a> {
     handoff: Vec<Burst<BURST>>,
     outbound: &'a [Option<Arc<SpscRing>>],
     queue: u16,
+    handoff_patience_tsc: u64,
 }
 
 impl Loop<'_> {
@@ -70,11 +71,7 @@ impl Loop<'_> {
             self.stats.drop(Drop::MultiSegment);
             return;
         }
-        let port = self
-            .port_index
-            .get(usize::from(m.port()))
-            .copied()
-            .unwrap_or(0xff);
+        let port = self.port_index.get(usize::from(m.port())).copied().unwrap_or(0xff);
         match self.dp.process(m.data_mut(), port, now_ms, handed_off) {
             Verdict::Tx(p) => {
                 let p = usize::from(p);
@@ -108,8 +105,20 @@ impl Loop<'_> {
 
     fn flush_handoff(&mut self, w: usize) {
         if let Some(ring) = &self.outbound[w] {
-            let n = ring.enqueue(&mut self.handoff[w]);
-            self.stats.handoff_out.add(n as u64);
+            // A full ring usually means the owner is a burst behind: give it
+            // a bounded moment to drain rather than dropping at once.
+            let mut give_up_at = None;
+            while !self.handoff[w].is_empty() {
+                let n = ring.enqueue(&mut self.handoff[w]);
+                self.stats.handoff_out.add(n as u64);
+                if n == 0 {
+                    let now = dpdk::rdtsc();
+                    if now >= *give_up_at.get_or_insert(now + self.handoff_patience_tsc) {
+                        break;
+                    }
+                    dpdk::pause();
+                }
+            }
         }
         for _ in self.handoff[w].drain() {
             self.stats.drop(Drop::HandoffFull);
@@ -139,11 +148,10 @@ pub fn run(setup: WorkerSetup) -> i32 {
         ports: &setup.ports,
         port_index: &setup.port_index,
         tx: (0..setup.ports.len()).map(|_| Burst::default()).collect(),
-        handoff: (0..setup.outbound.len())
-            .map(|_| Burst::default())
-            .collect(),
+        handoff: (0..setup.outbound.len()).map(|_| Burst::default()).collect(),
         outbound: &setup.outbound,
         queue: setup.id as u16,
+        handoff_patience_tsc: setup.tsc_hz * HANDOFF_PATIENCE_US / 1_000_000,
     };
     let mut rx: Burst<BURST> = Burst::default();
     let mut last_tick_ms = u32::MAX;

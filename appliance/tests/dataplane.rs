@@ -43,9 +43,7 @@ timeouts: {{ syn: 2s, established: 60s, closing: 5s, udp: 10s }}
 fn setup(workers: &str, capacity: usize) -> (Config, Shared, Vec<WorkerStats>) {
     let cfg = config::parse(&yaml(workers, capacity), "test.yaml").unwrap();
     let shared = Shared::new(&cfg, &[PORT_MAC]);
-    let stats = (0..cfg.eal.worker_cores.len())
-        .map(|_| WorkerStats::new(cfg.servers.len()))
-        .collect();
+    let stats = (0..cfg.eal.worker_cores.len()).map(|_| WorkerStats::new(cfg.servers.len())).collect();
     (cfg, shared, stats)
 }
 
@@ -75,25 +73,12 @@ fn dsr_rewrites_only_macs_and_keeps_a_flow_on_one_server() {
             assert_eq!(w.process(&mut f, 0, n as u32, false), Verdict::Tx(0));
             let after = check(&f).expect("valid checksums after DSR rewrite");
             assert_eq!(after.src_mac, PORT_MAC);
-            let server = DSR_MACS
-                .iter()
-                .position(|m| *m == after.dst_mac)
-                .expect("a DSR server's MAC");
-            assert_eq!(
-                *chosen.get_or_insert(server),
-                server,
-                "flow {c} changed server"
-            );
+            let server = DSR_MACS.iter().position(|m| *m == after.dst_mac).expect("a DSR server's MAC");
+            assert_eq!(*chosen.get_or_insert(server), server, "flow {c} changed server");
             // Nothing above layer 2 changes.
             assert_eq!(
                 (after.src, after.dst, after.sport, after.dport, after.ttl),
-                (
-                    before.src,
-                    before.dst,
-                    before.sport,
-                    before.dport,
-                    before.ttl
-                )
+                (before.src, before.dst, before.sport, before.dport, before.ttl)
             );
             assert_eq!(
                 f[14..],
@@ -119,34 +104,10 @@ fn dsr_rewrites_only_macs_and_keeps_a_flow_on_one_server() {
 fn non_syn_without_session_is_dropped() {
     let (_, shared, stats) = setup("[1]", 100);
     let mut w = Worker::new(0, &shared, &stats[0]);
-    let mut f = tcp(
-        ROUTER_MAC,
-        PORT_MAC,
-        client(1),
-        ip("198.18.100.1"),
-        5555,
-        80,
-        ACK,
-        b"x",
-    );
-    assert_eq!(
-        w.process(&mut f, 0, 0, false),
-        Verdict::Drop(Drop::NoSession)
-    );
-    let mut synack = tcp(
-        ROUTER_MAC,
-        PORT_MAC,
-        client(1),
-        ip("198.18.100.1"),
-        5555,
-        80,
-        SYN | ACK,
-        b"",
-    );
-    assert_eq!(
-        w.process(&mut synack, 0, 0, false),
-        Verdict::Drop(Drop::NoSession)
-    );
+    let mut f = tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.100.1"), 5555, 80, ACK, b"x");
+    assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Drop(Drop::NoSession));
+    let mut synack = tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.100.1"), 5555, 80, SYN | ACK, b"");
+    assert_eq!(w.process(&mut synack, 0, 0, false), Verdict::Drop(Drop::NoSession));
 }
 
 #[test]
@@ -155,61 +116,23 @@ fn nat_rewrites_both_directions_with_valid_checksums() {
     let mut w = Worker::new(0, &shared, &stats[0]);
     for c in 0..40u32 {
         let cport = 30000 + c as u16;
-        let mut syn = tcp(
-            ROUTER_MAC,
-            PORT_MAC,
-            client(c),
-            ip("198.18.100.2"),
-            cport,
-            80,
-            SYN,
-            b"",
-        );
+        let mut syn = tcp(ROUTER_MAC, PORT_MAC, client(c), ip("198.18.100.2"), cport, 80, SYN, b"");
         assert_eq!(w.process(&mut syn, 0, 0, false), Verdict::Tx(0));
         let fwd = check(&syn).expect("valid checksums after NAT forward");
-        let server = NAT_MACS
-            .iter()
-            .position(|m| *m == fwd.dst_mac)
-            .expect("a NAT server");
+        let server = NAT_MACS.iter().position(|m| *m == fwd.dst_mac).expect("a NAT server");
         assert_eq!(fwd.dst, ip(["198.18.0.21", "198.18.0.22"][server]));
-        assert_eq!(
-            (fwd.src, fwd.sport, fwd.dport, fwd.ttl),
-            (client(c), cport, 8080, 63)
-        );
+        assert_eq!((fwd.src, fwd.sport, fwd.dport, fwd.ttl), (client(c), cport, 8080, 63));
 
         // The other server's answer for this client is not this session's: dropped.
         let other = ["198.18.0.21", "198.18.0.22"][1 - server];
-        let mut wrong = tcp(
-            NAT_MACS[1 - server],
-            PORT_MAC,
-            ip(other),
-            client(c),
-            8080,
-            cport,
-            SYN | ACK,
-            b"",
-        );
-        assert_eq!(
-            w.process(&mut wrong, 0, 1, false),
-            Verdict::Drop(Drop::NoSession)
-        );
+        let mut wrong = tcp(NAT_MACS[1 - server], PORT_MAC, ip(other), client(c), 8080, cport, SYN | ACK, b"");
+        assert_eq!(w.process(&mut wrong, 0, 1, false), Verdict::Drop(Drop::NoSession));
 
-        let mut reply = tcp(
-            NAT_MACS[server],
-            PORT_MAC,
-            fwd.dst,
-            client(c),
-            8080,
-            cport,
-            SYN | ACK,
-            b"hello from server",
-        );
+        let mut reply =
+            tcp(NAT_MACS[server], PORT_MAC, fwd.dst, client(c), 8080, cport, SYN | ACK, b"hello from server");
         assert_eq!(w.process(&mut reply, 0, 1, false), Verdict::Tx(0));
         let back = check(&reply).expect("valid checksums after NAT reply");
-        assert_eq!(
-            (back.src, back.sport, back.dst, back.dport),
-            (ip("198.18.100.2"), 80, client(c), cport)
-        );
+        assert_eq!((back.src, back.sport, back.dst, back.dport), (ip("198.18.100.2"), 80, client(c), cport));
         assert_eq!(
             (back.dst_mac, back.src_mac),
             (ROUTER_MAC, PORT_MAC),
@@ -224,63 +147,25 @@ fn nat_udp_both_directions_and_zero_checksum_is_kept() {
     let (_, shared, stats) = setup("[1]", 1000);
     let mut w = Worker::new(0, &shared, &stats[0]);
     // The UDP server has no static MAC: nothing is sent until ARP resolves it.
-    let mut q = udp(
-        ROUTER_MAC,
-        PORT_MAC,
-        client(9),
-        ip("198.18.100.2"),
-        4444,
-        53,
-        b"query",
-    );
-    assert_eq!(
-        w.process(&mut q, 0, 0, false),
-        Verdict::Drop(Drop::NoNeighbor)
-    );
+    let mut q = udp(ROUTER_MAC, PORT_MAC, client(9), ip("198.18.100.2"), 4444, 53, b"query");
+    assert_eq!(w.process(&mut q, 0, 0, false), Verdict::Drop(Drop::NoNeighbor));
     let srv_mac = [2, 0, 0, 0, 3, 1];
     let mut arp_reply = arp_request(srv_mac, ip("198.18.0.31"), ip("198.18.0.1"));
     arp_reply[21] = 2; // opcode: reply
     arp_reply[0..6].copy_from_slice(&PORT_MAC);
     assert_eq!(w.process(&mut arp_reply, 0, 0, false), Verdict::Consumed);
 
-    let mut q = udp(
-        ROUTER_MAC,
-        PORT_MAC,
-        client(9),
-        ip("198.18.100.2"),
-        4444,
-        53,
-        b"query",
-    );
+    let mut q = udp(ROUTER_MAC, PORT_MAC, client(9), ip("198.18.100.2"), 4444, 53, b"query");
     assert_eq!(w.process(&mut q, 0, 1, false), Verdict::Tx(0));
     let s = check(&q).unwrap();
-    assert_eq!(
-        (s.dst, s.dport, s.dst_mac),
-        (ip("198.18.0.31"), 5353, srv_mac)
-    );
-    let mut r = udp(
-        srv_mac,
-        PORT_MAC,
-        ip("198.18.0.31"),
-        client(9),
-        5353,
-        4444,
-        b"answer",
-    );
+    assert_eq!((s.dst, s.dport, s.dst_mac), (ip("198.18.0.31"), 5353, srv_mac));
+    let mut r = udp(srv_mac, PORT_MAC, ip("198.18.0.31"), client(9), 5353, 4444, b"answer");
     assert_eq!(w.process(&mut r, 0, 2, false), Verdict::Tx(0));
     let s = check(&r).unwrap();
     assert_eq!((s.src, s.sport), (ip("198.18.100.2"), 53));
 
     // A sender that omitted the UDP checksum (0) must still send 0.
-    let mut z = udp(
-        ROUTER_MAC,
-        PORT_MAC,
-        client(9),
-        ip("198.18.100.2"),
-        4444,
-        53,
-        b"again",
-    );
+    let mut z = udp(ROUTER_MAC, PORT_MAC, client(9), ip("198.18.100.2"), 4444, 53, b"again");
     z[14 + 20 + 6] = 0;
     z[14 + 20 + 7] = 0;
     assert_eq!(w.process(&mut z, 0, 3, false), Verdict::Tx(0));
@@ -305,85 +190,28 @@ fn answers_arp_and_ping_for_vips_and_own_address() {
         let mut p = icmp_echo(asker, PORT_MAC, ip("198.18.0.50"), ip(target));
         assert_eq!(w.process(&mut p, 0, 0, false), Verdict::Tx(0));
         let s = check(&p).expect("valid checksums on echo reply");
-        assert_eq!(
-            (s.src, s.dst, s.flags, s.dst_mac),
-            (ip(target), ip("198.18.0.50"), 0, asker)
-        );
+        assert_eq!((s.src, s.dst, s.flags, s.dst_mac), (ip(target), ip("198.18.0.50"), 0, asker));
     }
     let mut other = arp_request(asker, ip("198.18.0.50"), ip("198.18.0.77"));
-    assert_eq!(
-        w.process(&mut other, 0, 0, false),
-        Verdict::Drop(Drop::ArpIgnored)
-    );
+    assert_eq!(w.process(&mut other, 0, 0, false), Verdict::Drop(Drop::ArpIgnored));
     let mut ping_other = icmp_echo(asker, PORT_MAC, ip("198.18.0.50"), ip("198.18.0.77"));
-    assert_eq!(
-        w.process(&mut ping_other, 0, 0, false),
-        Verdict::Drop(Drop::NoService)
-    );
+    assert_eq!(w.process(&mut ping_other, 0, 0, false), Verdict::Drop(Drop::NoService));
 }
 
 #[test]
 fn frames_not_for_us_are_counted_drops() {
     let (_, shared, stats) = setup("[1]", 10);
     let mut w = Worker::new(0, &shared, &stats[0]);
-    let mut f = tcp(
-        ROUTER_MAC,
-        [2, 9, 9, 9, 9, 9],
-        client(1),
-        ip("198.18.100.1"),
-        1,
-        80,
-        SYN,
-        b"",
-    );
-    assert_eq!(
-        w.process(&mut f, 0, 0, false),
-        Verdict::Drop(Drop::NotForUs)
-    );
-    let mut f = tcp(
-        ROUTER_MAC,
-        PORT_MAC,
-        client(1),
-        ip("198.18.100.9"),
-        1,
-        80,
-        SYN,
-        b"",
-    );
-    assert_eq!(
-        w.process(&mut f, 0, 0, false),
-        Verdict::Drop(Drop::NoService)
-    );
-    let mut f = tcp(
-        ROUTER_MAC,
-        PORT_MAC,
-        client(1),
-        ip("198.18.100.1"),
-        1,
-        80,
-        SYN,
-        b"",
-    );
+    let mut f = tcp(ROUTER_MAC, [2, 9, 9, 9, 9, 9], client(1), ip("198.18.100.1"), 1, 80, SYN, b"");
+    assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Drop(Drop::NotForUs));
+    let mut f = tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.100.9"), 1, 80, SYN, b"");
+    assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Drop(Drop::NoService));
+    let mut f = tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.100.1"), 1, 80, SYN, b"");
     f[14 + 6] = 0x20; // more fragments
-    assert_eq!(
-        w.process(&mut f, 0, 0, false),
-        Verdict::Drop(Drop::Fragment)
-    );
-    let mut f = tcp(
-        ROUTER_MAC,
-        PORT_MAC,
-        client(1),
-        ip("198.18.100.1"),
-        1,
-        80,
-        SYN,
-        b"",
-    );
+    assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Drop(Drop::Fragment));
+    let mut f = tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.100.1"), 1, 80, SYN, b"");
     f.truncate(14 + 20 + 10);
-    assert_eq!(
-        w.process(&mut f, 0, 0, false),
-        Verdict::Drop(Drop::Malformed)
-    );
+    assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Drop(Drop::Malformed));
 }
 
 #[test]
@@ -396,16 +224,7 @@ fn flows_are_handed_to_their_owner_and_both_nat_directions_agree() {
         let cport = 20000 + c as u16;
         let owner = shared.owner(u32::from_be_bytes(client(c)), cport);
         owners[owner] += 1;
-        let mut syn = tcp(
-            ROUTER_MAC,
-            PORT_MAC,
-            client(c),
-            ip("198.18.100.2"),
-            cport,
-            80,
-            SYN,
-            b"",
-        );
+        let mut syn = tcp(ROUTER_MAC, PORT_MAC, client(c), ip("198.18.100.2"), cport, 80, SYN, b"");
         // Whoever receives it, only the owner processes it.
         let receiver = (c % 2) as usize;
         let w = if receiver == 0 { &mut w0 } else { &mut w1 };
@@ -419,24 +238,12 @@ fn flows_are_handed_to_their_owner_and_both_nat_directions_agree() {
         }
         let fwd = check(&syn).unwrap();
         // The reply is hashed on its destination (the client): same owner.
-        let mut reply = tcp(
-            fwd.dst_mac,
-            PORT_MAC,
-            fwd.dst,
-            client(c),
-            8080,
-            cport,
-            SYN | ACK,
-            b"",
-        );
+        let mut reply = tcp(fwd.dst_mac, PORT_MAC, fwd.dst, client(c), 8080, cport, SYN | ACK, b"");
         let other = 1 - owner;
         let wo = if other == 0 { &mut w0 } else { &mut w1 };
         assert_eq!(wo.process(&mut reply, 0, 1, false), Verdict::Handoff(owner));
     }
-    assert!(
-        owners[0] > 60 && owners[1] > 60,
-        "ownership spread {owners:?}"
-    );
+    assert!(owners[0] > 60 && owners[1] > 60, "ownership spread {owners:?}");
 }
 
 #[test]
@@ -444,16 +251,7 @@ fn fin_moves_to_close_timer_and_idle_sessions_expire() {
     let (cfg, shared, stats) = setup("[1]", 100);
     let mut w = Worker::new(0, &shared, &stats[0]);
     let send = |w: &mut Worker, c: u32, flags: u8, t: u32| {
-        let mut f = tcp(
-            ROUTER_MAC,
-            PORT_MAC,
-            client(c),
-            ip("198.18.100.1"),
-            1000 + c as u16,
-            80,
-            flags,
-            b"",
-        );
+        let mut f = tcp(ROUTER_MAC, PORT_MAC, client(c), ip("198.18.100.1"), 1000 + c as u16, 80, flags, b"");
         w.process(&mut f, 0, t, false)
     };
     assert_eq!(send(&mut w, 1, SYN, 0), Verdict::Tx(0));
@@ -472,10 +270,7 @@ fn fin_moves_to_close_timer_and_idle_sessions_expire() {
     assert_eq!(send(&mut w, 2, ACK, t), Verdict::Tx(0));
     // A SYN that is never answered expires after the SYN timeout.
     assert_eq!(send(&mut w, 3, SYN, t), Verdict::Tx(0));
-    assert_eq!(
-        send(&mut w, 3, ACK, t + cfg.timeouts.syn_ms + 1),
-        Verdict::Drop(Drop::NoSession)
-    );
+    assert_eq!(send(&mut w, 3, ACK, t + cfg.timeouts.syn_ms + 1), Verdict::Drop(Drop::NoSession));
 }
 
 #[test]
@@ -483,42 +278,12 @@ fn full_table_drops_new_flows_and_keeps_old_ones() {
     let (_, shared, stats) = setup("[1]", 50);
     let mut w = Worker::new(0, &shared, &stats[0]);
     for c in 0..50u32 {
-        let mut f = tcp(
-            ROUTER_MAC,
-            PORT_MAC,
-            client(c),
-            ip("198.18.100.1"),
-            7,
-            80,
-            SYN,
-            b"",
-        );
+        let mut f = tcp(ROUTER_MAC, PORT_MAC, client(c), ip("198.18.100.1"), 7, 80, SYN, b"");
         assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Tx(0));
     }
-    let mut f = tcp(
-        ROUTER_MAC,
-        PORT_MAC,
-        client(99),
-        ip("198.18.100.1"),
-        7,
-        80,
-        SYN,
-        b"",
-    );
-    assert_eq!(
-        w.process(&mut f, 0, 1, false),
-        Verdict::Drop(Drop::TableFull)
-    );
-    let mut f = tcp(
-        ROUTER_MAC,
-        PORT_MAC,
-        client(3),
-        ip("198.18.100.1"),
-        7,
-        80,
-        ACK,
-        b"",
-    );
+    let mut f = tcp(ROUTER_MAC, PORT_MAC, client(99), ip("198.18.100.1"), 7, 80, SYN, b"");
+    assert_eq!(w.process(&mut f, 0, 1, false), Verdict::Drop(Drop::TableFull));
+    let mut f = tcp(ROUTER_MAC, PORT_MAC, client(3), ip("198.18.100.1"), 7, 80, ACK, b"");
     assert_eq!(w.process(&mut f, 0, 1, false), Verdict::Tx(0));
 }
 
@@ -531,45 +296,10 @@ fn random_and_mutated_frames_never_panic() {
     let mut w = Worker::new(0, &shared, &stats[0]);
     let mut rng = SmallRng::seed_from_u64(0x5eed);
     let seeds: Vec<Vec<u8>> = vec![
-        tcp(
-            ROUTER_MAC,
-            PORT_MAC,
-            client(1),
-            ip("198.18.100.1"),
-            1,
-            80,
-            SYN,
-            b"abc",
-        ),
-        tcp(
-            ROUTER_MAC,
-            PORT_MAC,
-            client(2),
-            ip("198.18.100.2"),
-            2,
-            80,
-            SYN,
-            b"",
-        ),
-        tcp(
-            NAT_MACS[0],
-            PORT_MAC,
-            ip("198.18.0.21"),
-            client(2),
-            8080,
-            2,
-            ACK,
-            b"reply",
-        ),
-        udp(
-            ROUTER_MAC,
-            PORT_MAC,
-            client(3),
-            ip("198.18.100.2"),
-            3,
-            53,
-            b"q",
-        ),
+        tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.100.1"), 1, 80, SYN, b"abc"),
+        tcp(ROUTER_MAC, PORT_MAC, client(2), ip("198.18.100.2"), 2, 80, SYN, b""),
+        tcp(NAT_MACS[0], PORT_MAC, ip("198.18.0.21"), client(2), 8080, 2, ACK, b"reply"),
+        udp(ROUTER_MAC, PORT_MAC, client(3), ip("198.18.100.2"), 3, 53, b"q"),
         arp_request(ROUTER_MAC, ip("198.18.0.9"), ip("198.18.100.1")),
         icmp_echo(ROUTER_MAC, PORT_MAC, client(4), ip("198.18.100.1")),
     ];
@@ -582,11 +312,7 @@ fn random_and_mutated_frames_never_panic() {
                 let mut f: Vec<u8> = (0..n).map(|_| rng.random()).collect();
                 if f.len() >= 14 && rng.random_bool(0.7) {
                     f[0..6].copy_from_slice(&PORT_MAC);
-                    f[12..14].copy_from_slice(if rng.random_bool(0.8) {
-                        &[8, 0]
-                    } else {
-                        &[8, 6]
-                    });
+                    f[12..14].copy_from_slice(if rng.random_bool(0.8) { &[8, 0] } else { &[8, 6] });
                     if f.len() > 14 && rng.random_bool(0.8) {
                         f[14] = 0x45;
                     }
@@ -627,12 +353,6 @@ fn random_and_mutated_frames_never_panic() {
         }
     }
     println!("{total} frames: {verdicts:?}");
-    assert!(
-        verdicts.keys().any(|k| k.starts_with("Tx")),
-        "some mutated frames are still valid and forwarded"
-    );
-    assert!(
-        verdicts.keys().filter(|k| k.starts_with("Drop")).count() >= 5,
-        "many drop reasons exercised"
-    );
+    assert!(verdicts.keys().any(|k| k.starts_with("Tx")), "some mutated frames are still valid and forwarded");
+    assert!(verdicts.keys().filter(|k| k.starts_with("Drop")).count() >= 5, "many drop reasons exercised");
 }

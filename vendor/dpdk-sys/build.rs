@@ -12,9 +12,7 @@ fn main() {
         .range_version("22.11".."22.12")
         .cargo_metadata(true)
         .probe("libdpdk")
-        .unwrap_or_else(|e| {
-            panic!("DPDK 22.11 not found by pkg-config (apt-get install libdpdk-dev): {e}")
-        });
+        .unwrap_or_else(|e| panic!("DPDK 22.11 not found by pkg-config (apt-get install libdpdk-dev): {e}"));
 
     // The pkg-config crate drops `-include rte_config.h -march=corei7`; take the
     // flags verbatim so cc and bindgen see exactly what DPDK was built for.
@@ -22,17 +20,10 @@ fn main() {
         .args(["--cflags", "libdpdk"])
         .output()
         .expect("run pkg-config --cflags libdpdk");
-    let cflags: Vec<String> = String::from_utf8_lossy(&cflags.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
+    let cflags: Vec<String> = String::from_utf8_lossy(&cflags.stdout).split_whitespace().map(str::to_owned).collect();
 
     let mut build = cc::Build::new();
-    build
-        .file("shim/shim.c")
-        .include("shim")
-        .opt_level(3)
-        .warnings(false);
+    build.file("shim/shim.c").include("shim").opt_level(3).warnings(false);
     for flag in &cflags {
         build.flag(flag);
     }
@@ -51,10 +42,7 @@ fn main() {
         .allowlist_var("RTE_.*|RING_F_.*|MEMPOOL_F_.*")
         .blocklist_item("per_lcore_.*")
         .opaque_type("rte_arp_ipv4|rte_arp_hdr|rte_l2tpv2_combined_msg_hdr|rte_gtp_psc_generic_hdr")
-        .default_enum_style(bindgen::EnumVariation::NewType {
-            is_bitfield: false,
-            is_global: false,
-        })
+        .default_enum_style(bindgen::EnumVariation::NewType { is_bitfield: false, is_global: false })
         .derive_default(true)
         .layout_tests(true)
         .generate_comments(false)

@@ -66,9 +66,7 @@ mod tests {
 
     #[test]
     fn incremental_matches_full_recompute() {
-        let mut data = [
-            0x45u8, 0, 0, 60, 0x1c, 0x46, 0x40, 0, 0x40, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
-        ];
+        let mut data = [0x45u8, 0, 0, 60, 0x1c, 0x46, 0x40, 0, 0x40, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
         let c = full(&data);
         data[10..12].copy_from_slice(&c.to_be_bytes());
         assert_eq!(full(&data), 0);

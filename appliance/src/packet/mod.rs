@@ -9,8 +9,8 @@ pub mod checksum;
 
 use crate::stats::Drop;
 use smoltcp::wire::{
-    ArpHardware, ArpOperation, ArpPacket, EthernetFrame, EthernetProtocol, Icmpv4Message,
-    Icmpv4Packet, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket,
+    ArpHardware, ArpOperation, ArpPacket, EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv4Packet, IpProtocol,
+    Ipv4Packet, TcpPacket, UdpPacket,
 };
 
 pub const ETH_HDR: usize = 14;
@@ -212,25 +212,15 @@ fn rewrite_endpoint(frame: &mut [u8], info: &L4Info, is_dst: bool, new_ip: u32, 
         (ETH_HDR + 12, info.src_ip, info.l4_off, info.src_port)
     };
     let ip_check = read16(frame, ETH_HDR + 10);
-    write16(
-        frame,
-        ETH_HDR + 10,
-        checksum::update32(ip_check, old_ip, new_ip),
-    );
+    write16(frame, ETH_HDR + 10, checksum::update32(ip_check, old_ip, new_ip));
     frame[addr_off..addr_off + 4].copy_from_slice(&new_ip.to_be_bytes());
 
     // The L4 checksum covers the pseudo-header (addresses) and the ports.
     let coff = l4_check_off(info);
     let mut c = read16(frame, coff);
     c = match info.proto {
-        L4Proto::Tcp => {
-            checksum::update16(checksum::update32(c, old_ip, new_ip), old_port, new_port)
-        }
-        L4Proto::Udp => checksum::update_udp16(
-            checksum::update_udp32(c, old_ip, new_ip),
-            old_port,
-            new_port,
-        ),
+        L4Proto::Tcp => checksum::update16(checksum::update32(c, old_ip, new_ip), old_port, new_port),
+        L4Proto::Udp => checksum::update_udp16(checksum::update_udp32(c, old_ip, new_ip), old_port, new_port),
     };
     write16(frame, coff, c);
     write16(frame, port_off, new_port);
@@ -247,28 +237,14 @@ fn decrement_ttl(frame: &mut [u8]) {
 }
 
 /// L4/3 forward: client → server. Destination address (and port) become the server's.
-pub fn rewrite_nat_forward(
-    frame: &mut [u8],
-    info: &L4Info,
-    server_ip: u32,
-    server_port: u16,
-    dst: Mac,
-    src: Mac,
-) {
+pub fn rewrite_nat_forward(frame: &mut [u8], info: &L4Info, server_ip: u32, server_port: u16, dst: Mac, src: Mac) {
     rewrite_endpoint(frame, info, true, server_ip, server_port);
     decrement_ttl(frame);
     set_macs(frame, dst, src);
 }
 
 /// L4/3 reply: server → client. Source address (and port) become the VIP's.
-pub fn rewrite_nat_reply(
-    frame: &mut [u8],
-    info: &L4Info,
-    vip: u32,
-    vport: u16,
-    dst: Mac,
-    src: Mac,
-) {
+pub fn rewrite_nat_reply(frame: &mut [u8], info: &L4Info, vip: u32, vport: u16, dst: Mac, src: Mac) {
     rewrite_endpoint(frame, info, false, vip, vport);
     decrement_ttl(frame);
     set_macs(frame, dst, src);

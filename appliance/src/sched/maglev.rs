@@ -34,10 +34,7 @@ impl Maglev {
     /// Builds the table. `size` must be prime and larger than the number of
     /// backends; at least one backend must have a non-zero weight.
     pub fn new(backends: &[Backend], size: usize) -> Maglev {
-        assert!(
-            is_prime(size) && size > backends.len(),
-            "maglev size must be a prime > servers"
-        );
+        assert!(is_prime(size) && size > backends.len(), "maglev size must be a prime > servers");
         assert!(backends.len() < usize::from(u16::MAX));
         let m = size as u64;
         let perms: Vec<(u64, u64)> = backends
@@ -76,9 +73,7 @@ impl Maglev {
                 }
             }
         }
-        Maglev {
-            table: table.into_boxed_slice(),
-        }
+        Maglev { table: table.into_boxed_slice() }
     }
 
     /// The backend index for a flow hash.
@@ -98,9 +93,7 @@ mod tests {
     use super::*;
 
     fn names(n: usize) -> Vec<String> {
-        (0..n)
-            .map(|i| format!("10.1.{}.{}:80", i / 200, i % 200 + 1))
-            .collect()
+        (0..n).map(|i| format!("10.1.{}.{}:80", i / 200, i % 200 + 1)).collect()
     }
 
     fn shares(t: &Maglev, n: usize) -> Vec<f64> {
@@ -108,33 +101,19 @@ mod tests {
         for &s in t.table() {
             c[usize::from(s)] += 1;
         }
-        c.iter()
-            .map(|&x| x as f64 / t.table().len() as f64)
-            .collect()
+        c.iter().map(|&x| x as f64 / t.table().len() as f64).collect()
     }
 
     #[test]
     fn slot_shares_within_one_percent_of_weight_shares() {
-        for weights in [
-            vec![1, 1, 1],
-            vec![1, 2, 3],
-            vec![5, 1, 1, 1, 2],
-            vec![10, 3, 7, 1, 1, 8, 2, 4],
-        ] {
+        for weights in [vec![1, 1, 1], vec![1, 2, 3], vec![5, 1, 1, 1, 2], vec![10, 3, 7, 1, 1, 8, 2, 4]] {
             let n = names(weights.len());
-            let bs: Vec<Backend> = n
-                .iter()
-                .zip(&weights)
-                .map(|(name, &w)| Backend { name, weight: w })
-                .collect();
+            let bs: Vec<Backend> = n.iter().zip(&weights).map(|(name, &w)| Backend { name, weight: w }).collect();
             let t = Maglev::new(&bs, DEFAULT_TABLE_SIZE);
             let total: u32 = weights.iter().sum();
             for (i, s) in shares(&t, weights.len()).iter().enumerate() {
                 let want = f64::from(weights[i]) / f64::from(total);
-                assert!(
-                    (s - want).abs() <= 0.01,
-                    "weights {weights:?}: server {i} has {s:.4}, wants {want:.4}"
-                );
+                assert!((s - want).abs() <= 0.01, "weights {weights:?}: server {i} has {s:.4}, wants {want:.4}");
             }
         }
     }
@@ -161,17 +140,10 @@ mod tests {
                         usize::from(i)
                     }
                 };
-                let moved = before
-                    .table()
-                    .iter()
-                    .zip(after.table())
-                    .filter(|(b, a)| usize::from(**b) != orig(**a))
-                    .count();
+                let moved =
+                    before.table().iter().zip(after.table()).filter(|(b, a)| usize::from(**b) != orig(**a)).count();
                 let frac = moved as f64 / DEFAULT_TABLE_SIZE as f64;
-                assert!(
-                    frac <= 1.0 / n as f64 + 0.02,
-                    "n={n} removed={removed}: {frac:.4} of slots moved"
-                );
+                assert!(frac <= 1.0 / n as f64 + 0.02, "n={n} removed={removed}: {frac:.4} of slots moved");
             }
         }
     }

@@ -29,9 +29,7 @@ pub fn tcp(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(src_mac, dst_mac)
-        .ipv4(src, dst, 64)
-        .tcp(sport, dport, 1000, 65535);
+    let mut b = PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, dst, 64).tcp(sport, dport, 1000, 65535);
     if flags & SYN != 0 {
         b = b.syn();
     }
@@ -62,11 +60,7 @@ pub fn udp(
     payload: &[u8],
 ) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(src_mac, dst_mac)
-        .ipv4(src, dst, 64)
-        .udp(sport, dport)
-        .write(&mut v, payload)
-        .unwrap();
+    PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, dst, 64).udp(sport, dport).write(&mut v, payload).unwrap();
     v
 }
 
@@ -130,38 +124,19 @@ pub fn check(frame: &[u8]) -> Result<Seen, String> {
         Some(TransportSlice::Tcp(t)) => {
             let want = t.calc_checksum_ipv4(src, dst).map_err(|e| e.to_string())?;
             if want != t.checksum() {
-                return Err(format!(
-                    "bad TCP checksum {:#06x}, want {want:#06x}",
-                    t.checksum()
-                ));
+                return Err(format!("bad TCP checksum {:#06x}, want {want:#06x}", t.checksum()));
             }
             let f = frame[14 + usize::from(h.ihl()) * 4 + 13];
-            (
-                t.source_port(),
-                t.destination_port(),
-                f,
-                t.payload().to_vec(),
-            )
+            (t.source_port(), t.destination_port(), f, t.payload().to_vec())
         }
         Some(TransportSlice::Udp(u)) => {
             if u.checksum() != 0 {
-                let want = u
-                    .to_header()
-                    .calc_checksum_ipv4_raw(src, dst, u.payload())
-                    .map_err(|e| e.to_string())?;
+                let want = u.to_header().calc_checksum_ipv4_raw(src, dst, u.payload()).map_err(|e| e.to_string())?;
                 if want != u.checksum() {
-                    return Err(format!(
-                        "bad UDP checksum {:#06x}, want {want:#06x}",
-                        u.checksum()
-                    ));
+                    return Err(format!("bad UDP checksum {:#06x}, want {want:#06x}", u.checksum()));
                 }
             }
-            (
-                u.source_port(),
-                u.destination_port(),
-                0,
-                u.payload().to_vec(),
-            )
+            (u.source_port(), u.destination_port(), 0, u.payload().to_vec())
         }
         Some(TransportSlice::Icmpv4(i)) => {
             let bytes = i.slice();
@@ -179,15 +154,5 @@ pub fn check(frame: &[u8]) -> Result<Seen, String> {
         }
         _ => return Err("no transport".into()),
     };
-    Ok(Seen {
-        src_mac: eth.source(),
-        dst_mac: eth.destination(),
-        src,
-        dst,
-        sport,
-        dport,
-        flags,
-        ttl: h.ttl(),
-        payload,
-    })
+    Ok(Seen { src_mac: eth.source(), dst_mac: eth.destination(), src, dst, sport, dport, flags, ttl: h.ttl(), payload })
 }
