@@ -1,0 +1,133 @@
+//! Configuration: a good file parses with defaults filled in; bad files are
+//! rejected with file:line:column (or the key) and the reason.
+
+use ringlb::config::{self, Mode, SchedulerKind};
+
+const GOOD: &str = r#"
+eal:
+  control_core: 0
+  worker_cores: [1]
+ports:
+  - device: "net_af_packet0,iface=p0"
+    ip: 198.18.0.1/24
+services:
+  - name: web
+    vip: 198.18.100.1
+    port: 80
+    mode: dsr
+    group: web
+  - name: api
+    vip: 198.18.100.1
+    port: 8443
+    mode: nat
+    scheduler: maglev
+    group: api
+server_groups:
+  web:
+    - { ip: 198.18.0.11, port: 80 }
+    - { ip: 198.18.0.12, port: 80, weight: 3 }
+  api:
+    - { ip: 198.18.0.21, port: 443 }
+"#;
+
+#[test]
+fn good_config_resolves_with_defaults() {
+    let c = config::parse(GOOD, "good.yaml").unwrap();
+    assert!(c.eal.hugepages);
+    assert_eq!(c.services[0].mode, Mode::Dsr);
+    assert_eq!(c.services[0].scheduler, SchedulerKind::Wrr);
+    assert_eq!(c.services[1].maglev_table_size, 65_537);
+    assert_eq!(c.servers.len(), 3);
+    assert_eq!(c.servers[1].weight, 3);
+    assert_eq!(c.session_capacity, 1 << 20);
+    assert_eq!(c.timeouts.established_ms, 300_000);
+    assert_eq!(c.ports[0].dpdk_name(), "net_af_packet0");
+    let text = c.render();
+    assert!(text.contains("maglev_table_size: 65537"), "{text}");
+}
+
+/// Replaces `from` (which must occur) by `to` in the good config, and returns
+/// the error text.
+fn reject(from: &str, to: &str) -> String {
+    assert!(GOOD.contains(from), "test bug: {from:?} not in GOOD");
+    let bad = GOOD.replacen(from, to, 1);
+    match config::parse(&bad, "bad.yaml") {
+        Ok(_) => panic!("accepted a bad config ({from:?} → {to:?})"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_has(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "message {msg:?} lacks {p:?}");
+    }
+}
+
+#[test]
+fn yaml_syntax_error_names_line_and_column() {
+    let m = reject("    port: 80\n    mode: dsr", "    port: [80\n    mode: dsr");
+    assert!(m.starts_with("bad.yaml:"), "{m}");
+    let parts: Vec<&str> = m.splitn(4, ':').collect();
+    assert!(parts[1].parse::<u32>().is_ok() && parts[2].parse::<u32>().is_ok(), "no line:column in {m}");
+}
+
+#[test]
+fn unknown_key_is_rejected_with_location() {
+    let m = reject("    mode: dsr", "    mode: dsr\n    shceduler: wrr");
+    assert_has(&m, &["bad.yaml:", "shceduler"]);
+}
+
+#[test]
+fn wrong_type_and_unknown_enum_value() {
+    assert_has(&reject("    port: 80", "    port: eighty"), &["bad.yaml:"]);
+    assert_has(&reject("    mode: dsr", "    mode: tunnel"), &["bad.yaml:", "tunnel"]);
+    assert_has(&reject("port: 80 }", "port: 70000 }"), &["bad.yaml:"]);
+}
+
+#[test]
+fn unknown_server_group() {
+    assert_has(&reject("    group: web", "    group: wbe"), &["bad.yaml:13:12:", "unknown server group 'wbe'", "known: api, web"]);
+}
+
+#[test]
+fn bad_addresses() {
+    assert_has(&reject("ip: 198.18.0.1/24", "ip: 198.18.0.1"), &["bad.yaml:7:", "ports[0].ip", "prefix"]);
+    assert_has(&reject("vip: 198.18.100.1\n", "vip: 198.18.100.300\n"), &["bad.yaml:"]);
+    assert_has(
+        &reject("ip: 198.18.0.21, port: 443", "ip: 10.9.9.9, port: 443"),
+        &["bad.yaml:", "10.9.9.9 is on none of the ports' subnets"],
+    );
+    assert_has(&reject("ip: 198.18.0.1/24\n", "ip: 198.18.0.1/24\n    mac: \"02:00:zz:00:00:01\"\n"), &["ports[0].mac", "not a MAC"]);
+}
+
+#[test]
+fn dsr_cannot_map_ports() {
+    assert_has(&reject("ip: 198.18.0.11, port: 80", "ip: 198.18.0.11, port: 8080"), &["dsr", "cannot change ports", "8080"]);
+}
+
+#[test]
+fn duplicate_service_address_and_name() {
+    assert_has(&reject("port: 8443", "port: 80"), &["already another service's address"]);
+    assert_has(&reject("name: api", "name: web"), &["'web' is empty or used twice"]);
+}
+
+#[test]
+fn weights_sizes_and_timeouts() {
+    assert_has(&reject("{ ip: 198.18.0.21, port: 443 }", "{ ip: 198.18.0.21, port: 443, weight: 0 }"), &["every weight is 0"]);
+    assert_has(&reject("    scheduler: maglev", "    scheduler: maglev\n    maglev_table_size: 65536"), &["must be a prime"]);
+    assert_has(&reject("worker_cores: [1]", "worker_cores: []"), &["at least one worker"]);
+    assert_has(&reject("server_groups:", "timeouts: { syn: 5 }\nserver_groups:"), &["timeouts.syn", "not a duration"]);
+    assert_has(&reject("server_groups:", "sessions: { capacity: 0 }\nserver_groups:"), &["sessions.capacity"]);
+    assert_has(&reject("  worker_cores: [1]", "  worker_cores: [1]\n  hugepages: false"), &["eal.memory_mb"]);
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(config::parse_duration_ms("250ms"), Some(250));
+    assert_eq!(config::parse_duration_ms("5s"), Some(5000));
+    assert_eq!(config::parse_duration_ms("2m"), Some(120_000));
+    assert_eq!(config::parse_duration_ms("0s"), None);
+    assert_eq!(config::parse_duration_ms("5"), None);
+    assert_eq!(config::parse_duration_ms("30d"), None);
+    assert_eq!(config::parse_duration_ms("99999999h"), None);
+}
