@@ -608,13 +608,13 @@ impl Config {
         for s in &self.services {
             let _ = writeln!(
                 o,
-                "  - name: {}\n    vip: {}\n    port: {}\n    protocol: {:?}\n    mode: {:?}\n    scheduler: {:?}",
+                "  - name: {}\n    vip: {}\n    port: {}\n    protocol: {}\n    mode: {}\n    scheduler: {}",
                 s.name,
                 ip(s.vip),
                 s.port,
-                s.proto,
-                s.mode,
-                s.scheduler
+                format!("{:?}", s.proto).to_lowercase(),
+                format!("{:?}", s.mode).to_lowercase(),
+                format!("{:?}", s.scheduler).to_lowercase()
             );
             if s.scheduler == SchedulerKind::Maglev {
                 let _ = writeln!(o, "    maglev_table_size: {}", s.maglev_table_size);

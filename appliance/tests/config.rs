@@ -86,7 +86,10 @@ fn wrong_type_and_unknown_enum_value() {
 
 #[test]
 fn unknown_server_group() {
-    assert_has(&reject("    group: web", "    group: wbe"), &["bad.yaml:13:12:", "unknown server group 'wbe'", "known: api, web"]);
+    assert_has(
+        &reject("    group: web", "    group: wbe"),
+        &["bad.yaml:13:12:", "unknown server group 'wbe'", "known: api, web"],
+    );
 }
 
 #[test]
@@ -97,12 +100,18 @@ fn bad_addresses() {
         &reject("ip: 198.18.0.21, port: 443", "ip: 10.9.9.9, port: 443"),
         &["bad.yaml:", "10.9.9.9 is on none of the ports' subnets"],
     );
-    assert_has(&reject("ip: 198.18.0.1/24\n", "ip: 198.18.0.1/24\n    mac: \"02:00:zz:00:00:01\"\n"), &["ports[0].mac", "not a MAC"]);
+    assert_has(
+        &reject("ip: 198.18.0.1/24\n", "ip: 198.18.0.1/24\n    mac: \"02:00:zz:00:00:01\"\n"),
+        &["ports[0].mac", "not a MAC"],
+    );
 }
 
 #[test]
 fn dsr_cannot_map_ports() {
-    assert_has(&reject("ip: 198.18.0.11, port: 80", "ip: 198.18.0.11, port: 8080"), &["dsr", "cannot change ports", "8080"]);
+    assert_has(
+        &reject("ip: 198.18.0.11, port: 80", "ip: 198.18.0.11, port: 8080"),
+        &["dsr", "cannot change ports", "8080"],
+    );
 }
 
 #[test]
@@ -113,8 +122,14 @@ fn duplicate_service_address_and_name() {
 
 #[test]
 fn weights_sizes_and_timeouts() {
-    assert_has(&reject("{ ip: 198.18.0.21, port: 443 }", "{ ip: 198.18.0.21, port: 443, weight: 0 }"), &["every weight is 0"]);
-    assert_has(&reject("    scheduler: maglev", "    scheduler: maglev\n    maglev_table_size: 65536"), &["must be a prime"]);
+    assert_has(
+        &reject("{ ip: 198.18.0.21, port: 443 }", "{ ip: 198.18.0.21, port: 443, weight: 0 }"),
+        &["every weight is 0"],
+    );
+    assert_has(
+        &reject("    scheduler: maglev", "    scheduler: maglev\n    maglev_table_size: 65536"),
+        &["must be a prime"],
+    );
     assert_has(&reject("worker_cores: [1]", "worker_cores: []"), &["at least one worker"]);
     assert_has(&reject("server_groups:", "timeouts: { syn: 5 }\nserver_groups:"), &["timeouts.syn", "not a duration"]);
     assert_has(&reject("server_groups:", "sessions: { capacity: 0 }\nserver_groups:"), &["sessions.capacity"]);

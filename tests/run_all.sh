@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# `make test`: every tier, then one closing line "N passed, M failed".
+#   1. cargo test: unit tests, data-plane/config tests, vdev tests of the real binary
+#   2. lab tests: DSR and NAT through real namespaces, nginx, ab and curl
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+passed=0; failed=0
+run() {
+  local name=$1; shift
+  echo "=== $name"
+  if "$@"; then passed=$((passed + 1)); echo "=== $name: ok"; else failed=$((failed + 1)); echo "=== $name: FAILED"; fi
+}
+run "cargo test (unit, dataplane, config, vdev)" cargo test --workspace -- --test-threads=1
+run "lab DSR" bash tests/lab/lab_test.sh dsr
+run "lab NAT" bash tests/lab/lab_test.sh nat
+echo "test suites: $passed passed, $failed failed"
+[ "$failed" = 0 ]
