@@ -14,5 +14,6 @@ run() {
 run "cargo test (unit, dataplane, config, vdev)" cargo test --workspace -- --test-threads=1
 run "lab DSR" bash tests/lab/lab_test.sh dsr
 run "lab NAT" bash tests/lab/lab_test.sh nat
-echo "test suites: $passed passed, $failed failed"
+run "lab cleanup on failure" bash tests/lab/cleanup_test.sh
+echo "suites: $passed passed, $failed failed"
 [ "$failed" = 0 ]

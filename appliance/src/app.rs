@@ -161,7 +161,13 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
             clock,
             tsc_hz: eal.tsc_hz(),
         };
-        eal.launch(id as u32 + 1, move || worker::run(setup)).map_err(|e| e.to_string())?;
+        if let Err(e) = eal.launch(id as u32 + 1, move || worker::run(setup)) {
+            // Stop the workers already running before EAL is torn down.
+            worker_quit.store(true, Relaxed);
+            eal.wait_all();
+            ports.iter().for_each(|p| p.stop_and_close());
+            return Err(e.to_string());
+        }
     }
     println!(
         "ringlb running: {workers} worker(s), {} service(s), {} server(s), session capacity {} ({} per worker)",

@@ -10,7 +10,7 @@ set -euo pipefail
 MODE=${1:?usage: lab_test.sh dsr|nat}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 RINGLB=${RINGLB:-$ROOT/target/release/ringlb}
-LAB="rlb$$x$RANDOM"
+LAB=${LAB:-"rlb$$x$RANDOM"}
 LAB_DIR=$(mktemp -d "/tmp/ringlb-lab-$MODE.XXXXXX")
 # shellcheck source=../../deploy/lab/lab.sh
 source "$ROOT/deploy/lab/lab.sh"
@@ -29,6 +29,8 @@ lab_hugepages
 lab_up "$MODE"
 lab_start_ringlb "$ROOT/deploy/lab/$MODE.yaml" "$LAB_DIR/ringlb.log" --stats-interval 1
 lab_wait_ready || fail "VIP $VIP not answering within 30 s"
+# Test hook for tests/lab/cleanup_test.sh: fail with everything running.
+[ -z "${LAB_FORCE_FAIL:-}" ] || fail "forced failure (cleanup test)"
 C=$(lab_ns c)
 
 # 1. Many short connections: ab opens one TCP connection per request.

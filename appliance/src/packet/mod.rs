@@ -122,7 +122,8 @@ fn parse_ipv4(buf: &[u8]) -> Result<Parsed, Drop> {
     // new_checked validates version-independent lengths: header length within
     // the buffer, total length ≥ header length and ≤ buffer.
     let ip = Ipv4Packet::new_checked(buf).map_err(|_| Drop::Malformed)?;
-    if buf[0] >> 4 != 4 {
+    // smoltcp checks lengths, not that the header is at least the 20 fixed bytes.
+    if buf[0] >> 4 != 4 || ip.header_len() < 20 {
         return Err(Drop::Malformed);
     }
     if ip.more_frags() || ip.frag_offset() != 0 {
