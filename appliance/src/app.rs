@@ -140,7 +140,7 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
     }
     let clock = Clock::new(eal.tsc_hz());
     let worker_quit = Arc::new(AtomicBool::new(false));
-    for id in 0..workers {
+    for (id, outbound) in rings.iter().enumerate() {
         let rx_queues = queues
             .iter()
             .enumerate()
@@ -154,8 +154,8 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
             ports: ports.clone(),
             port_index: port_index.clone(),
             rx_queues,
-            inbound: (0..workers).filter_map(|from| rings[from][id].clone()).collect(),
-            outbound: rings[id].clone(),
+            inbound: rings.iter().filter_map(|row| row[id].clone()).collect(),
+            outbound: outbound.clone(),
             pool: Arc::clone(&pool),
             quit: Arc::clone(&worker_quit),
             clock,

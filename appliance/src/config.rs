@@ -306,7 +306,12 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
         // The rendered error may carry a source snippet; keep its first line.
         let msg = e.to_string();
-        let first = msg.lines().next().unwrap_or("invalid YAML").to_owned();
+        let first = msg.lines().next().unwrap_or("invalid YAML");
+        // Drop the library's own "error: line L column C: " prefix; we print file:L:C.
+        let first = match first.strip_prefix("error: line ").and_then(|r| r.split_once(": ")) {
+            Some((_, rest)) => rest.to_owned(),
+            None => first.to_owned(),
+        };
         ConfigError { file: file.to_owned(), line, column, message: first }
     })?;
     validate(raw, &cx)

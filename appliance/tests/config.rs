@@ -146,3 +146,56 @@ fn durations_parse() {
     assert_eq!(config::parse_duration_ms("30d"), None);
     assert_eq!(config::parse_duration_ms("99999999h"), None);
 }
+
+/// The binary itself: `ringlb check` on bad files exits non-zero and prints
+/// the location and reason on stderr; on a good file it exits 0.
+#[test]
+fn ringlb_check_exit_codes_and_messages() {
+    let dir = std::env::temp_dir().join(format!("ringlb-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("syntax", "    port: 80\n    mode: dsr", "    port: [80\n    mode: dsr", ".yaml:"),
+        ("unknown-key", "    mode: dsr", "    mode: dsr\n    shceduler: wrr", "shceduler"),
+        ("bad-enum", "    mode: dsr", "    mode: tunnel", "tunnel"),
+        ("unknown-group", "    group: web", "    group: wbe", "unknown server group 'wbe'"),
+        ("no-prefix", "ip: 198.18.0.1/24", "ip: 198.18.0.1", "ports[0].ip"),
+        ("off-subnet", "ip: 198.18.0.21, port: 443", "ip: 10.9.9.9, port: 443", "none of the ports' subnets"),
+        ("dsr-port-map", "ip: 198.18.0.11, port: 80", "ip: 198.18.0.11, port: 8080", "cannot change ports"),
+        (
+            "zero-weights",
+            "{ ip: 198.18.0.21, port: 443 }",
+            "{ ip: 198.18.0.21, port: 443, weight: 0 }",
+            "every weight is 0",
+        ),
+    ];
+    for (name, from, to, want) in cases {
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, GOOD.replacen(from, to, 1)).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
+            .args(["check", "-c", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: exit 0 on a bad config");
+        assert!(
+            err.contains(path.to_str().unwrap()) && err.contains(want),
+            "{name}: stderr {err:?} lacks the file or {want:?}"
+        );
+        println!("{name}: exit {:?}: {}", out.status.code(), err.trim());
+    }
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, GOOD).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["check", "-c", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("scheduler: maglev"));
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["check", "-c", "/nonexistent.yaml"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.yaml: cannot read"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

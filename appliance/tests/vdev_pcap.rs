@@ -131,7 +131,7 @@ fn tmpdir(tag: &str) -> PathBuf {
 }
 
 /// Runs the binary until it has received `expect_rx` frames, then SIGTERM.
-fn run_ringlb(cfg_path: &Path, expect_rx: u64) -> String {
+fn run_ringlb(cfg_path: &Path, expect_rx: u64, signal: &str) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
         .args(["run", "-c", cfg_path.to_str().unwrap(), "--stats-interval", "0.2"])
         .stdout(Stdio::piped())
@@ -157,7 +157,7 @@ fn run_ringlb(cfg_path: &Path, expect_rx: u64) -> String {
                         done = true;
                         // One more interval so the last bursts are flushed, then stop.
                         std::thread::sleep(Duration::from_millis(300));
-                        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+                        let _ = Command::new("kill").args([signal, &pid.to_string()]).status();
                     }
                 }
                 log.push_str(&line);
@@ -179,7 +179,7 @@ fn run_ringlb(cfg_path: &Path, expect_rx: u64) -> String {
 
 /// `tx_files` output pcaps: net_pcap has one tx queue per `tx_pcap=`, and
 /// ringlb needs one tx queue per worker.
-fn vdev_run(tag: &str, workers: &str, tx_files: usize) -> bool {
+fn vdev_run(tag: &str, workers: &str, tx_files: usize, signal: &str) -> bool {
     let dir = tmpdir(tag);
     let input = generate();
     let inp = dir.join("in.pcap");
@@ -191,7 +191,7 @@ fn vdev_run(tag: &str, workers: &str, tx_files: usize) -> bool {
     }
     let cfg = dir.join("ringlb.yaml");
     std::fs::write(&cfg, CONFIG.replace("DEVICE", &device).replace("WORKERS", workers)).unwrap();
-    let log = run_ringlb(&cfg, input.frames.len() as u64);
+    let log = run_ringlb(&cfg, input.frames.len() as u64, signal);
     let frames: Vec<Vec<u8>> = outs.iter().flat_map(|o| read_pcap(o)).collect();
     if log.contains("handoff_full=") {
         // Counted drops: this VM preempted the owner longer than the hand-off
@@ -287,7 +287,7 @@ fn vdev_run(tag: &str, workers: &str, tx_files: usize) -> bool {
 
 #[test]
 fn pcap_one_worker() {
-    assert!(vdev_run("w1", "[1]", 1), "one worker never hands off");
+    assert!(vdev_run("w1", "[1]", 1, "-TERM"), "one worker never hands off");
 }
 
 /// Two workers on one rx queue: the receiving worker hands every flow it
@@ -296,7 +296,23 @@ fn pcap_one_worker() {
 fn pcap_two_workers_hand_off() {
     let ok = (0..3).any(|attempt| {
         println!("two workers, attempt {}", attempt + 1);
-        vdev_run("w2", "[0, 1]", 2)
+        vdev_run("w2", "[0, 1]", 2, "-INT")
     });
     assert!(ok, "three runs in a row lost frames on hand-off rings");
+}
+
+/// A DPDK initialisation failure is reported with rte_errno's text and a
+/// non-zero exit, not a crash.
+#[test]
+fn eal_init_failure_reports_rte_errno() {
+    let dir = tmpdir("badvdev");
+    let cfg = dir.join("bad.yaml");
+    std::fs::write(&cfg, CONFIG.replace("DEVICE", "net_nosuchdriver0,foo=1").replace("WORKERS", "[1]")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringlb")).args(["run", "-c", cfg.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("{err}");
+    assert!(!out.status.success());
+    assert!(err.contains("rte_eal_init failed:") && err.contains("rte_errno"), "{err}");
+    assert!(err.contains("EAL arguments were:"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -27,7 +27,7 @@ fn fnv1a(data: &[u8], seed: u64) -> u64 {
 }
 
 pub fn is_prime(n: usize) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
 impl Maglev {

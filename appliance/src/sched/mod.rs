@@ -17,7 +17,7 @@ impl Scheduler {
     #[inline]
     pub fn pick(&mut self, flow_hash: u64) -> usize {
         match self {
-            Scheduler::RoundRobin(w) => w.next(),
+            Scheduler::RoundRobin(w) => w.pick(),
             Scheduler::Maglev(m) => m.lookup(flow_hash),
         }
     }

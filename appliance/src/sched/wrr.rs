@@ -20,7 +20,7 @@ impl SmoothWrr {
     }
 
     #[inline]
-    pub fn next(&mut self) -> usize {
+    pub fn pick(&mut self) -> usize {
         let mut best = 0;
         for i in 0..self.weights.len() {
             self.credit[i] += self.weights[i];
@@ -43,7 +43,7 @@ mod tests {
         for _ in 0..10 {
             let mut counts = [0; 3];
             for _ in 0..6 {
-                counts[w.next()] += 1;
+                counts[w.pick()] += 1;
             }
             assert_eq!(counts, [1, 2, 3]);
         }
@@ -53,7 +53,7 @@ mod tests {
     fn zero_weight_server_is_never_picked() {
         let mut w = SmoothWrr::new(&[0, 5, 1]);
         for _ in 0..600 {
-            assert_ne!(w.next(), 0);
+            assert_ne!(w.pick(), 0);
         }
     }
 }
