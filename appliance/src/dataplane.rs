@@ -313,10 +313,7 @@ impl<'a> Worker<'a> {
         let closing = is_tcp && info.flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
         let stats = self.stats;
 
-        let server = match self.table.lookup(&key, hash, now_ms, |_| {
-            stats.sessions_expired.inc();
-            stats.sessions_active.dec();
-        }) {
+        let server = match self.table.lookup(&key, hash, now_ms, |_| stats.session_expired()) {
             Some(e) if syn && e.state == State::Closing => {
                 // A new connection reusing the client port of one that closed: schedule it afresh.
                 let idx = self.schedulers[usize::from(svc)].pick(hash);
@@ -343,11 +340,7 @@ impl<'a> Worker<'a> {
                 let entry = Entry::new(now_ms, server, svc, state, in_port, packet::src_mac(frame));
                 if self.table.insert(&key, hash, entry).is_err() {
                     // Full: reclaim idle entries once before refusing the flow.
-                    let reclaimed = self.table.sweep(now_ms, SWEEP_BUDGET * 4, |_| ());
-                    stats.sessions_expired.add(reclaimed as u64);
-                    for _ in 0..reclaimed {
-                        stats.sessions_active.dec();
-                    }
+                    self.table.sweep(now_ms, SWEEP_BUDGET * 4, |_| stats.session_expired());
                     if self.table.insert(&key, hash, entry).is_err() {
                         return Verdict::Drop(Drop::TableFull);
                     }
@@ -390,10 +383,7 @@ impl<'a> Worker<'a> {
             proto: info.proto,
         };
         let stats = self.stats;
-        let Some(e) = self.table.lookup(&key, key.hash(), now_ms, |_| {
-            stats.sessions_expired.inc();
-            stats.sessions_active.dec();
-        }) else {
+        let Some(e) = self.table.lookup(&key, key.hash(), now_ms, |_| stats.session_expired()) else {
             return Verdict::Drop(Drop::NoSession);
         };
         let srv = &self.shared.servers[usize::from(e.server)];
@@ -420,10 +410,7 @@ impl<'a> Worker<'a> {
     /// Periodic work between bursts: expire idle sessions a slice at a time.
     pub fn sweep(&mut self, now_ms: u32) {
         let stats = self.stats;
-        self.table.sweep(now_ms, SWEEP_BUDGET, |_| {
-            stats.sessions_expired.inc();
-            stats.sessions_active.dec();
-        });
+        self.table.sweep(now_ms, SWEEP_BUDGET, |_| stats.session_expired());
     }
 
     /// Calls `send(neighbor)` for each next hop whose MAC should be

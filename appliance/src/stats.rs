@@ -128,6 +128,13 @@ impl WorkerStats {
         }
     }
 
+    /// A session left the table (idle expiry).
+    #[inline]
+    pub fn session_expired(&self) {
+        self.sessions_expired.inc();
+        self.sessions_active.dec();
+    }
+
     #[inline]
     pub fn drop(&self, why: Drop) {
         self.drops[why as usize].inc();
