@@ -1,0 +1,12 @@
+//! The ring of seeds 000/003: a logical, token-passing, fault-tolerant ring
+//! of dispatchers and servers, as a sans-IO state machine (`member`), its
+//! wire format (`wire`), anti-replay (`replay`), the reliable message layer
+//! of seed 002 (`reliable`), and a thin UDP driver (`driver`).
+
+pub mod member;
+pub mod reliable;
+pub mod replay;
+pub mod wire;
+
+pub use member::{Config, Event, Member, Timers, Transmit};
+pub use wire::{Dest, Key};
