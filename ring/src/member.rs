@@ -194,6 +194,9 @@ pub struct Member {
     view: View,
     my_id: u64,
     ids_assigned: u64,
+    /// The highest view version this member issued as master: its versions
+    /// only grow, so "same master, higher version" always means newer.
+    version_floor: u64,
     // timing
     last_from_upstream: u64,
     last_sent_downstream: u64,
@@ -231,6 +234,7 @@ impl Member {
             view: View { version: 0, created_ms: now, members: vec![me] },
             my_id: 0,
             ids_assigned: 0,
+            version_floor: 0,
             last_from_upstream: now,
             last_sent_downstream: now,
             probe: None,
@@ -473,10 +477,12 @@ impl Member {
                 }
             }
             Msg::Probe { nonce } => {
+                // A forming member names itself as master: it is in no ring.
+                let forming = self.is_forming();
                 let ack = Msg::ProbeAck {
                     nonce,
-                    master: self.view.master(),
-                    version: if self.is_forming() { 0 } else { self.view.version },
+                    master: if forming { self.cfg.me } else { self.view.master() },
+                    version: if forming { 0 } else { self.view.version },
                     downstream: self.downstream(),
                 };
                 self.send_direct(now, vec![(*from, ack)]);
@@ -487,11 +493,17 @@ impl Member {
                     return;
                 }
                 self.probe = None;
-                if master == self.view.master() && version == self.view.version && downstream == self.cfg.me {
-                    // Alive and in our ring: its packets were lost, the link is fine.
-                    self.last_from_upstream = now;
-                } else {
+                if master != self.view.master() {
                     self.purge(now, "upstream is alive but in another ring");
+                    return;
+                }
+                // Alive and in our ring: its packets were lost, the link is fine.
+                self.last_from_upstream = now;
+                if (version != self.view.version || downstream != self.cfg.me) && now >= self.next_join {
+                    // One of us holds an older view of the same ring: ask the master for its view.
+                    self.next_join = now + self.cfg.timers.heartbeat_ms;
+                    let join = Msg::Join { caps: self.caps, id: self.my_id };
+                    self.send_direct(now, vec![(master, join)]);
                 }
             }
             Msg::App { origin, incarnation, seq, dest, hops_left, payload } => {
@@ -571,10 +583,16 @@ impl Member {
         let changed = was_forming || v.master() != self.view.master() || v.version != self.view.version;
         self.phase = Phase::Member;
         self.view = v;
-        if let Some(me) = self.view.members.iter().find(|m| m.addr == self.cfg.me) {
+        let my_pos = self.view.position(&self.cfg.me);
+        if let Some(me) = my_pos.map(|i| self.view.members[i]) {
             if self.my_id == 0 && me.id != 0 {
                 self.my_id = me.id;
                 self.events.push_back(Event::IdAccepted(me.id));
+            } else if self.my_id != 0 && me.id != self.my_id && my_pos == Some(0) {
+                // We are this view's master and it carries a stale id for us: fix
+                // it (the re-versioning below publishes the change).
+                self.view.members[0].id = self.my_id;
+                self.version_floor = self.version_floor.max(self.view.version);
             } else if self.my_id != 0 && me.id != self.my_id && now >= self.next_join {
                 // The master does not know our id yet: tell it.
                 self.next_join = now + self.cfg.timers.heartbeat_ms;
@@ -588,6 +606,12 @@ impl Member {
             self.probe = None;
         }
         if self.is_master() {
+            // The view may come from another master's version series (it
+            // admitted us): re-issue it above anything we issued before.
+            if self.view.version <= self.version_floor {
+                self.view.version = self.version_floor + 1;
+            }
+            self.version_floor = self.view.version;
             self.next_hb = now;
             self.next_announce = now + self.cfg.timers.broadcast_timeout_ms;
         }
@@ -636,7 +660,8 @@ impl Member {
                 self.view.members.insert(at, entry);
             }
         }
-        self.view.version += 1;
+        self.view.version = self.view.version.max(self.version_floor) + 1;
+        self.version_floor = self.view.version;
         self.emit_view();
         self.send_direct(now, vec![(entry.addr, Msg::Announce { view: self.view.to_msg() })]);
         if self.view.master() != self.cfg.me {
@@ -767,7 +792,10 @@ impl Member {
         // 0) until the master's heartbeat, always newer, replaces it. Masters'
         // versions grow across formations: a time-based base.
         let master = members[0].addr == self.cfg.me;
-        let version = if master { (now << 16).max(self.view.version + 1) } else { 0 };
+        let version = if master { (now << 16).max(self.version_floor + 1) } else { 0 };
+        if master {
+            self.version_floor = version;
+        }
         self.view = View { version, created_ms: now, members };
         if master {
             let ids: Vec<usize> = (0..self.view.members.len()).filter(|&i| self.view.members[i].id == 0).collect();
