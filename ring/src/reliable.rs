@@ -22,6 +22,8 @@ struct Sending {
     to: SocketAddrV4,
     msg_id: u64,
     chunks: Vec<Vec<u8>>,
+    /// When each carriage was last (re)sent: NACKs that cross a resend do not double it.
+    last_sent: Vec<u64>,
     total_len: u32,
     started: u64,
     /// When to resend the token if nothing is heard.
@@ -76,6 +78,7 @@ impl Reliable {
             to,
             msg_id,
             total_len: payload.len() as u32,
+            last_sent: vec![now; chunks.len()],
             chunks,
             started: now,
             resend_at: now + 2 * self.rto_ms,
@@ -146,8 +149,13 @@ impl Reliable {
             Msg::RelNack { msg_id, missing } => {
                 if let Some(s) = self.sending.get_mut(&(from, *msg_id)) {
                     for &i in missing {
-                        if let Some(c) = s.chunks.get(i as usize) {
-                            out.push((from, Msg::RelCarriage { msg_id: *msg_id, index: i, data: c.clone() }));
+                        let i = i as usize;
+                        if i < s.chunks.len() && now >= s.last_sent[i] + self.rto_ms {
+                            s.last_sent[i] = now;
+                            out.push((
+                                from,
+                                Msg::RelCarriage { msg_id: *msg_id, index: i as u32, data: s.chunks[i].clone() },
+                            ));
                             self.stats.carriages_resent += 1;
                         }
                     }

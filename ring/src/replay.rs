@@ -1,18 +1,39 @@
-//! Anti-replay: per sender, the newest incarnation seen and a 64-packet
-//! sliding window over its sequence numbers (the IPsec scheme, RFC 4303 §3.4.3).
-//! A restarted member comes back with a larger incarnation and starts a new window.
+//! Anti-replay: per sender, the newest incarnation seen and a 1,024-packet
+//! sliding window over its sequence numbers (the IPsec scheme, RFC 4303
+//! §3.4.3, with a wide window because reliable-layer bursts reorder). A
+//! restarted member comes back with a larger incarnation and a new window.
 
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
 
-const WINDOW: u64 = 64;
+const WINDOW: u64 = 1024;
+const WORDS: usize = (WINDOW / 64) as usize;
 
 #[derive(Default)]
 struct Window {
     incarnation: u64,
     highest: u64,
-    /// Bit i set: highest - i was seen.
-    seen: u64,
+    /// Bit (seq mod WINDOW) set: seq was seen (for seq within the window).
+    seen: [u64; WORDS],
+}
+
+impl Window {
+    fn bit(seq: u64) -> (usize, u64) {
+        let b = seq % WINDOW;
+        ((b / 64) as usize, 1 << (b % 64))
+    }
+    fn set(&mut self, seq: u64) {
+        let (w, m) = Self::bit(seq);
+        self.seen[w] |= m;
+    }
+    fn is_set(&self, seq: u64) -> bool {
+        let (w, m) = Self::bit(seq);
+        self.seen[w] & m != 0
+    }
+    fn clear(&mut self, seq: u64) {
+        let (w, m) = Self::bit(seq);
+        self.seen[w] &= !m;
+    }
 }
 
 #[derive(Default)]
@@ -29,20 +50,27 @@ impl ReplayGuard {
             return false;
         }
         if incarnation > w.incarnation {
-            *w = Window { incarnation, highest: seq, seen: 1 };
+            *w = Window { incarnation, highest: seq, ..Default::default() };
+            w.set(seq);
             return true;
         }
         if seq > w.highest {
-            let shift = seq - w.highest;
-            w.seen = if shift >= WINDOW { 1 } else { (w.seen << shift) | 1 };
+            // Slide: forget what falls out of the window.
+            if seq - w.highest >= WINDOW {
+                w.seen = [0; WORDS];
+            } else {
+                for s in w.highest + 1..seq {
+                    w.clear(s);
+                }
+            }
             w.highest = seq;
+            w.set(seq);
             return true;
         }
-        let age = w.highest - seq;
-        if age >= WINDOW || w.seen & (1 << age) != 0 {
+        if w.highest - seq >= WINDOW || w.is_set(seq) {
             return false;
         }
-        w.seen |= 1 << age;
+        w.set(seq);
         true
     }
 }
@@ -61,9 +89,12 @@ mod tests {
         assert!(g.accept(s, 5, 8), "reordered but new");
         assert!(!g.accept(s, 5, 8));
         assert!(g.accept(s, 5, 100));
-        assert!(!g.accept(s, 5, 20), "older than the window");
+        assert!(g.accept(s, 5, 20), "reordered within the window");
+        assert!(g.accept(s, 5, 2000));
+        assert!(!g.accept(s, 5, 900), "older than the window");
+        assert!(!g.accept(s, 5, 100), "slid out, refused");
         assert!(!g.accept(s, 4, 1000), "older incarnation");
         assert!(g.accept(s, 6, 0), "restart with a new incarnation");
-        assert!(!g.accept(s, 5, 101));
+        assert!(!g.accept(s, 5, 2001));
     }
 }
