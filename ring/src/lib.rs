@@ -3,6 +3,8 @@
 //! wire format (`wire`), anti-replay (`replay`), the reliable message layer
 //! of seed 002 (`reliable`), and a thin UDP driver (`driver`).
 
+pub mod conns;
+pub mod driver;
 pub mod member;
 pub mod reliable;
 pub mod replay;

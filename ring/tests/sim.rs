@@ -172,6 +172,12 @@ impl Sim {
         (0..self.nodes.len()).filter(|&i| self.nodes[i].member.is_some()).collect()
     }
 
+    fn distinct_dispatchers(&self) -> usize {
+        let d: HashSet<SocketAddrV4> =
+            self.live().iter().filter_map(|&i| self.nodes[i].member.as_ref().unwrap().dispatcher()).collect();
+        d.len()
+    }
+
     /// None if converged, else why not.
     fn check_converged(&self) -> Option<String> {
         let live = self.live();
@@ -222,6 +228,8 @@ impl Sim {
 }
 
 struct Outcome {
+    /// A partition had produced two dispatchers before it healed.
+    dual_dispatchers_healed: bool,
     members: usize,
     bound: u64,
     converged_after: u64,
@@ -308,6 +316,7 @@ fn scenario(seed: u64, timers: Timers) -> Result<Outcome, String> {
         );
     }
     let mut app_tag = 0u32;
+    let mut dual = false;
     for ((t, _), f) in script {
         sim.run_until(t)?;
         match f {
@@ -317,7 +326,10 @@ fn scenario(seed: u64, timers: Timers) -> Result<Outcome, String> {
             Fault::Restart(i) if sim.nodes[i].member.is_none() && sim.nodes[i].incarnation > 0 => sim.start(i)?,
             Fault::Restart(_) => {}
             Fault::Partition(g) => sim.group = Some(g),
-            Fault::Heal => sim.group = None,
+            Fault::Heal => {
+                dual |= sim.distinct_dispatchers() > 1;
+                sim.group = None;
+            }
             Fault::Net(p) => sim.net = p,
         }
         // Some application traffic during the faults (checked for at-most-once).
@@ -339,6 +351,7 @@ fn scenario(seed: u64, timers: Timers) -> Result<Outcome, String> {
     }
     // Last fault: the network heals and goes quiet (delay/reordering stays).
     let t_last = sim.t;
+    dual |= sim.group.is_some() && sim.distinct_dispatchers() > 1;
     sim.group = None;
     sim.net = NetParams { loss: 0.0, dup: 0.0, max_delay: max_delay_quiet };
     let bound = timers.convergence_bound_ms(max_delay_quiet + 1, n);
@@ -395,7 +408,7 @@ fn scenario(seed: u64, timers: Timers) -> Result<Outcome, String> {
     if let Some(why) = sim.check_converged() {
         return Err(format!("ring broke in the quiet phase: {why}"));
     }
-    Ok(Outcome { members: live.len(), bound, converged_after })
+    Ok(Outcome { dual_dispatchers_healed: dual, members: live.len(), bound, converged_after })
 }
 
 /// RING_SIM_COUNT / RING_SIM_BASE widen or move the sweep (default 500 each).
@@ -405,11 +418,13 @@ fn run_many(profile: &str, timers: Timers, count: u64, base: u64) {
     let mut failures = Vec::new();
     let mut worst = 0.0f64;
     let mut sizes = [0usize; 3];
+    let mut duals = 0;
     for s in 0..count {
         let seed = base + s;
         match scenario(seed, timers) {
             Ok(o) => {
                 worst = worst.max(o.converged_after as f64 / o.bound as f64);
+                duals += usize::from(o.dual_dispatchers_healed);
                 sizes[match o.members {
                     0..=8 => 0,
                     9..=24 => 1,
@@ -420,7 +435,7 @@ fn run_many(profile: &str, timers: Timers, count: u64, base: u64) {
         }
     }
     println!(
-        "{profile}: {count} scenarios, live members ≤8/9–24/≥25: {sizes:?}, worst convergence {:.0}% of its bound (bound for 8 members, 1 ms delay: {} ms)",
+        "{profile}: {count} scenarios, live members ≤8/9–24/≥25: {sizes:?}, {duals} healed partitions that had two dispatchers (one abdicated), worst convergence {:.0}% of its bound (bound for 8 members, 1 ms delay: {} ms)",
         worst * 100.0,
         timers.convergence_bound_ms(1, 8)
     );

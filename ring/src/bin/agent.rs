@@ -1,1 +1,336 @@
-fn main() {}
+//! `ringlb-agent`: the ring member that runs on each back-end server.
+//!
+//!   ringlb-agent run    -c agent.yaml   join the ring and serve until killed
+//!   ringlb-agent status -c agent.yaml   the ring as the running agent sees it
+//!   ringlb-agent connections --port P   this host's established TCP connections to port P
+//!
+//! While running it broadcasts load reports (load average, active
+//! connections), answers connection-list queries from other members over the
+//! reliable layer, and leaves the ring while its acceptability check (an HTTP
+//! GET to a local URL) fails, re-joining once it passes (B10).
+
+use ringlb_ring::conns;
+use ringlb_ring::driver::Driver;
+use ringlb_ring::member::{Config, Event, Member, Timers};
+use ringlb_ring::{Dest, Key};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddrV4, TcpStream};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentConfig {
+    /// This member's ring address.
+    listen: SocketAddrV4,
+    /// Every possible member (the broadcast set).
+    peers: Vec<SocketAddrV4>,
+    #[serde(default)]
+    dispatch_capable: bool,
+    /// Shared secret for the packet MAC.
+    key: String,
+    /// seed (2,000/2,500 ms) or fast (300/400 ms).
+    #[serde(default = "seed_profile")]
+    profile: String,
+    #[serde(default)]
+    health: Option<Health>,
+    /// Local ports whose connections are reported to a new dispatcher.
+    #[serde(default)]
+    connection_ports: Vec<u16>,
+    #[serde(default = "second")]
+    load_report_ms: u64,
+    status_file: String,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct Health {
+    /// http://host:port/path (plain HTTP, checked with GET).
+    url: String,
+    #[serde(default = "second")]
+    interval_ms: u64,
+    #[serde(default = "half_second")]
+    timeout_ms: u64,
+}
+
+fn seed_profile() -> String {
+    "seed".into()
+}
+fn second() -> u64 {
+    1000
+}
+fn half_second() -> u64 {
+    500
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn load_config(path: &str) -> Result<AgentConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: cannot read: {e}"))?;
+    let cfg: AgentConfig = serde_saphyr::from_str(&text).map_err(|e| {
+        let loc = e.location().map_or(String::new(), |l| format!("{}:{}:", l.line(), l.column()));
+        format!("{path}:{loc} {}", e.to_string().lines().next().unwrap_or("invalid"))
+    })?;
+    if !cfg.peers.contains(&cfg.listen) {
+        return Err(format!("{path}: peers must include listen ({})", cfg.listen));
+    }
+    if cfg.key.len() < 8 {
+        return Err(format!("{path}: key: use at least 8 characters"));
+    }
+    timers(&cfg.profile).ok_or_else(|| format!("{path}: profile: '{}' is not seed or fast", cfg.profile))?;
+    Ok(cfg)
+}
+
+fn timers(profile: &str) -> Option<Timers> {
+    match profile {
+        "seed" => Some(Timers::SEED),
+        "fast" => Some(Timers::FAST),
+        _ => None,
+    }
+}
+
+/// GET `url`; true on a 2xx answer within the timeout (B10's acceptability check).
+fn healthy(h: &Health) -> bool {
+    let Some(rest) = h.url.strip_prefix("http://") else { return false };
+    let (hostport, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let Ok(addr) = hostport.parse::<std::net::SocketAddr>() else { return false };
+    let t = Duration::from_millis(h.timeout_ms);
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, t) else { return false };
+    let _ = s.set_read_timeout(Some(t));
+    let _ = s.set_write_timeout(Some(t));
+    if write!(s, "GET {path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: ringlb-agent\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while buf.len() < 8192 {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(_)) = resp.parse(&buf) {
+            return resp.code.is_some_and(|c| (200..300).contains(&c));
+        }
+    }
+    false
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+struct Status {
+    log: Vec<String>,
+    loads: BTreeMap<SocketAddrV4, String>,
+    answers: Vec<String>,
+}
+
+impl Status {
+    fn event(&mut self, what: String) {
+        self.log.push(format!("{} {what}", epoch_ms()));
+        if self.log.len() > 50 {
+            self.log.remove(0);
+        }
+    }
+
+    fn write(&self, path: &str, cfg: &AgentConfig, m: Option<&Member>) {
+        use std::fmt::Write as _;
+        let mut o = String::new();
+        let _ = writeln!(o, "member {}", cfg.listen);
+        let _ = writeln!(o, "updated_ms {}", epoch_ms());
+        match m {
+            None => {
+                let _ = writeln!(o, "state unhealthy (out of the ring until the acceptability check passes)");
+            }
+            Some(m) => {
+                let sv = m.state_vars();
+                let members: Vec<String> = m.members().iter().map(ToString::to_string).collect();
+                let _ = writeln!(o, "state {}", if m.is_forming() { "forming" } else { "ring" });
+                let _ = writeln!(o, "id {}", m.id());
+                let _ = writeln!(o, "master {}", sv.smallest);
+                let _ = writeln!(o, "version {}", m.view_version());
+                let _ = writeln!(o, "dispatcher {}", m.dispatcher().map_or("none".into(), |d| d.to_string()));
+                let _ = writeln!(o, "members {}", members.join(","));
+                let _ = writeln!(
+                    o,
+                    "upstream {}\ndownstream {}\ngreatest {}\ncreated_ms {}",
+                    sv.upstream, sv.downstream, sv.greatest, sv.created_ms
+                );
+                let c = m.counters;
+                let _ = writeln!(
+                    o,
+                    "counters rx={} bad_mac={} malformed={} replayed={} spoofed={} tx={} purges={}",
+                    c.rx_packets,
+                    c.rx_bad_mac,
+                    c.rx_malformed,
+                    c.rx_replayed,
+                    c.rx_spoofed,
+                    c.tx_packets,
+                    c.purges_sent
+                );
+            }
+        }
+        for (a, l) in &self.loads {
+            let _ = writeln!(o, "load {a} {l}");
+        }
+        for a in &self.answers {
+            let _ = writeln!(o, "answer {a}");
+        }
+        for l in &self.log {
+            let _ = writeln!(o, "event {l}");
+        }
+        let tmp = format!("{path}.tmp");
+        if std::fs::write(&tmp, o).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
+    }
+}
+
+fn new_member(cfg: &AgentConfig, driver: &Driver) -> Member {
+    Member::new(
+        Config {
+            me: cfg.listen,
+            peers: cfg.peers.clone(),
+            dispatch_capable: cfg.dispatch_capable,
+            timers: timers(&cfg.profile).unwrap_or(Timers::SEED),
+            key: Key::from_secret(&cfg.key),
+            incarnation: epoch_ms(),
+        },
+        driver.now(),
+    )
+}
+
+fn run(cfg: AgentConfig) -> Result<(), String> {
+    let driver = Driver::bind(cfg.listen).map_err(|e| format!("bind {}: {e}", cfg.listen))?;
+    let healthy_flag = Arc::new(AtomicBool::new(true));
+    if let Some(h) = cfg.health.clone() {
+        let flag = Arc::clone(&healthy_flag);
+        flag.store(healthy(&h), Relaxed);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(h.interval_ms));
+            flag.store(healthy(&h), Relaxed);
+        });
+    }
+    let mut status = Status { log: Vec::new(), loads: BTreeMap::new(), answers: Vec::new() };
+    let mut member = healthy_flag.load(Relaxed).then(|| new_member(&cfg, &driver));
+    status.event(if member.is_some() { "start: joining".into() } else { "start: unhealthy, not joining".into() });
+    let mut last_load = Instant::now();
+    loop {
+        let ok = healthy_flag.load(Relaxed);
+        match (&mut member, ok) {
+            (Some(_), false) => {
+                // Leave: stop answering; the ring detects the silence and re-forms without us.
+                member = None;
+                status.event("acceptability check failed: left the ring".into());
+            }
+            (None, true) => {
+                member = Some(new_member(&cfg, &driver));
+                status.event("acceptability check passed: re-joining".into());
+            }
+            _ => {}
+        }
+        match &mut member {
+            Some(m) => {
+                let mut pending = Vec::new();
+                driver.run_for(m, Duration::from_millis(20), |_, e| {
+                    pending.push(e);
+                    true
+                });
+                for e in pending {
+                    handle_event(&cfg, &driver, m, &mut status, e);
+                }
+                if last_load.elapsed() >= Duration::from_millis(cfg.load_report_ms) {
+                    last_load = Instant::now();
+                    let n = conns::established(&cfg.connection_ports).len();
+                    let report = format!("load {} conns {n}", loadavg());
+                    status.loads.insert(cfg.listen, report.clone());
+                    m.send_app(driver.now(), Dest::Broadcast, report.into_bytes());
+                }
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+        status.write(&cfg.status_file, &cfg, member.as_ref());
+    }
+}
+
+fn handle_event(cfg: &AgentConfig, driver: &Driver, m: &mut Member, status: &mut Status, e: Event) {
+    match e {
+        Event::ViewChanged { master, version, members } => {
+            let list: Vec<String> = members.iter().map(ToString::to_string).collect();
+            status.event(format!("view master={master} version={version} members={}", list.join(",")));
+        }
+        Event::Dispatcher(d) => status.event(format!("dispatcher {}", d.map_or("none".into(), |d| d.to_string()))),
+        Event::IdAccepted(id) => status.event(format!("id {id}")),
+        Event::Purge { reason } => status.event(format!("purge: {reason}")),
+        Event::App { origin, payload } => {
+            let text = String::from_utf8_lossy(&payload).into_owned();
+            if let Some(ports) = text.strip_prefix("conns? ") {
+                // A (new) dispatcher rebuilding its connection map asks for ours (B9).
+                let ports: Vec<u16> = ports.split(',').filter_map(|p| p.trim().parse().ok()).collect();
+                let ports = if ports.is_empty() { cfg.connection_ports.clone() } else { ports };
+                let list: Vec<String> =
+                    conns::established(&ports).iter().map(|c| format!("{} {}", c.local, c.remote)).collect();
+                let _ = m.send_reliable(driver.now(), origin, list.join("\n").as_bytes());
+            } else if text.starts_with("load ") {
+                status.loads.insert(origin, text);
+            }
+        }
+        Event::Reliable { from, payload } => {
+            let n = payload.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
+            status.answers.push(format!("{from} {n} connections"));
+        }
+    }
+}
+
+const USAGE: &str = "usage:
+  ringlb-agent run    -c agent.yaml
+  ringlb-agent status -c agent.yaml
+  ringlb-agent connections --port PORT[,PORT...]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let result = match args.first().map(String::as_str) {
+        Some("run") => flag("-c").ok_or("-c FILE is required".to_string()).and_then(|f| load_config(&f)).and_then(run),
+        Some("status") => {
+            flag("-c").ok_or("-c FILE is required".to_string()).and_then(|f| load_config(&f)).and_then(|cfg| {
+                let text = std::fs::read_to_string(&cfg.status_file)
+                    .map_err(|e| format!("{}: {e} (is the agent running?)", cfg.status_file))?;
+                let updated: u64 =
+                    text.lines().find_map(|l| l.strip_prefix("updated_ms ")).and_then(|v| v.parse().ok()).unwrap_or(0);
+                print!("{text}");
+                if epoch_ms().saturating_sub(updated) > 5000 {
+                    return Err("status is older than 5 s: the agent is not running".into());
+                }
+                Ok(())
+            })
+        }
+        Some("connections") => {
+            let ports: Vec<u16> =
+                flag("--port").unwrap_or_default().split(',').filter_map(|p| p.parse().ok()).collect();
+            for c in conns::established(&ports) {
+                println!("{} {}", c.local, c.remote);
+            }
+            Ok(())
+        }
+        _ => Err(USAGE.into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringlb-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Real processes on loopback: five `ringlb-agent`s on 127.0.0.1–5 form a
+//! ring; kill -9 of one, its restart, and the loss of the dispatcher are
+//! observed through `ringlb-agent status`, with measured times printed.
+//! Also: the agent's connection list equals what `ss -tn` shows for real
+//! connections to a local nginx.
+
+use ringlb_ring::member::Timers;
+use std::collections::BTreeSet;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_ringlb-agent");
+
+struct Cluster {
+    dir: PathBuf,
+    port: u16,
+    profile: &'static str,
+    children: Vec<Option<Child>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+impl Cluster {
+    fn addr(&self, i: usize) -> String {
+        format!("127.0.0.{}:{}", i + 1, self.port)
+    }
+    fn cfg_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("agent{i}.yaml"))
+    }
+    fn new(profile: &'static str, port: u16, capable: &[usize]) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("ringlb-agents-{profile}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = Cluster { dir, port, profile, children: Vec::new() };
+        let peers: Vec<String> = (0..5).map(|i| c.addr(i)).collect();
+        for i in 0..5 {
+            let yaml = format!(
+                "listen: {}\npeers: [{}]\ndispatch_capable: {}\nkey: \"test-cluster-key\"\nprofile: {profile}\nstatus_file: {}\nload_report_ms: 500\n",
+                c.addr(i),
+                peers.join(", "),
+                capable.contains(&i),
+                c.dir.join(format!("agent{i}.status")).display()
+            );
+            std::fs::write(c.cfg_path(i), yaml).unwrap();
+        }
+        for i in 0..5 {
+            c.children.push(None);
+            c.start(i);
+        }
+        c
+    }
+    fn start(&mut self, i: usize) {
+        let child =
+            Command::new(AGENT).args(["run", "-c", self.cfg_path(i).to_str().unwrap()]).spawn().expect("start agent");
+        self.children[i] = Some(child);
+    }
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = Command::new("kill").args(["-9", &c.id().to_string()]).status();
+            let _ = c.wait();
+        }
+    }
+    /// `ringlb-agent status` of member i, as key → value lines.
+    fn status(&self, i: usize) -> Option<String> {
+        let out = Command::new(AGENT).args(["status", "-c", self.cfg_path(i).to_str().unwrap()]).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+    fn field(status: &str, key: &str) -> Option<String> {
+        status.lines().find_map(|l| l.strip_prefix(&format!("{key} ")).map(str::to_owned))
+    }
+    /// Waits until every member in `live` reports exactly `live` as the ring
+    /// (and, if given, `dispatcher`). Returns the elapsed time.
+    fn wait_for(&self, live: &[usize], dispatcher: Option<usize>, limit: Duration) -> Result<Duration, String> {
+        let want: Vec<String> = live.iter().map(|&i| self.addr(i)).collect();
+        let want = want.join(",");
+        let start = Instant::now();
+        loop {
+            let mut last = String::new();
+            let ok = live.iter().all(|&i| {
+                let Some(s) = self.status(i) else {
+                    last = format!("member {i}: no status");
+                    return false;
+                };
+                let members = Self::field(&s, "members").unwrap_or_default();
+                let state = Self::field(&s, "state").unwrap_or_default();
+                let d = Self::field(&s, "dispatcher").unwrap_or_default();
+                let d_ok = dispatcher.is_none_or(|k| d == self.addr(k));
+                if members != want || state != "ring" || !d_ok {
+                    last = format!("member {i}: state {state}, members {members}, dispatcher {d}");
+                    return false;
+                }
+                true
+            });
+            if ok {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > limit {
+                return Err(format!("{}: not converged to [{want}] within {limit:?}; {last}", self.profile));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    /// Earliest purge any of `live` logged after `since_ms` (epoch ms).
+    fn first_purge_after(&self, live: &[usize], since_ms: u64) -> Option<u64> {
+        live.iter()
+            .filter_map(|&i| self.status(i))
+            .flat_map(|s| {
+                s.lines()
+                    .filter_map(|l| l.strip_prefix("event "))
+                    .filter(|l| l.contains("purge:"))
+                    .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|&t| t >= since_ms)
+            .min()
+    }
+}
+
+fn failover(profile: &'static str, timers: Timers, port: u16) {
+    // Members 1 and 3 (127.0.0.2 and .4) can dispatch; the dispatcher is 127.0.0.2.
+    let mut c = Cluster::new(profile, port, &[1, 3]);
+    let bound = Duration::from_millis(timers.convergence_bound_ms(5, 5));
+    let startup = c.wait_for(&[0, 1, 2, 3, 4], Some(1), bound * 3).unwrap();
+    println!("{profile}: 5 agents formed one ring in {startup:?}, dispatcher 127.0.0.2");
+
+    let t0 = epoch_ms();
+    c.kill9(2);
+    let reform = c.wait_for(&[0, 1, 3, 4], Some(1), bound).unwrap();
+    let detect = c.first_purge_after(&[0, 1, 3, 4], t0).map(|t| t - t0);
+    println!(
+        "{profile}: kill -9 127.0.0.3 → detected (first purge) after {} ms, ring re-formed without it after {} ms (bound {} ms)",
+        detect.map_or("?".into(), |d| d.to_string()),
+        reform.as_millis(),
+        bound.as_millis()
+    );
+    assert!(detect.is_some(), "no member logged a purge");
+
+    c.start(2);
+    let rejoin = c.wait_for(&[0, 1, 2, 3, 4], Some(1), bound).unwrap();
+    println!("{profile}: 127.0.0.3 restarted → back in the ring after {} ms", rejoin.as_millis());
+
+    c.kill9(1);
+    let elect = c.wait_for(&[0, 2, 3, 4], Some(3), bound).unwrap();
+    println!(
+        "{profile}: kill -9 of the dispatcher 127.0.0.2 → new dispatcher 127.0.0.4 announced by all after {} ms",
+        elect.as_millis()
+    );
+}
+
+#[test]
+fn five_agents_fast_profile() {
+    failover("fast", Timers::FAST, 7610);
+}
+
+#[test]
+fn five_agents_seed_profile() {
+    failover("seed", Timers::SEED, 7710);
+}
+
+fn nginx_conf(dir: &Path, port: u16) -> PathBuf {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 64; }}\nhttp {{ access_log off; client_header_timeout 60s; server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+#[test]
+fn connection_list_matches_ss_for_a_real_nginx() {
+    let port = 18_089;
+    let dir = std::env::temp_dir().join(format!("ringlb-conns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut nginx =
+        Command::new("nginx").args(["-c", nginx_conf(&dir, port).to_str().unwrap()]).spawn().expect("nginx installed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nginx did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200)); // the probe connection closes
+    let clients: Vec<TcpStream> = (0..7).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let ours = Command::new(AGENT).args(["connections", "--port", &port.to_string()]).output().unwrap();
+    let ours: BTreeSet<String> = String::from_utf8_lossy(&ours.stdout).lines().map(str::to_owned).collect();
+    let ss =
+        Command::new("ss").args(["-tnH", "state", "established", &format!("( sport = :{port} )")]).output().unwrap();
+    let ss: BTreeSet<String> = String::from_utf8_lossy(&ss.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4).then(|| format!("{} {}", f[2], f[3]))
+        })
+        .collect();
+    // SIGTERM, not SIGKILL: the master then stops its workers too.
+    let _ = Command::new("kill").args(["-TERM", &nginx.id().to_string()]).status();
+    let _ = nginx.wait();
+    drop(clients);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("agent: {ours:?}\nss:    {ss:?}");
+    assert_eq!(ours.len(), 7, "seven client connections to nginx");
+    assert_eq!(ours, ss);
+}
