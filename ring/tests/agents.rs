@@ -220,3 +220,22 @@ fn connection_list_matches_ss_for_a_real_nginx() {
     assert_eq!(ours.len(), 7, "seven client connections to nginx");
     assert_eq!(ours, ss);
 }
+
+/// The example configuration shipped in deploy/ parses (status then fails
+/// only because no agent is running), and a bad one names the problem.
+#[test]
+fn example_config_parses_and_bad_config_is_named() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/agent.example.yaml");
+    let out = Command::new(AGENT).args(["status", "-c", example]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is the agent running?"), "{err}");
+    let dir = std::env::temp_dir().join(format!("ringlb-agent-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "listen: 127.0.0.1:7400\npeers: [127.0.0.1:7400]\nkey: \"long-enough-key\"\nprofle: fast\nstatus_file: /tmp/x\n").unwrap();
+    let out = Command::new(AGENT).args(["run", "-c", bad.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("bad.yaml:4:") && err.contains("profle"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -37,6 +37,8 @@ enum Fault {
     Net(NetParams),
 }
 
+type InFlight = (u64, u64, usize, usize, Vec<u8>);
+
 struct Sim {
     t: u64,
     nodes: Vec<Node>,
@@ -46,7 +48,8 @@ struct Sim {
     rng: SmallRng,
     net: NetParams,
     group: Option<Vec<u8>>,
-    queue: BinaryHeap<Reverse<(u64, u64, usize, usize, Vec<u8>)>>,
+    /// (deliver at, tie-break, from, to, datagram), earliest first.
+    queue: BinaryHeap<Reverse<InFlight>>,
     qseq: u64,
     /// (receiver, origin, payload) deliveries: at-most-once check.
     delivered: HashSet<(usize, SocketAddrV4, Vec<u8>)>,
