@@ -239,3 +239,98 @@ fn example_config_parses_and_bad_config_is_named() {
     assert!(err.contains("bad.yaml:4:") && err.contains("profle"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// State reconstruction's query (B9) end to end: a member (this test, via the
+/// library's UDP driver) joins a ring of two real agents, asks one of them
+/// for its connections to a port, and receives over the reliable layer
+/// exactly what `ss` shows.
+#[test]
+fn connection_query_over_the_ring() {
+    use ringlb_ring::driver::Driver;
+    use ringlb_ring::member::{Config, Event, Member};
+    use ringlb_ring::{Dest, Key};
+    use std::net::SocketAddrV4;
+
+    let (port, ring_port) = (18_091, 7_810);
+    let dir = std::env::temp_dir().join(format!("ringlb-query-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut nginx =
+        Command::new("nginx").args(["-c", nginx_conf(&dir, port).to_str().unwrap()]).spawn().expect("nginx");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nginx did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let clients: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+
+    let addr = |i: u8| SocketAddrV4::new([127, 0, 0, 20 + i].into(), ring_port);
+    let peers: Vec<String> = (1..=3).map(|i| addr(i).to_string()).collect();
+    let mut agents = Vec::new();
+    for i in 1..=2u8 {
+        let cfg = dir.join(format!("a{i}.yaml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen: {}\npeers: [{}]\nkey: \"query-test-key\"\nprofile: fast\nconnection_ports: [{port}]\nstatus_file: {}\n",
+                addr(i),
+                peers.join(", "),
+                dir.join(format!("a{i}.status")).display()
+            ),
+        )
+        .unwrap();
+        agents.push(Command::new(AGENT).args(["run", "-c", cfg.to_str().unwrap()]).spawn().unwrap());
+    }
+    let driver = Driver::bind(addr(3)).unwrap();
+    let mut me = Member::new(
+        Config {
+            me: addr(3),
+            peers: (1..=3).map(addr).collect(),
+            dispatch_capable: true,
+            timers: ringlb_ring::member::Timers::FAST,
+            key: Key::from_secret("query-test-key"),
+            incarnation: 1,
+        },
+        driver.now(),
+    );
+    let mut answer = None;
+    let mut asked = false;
+    let start = Instant::now();
+    while answer.is_none() && start.elapsed() < Duration::from_secs(15) {
+        driver.run_for(&mut me, Duration::from_millis(50), |_, e| {
+            if let Event::Reliable { from, payload } = e {
+                if from == addr(1) {
+                    answer = Some(String::from_utf8_lossy(&payload).into_owned());
+                }
+            }
+            true
+        });
+        if !asked && me.members().len() == 3 && !me.is_forming() {
+            me.send_app(driver.now(), Dest::To(addr(1)), format!("conns? {port}").into_bytes());
+            asked = true;
+        }
+    }
+    let ss =
+        Command::new("ss").args(["-tnH", "state", "established", &format!("( sport = :{port} )")]).output().unwrap();
+    let ss: BTreeSet<String> = String::from_utf8_lossy(&ss.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4).then(|| format!("{} {}", f[2], f[3]))
+        })
+        .collect();
+    for mut a in agents {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    let _ = Command::new("kill").args(["-TERM", &nginx.id().to_string()]).status();
+    let _ = nginx.wait();
+    drop(clients);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(asked, "the test member never joined the agents' ring");
+    let answer = answer.expect("no reliable answer to the connection query");
+    let got: BTreeSet<String> = answer.lines().map(str::to_owned).collect();
+    println!("query answer from {}: {got:?}", addr(1));
+    assert_eq!(got.len(), 4);
+    assert_eq!(got, ss);
+}
