@@ -184,36 +184,51 @@ fn nginx_conf(dir: &Path, port: u16) -> PathBuf {
     conf
 }
 
-#[test]
-fn connection_list_matches_ss_for_a_real_nginx() {
-    let port = 18_089;
-    let dir = std::env::temp_dir().join(format!("ringlb-conns-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut nginx =
-        Command::new("nginx").args(["-c", nginx_conf(&dir, port).to_str().unwrap()]).spawn().expect("nginx installed");
+/// Starts nginx on 127.0.0.1:`port` and waits until it accepts connections.
+fn start_nginx(dir: &Path, port: u16) -> Child {
+    let nginx =
+        Command::new("nginx").args(["-c", nginx_conf(dir, port).to_str().unwrap()]).spawn().expect("nginx installed");
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "nginx did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(200)); // the probe connection closes
-    let clients: Vec<TcpStream> = (0..7).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(200)); // the readiness probe's connection closes
+    nginx
+}
 
-    let ours = Command::new(AGENT).args(["connections", "--port", &port.to_string()]).output().unwrap();
-    let ours: BTreeSet<String> = String::from_utf8_lossy(&ours.stdout).lines().map(str::to_owned).collect();
+/// SIGTERM, not SIGKILL: the master then stops its workers too.
+fn stop_nginx(mut nginx: Child) {
+    let _ = Command::new("kill").args(["-TERM", &nginx.id().to_string()]).status();
+    let _ = nginx.wait();
+}
+
+/// "local peer" pairs of established connections to local `port`, as `ss -tn` shows them.
+fn ss_established(port: u16) -> BTreeSet<String> {
     let ss =
         Command::new("ss").args(["-tnH", "state", "established", &format!("( sport = :{port} )")]).output().unwrap();
-    let ss: BTreeSet<String> = String::from_utf8_lossy(&ss.stdout)
+    String::from_utf8_lossy(&ss.stdout)
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             (f.len() >= 4).then(|| format!("{} {}", f[2], f[3]))
         })
-        .collect();
-    // SIGTERM, not SIGKILL: the master then stops its workers too.
-    let _ = Command::new("kill").args(["-TERM", &nginx.id().to_string()]).status();
-    let _ = nginx.wait();
+        .collect()
+}
+
+#[test]
+fn connection_list_matches_ss_for_a_real_nginx() {
+    let port = 18_089;
+    let dir = std::env::temp_dir().join(format!("ringlb-conns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let nginx = start_nginx(&dir, port);
+    let clients: Vec<TcpStream> = (0..7).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let ours = Command::new(AGENT).args(["connections", "--port", &port.to_string()]).output().unwrap();
+    let ours: BTreeSet<String> = String::from_utf8_lossy(&ours.stdout).lines().map(str::to_owned).collect();
+    let ss = ss_established(port);
+    stop_nginx(nginx);
     drop(clients);
     let _ = std::fs::remove_dir_all(&dir);
     println!("agent: {ours:?}\nss:    {ss:?}");
@@ -254,14 +269,7 @@ fn connection_query_over_the_ring() {
     let (port, ring_port) = (18_091, 7_810);
     let dir = std::env::temp_dir().join(format!("ringlb-query-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut nginx =
-        Command::new("nginx").args(["-c", nginx_conf(&dir, port).to_str().unwrap()]).spawn().expect("nginx");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nginx did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(200));
+    let nginx = start_nginx(&dir, port);
     let clients: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
 
     let addr = |i: u8| SocketAddrV4::new([127, 0, 0, 20 + i].into(), ring_port);
@@ -310,21 +318,12 @@ fn connection_query_over_the_ring() {
             asked = true;
         }
     }
-    let ss =
-        Command::new("ss").args(["-tnH", "state", "established", &format!("( sport = :{port} )")]).output().unwrap();
-    let ss: BTreeSet<String> = String::from_utf8_lossy(&ss.stdout)
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 4).then(|| format!("{} {}", f[2], f[3]))
-        })
-        .collect();
+    let ss = ss_established(port);
     for mut a in agents {
         let _ = a.kill();
         let _ = a.wait();
     }
-    let _ = Command::new("kill").args(["-TERM", &nginx.id().to_string()]).status();
-    let _ = nginx.wait();
+    stop_nginx(nginx);
     drop(clients);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(asked, "the test member never joined the agents' ring");
