@@ -199,6 +199,8 @@ pub struct Member {
     version_floor: u64,
     // timing
     last_from_upstream: u64,
+    /// Last heartbeat of our own master seen (or when we joined its view).
+    last_master_hb: u64,
     last_sent_downstream: u64,
     probe: Option<Probe>,
     probe_nonce: u64,
@@ -236,6 +238,7 @@ impl Member {
             ids_assigned: 0,
             version_floor: 0,
             last_from_upstream: now,
+            last_master_hb: now,
             last_sent_downstream: now,
             probe: None,
             probe_nonce: 0,
@@ -333,6 +336,8 @@ impl Member {
                     if self.view.members.len() > 1 {
                         n = n.min(self.next_hb);
                     }
+                } else if self.view.members.len() > 1 {
+                    n = n.min(self.last_master_hb + self.master_silence_ms());
                 }
                 n
             }
@@ -459,6 +464,9 @@ impl Member {
                 }
                 self.hb_seen.insert(master.addr, (master.incarnation, seq));
                 self.consider_view(now, &view);
+                if matches!(self.phase, Phase::Member) && self.view.master() == master.addr {
+                    self.last_master_hb = now;
+                }
                 // Pass the token on if we are in its ring and not its master.
                 if matches!(self.phase, Phase::Member)
                     && self.view.master() == master.addr
@@ -559,10 +567,15 @@ impl Member {
             Phase::Member => self.view.master(),
         };
         let smaller = order(&their_master) < order(&my_master);
+        // Our master has gone quiet: a view from another master that holds us
+        // wins even if its master is greater (else a stale view can block a ring).
+        let orphaned = their_master != my_master
+            && now.saturating_sub(self.last_master_hb) >= self.cfg.timers.comm_timeout_ms
+            && !self.is_master();
         if in_view {
             let newer = match self.phase {
                 Phase::Forming { .. } => true,
-                Phase::Member => smaller || (their_master == my_master && v.version > self.view.version),
+                Phase::Member => smaller || orphaned || (their_master == my_master && v.version > self.view.version),
             };
             if newer {
                 self.adopt(now, View::from_msg(v));
@@ -605,6 +618,7 @@ impl Member {
             self.last_from_upstream = now;
             self.probe = None;
         }
+        self.last_master_hb = now;
         if self.is_master() {
             // The view may come from another master's version series (it
             // admitted us): re-issue it above anything we issued before.
@@ -716,6 +730,12 @@ impl Member {
         if self.view.members.len() < 2 {
             return;
         }
+        if !self.is_master() && now >= self.last_master_hb + self.master_silence_ms() {
+            // Links are alive but the token no longer comes round: our master
+            // is gone or our view is stale. Leave and re-enter.
+            self.purge(now, "no heartbeat from the master");
+            return;
+        }
         if now >= self.last_sent_downstream + t.heartbeat_ms {
             self.flush_downstream(now, true); // keepalive
         }
@@ -733,6 +753,13 @@ impl Member {
             Some(_) => self.member_timers_probe(now),
             None => {}
         }
+    }
+
+    /// How long a member waits for its master's heartbeat before purging:
+    /// long, because under loss a heartbeat may die on any hop of the ring.
+    fn master_silence_ms(&self) -> u64 {
+        let t = self.cfg.timers;
+        2 * (t.comm_timeout_ms + t.probe_ms())
     }
 
     fn member_timers_probe(&mut self, now: u64) {
@@ -812,6 +839,7 @@ impl Member {
             self.next_announce = now;
         }
         self.last_from_upstream = now;
+        self.last_master_hb = now;
         self.last_sent_downstream = now.saturating_sub(self.cfg.timers.heartbeat_ms);
         self.emit_view();
         self.member_timers(now);

@@ -372,6 +372,22 @@ fn scenario(seed: u64, timers: Timers) -> Result<Outcome, String> {
         }
     }
     if let Some(why) = sim.check_converged() {
+        if sim.trace {
+            for i in sim.live() {
+                let m = sim.nodes[i].member.as_ref().unwrap();
+                let sv = m.state_vars();
+                println!(
+                    "final {} forming={} master={} version={} up={} down={} members={}",
+                    sim.nodes[i].addr,
+                    m.is_forming(),
+                    m.master(),
+                    m.view_version(),
+                    sv.upstream,
+                    sv.downstream,
+                    m.members().len()
+                );
+            }
+        }
         return Err(format!("not converged {bound} ms after the last fault ({n} members): {why}"));
     }
     let converged_after = converged_at.unwrap_or(t_last) - t_last;
