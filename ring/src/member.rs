@@ -730,6 +730,16 @@ impl Member {
         if self.view.members.len() < 2 {
             return;
         }
+        if !self.is_master() && self.my_id != 0 && now >= self.next_join {
+            // Until the master's view carries the id we accepted, keep telling it.
+            let listed = self.view.position(&self.cfg.me).map(|i| self.view.members[i].id);
+            if listed.is_some_and(|id| id != self.my_id) {
+                self.next_join = now + t.heartbeat_ms;
+                let join = Msg::Join { caps: self.caps, id: self.my_id };
+                let master = self.view.master();
+                self.send_direct(now, vec![(master, join)]);
+            }
+        }
         if !self.is_master() && now >= self.last_master_hb + self.master_silence_ms() {
             // Links are alive but the token no longer comes round: our master
             // is gone or our view is stale. Leave and re-enter.
