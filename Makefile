@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all setup build test demo lint fmt clean
+.PHONY: all setup build test demo lint fmt clean install
 
 all: build
 
@@ -23,6 +23,18 @@ demo: build
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	shellcheck -S warning $$(git ls-files '*.sh') .ci/run
+
+# Binaries, systemd units and example configs (existing configs are kept).
+PREFIX ?= /usr/local
+DESTDIR ?=
+install:
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/ringlb $(DESTDIR)/lib/systemd/system $(DESTDIR)/etc/ringlb
+	install -m 755 target/release/ringlb target/release/ringlb-agent $(DESTDIR)$(PREFIX)/bin/
+	install -m 755 deploy/baremetal.sh $(DESTDIR)$(PREFIX)/lib/ringlb/
+	install -m 644 deploy/systemd/*.service $(DESTDIR)/lib/systemd/system/
+	[ -e $(DESTDIR)/etc/ringlb/ringlb.yaml ] || install -m 644 deploy/lab/dsr.yaml $(DESTDIR)/etc/ringlb/ringlb.yaml
+	[ -e $(DESTDIR)/etc/ringlb/agent.yaml ] || install -m 644 deploy/agent.example.yaml $(DESTDIR)/etc/ringlb/agent.yaml
 
 fmt:
 	cargo fmt --all

@@ -3,7 +3,7 @@
 # (as root), and reserves hugepages. Idempotent: skips what is present.
 set -euo pipefail
 PKGS=(dpdk dpdk-dev libdpdk-dev pkg-config clang libclang-dev build-essential
-      nginx-light wrk apache2-utils curl iproute2 ethtool procps python3)
+      nginx-light wrk apache2-utils curl iproute2 ethtool procps python3 shellcheck)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

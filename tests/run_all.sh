@@ -4,7 +4,7 @@
 #   2. lab tests: DSR and NAT through real namespaces, nginx, ab and curl
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
+cd "$ROOT" || exit 1
 passed=0; failed=0
 run() {
   local name=$1; shift
@@ -12,6 +12,7 @@ run() {
   if "$@"; then passed=$((passed + 1)); echo "=== $name: ok"; else failed=$((failed + 1)); echo "=== $name: FAILED"; fi
 }
 run "cargo test (unit, dataplane, config, vdev)" cargo test --workspace -- --test-threads=1
+run "deploy scripts and install" bash tests/deploy_test.sh
 run "lab DSR" bash tests/lab/lab_test.sh dsr
 run "lab NAT" bash tests/lab/lab_test.sh nat
 run "lab cleanup on failure" bash tests/lab/cleanup_test.sh

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # ringlb lab: network namespaces, veth and bridges for a client, the
 # appliance and three nginx servers. Sourced by the lab tests and `make demo`.
 #

@@ -14,5 +14,5 @@ left=$(ip netns list | grep -c "^${LAB}-" || true)
 if pgrep -f "ringlb-lab-dsr.*nginx|ringlb run -c $ROOT/deploy/lab/dsr.yaml" >/dev/null; then
   echo "FAIL cleanup: a ringlb or nginx process of the failed test is still running"; exit 1
 fi
-if ls /dev/hugepages 2>/dev/null | grep -q rtemap; then echo "FAIL cleanup: hugepage files left"; exit 1; fi
+if compgen -G "/dev/hugepages/rtemap*" >/dev/null; then echo "FAIL cleanup: hugepage files left"; exit 1; fi
 echo "PASS lab-cleanup: failed lab test (exit $rc) left no namespaces, processes or hugepage files"

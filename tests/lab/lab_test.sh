@@ -72,5 +72,5 @@ echo "lab-$MODE: 64 MiB download sha256 $got_sum (file $want)"
 lab_stop_ringlb || fail "ringlb exited non-zero on SIGTERM"
 grep -q "ringlb stopped cleanly" "$LAB_DIR/ringlb.log" || fail "no clean-shutdown summary"
 sed -n '/^summary/,$p' "$LAB_DIR/ringlb.log" | sed "s/^/lab-$MODE: /"
-if ls /dev/hugepages 2>/dev/null | grep -q rtemap; then fail "hugepage files left in /dev/hugepages"; fi
+if compgen -G "/dev/hugepages/rtemap*" >/dev/null; then fail "hugepage files left in /dev/hugepages"; fi
 echo "PASS lab-$MODE"

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Deployment scripts: every shell script passes shellcheck; baremetal.sh
+# does what it says in dry-run and refuses bad input; `make install` puts
+# binaries, units and example configs where the units expect them.
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 1
+fail() { echo "FAIL deploy: $*"; exit 1; }
+
+mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
+shellcheck -S warning "${scripts[@]}" || fail "shellcheck"
+echo "deploy: shellcheck clean on ${#scripts[@]} scripts"
+
+out=$(bash deploy/baremetal.sh --dry-run hugepages 8 1G) || fail "dry-run hugepages"
+grep -q "echo 8 > /sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages" <<<"$out" || fail "1G hugepages: $out"
+nics=$(mktemp)
+printf '# uplinks\n0000:03:00.0\n\n0000:03:00.1  # second port\n' > "$nics"
+out=$(bash deploy/baremetal.sh --dry-run bind-file "$nics") || fail "dry-run bind-file"
+rm -f "$nics"
+[ "$(grep -c 'dpdk-devbind.py --bind=vfio-pci 0000:03:00.[01]$' <<<"$out")" = 2 ] || fail "bind-file: $out"
+for bad in "hugepages many" "hugepages 8 3M" "bind 03:00" "bind-file /nonexistent"; do
+  # shellcheck disable=SC2086
+  if bash deploy/baremetal.sh --dry-run $bad >/dev/null 2>&1; then fail "accepted: $bad"; fi
+done
+echo "deploy: baremetal.sh dry-runs and refusals ok"
+
+dest=$(mktemp -d)
+make -s install DESTDIR="$dest" PREFIX=/usr/local >/dev/null || fail "make install"
+for f in usr/local/bin/ringlb usr/local/bin/ringlb-agent usr/local/lib/ringlb/baremetal.sh \
+         lib/systemd/system/ringlb.service lib/systemd/system/ringlb-agent.service \
+         lib/systemd/system/ringlb-baremetal.service etc/ringlb/ringlb.yaml etc/ringlb/agent.yaml; do
+  [ -e "$dest/$f" ] || fail "make install did not create /$f"
+done
+# The units reference exactly the installed paths.
+for p in $(grep -ho '/usr/local/[a-z/.-]*' deploy/systemd/*.service | sort -u); do
+  [ -e "$dest$p" ] || fail "a unit references $p, which make install does not create"
+done
+"$dest/usr/local/bin/ringlb" check -c "$dest/etc/ringlb/ringlb.yaml" >/dev/null || fail "installed example config does not validate"
+rm -rf "$dest"
+echo "PASS deploy"
