@@ -95,7 +95,7 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
         })
         .collect::<Result<_, String>>()?;
     let mbufs: u32 = queues.iter().map(|&(r, t)| u32::from(r + t) * u32::from(RX_DESC)).sum::<u32>()
-        + (workers * workers) as u32 * HANDOFF_RING
+        + (workers * (workers - 1)) as u32 * HANDOFF_RING
         + 8192;
     let pool = Arc::new(Mempool::new("ringlb_mbufs", mbufs, 256, socket).map_err(|e| e.to_string())?);
     let mut macs = Vec::new();

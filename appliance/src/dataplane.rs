@@ -96,6 +96,8 @@ pub struct Shared {
     pub timeouts: crate::session::Timeouts,
     pub session_capacity_per_worker: usize,
     pub arp_refresh_ms: u32,
+    /// Random per process: keys the owner and session-table hashes.
+    hash_seed: u64,
 }
 
 impl Shared {
@@ -169,13 +171,17 @@ impl Shared {
             timeouts: cfg.timeouts,
             session_capacity_per_worker: cfg.session_capacity.div_ceil(workers),
             arp_refresh_ms: cfg.arp_refresh_ms,
+            hash_seed: {
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new().build_hasher().finish()
+            },
         }
     }
 
     /// The worker that owns a client endpoint. Multiply-shift instead of `%`.
     #[inline]
     pub fn owner(&self, client_ip: u32, client_port: u16) -> usize {
-        let h = mix(u64::from(client_ip), u64::from(client_port)) >> 32;
+        let h = mix(u64::from(client_ip) ^ self.hash_seed, u64::from(client_port)) >> 32;
         ((h * self.workers as u64) >> 32) as usize
     }
 
@@ -193,6 +199,7 @@ pub struct Worker<'a> {
     pub stats: &'a WorkerStats,
     /// Per neighbour: when we last asked for its MAC (worker 0 only).
     last_solicit_ms: Vec<Option<u32>>,
+    last_reclaim_ms: Option<u32>,
 }
 
 /// How many session slots the sweep visits per housekeeping call.
@@ -213,10 +220,11 @@ impl<'a> Worker<'a> {
         Worker {
             id,
             shared,
-            table: SessionTable::new(shared.session_capacity_per_worker, shared.timeouts),
+            table: SessionTable::new(shared.session_capacity_per_worker, shared.timeouts, shared.hash_seed),
             schedulers,
             stats,
             last_solicit_ms: vec![None; shared.neighbors.len()],
+            last_reclaim_ms: None,
         }
     }
 
@@ -300,6 +308,10 @@ impl<'a> Worker<'a> {
     #[inline]
     fn forward(&mut self, frame: &mut [u8], info: &L4Info, svc: u16, in_port: u8, now_ms: u32) -> Verdict {
         let service = &self.shared.services[usize::from(svc)];
+        if service.mode == Mode::Nat && info.ttl <= 1 {
+            // Checked before any session is created for it.
+            return Verdict::Drop(Drop::TtlExceeded);
+        }
         let key = FlowKey {
             client_ip: info.src_ip,
             vip: info.dst_ip,
@@ -307,7 +319,7 @@ impl<'a> Worker<'a> {
             vport: info.dst_port,
             proto: info.proto,
         };
-        let hash = key.hash();
+        let hash = self.table.hash(&key);
         let is_tcp = info.proto == L4Proto::Tcp;
         let syn = is_tcp && info.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
         let closing = is_tcp && info.flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
@@ -316,7 +328,7 @@ impl<'a> Worker<'a> {
         let server = match self.table.lookup(&key, hash, now_ms, |_| stats.session_expired()) {
             Some(e) if syn && e.state == State::Closing => {
                 // A new connection reusing the client port of one that closed: schedule it afresh.
-                let idx = self.schedulers[usize::from(svc)].pick(hash);
+                let idx = self.schedulers[usize::from(svc)].pick(key.hash(0));
                 e.server = service.servers[idx];
                 e.state = State::SynSeen;
                 e.last_seen_ms = now_ms;
@@ -334,13 +346,17 @@ impl<'a> Worker<'a> {
                 e.server
             }
             None if syn || !is_tcp => {
-                let idx = self.schedulers[usize::from(svc)].pick(hash);
+                let idx = self.schedulers[usize::from(svc)].pick(key.hash(0));
                 let server = service.servers[idx];
                 let state = if is_tcp { State::SynSeen } else { State::Udp };
                 let entry = Entry::new(now_ms, server, svc, state, in_port, packet::src_mac(frame));
                 if self.table.insert(&key, hash, entry).is_err() {
-                    // Full: reclaim idle entries once before refusing the flow.
-                    self.table.sweep(now_ms, SWEEP_BUDGET * 4, |_| stats.session_expired());
+                    // Full: reclaim idle entries (at most once per millisecond, so
+                    // a SYN flood against a full table stays cheap), then refuse.
+                    if self.last_reclaim_ms != Some(now_ms) {
+                        self.last_reclaim_ms = Some(now_ms);
+                        self.table.sweep(now_ms, SWEEP_BUDGET * 4, |_| stats.session_expired());
+                    }
                     if self.table.insert(&key, hash, entry).is_err() {
                         return Verdict::Drop(Drop::TableFull);
                     }
@@ -362,9 +378,6 @@ impl<'a> Worker<'a> {
         match service.mode {
             Mode::Dsr => packet::rewrite_dsr(frame, server_mac, egress_mac),
             Mode::Nat => {
-                if info.ttl <= 1 {
-                    return Verdict::Drop(Drop::TtlExceeded);
-                }
                 packet::rewrite_nat_forward(frame, info, srv.ip, srv.port, server_mac, egress_mac);
             }
         }
@@ -383,7 +396,8 @@ impl<'a> Worker<'a> {
             proto: info.proto,
         };
         let stats = self.stats;
-        let Some(e) = self.table.lookup(&key, key.hash(), now_ms, |_| stats.session_expired()) else {
+        let hash = self.table.hash(&key);
+        let Some(e) = self.table.lookup(&key, hash, now_ms, |_| stats.session_expired()) else {
             return Verdict::Drop(Drop::NoSession);
         };
         let srv = &self.shared.servers[usize::from(e.server)];

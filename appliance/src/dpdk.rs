@@ -421,6 +421,13 @@ impl SpscRing {
         n
     }
 
+    /// Frames waiting in the ring.
+    #[inline]
+    pub fn count(&self) -> u32 {
+        // SAFETY: reading the ring's head/tail indices.
+        unsafe { sys::ringlb_ring_count(self.0) }
+    }
+
     #[inline]
     pub fn dequeue<const N: usize>(&self, out: &mut Burst<N>) -> usize {
         debug_assert!(out.is_empty());

@@ -27,11 +27,18 @@ impl FlowKey {
             | (self.proto as u128)
     }
 
+    /// The flow's hash under `seed`. Session tables use a random per-process
+    /// seed (no one can aim flows at one probe run); 0 gives a hash every
+    /// appliance agrees on (Maglev).
     #[inline]
-    pub fn hash(&self) -> u64 {
-        let p = self.pack();
-        mix(p as u64, (p >> 64) as u64)
+    pub fn hash(&self, seed: u64) -> u64 {
+        hash_packed(self.pack(), seed)
     }
+}
+
+#[inline]
+fn hash_packed(p: u128, seed: u64) -> u64 {
+    mix(p as u64 ^ seed, (p >> 64) as u64)
 }
 
 /// A fast 64-bit mixer (multiply-fold). Not cryptographic: flow placement
@@ -117,12 +124,13 @@ pub struct SessionTable {
     max_len: usize,
     timeouts: Timeouts,
     sweep_cursor: usize,
+    seed: u64,
 }
 
 impl SessionTable {
     /// A table that holds up to `capacity` sessions. Slots are the next power
     /// of two ≥ capacity × 4/3, keeping the load factor ≤ 75% so probes stay short.
-    pub fn new(capacity: usize, timeouts: Timeouts) -> Self {
+    pub fn new(capacity: usize, timeouts: Timeouts, seed: u64) -> Self {
         let capacity = capacity.max(1);
         let slots = (capacity + capacity / 3).next_power_of_two().max(8);
         SessionTable {
@@ -132,6 +140,7 @@ impl SessionTable {
             max_len: capacity,
             timeouts,
             sweep_cursor: 0,
+            seed,
         }
     }
 
@@ -223,8 +232,13 @@ impl SessionTable {
 
     #[inline]
     fn home(&self, e: &Entry) -> usize {
-        let p = e.key;
-        mix(p as u64, (p >> 64) as u64) as usize & self.mask
+        hash_packed(e.key, self.seed) as usize & self.mask
+    }
+
+    /// The hash lookups and inserts must be given for `key`.
+    #[inline]
+    pub fn hash(&self, key: &FlowKey) -> u64 {
+        key.hash(self.seed)
     }
 
     /// Visits up to `budget` slots from the sweep cursor and removes the idle
@@ -278,40 +292,40 @@ mod tests {
 
     #[test]
     fn insert_then_lookup_finds_each_entry() {
-        let mut t = SessionTable::new(10_000, T);
+        let mut t = SessionTable::new(10_000, T, 7);
         for i in 0..10_000 {
             let k = key(i);
-            t.insert(&k, k.hash(), entry(0, (i % 7) as u16)).unwrap();
+            t.insert(&k, t.hash(&k), entry(0, (i % 7) as u16)).unwrap();
         }
         assert_eq!(t.len(), 10_000);
         for i in 0..10_000 {
             let k = key(i);
-            let e = t.lookup(&k, k.hash(), 10, |_| panic!("not idle")).expect("present");
+            let e = t.lookup(&k, t.hash(&k), 10, |_| panic!("not idle")).expect("present");
             assert_eq!(e.server, (i % 7) as u16);
         }
         let missing = key(20_000);
-        assert!(t.lookup(&missing, missing.hash(), 10, |_| ()).is_none());
+        assert!(t.lookup(&missing, t.hash(&missing), 10, |_| ()).is_none());
     }
 
     #[test]
     fn full_table_refuses_new_flows() {
-        let mut t = SessionTable::new(100, T);
+        let mut t = SessionTable::new(100, T, 7);
         for i in 0..100 {
             let k = key(i);
-            t.insert(&k, k.hash(), entry(0, 0)).unwrap();
+            t.insert(&k, t.hash(&k), entry(0, 0)).unwrap();
         }
         let k = key(100);
-        assert_eq!(t.insert(&k, k.hash(), entry(0, 0)).err(), Some(TableFull));
+        assert_eq!(t.insert(&k, t.hash(&k), entry(0, 0)).err(), Some(TableFull));
     }
 
     #[test]
     fn sweep_expires_idle_entries_by_state() {
-        let mut t = SessionTable::new(1000, T);
+        let mut t = SessionTable::new(1000, T, 7);
         for i in 0..1000 {
             let k = key(i);
             let mut e = entry(0, 0);
             e.state = if i % 2 == 0 { State::Closing } else { State::Established };
-            t.insert(&k, k.hash(), e).unwrap();
+            t.insert(&k, t.hash(&k), e).unwrap();
         }
         // At t=60 only closing entries (50 ms) are idle.
         let n = t.sweep(60, usize::MAX, |e| assert_eq!(e.state, State::Closing));
@@ -320,7 +334,7 @@ mod tests {
         // Survivors are all still reachable after the backward shifts.
         for i in (1..1000).step_by(2) {
             let k = key(i);
-            assert!(t.lookup(&k, k.hash(), 60, |_| panic!()).is_some(), "lost key {i}");
+            assert!(t.lookup(&k, t.hash(&k), 60, |_| panic!()).is_some(), "lost key {i}");
         }
         assert_eq!(t.sweep(2000, usize::MAX, |_| ()), 500);
         assert!(t.is_empty());
@@ -328,11 +342,11 @@ mod tests {
 
     #[test]
     fn lookup_expires_lazily() {
-        let mut t = SessionTable::new(10, T);
+        let mut t = SessionTable::new(10, T, 7);
         let k = key(1);
-        t.insert(&k, k.hash(), entry(0, 3)).unwrap();
+        t.insert(&k, t.hash(&k), entry(0, 3)).unwrap();
         let mut seen = false;
-        assert!(t.lookup(&k, k.hash(), 5000, |_| seen = true).is_none());
+        assert!(t.lookup(&k, t.hash(&k), 5000, |_| seen = true).is_none());
         assert!(seen);
         assert_eq!(t.len(), 0);
     }
@@ -340,7 +354,7 @@ mod tests {
     #[test]
     fn random_insert_remove_matches_a_model() {
         use std::collections::HashMap;
-        let mut t = SessionTable::new(512, T);
+        let mut t = SessionTable::new(512, T, 7);
         let mut model: HashMap<u32, u32> = HashMap::new();
         let mut x: u64 = 12345;
         let mut now = 0u32;
@@ -351,7 +365,7 @@ mod tests {
             let k = key(id);
             // Model expiry: Established with 1000 ms timeout.
             model.retain(|_, seen| now.wrapping_sub(*seen) <= 1000);
-            let found = t.lookup(&k, k.hash(), now, |_| ()).map(|e| {
+            let found = t.lookup(&k, t.hash(&k), now, |_| ()).map(|e| {
                 e.last_seen_ms = now;
             });
             match (found.is_some(), model.contains_key(&id)) {
@@ -359,11 +373,11 @@ mod tests {
                     model.insert(id, now);
                 }
                 (false, false) => {
-                    if t.insert(&k, k.hash(), entry(now, 0)).is_err() {
+                    if t.insert(&k, t.hash(&k), entry(now, 0)).is_err() {
                         // Full of idle entries not yet swept: reclaim, then it must fit
                         // unless the model is really full too.
                         t.sweep(now, usize::MAX, |_| ());
-                        if t.insert(&k, k.hash(), entry(now, 0)).is_err() {
+                        if t.insert(&k, t.hash(&k), entry(now, 0)).is_err() {
                             assert_eq!(model.len(), 512);
                             continue;
                         }

@@ -60,6 +60,7 @@ struct Loop<'a> {
     tx: Vec<Burst<BURST>>,
     handoff: Vec<Burst<BURST>>,
     outbound: &'a [Option<Arc<SpscRing>>],
+    inbound: &'a [Arc<SpscRing>],
     queue: u16,
     handoff_patience_tsc: u64,
 }
@@ -86,6 +87,7 @@ impl Loop<'_> {
                 if self.handoff[w].is_full() {
                     self.flush_handoff(w);
                 }
+                // Still full: the owner is overloaded; drop this frame, keep the queued ones.
                 if self.handoff[w].push(m).is_err() {
                     self.stats.drop(Drop::HandoffFull);
                 }
@@ -103,25 +105,23 @@ impl Loop<'_> {
         }
     }
 
+    /// Moves frames for worker `w` into its ring. Whatever does not fit stays
+    /// in the burst for the next attempt. If no other worker is waiting on us
+    /// (our inbound rings are empty), wait a bounded moment for the owner to
+    /// catch up; never when someone is, or two workers with full rings towards
+    /// each other would both spin.
     fn flush_handoff(&mut self, w: usize) {
-        if let Some(ring) = &self.outbound[w] {
-            // A full ring usually means the owner is a burst behind: give it
-            // a bounded moment to drain rather than dropping at once.
-            let mut give_up_at = None;
-            while !self.handoff[w].is_empty() {
-                let n = ring.enqueue(&mut self.handoff[w]);
-                self.stats.handoff_out.add(n as u64);
-                if n == 0 {
-                    let now = dpdk::rdtsc();
-                    if now >= *give_up_at.get_or_insert(now + self.handoff_patience_tsc) {
-                        break;
-                    }
-                    dpdk::pause();
-                }
-            }
+        let Some(ring) = &self.outbound[w] else { return };
+        let n = ring.enqueue(&mut self.handoff[w]);
+        self.stats.handoff_out.add(n as u64);
+        if self.handoff[w].is_empty() || self.inbound.iter().any(|r| r.count() > 0) {
+            return;
         }
-        for _ in self.handoff[w].drain() {
-            self.stats.drop(Drop::HandoffFull);
+        let give_up_at = dpdk::rdtsc() + self.handoff_patience_tsc;
+        while !self.handoff[w].is_empty() && dpdk::rdtsc() < give_up_at {
+            dpdk::pause();
+            let n = ring.enqueue(&mut self.handoff[w]);
+            self.stats.handoff_out.add(n as u64);
         }
     }
 
@@ -150,6 +150,7 @@ pub fn run(setup: WorkerSetup) -> i32 {
         tx: (0..setup.ports.len()).map(|_| Burst::default()).collect(),
         handoff: (0..setup.outbound.len()).map(|_| Burst::default()).collect(),
         outbound: &setup.outbound,
+        inbound: &setup.inbound,
         queue: setup.id as u16,
         handoff_patience_tsc: setup.tsc_hz * HANDOFF_PATIENCE_US / 1_000_000,
     };
@@ -207,5 +208,11 @@ pub fn run(setup: WorkerSetup) -> i32 {
         }
     }
     lp.flush_all();
+    // Frames still waiting for a hand-off ring at shutdown are freed, and counted.
+    for w in 0..lp.handoff.len() {
+        for _ in lp.handoff[w].drain() {
+            lp.stats.drop(Drop::HandoffFull);
+        }
+    }
     0
 }

@@ -155,8 +155,8 @@ lab_wait_ready() {
 lab_down() {
   lab_stop_ringlb >/dev/null 2>&1 || true
   local p
-  for p in "${LAB_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${LAB_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  for p in ${LAB_PIDS[@]+"${LAB_PIDS[@]}"}; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in ${LAB_PIDS[@]+"${LAB_PIDS[@]}"}; do wait "$p" 2>/dev/null || true; done
   LAB_PIDS=()
   local ns
   for ns in $(ip netns list | awk '{print $1}' | grep "^${LAB}-" || true); do

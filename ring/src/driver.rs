@@ -31,7 +31,8 @@ impl Driver {
         mut on_event: impl FnMut(&mut Member, Event) -> bool,
     ) -> bool {
         let end = Instant::now() + budget;
-        let mut buf = [0u8; 2048];
+        // A heartbeat of 256 members is ~6 KiB: take any UDP datagram whole.
+        let mut buf = vec![0u8; 65_536];
         loop {
             self.flush(member);
             while let Some(e) = member.poll_event() {

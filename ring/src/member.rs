@@ -26,6 +26,9 @@ use crate::wire::{self, order, DecodeError, Dest, Key, MemberEntry, Msg, Packet,
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddrV4;
 
+/// Largest payload of a ring (App) message.
+pub const MAX_APP_PAYLOAD: usize = 8 * 1024;
+
 /// Protocol timers, milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timers {
@@ -356,8 +359,12 @@ impl Member {
         self.events.pop_front()
     }
 
-    /// Sends an application message around the ring; returns its sequence number.
-    pub fn send_app(&mut self, now: u64, dest: Dest, payload: Vec<u8>) -> u64 {
+    /// Sends an application message around the ring; returns its sequence
+    /// number. Larger payloads belong on the reliable layer.
+    pub fn send_app(&mut self, now: u64, dest: Dest, payload: Vec<u8>) -> Result<u64, &'static str> {
+        if payload.len() > MAX_APP_PAYLOAD {
+            return Err("app message larger than 8 KiB: use send_reliable");
+        }
         self.app_seq += 1;
         let hops = self.view.members.len().min(255) as u8;
         if hops > 1 && matches!(self.phase, Phase::Member) {
@@ -372,7 +379,7 @@ impl Member {
             });
             self.flush_downstream(now, false);
         }
-        self.app_seq
+        Ok(self.app_seq)
     }
 
     /// Sends `payload` to `to` over the reliable message layer.
@@ -464,12 +471,16 @@ impl Member {
                 }
                 self.hb_seen.insert(master.addr, (master.incarnation, seq));
                 self.consider_view(now, &view);
-                if matches!(self.phase, Phase::Member) && self.view.master() == master.addr {
+                // Only the token of the view we hold proves our master alive.
+                if matches!(self.phase, Phase::Member)
+                    && self.view.members[0] == master
+                    && self.view.version == view.version
+                {
                     self.last_master_hb = now;
                 }
                 // Pass the token on if we are in its ring and not its master.
                 if matches!(self.phase, Phase::Member)
-                    && self.view.master() == master.addr
+                    && self.view.members[0] == master
                     && self.view.version == view.version
                     && master.addr != self.cfg.me
                 {
@@ -501,7 +512,8 @@ impl Member {
                     return;
                 }
                 self.probe = None;
-                if master != self.view.master() {
+                if master != self.view.master() || (master == *from && version == 0) {
+                    // In another ring, or forming (e.g. our master restarted).
                     self.purge(now, "upstream is alive but in another ring");
                     return;
                 }
@@ -567,6 +579,10 @@ impl Member {
             Phase::Member => self.view.master(),
         };
         let smaller = order(&their_master) < order(&my_master);
+        // Same master address: a restarted master (higher incarnation) starts a
+        // new version series, so compare (incarnation, version).
+        let mine = (self.view.members[0].incarnation, self.view.version);
+        let same_master_newer = their_master == my_master && (v.members[0].incarnation, v.version) > mine;
         // Our master has gone quiet: a view from another master that holds us
         // wins even if its master is greater (else a stale view can block a ring).
         let orphaned = their_master != my_master
@@ -575,7 +591,7 @@ impl Member {
         if in_view {
             let newer = match self.phase {
                 Phase::Forming { .. } => true,
-                Phase::Member => smaller || orphaned || (their_master == my_master && v.version > self.view.version),
+                Phase::Member => smaller || orphaned || same_master_newer,
             };
             if newer {
                 self.adopt(now, View::from_msg(v));

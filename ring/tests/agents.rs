@@ -314,7 +314,7 @@ fn connection_query_over_the_ring() {
             true
         });
         if !asked && me.members().len() == 3 && !me.is_forming() {
-            me.send_app(driver.now(), Dest::To(addr(1)), format!("conns? {port}").into_bytes());
+            me.send_app(driver.now(), Dest::To(addr(1)), format!("conns? {port}").into_bytes()).unwrap();
             asked = true;
         }
     }

@@ -16,6 +16,9 @@ struct Node {
     capable: bool,
     member: Option<Member>,
     incarnation: u64,
+    /// Simulation time when this incarnation started: the member's clock
+    /// starts at zero there, like the UDP driver's after a process start.
+    boot: u64,
     wake: u64,
     /// Ids accepted per incarnation.
     ids: HashMap<u64, Vec<u64>>,
@@ -62,6 +65,35 @@ fn addr(i: usize) -> SocketAddrV4 {
 }
 
 impl Sim {
+    fn new(n: usize, timers: Timers, seed: u64, capable: Vec<bool>, max_delay: u64) -> Sim {
+        let nodes = (0..n)
+            .map(|i| Node {
+                addr: addr(i),
+                capable: capable[i],
+                member: None,
+                incarnation: 0,
+                boot: 0,
+                wake: u64::MAX,
+                ids: HashMap::new(),
+            })
+            .collect();
+        Sim {
+            t: 0,
+            nodes,
+            key: Key::from_secret("sim"),
+            timers,
+            peers: (0..n).map(addr).collect(),
+            rng: SmallRng::seed_from_u64(seed ^ 0xabcdef),
+            net: NetParams { loss: 0.0, dup: 0.0, max_delay },
+            group: None,
+            queue: BinaryHeap::new(),
+            qseq: 0,
+            delivered: HashSet::new(),
+            delivered_count: HashMap::new(),
+            trace: std::env::var("RING_SIM_TRACE").is_ok(),
+        }
+    }
+
     fn start(&mut self, i: usize) -> Result<(), String> {
         let n = &mut self.nodes[i];
         n.incarnation += 1;
@@ -73,7 +105,8 @@ impl Sim {
             key: self.key.clone(),
             incarnation: n.incarnation,
         };
-        n.member = Some(Member::new(cfg, self.t));
+        n.boot = self.t;
+        n.member = Some(Member::new(cfg, 0));
         self.pump(i)
     }
 
@@ -92,7 +125,7 @@ impl Sim {
         while let Some(e) = m.poll_event() {
             events.push(e);
         }
-        self.nodes[i].wake = m.poll_timeout();
+        self.nodes[i].wake = m.poll_timeout().saturating_add(self.nodes[i].boot);
         for tx in sends {
             let Some(to) = self.index(&tx.to) else { continue };
             self.transmit(i, to, tx.bytes);
@@ -160,12 +193,16 @@ impl Sim {
             if next_pkt <= next_wake {
                 let Reverse((_, _, from, to, bytes)) = self.queue.pop().unwrap();
                 let src = self.nodes[from].addr;
+                let local = self.t - self.nodes[to].boot;
                 if let Some(m) = self.nodes[to].member.as_mut() {
-                    m.handle_datagram(self.t, src, &bytes);
+                    m.handle_datagram(local, src, &bytes);
                     self.pump(to)?;
                 }
-            } else if let Some(m) = self.nodes[wi].member.as_mut() {
-                m.handle_timeout(self.t);
+            } else {
+                let local = self.t - self.nodes[wi].boot;
+                if let Some(m) = self.nodes[wi].member.as_mut() {
+                    m.handle_timeout(local);
+                }
                 self.pump(wi)?;
             }
         }
@@ -247,32 +284,8 @@ fn scenario(seed: u64, timers: Timers) -> Result<Outcome, String> {
     };
     let c = timers.comm_timeout_ms;
     let max_delay_quiet = rng.random_range(1..=(c / 20).max(2));
-    let nodes = (0..n)
-        .map(|i| Node {
-            addr: addr(i),
-            capable: rng.random_bool(0.6),
-            member: None,
-            incarnation: 0,
-            wake: u64::MAX,
-            ids: HashMap::new(),
-        })
-        .collect();
-    let mut sim = Sim {
-        t: 0,
-        nodes,
-        key: Key::from_secret("sim"),
-        timers,
-        peers: (0..n).map(addr).collect(),
-        rng: SmallRng::seed_from_u64(seed ^ 0xabcdef),
-        net: NetParams { loss: 0.0, dup: 0.0, max_delay: max_delay_quiet },
-        group: None,
-        queue: BinaryHeap::new(),
-        qseq: 0,
-        delivered: HashSet::new(),
-        delivered_count: HashMap::new(),
-        trace: std::env::var("RING_SIM_TRACE").is_ok(),
-    };
-
+    let capable: Vec<bool> = (0..n).map(|_| rng.random_bool(0.6)).collect();
+    let mut sim = Sim::new(n, timers, seed, capable, max_delay_quiet);
     // The fault script: starts (some late), then random faults.
     let fault_span = rng.random_range(2..=6) * (c + timers.broadcast_timeout_ms);
     let mut script: BTreeMap<(u64, u32), Fault> = BTreeMap::new();
@@ -340,8 +353,13 @@ fn scenario(seed: u64, timers: Timers) -> Result<Outcome, String> {
         if !live.is_empty() && rng.random_bool(0.5) {
             let i = live[rng.random_range(0..live.len())];
             app_tag += 1;
-            let now = sim.t;
-            sim.nodes[i].member.as_mut().unwrap().send_app(now, Dest::Broadcast, format!("f{app_tag}").into_bytes());
+            let now = sim.t - sim.nodes[i].boot;
+            sim.nodes[i]
+                .member
+                .as_mut()
+                .unwrap()
+                .send_app(now, Dest::Broadcast, format!("f{app_tag}").into_bytes())
+                .unwrap();
             sim.pump(i)?;
         }
     }
@@ -398,8 +416,8 @@ fn scenario(seed: u64, timers: Timers) -> Result<Outcome, String> {
     let returned_before: Vec<u64> =
         live.iter().map(|&i| sim.nodes[i].member.as_ref().unwrap().counters.app_own_returned).collect();
     for &i in &live {
-        let now = sim.t;
-        sim.nodes[i].member.as_mut().unwrap().send_app(now, Dest::Broadcast, format!("q{i}").into_bytes());
+        let now = sim.t - sim.nodes[i].boot;
+        sim.nodes[i].member.as_mut().unwrap().send_app(now, Dest::Broadcast, format!("q{i}").into_bytes()).unwrap();
         sim.pump(i)?;
     }
     let settle = sim.t + 4 * timers.heartbeat_ms + (live.len() as u64 + 2) * (max_delay_quiet + 2);
@@ -488,5 +506,29 @@ fn one_seed() {
             o.members, o.converged_after, o.bound
         ),
         Err(e) => panic!("seed {seed}: {e}"),
+    }
+}
+
+/// A master killed and restarted at once comes back with a fresh clock (its
+/// new views carry small versions): the ring must still converge on it.
+#[test]
+fn master_restarting_quickly_is_followed() {
+    for (timers, name) in [(Timers::FAST, "fast"), (Timers::SEED, "seed")] {
+        for n in [2usize, 3, 5] {
+            let mut sim = Sim::new(n, timers, 1, vec![true; n], 2);
+            for i in 0..n {
+                sim.start(i).unwrap();
+            }
+            // Run long enough that the master's versions are large.
+            sim.run_until(20 * timers.broadcast_timeout_ms).unwrap();
+            assert_eq!(sim.check_converged(), None, "{name}/{n}: initial ring");
+            sim.nodes[0].member = None;
+            let t = sim.t + 50;
+            sim.run_until(t).unwrap();
+            sim.start(0).unwrap();
+            let bound = sim.t + timers.convergence_bound_ms(3, n);
+            sim.run_until(bound).unwrap();
+            assert_eq!(sim.check_converged(), None, "{name}/{n}: after the master's quick restart");
+        }
     }
 }

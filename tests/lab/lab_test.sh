@@ -50,7 +50,7 @@ total=0; declare -a got
 for i in 1 2 3; do got[$i]=$(grep -c ' 200 ' "$LAB_DIR/s$i/access.log" || true); total=$((total + got[i])); done
 [ "$total" = "$REQUESTS" ] || fail "servers logged $total requests, expected $REQUESTS"
 for i in 1 2 3; do
-  python3 - "$i" "${got[$i]}" "$total" <<'PY' || fail "server s$1 share out of bounds"
+  python3 - "$i" "${got[$i]}" "$total" <<'PY' || fail "server s$i share out of bounds"
 import sys
 i, n, total = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 want = i / 6

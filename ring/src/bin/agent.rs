@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -99,7 +100,8 @@ fn timers(profile: &str) -> Option<Timers> {
 fn healthy(h: &Health) -> bool {
     let Some(rest) = h.url.strip_prefix("http://") else { return false };
     let (hostport, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-    let Ok(addr) = hostport.parse::<std::net::SocketAddr>() else { return false };
+    use std::net::ToSocketAddrs;
+    let Some(addr) = hostport.to_socket_addrs().ok().and_then(|mut a| a.next()) else { return false };
     let t = Duration::from_millis(h.timeout_ms);
     let Ok(mut s) = TcpStream::connect_timeout(&addr, t) else { return false };
     let _ = s.set_read_timeout(Some(t));
@@ -222,7 +224,18 @@ fn run(cfg: AgentConfig) -> Result<(), String> {
             flag.store(healthy(&h), Relaxed);
         });
     }
+    // Reading /proc/net/tcp can take long on a busy server: never on the ring thread.
+    let conn_count = Arc::new(AtomicUsize::new(0));
+    {
+        let (count, ports, every) = (Arc::clone(&conn_count), cfg.connection_ports.clone(), cfg.load_report_ms);
+        std::thread::spawn(move || loop {
+            count.store(conns::established(&ports).len(), Relaxed);
+            std::thread::sleep(Duration::from_millis(every.max(100)));
+        });
+    }
+    let (answer_tx, answers_rx) = mpsc::channel::<(SocketAddrV4, Vec<u8>)>();
     let mut status = Status { log: Vec::new(), loads: BTreeMap::new(), answers: Vec::new() };
+    let mut last_status = Instant::now() - Duration::from_secs(1);
     let mut member = healthy_flag.load(Relaxed).then(|| new_member(&cfg, &driver));
     status.event(if member.is_some() { "start: joining".into() } else { "start: unhealthy, not joining".into() });
     let mut last_load = Instant::now();
@@ -248,23 +261,34 @@ fn run(cfg: AgentConfig) -> Result<(), String> {
                     true
                 });
                 for e in pending {
-                    handle_event(&cfg, &driver, m, &mut status, e);
+                    handle_event(&cfg, &mut status, &answer_tx, e);
+                }
+                // Connection lists computed by query threads go out on the reliable layer.
+                while let Ok((to, list)) = answers_rx.try_recv() {
+                    let _ = m.send_reliable(driver.now(), to, &list);
                 }
                 if last_load.elapsed() >= Duration::from_millis(cfg.load_report_ms) {
                     last_load = Instant::now();
-                    let n = conns::established(&cfg.connection_ports).len();
-                    let report = format!("load {} conns {n}", loadavg());
+                    let report = format!("load {} conns {}", loadavg(), conn_count.load(Relaxed));
                     status.loads.insert(cfg.listen, report.clone());
-                    m.send_app(driver.now(), Dest::Broadcast, report.into_bytes());
+                    let _ = m.send_app(driver.now(), Dest::Broadcast, report.into_bytes());
                 }
             }
             None => std::thread::sleep(Duration::from_millis(20)),
         }
-        status.write(&cfg.status_file, &cfg, member.as_ref());
+        if last_status.elapsed() >= Duration::from_millis(100) {
+            last_status = Instant::now();
+            status.write(&cfg.status_file, &cfg, member.as_ref());
+        }
     }
 }
 
-fn handle_event(cfg: &AgentConfig, driver: &Driver, m: &mut Member, status: &mut Status, e: Event) {
+/// Status lines kept per kind: the file stays small whatever peers send.
+const MAX_STATUS_LINES: usize = 64;
+
+type Answers = mpsc::Sender<(SocketAddrV4, Vec<u8>)>;
+
+fn handle_event(cfg: &AgentConfig, status: &mut Status, answers: &Answers, e: Event) {
     match e {
         Event::ViewChanged { master, version, members } => {
             let list: Vec<String> = members.iter().map(ToString::to_string).collect();
@@ -279,16 +303,24 @@ fn handle_event(cfg: &AgentConfig, driver: &Driver, m: &mut Member, status: &mut
                 // A (new) dispatcher rebuilding its connection map asks for ours (B9).
                 let ports: Vec<u16> = ports.split(',').filter_map(|p| p.trim().parse().ok()).collect();
                 let ports = if ports.is_empty() { cfg.connection_ports.clone() } else { ports };
-                let list: Vec<String> =
-                    conns::established(&ports).iter().map(|c| format!("{} {}", c.local, c.remote)).collect();
-                let _ = m.send_reliable(driver.now(), origin, list.join("\n").as_bytes());
-            } else if text.starts_with("load ") {
+                let tx = answers.clone();
+                std::thread::spawn(move || {
+                    let list: Vec<String> =
+                        conns::established(&ports).iter().map(|c| format!("{} {}", c.local, c.remote)).collect();
+                    let _ = tx.send((origin, list.join("\n").into_bytes()));
+                });
+            } else if text.starts_with("load ")
+                && (status.loads.contains_key(&origin) || status.loads.len() < MAX_STATUS_LINES)
+            {
                 status.loads.insert(origin, text);
             }
         }
         Event::Reliable { from, payload } => {
             let n = payload.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
             status.answers.push(format!("{from} {n} connections"));
+            if status.answers.len() > MAX_STATUS_LINES {
+                status.answers.remove(0);
+            }
         }
     }
 }
