@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::dataplane::Shared;
-use crate::dpdk::{Eal, Mempool, Port, SpscRing};
+use crate::dpdk::{spsc_ring, Consumer, Eal, Mempool, Port, Producer, RxQueue, TxQueue};
 use crate::stats::{Drop, Snapshot, WorkerStats};
 use crate::worker::{self, Clock, WorkerSetup};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -19,6 +19,9 @@ pub struct RunOptions {
 
 const RX_DESC: u16 = 1024;
 const HANDOFF_RING: u32 = 8192;
+
+/// One port's queue handles; each is taken by exactly one worker.
+type PortQueues = (Vec<Option<RxQueue>>, Vec<Option<TxQueue>>);
 
 /// The EAL command line for a configuration.
 pub fn eal_args(cfg: &Config) -> Vec<String> {
@@ -99,8 +102,11 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
         + 8192;
     let pool = Arc::new(Mempool::new("ringlb_mbufs", mbufs, 256, socket).map_err(|e| e.to_string())?);
     let mut macs = Vec::new();
+    // Per port: its rx and tx queue handles, handed out to workers below.
+    let mut port_queues: Vec<PortQueues> = Vec::new();
     for (i, (&port, &(rxq, txq))) in ports.iter().zip(&queues).enumerate() {
-        port.configure(rxq, txq, RX_DESC, &pool).map_err(|e| format!("ports[{i}]: {e}"))?;
+        let (rx, tx) = port.configure(rxq, txq, RX_DESC, &pool).map_err(|e| format!("ports[{i}]: {e}"))?;
+        port_queues.push((rx.into_iter().map(Some).collect(), tx.into_iter().map(Some).collect()));
         port.start().map_err(|e| format!("ports[{i}]: {e}"))?;
         let mac = match cfg.ports[i].mac {
             Some(m) => m,
@@ -123,39 +129,36 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
     for (i, p) in ports.iter().enumerate() {
         port_index[usize::from(p.0)] = i as u8;
     }
-    // rings[from][to]
-    let mut rings: Vec<Vec<Option<Arc<SpscRing>>>> = Vec::new();
-    for from in 0..workers {
-        let mut row = Vec::new();
-        for to in 0..workers {
-            row.push(if from == to {
-                None
-            } else {
-                Some(Arc::new(
-                    SpscRing::new(&format!("ho_{from}_{to}"), HANDOFF_RING, socket).map_err(|e| e.to_string())?,
-                ))
-            });
+    // producers[from][to] and consumers[to][from] are the two ends of one ring.
+    let mut producers: Vec<Vec<Option<Producer>>> =
+        (0..workers).map(|_| (0..workers).map(|_| None).collect()).collect();
+    let mut consumers: Vec<Vec<Consumer>> = (0..workers).map(|_| Vec::new()).collect();
+    for (from, row) in producers.iter_mut().enumerate() {
+        for to in (0..workers).filter(|&to| to != from) {
+            let (p, c) = spsc_ring(&format!("ho_{from}_{to}"), HANDOFF_RING, socket).map_err(|e| e.to_string())?;
+            row[to] = Some(p);
+            consumers[to].push(c);
         }
-        rings.push(row);
     }
     let clock = Clock::new(eal.tsc_hz());
     let worker_quit = Arc::new(AtomicBool::new(false));
-    for (id, outbound) in rings.iter().enumerate() {
-        let rx_queues = queues
-            .iter()
+    for (id, (outbound, inbound)) in producers.into_iter().zip(consumers).enumerate() {
+        // Worker `id` polls rx queue `id` of each port that has one, and owns tx queue `id` of every port.
+        let rx = port_queues
+            .iter_mut()
             .enumerate()
-            .filter(|(_, &(rxq, _))| (id as u16) < rxq)
-            .map(|(p, _)| (p as u8, id as u16))
+            .filter_map(|(p, (rx, _))| Some((p as u8, rx.get_mut(id)?.take()?)))
             .collect();
+        let tx = port_queues.iter_mut().filter_map(|(_, tx)| tx.get_mut(id)?.take()).collect();
         let setup = WorkerSetup {
             id,
             shared: Arc::clone(&shared),
             stats: Arc::clone(&stats),
-            ports: ports.clone(),
             port_index: port_index.clone(),
-            rx_queues,
-            inbound: rings.iter().filter_map(|row| row[id].clone()).collect(),
-            outbound: outbound.clone(),
+            rx,
+            tx,
+            inbound,
+            outbound,
             pool: Arc::clone(&pool),
             quit: Arc::clone(&worker_quit),
             clock,
@@ -164,8 +167,7 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
         if let Err(e) = eal.launch(id as u32 + 1, move || worker::run(setup)) {
             // Stop the workers already running before EAL is torn down.
             worker_quit.store(true, Relaxed);
-            eal.wait_all();
-            ports.iter().for_each(|p| p.stop_and_close());
+            eal.stop_ports(&ports);
             return Err(e.to_string());
         }
     }
@@ -196,9 +198,7 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
     eal.wait_all();
     let fin = Snapshot::take(&stats.iter().collect::<Vec<_>>());
     println!("{}", summary(started.elapsed().as_secs_f64(), &fin, &labels));
-    for p in &ports {
-        p.stop_and_close();
-    }
+    eal.stop_ports(&ports);
     Ok(())
 }
 

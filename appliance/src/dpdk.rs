@@ -109,6 +109,20 @@ impl Eal {
         unsafe { sys::rte_eal_mp_wait_lcore() }
     }
 
+    /// Waits for every lcore to return, then stops and closes `ports`
+    /// (net_pcap flushes its output files here). Waiting first is what makes
+    /// closing safe: queue handles live only on worker lcores.
+    pub fn stop_ports(&self, ports: &[Port]) {
+        self.wait_all();
+        for p in ports {
+            // SAFETY: no lcore is running, so no queue of the port is in use.
+            unsafe {
+                sys::rte_eth_dev_stop(p.0);
+                sys::rte_eth_dev_close(p.0);
+            }
+        }
+    }
+
     /// Releases EAL resources (hugepage memory, files). Last call of the process.
     pub fn cleanup(self) {
         // SAFETY: all ports are closed and lcores idle (caller's contract).
@@ -317,7 +331,15 @@ impl Port {
 
     /// Configures `rxq` receive and `txq` transmit queues with `desc`
     /// descriptors each, RSS over all that the device supports when rxq > 1.
-    pub fn configure(self, rxq: u16, txq: u16, desc: u16, pool: &Mempool) -> Result<(), DpdkError> {
+    /// Returns the only handles to those queues: a DPDK queue must be used by
+    /// one thread at a time, and owning its handle is what guarantees that.
+    pub fn configure(
+        self,
+        rxq: u16,
+        txq: u16,
+        desc: u16,
+        pool: &Mempool,
+    ) -> Result<(Vec<RxQueue>, Vec<TxQueue>), DpdkError> {
         let mut info = sys::rte_eth_dev_info::default();
         // SAFETY: valid out-pointer.
         check(unsafe { sys::rte_eth_dev_info_get(self.0, &mut info) }, "rte_eth_dev_info_get")?;
@@ -339,7 +361,9 @@ impl Port {
             let r = unsafe { sys::rte_eth_tx_queue_setup(self.0, q, desc, socket, std::ptr::null()) };
             check(r, &format!("port {} tx queue {q}", self.0))?;
         }
-        Ok(())
+        let rx = (0..rxq).map(|queue| RxQueue { port: self.0, queue }).collect();
+        let tx = (0..txq).map(|queue| TxQueue { port: self.0, queue }).collect();
+        Ok((rx, tx))
     }
 
     pub fn start(self) -> Result<(), DpdkError> {
@@ -358,81 +382,112 @@ impl Port {
         check(unsafe { sys::rte_eth_macaddr_get(self.0, &mut a) }, "rte_eth_macaddr_get")?;
         Ok(a.addr_bytes)
     }
+}
 
-    /// Stops and closes the port (net_pcap flushes its output file here).
-    pub fn stop_and_close(self) {
-        // SAFETY: no lcore uses the port any more (caller's contract).
-        unsafe {
-            sys::rte_eth_dev_stop(self.0);
-            sys::rte_eth_dev_close(self.0);
-        }
+/// One receive queue of one port. Not `Clone`: whoever holds it is the only
+/// poller of that queue.
+pub struct RxQueue {
+    port: u16,
+    queue: u16,
+}
+
+/// One transmit queue of one port; exclusively owned like [`RxQueue`].
+pub struct TxQueue {
+    port: u16,
+    queue: u16,
+}
+
+impl RxQueue {
+    pub fn port_id(&self) -> u16 {
+        self.port
     }
 
     /// Receives up to N frames into `out` (which must be empty).
     #[inline]
-    pub fn rx<const N: usize>(self, queue: u16, out: &mut Burst<N>) -> usize {
+    pub fn rx<const N: usize>(&mut self, out: &mut Burst<N>) -> usize {
         debug_assert!(out.is_empty());
-        // SAFETY: `out` has room for N pointers; the PMD fills `n` of them.
-        let n = unsafe { sys::ringlb_rx_burst(self.0, queue, out.ptrs.as_mut_ptr(), N as u16) };
+        // SAFETY: this handle is the queue's only user; `out` has room for N
+        // pointers and the PMD fills `n` of them.
+        let n = unsafe { sys::ringlb_rx_burst(self.port, self.queue, out.ptrs.as_mut_ptr(), N as u16) };
         out.len = usize::from(n);
         out.len
     }
+}
 
+impl TxQueue {
     /// Sends the burst; what the queue did not take stays in `b`.
     #[inline]
-    pub fn tx<const N: usize>(self, queue: u16, b: &mut Burst<N>) -> usize {
+    pub fn tx<const N: usize>(&mut self, b: &mut Burst<N>) -> usize {
         if b.is_empty() {
             return 0;
         }
-        // SAFETY: the first b.len pointers are owned mbufs; the PMD takes `sent` of them.
-        let sent = usize::from(unsafe { sys::ringlb_tx_burst(self.0, queue, b.ptrs.as_mut_ptr(), b.len as u16) });
+        // SAFETY: this handle is the queue's only user; the first b.len
+        // pointers are owned mbufs and the PMD takes `sent` of them.
+        let sent =
+            usize::from(unsafe { sys::ringlb_tx_burst(self.port, self.queue, b.ptrs.as_mut_ptr(), b.len as u16) });
         b.consume_front(sent);
         sent
     }
 }
 
-/// A single-producer / single-consumer ring of mbufs between two workers.
-pub struct SpscRing(*mut sys::rte_ring);
-// SAFETY: rte_ring SP/SC is safe with one producer and one consumer lcore;
-// the worker wiring guarantees that.
-unsafe impl Send for SpscRing {}
-unsafe impl Sync for SpscRing {}
-
-impl SpscRing {
-    pub fn new(name: &str, size: u32, socket: i32) -> Result<SpscRing, DpdkError> {
-        let c = CString::new(name).map_err(|_| DpdkError("ring name contains NUL".into()))?;
-        // SAFETY: valid name; size is a power of two (caller).
-        let r = unsafe { sys::rte_ring_create(c.as_ptr(), size, socket, sys::RING_F_SP_ENQ | sys::RING_F_SC_DEQ) };
-        if r.is_null() {
-            return Err(last_error(&format!("creating ring '{name}'")));
-        }
-        Ok(SpscRing(r))
+/// A single-producer / single-consumer ring of mbufs between two workers,
+/// as its two ends: each is `Send` but neither is `Clone` or `Sync`, so there
+/// is one producer and one consumer by construction.
+pub fn spsc_ring(name: &str, size: u32, socket: i32) -> Result<(Producer, Consumer), DpdkError> {
+    let c = CString::new(name).map_err(|_| DpdkError("ring name contains NUL".into()))?;
+    // SAFETY: valid name; size is a power of two (caller).
+    let r = unsafe { sys::rte_ring_create(c.as_ptr(), size, socket, sys::RING_F_SP_ENQ | sys::RING_F_SC_DEQ) };
+    if r.is_null() {
+        return Err(last_error(&format!("creating ring '{name}'")));
     }
+    let ring = std::sync::Arc::new(Ring(r));
+    Ok((Producer(std::sync::Arc::clone(&ring)), Consumer(ring)))
+}
 
+struct Ring(*mut sys::rte_ring);
+// SAFETY: the pointer is only used through Producer (enqueue) and Consumer
+// (dequeue, count), one of each per ring; rte_ring SP/SC allows exactly that.
+unsafe impl Send for Ring {}
+unsafe impl Sync for Ring {}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: both ends are gone. Mbufs still inside are not freed: rings
+        // are drained by their consumer before workers stop.
+        unsafe { sys::rte_ring_free(self.0) }
+    }
+}
+
+pub struct Producer(std::sync::Arc<Ring>);
+pub struct Consumer(std::sync::Arc<Ring>);
+
+impl Producer {
     /// Enqueues what fits; the rest stays in `b`.
     #[inline]
-    pub fn enqueue<const N: usize>(&self, b: &mut Burst<N>) -> usize {
+    pub fn enqueue<const N: usize>(&mut self, b: &mut Burst<N>) -> usize {
         if b.is_empty() {
             return 0;
         }
-        // SAFETY: single producer (this worker); pointers are owned mbufs.
-        let n = unsafe { sys::ringlb_ring_enqueue_burst(self.0, b.ptrs.as_ptr().cast(), b.len as u32) } as usize;
+        // SAFETY: the only producer; pointers are owned mbufs.
+        let n = unsafe { sys::ringlb_ring_enqueue_burst(self.0 .0, b.ptrs.as_ptr().cast(), b.len as u32) } as usize;
         b.consume_front(n);
         n
     }
+}
 
+impl Consumer {
     /// Frames waiting in the ring.
     #[inline]
     pub fn count(&self) -> u32 {
         // SAFETY: reading the ring's head/tail indices.
-        unsafe { sys::ringlb_ring_count(self.0) }
+        unsafe { sys::ringlb_ring_count(self.0 .0) }
     }
 
     #[inline]
-    pub fn dequeue<const N: usize>(&self, out: &mut Burst<N>) -> usize {
+    pub fn dequeue<const N: usize>(&mut self, out: &mut Burst<N>) -> usize {
         debug_assert!(out.is_empty());
-        // SAFETY: single consumer (this worker); room for N pointers.
-        let n = unsafe { sys::ringlb_ring_dequeue_burst(self.0, out.ptrs.as_mut_ptr().cast(), N as u32) } as usize;
+        // SAFETY: the only consumer; room for N pointers.
+        let n = unsafe { sys::ringlb_ring_dequeue_burst(self.0 .0, out.ptrs.as_mut_ptr().cast(), N as u32) } as usize;
         out.len = n;
         n
     }

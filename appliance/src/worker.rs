@@ -3,14 +3,14 @@
 //! One obvious loop, in the spirit of DPDK's l3fwd.
 
 use crate::dataplane::{Shared, Verdict, Worker};
-use crate::dpdk::{self, Burst, Mempool, Port, SpscRing};
+use crate::dpdk::{self, Burst, Consumer, Mempool, Producer, RxQueue, TxQueue};
 use crate::packet;
 use crate::stats::{Drop, WorkerStats};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 pub const BURST: usize = 32;
-/// How long a worker waits on a full hand-off ring before dropping (µs).
+/// How long a worker waits on a full hand-off ring before giving up (µs).
 const HANDOFF_PATIENCE_US: u64 = 200;
 
 /// Converts TSC ticks to milliseconds since start without dividing per packet.
@@ -31,61 +31,54 @@ impl Clock {
     }
 }
 
-/// What one worker needs; built on the main lcore and moved to the worker.
+/// What one worker owns; built on the main lcore and moved to the worker.
+/// The queue and ring handles are exclusive: no other thread can use them.
 pub struct WorkerSetup {
     pub id: usize,
     pub shared: Arc<Shared>,
     pub stats: Arc<Vec<WorkerStats>>,
-    /// Configured port index → DPDK port.
-    pub ports: Vec<Port>,
     /// DPDK port id → configured port index (0xff: not ours).
     pub port_index: Vec<u8>,
-    /// (port index, rx queue) this worker polls.
-    pub rx_queues: Vec<(u8, u16)>,
+    /// (port index, queue) this worker polls.
+    pub rx: Vec<(u8, RxQueue)>,
+    /// This worker's transmit queue on each port, by port index.
+    pub tx: Vec<TxQueue>,
     /// Rings other workers hand frames to us through.
-    pub inbound: Vec<Arc<SpscRing>>,
+    pub inbound: Vec<Consumer>,
     /// Ring to each worker (None for ourselves).
-    pub outbound: Vec<Option<Arc<SpscRing>>>,
+    pub outbound: Vec<Option<Producer>>,
     pub pool: Arc<Mempool>,
     pub quit: Arc<AtomicBool>,
     pub clock: Clock,
     pub tsc_hz: u64,
 }
 
-struct Loop<'a> {
-    dp: Worker<'a>,
+/// The sending side of a worker: tx queues, hand-off producers and their bursts.
+struct Output<'a> {
     stats: &'a WorkerStats,
-    ports: &'a [Port],
-    port_index: &'a [u8],
-    tx: Vec<Burst<BURST>>,
+    tx: Vec<TxQueue>,
+    tx_burst: Vec<Burst<BURST>>,
+    outbound: Vec<Option<Producer>>,
     handoff: Vec<Burst<BURST>>,
-    outbound: &'a [Option<Arc<SpscRing>>],
-    inbound: &'a [Arc<SpscRing>],
-    queue: u16,
     handoff_patience_tsc: u64,
 }
 
-impl Loop<'_> {
+impl Output<'_> {
     #[inline]
-    fn handle(&mut self, mut m: dpdk::Mbuf, now_ms: u32, handed_off: bool) {
-        if m.segments() != 1 {
-            self.stats.drop(Drop::MultiSegment);
-            return;
-        }
-        let port = self.port_index.get(usize::from(m.port())).copied().unwrap_or(0xff);
-        match self.dp.process(m.data_mut(), port, now_ms, handed_off) {
+    fn send(&mut self, verdict: Verdict, m: dpdk::Mbuf, peers_waiting: bool) {
+        match verdict {
             Verdict::Tx(p) => {
                 let p = usize::from(p);
-                if self.tx[p].is_full() {
+                if self.tx_burst[p].is_full() {
                     self.flush_tx(p);
                 }
-                if self.tx[p].push(m).is_err() {
+                if self.tx_burst[p].push(m).is_err() {
                     self.stats.drop(Drop::TxFull);
                 }
             }
             Verdict::Handoff(w) => {
                 if self.handoff[w].is_full() {
-                    self.flush_handoff(w);
+                    self.flush_handoff(w, peers_waiting);
                 }
                 // Still full: the owner is overloaded; drop this frame, keep the queued ones.
                 if self.handoff[w].push(m).is_err() {
@@ -98,9 +91,9 @@ impl Loop<'_> {
     }
 
     fn flush_tx(&mut self, p: usize) {
-        let sent = self.ports[p].tx(self.queue, &mut self.tx[p]);
+        let sent = self.tx[p].tx(&mut self.tx_burst[p]);
         self.stats.tx.add(sent as u64);
-        for _ in self.tx[p].drain() {
+        for _ in self.tx_burst[p].drain() {
             self.stats.drop(Drop::TxFull);
         }
     }
@@ -110,11 +103,11 @@ impl Loop<'_> {
     /// (our inbound rings are empty), wait a bounded moment for the owner to
     /// catch up; never when someone is, or two workers with full rings towards
     /// each other would both spin.
-    fn flush_handoff(&mut self, w: usize) {
-        let Some(ring) = &self.outbound[w] else { return };
+    fn flush_handoff(&mut self, w: usize, peers_waiting: bool) {
+        let Some(ring) = &mut self.outbound[w] else { return };
         let n = ring.enqueue(&mut self.handoff[w]);
         self.stats.handoff_out.add(n as u64);
-        if self.handoff[w].is_empty() || self.inbound.iter().any(|r| r.count() > 0) {
+        if self.handoff[w].is_empty() || peers_waiting {
             return;
         }
         let give_up_at = dpdk::rdtsc() + self.handoff_patience_tsc;
@@ -125,15 +118,15 @@ impl Loop<'_> {
         }
     }
 
-    fn flush_all(&mut self) {
-        for p in 0..self.tx.len() {
-            if !self.tx[p].is_empty() {
+    fn flush_all(&mut self, peers_waiting: bool) {
+        for p in 0..self.tx_burst.len() {
+            if !self.tx_burst[p].is_empty() {
                 self.flush_tx(p);
             }
         }
         for w in 0..self.handoff.len() {
             if !self.handoff[w].is_empty() {
-                self.flush_handoff(w);
+                self.flush_handoff(w, peers_waiting);
             }
         }
     }
@@ -141,77 +134,87 @@ impl Loop<'_> {
 
 /// Runs until `quit` is set. Returns 0 (the lcore function's status).
 pub fn run(setup: WorkerSetup) -> i32 {
-    let stats = &setup.stats[setup.id];
-    let mut lp = Loop {
-        dp: Worker::new(setup.id, &setup.shared, stats),
+    let WorkerSetup { id, shared, stats, port_index, mut rx, tx, mut inbound, outbound, pool, quit, clock, tsc_hz } =
+        setup;
+    let stats = &stats[id];
+    let mut dp = Worker::new(id, &shared, stats);
+    let mut out = Output {
         stats,
-        ports: &setup.ports,
-        port_index: &setup.port_index,
-        tx: (0..setup.ports.len()).map(|_| Burst::default()).collect(),
-        handoff: (0..setup.outbound.len()).map(|_| Burst::default()).collect(),
-        outbound: &setup.outbound,
-        inbound: &setup.inbound,
-        queue: setup.id as u16,
-        handoff_patience_tsc: setup.tsc_hz * HANDOFF_PATIENCE_US / 1_000_000,
+        tx_burst: (0..tx.len()).map(|_| Burst::default()).collect(),
+        tx,
+        handoff: (0..outbound.len()).map(|_| Burst::default()).collect(),
+        outbound,
+        handoff_patience_tsc: tsc_hz * HANDOFF_PATIENCE_US / 1_000_000,
     };
-    let mut rx: Burst<BURST> = Burst::default();
+    let mut burst: Burst<BURST> = Burst::default();
     let mut last_tick_ms = u32::MAX;
-    while !setup.quit.load(Relaxed) {
-        let now = setup.clock.now_ms();
+    while !quit.load(Relaxed) {
+        let now = clock.now_ms();
+        let peers_waiting = inbound.iter().any(|r| r.count() > 0);
         let mut got = 0;
-        for &(p, q) in &setup.rx_queues {
-            let n = setup.ports[usize::from(p)].rx(q, &mut rx);
+        for (_, q) in &mut rx {
+            let n = q.rx(&mut burst);
             if n == 0 {
                 continue;
             }
             got += n;
             stats.rx.add(n as u64);
-            for m in rx.drain() {
+            for mut m in burst.drain() {
                 m.prefetch();
-                lp.handle(m, now, false);
+                let port = port_index.get(usize::from(m.port())).copied().unwrap_or(0xff);
+                let v = if m.segments() == 1 {
+                    dp.process(m.data_mut(), port, now, false)
+                } else {
+                    Verdict::Drop(Drop::MultiSegment)
+                };
+                out.send(v, m, peers_waiting);
             }
         }
-        for ring in &setup.inbound {
-            if ring.dequeue(&mut rx) == 0 {
+        for ring in &mut inbound {
+            if ring.dequeue(&mut burst) == 0 {
                 continue;
             }
-            got += rx.len();
-            for m in rx.drain() {
-                lp.handle(m, now, true);
+            got += burst.len();
+            for mut m in burst.drain() {
+                let port = port_index.get(usize::from(m.port())).copied().unwrap_or(0xff);
+                let v = dp.process(m.data_mut(), port, now, true);
+                out.send(v, m, peers_waiting);
             }
         }
-        lp.flush_all();
+        out.flush_all(peers_waiting);
 
         // Once per millisecond: expire a slice of sessions; worker 0 also
         // asks for servers' MACs that are unknown or due for refresh.
         if now != last_tick_ms {
             last_tick_ms = now;
-            lp.dp.sweep(now);
-            let pool = &setup.pool;
-            let ports = &setup.ports;
-            let queue = lp.queue;
-            lp.dp.due_solicits(now, |n, port| {
-                let Some(mut m) = pool.alloc() else {
-                    return false;
-                };
-                let Some(buf) = m.append(packet::MIN_FRAME as u16) else {
-                    return false;
-                };
+            dp.sweep(now);
+            let tx = &mut out.tx;
+            dp.due_solicits(now, |n, port| {
+                let Some(mut m) = pool.alloc() else { return false };
+                let Some(buf) = m.append(packet::MIN_FRAME as u16) else { return false };
                 packet::build_arp_request(buf, port.mac, port.ip, n.ip);
                 let mut b: Burst<1> = Burst::default();
                 let _ = b.push(m);
-                ports[usize::from(n.port)].tx(queue, &mut b) == 1
+                tx[usize::from(n.port)].tx(&mut b) == 1
             });
         }
         if got == 0 {
             dpdk::pause();
         }
     }
-    lp.flush_all();
+    out.flush_all(true);
     // Frames still waiting for a hand-off ring at shutdown are freed, and counted.
-    for w in 0..lp.handoff.len() {
-        for _ in lp.handoff[w].drain() {
-            lp.stats.drop(Drop::HandoffFull);
+    for h in &mut out.handoff {
+        for _ in h.drain() {
+            stats.drop(Drop::HandoffFull);
+        }
+    }
+    // Drain what others handed us, so the rings hold no mbufs when freed.
+    for ring in &mut inbound {
+        while ring.dequeue(&mut burst) > 0 {
+            for _ in burst.drain() {
+                stats.drop(Drop::HandoffFull); // handed to us, never processed
+            }
         }
     }
     0
