@@ -31,9 +31,16 @@ pub fn eal_args(cfg: &Config) -> Vec<String> {
         lcores.push_str(&format!(",{}@{}", i + 1, c));
     }
     let mut a = vec!["ringlb".to_string(), "--lcores".into(), lcores];
-    // --in-memory: hugepages without files left behind. --no-huge implies legacy
-    // memory, which EAL refuses to combine with --in-memory (and leaves no files).
-    a.push(if e.hugepages { "--in-memory" } else { "--no-huge" }.into());
+    // --in-memory: hugepages without files left behind, no shared config, so
+    // several ringlb processes can run on one host. --no-huge implies legacy
+    // memory, which EAL refuses to combine with --in-memory: there --no-shconf
+    // gives the same independence.
+    if e.hugepages {
+        a.push("--in-memory".into());
+    } else {
+        a.push("--no-huge".into());
+        a.push("--no-shconf".into());
+    }
     if let Some(m) = e.memory_mb {
         a.push("-m".into());
         a.push(m.to_string());

@@ -25,6 +25,10 @@ fn errno_text(code: i32) -> String {
 fn last_error(what: &str) -> DpdkError {
     // SAFETY: reading a thread-local errno through the shim.
     let code = unsafe { sys::ringlb_errno() };
+    if code == 0 {
+        // Some EAL failures do not set rte_errno; EAL's own log says why.
+        return DpdkError(format!("{what} (no rte_errno set; see the EAL messages above)"));
+    }
     DpdkError(format!("{what}: {} (rte_errno {code})", errno_text(code)))
 }
 
