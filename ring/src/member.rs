@@ -117,6 +117,7 @@ pub struct Counters {
     pub rx_malformed: u64,
     pub rx_replayed: u64,
     pub rx_spoofed: u64,
+    pub rx_unknown_sender: u64,
     pub tx_packets: u64,
     pub purges_sent: u64,
     pub probes_sent: u64,
@@ -192,6 +193,7 @@ struct Probe {
 
 pub struct Member {
     cfg: Config,
+    peer_set: std::collections::HashSet<SocketAddrV4>,
     caps: u8,
     phase: Phase,
     view: View,
@@ -234,6 +236,7 @@ impl Member {
         let me = MemberEntry { addr: cfg.me, caps, id: 0, incarnation: cfg.incarnation };
         let rto = cfg.timers.heartbeat_ms.max(20);
         let mut m = Member {
+            peer_set: cfg.peers.iter().copied().collect(),
             caps,
             phase: Phase::Member,
             view: View { version: 0, created_ms: now, members: vec![me] },
@@ -282,6 +285,11 @@ impl Member {
         };
         if pkt.sender != from || pkt.sender == self.cfg.me {
             self.counters.rx_spoofed += 1;
+            return;
+        }
+        // Only configured peers are members: this also bounds every per-sender table.
+        if !self.peer_set.contains(&pkt.sender) {
+            self.counters.rx_unknown_sender += 1;
             return;
         }
         if !self.replay.accept(pkt.sender, pkt.incarnation, pkt.seq) {

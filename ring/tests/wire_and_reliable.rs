@@ -57,6 +57,9 @@ fn forged_truncated_replayed_and_spoofed_packets_are_counted_drops() {
     // Valid MAC but claiming another sender than the datagram's source.
     m.handle_datagram(6, addr(3), &hello_from(addr(2), 5, &key));
     assert_eq!(m.counters.rx_spoofed, 1);
+    // Valid MAC from a key holder that is not a configured peer.
+    m.handle_datagram(7, addr(9), &hello_from(addr(9), 1, &key));
+    assert_eq!(m.counters.rx_unknown_sender, 1);
     assert_eq!(m.counters.rx_packets, 1, "nothing but the first packet was accepted");
 }
 

@@ -172,12 +172,13 @@ impl Status {
                 let c = m.counters;
                 let _ = writeln!(
                     o,
-                    "counters rx={} bad_mac={} malformed={} replayed={} spoofed={} tx={} purges={}",
+                    "counters rx={} bad_mac={} malformed={} replayed={} spoofed={} unknown_sender={} tx={} purges={}",
                     c.rx_packets,
                     c.rx_bad_mac,
                     c.rx_malformed,
                     c.rx_replayed,
                     c.rx_spoofed,
+                    c.rx_unknown_sender,
                     c.tx_packets,
                     c.purges_sent
                 );
