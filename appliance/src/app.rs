@@ -151,11 +151,7 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
     let worker_quit = Arc::new(AtomicBool::new(false));
     for (id, (outbound, inbound)) in producers.into_iter().zip(consumers).enumerate() {
         // Worker `id` polls rx queue `id` of each port that has one, and owns tx queue `id` of every port.
-        let rx = port_queues
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(p, (rx, _))| Some((p as u8, rx.get_mut(id)?.take()?)))
-            .collect();
+        let rx = port_queues.iter_mut().filter_map(|(rx, _)| rx.get_mut(id)?.take()).collect();
         let tx = port_queues.iter_mut().filter_map(|(_, tx)| tx.get_mut(id)?.take()).collect();
         let setup = WorkerSetup {
             id,

@@ -228,10 +228,6 @@ impl<'a> Worker<'a> {
         }
     }
 
-    pub fn table(&self) -> &SessionTable {
-        &self.table
-    }
-
     /// Decides what happens to one received frame, rewriting it in place.
     /// `handed_off` is true when another worker already routed it here.
     #[inline]

@@ -402,10 +402,6 @@ pub struct TxQueue {
 }
 
 impl RxQueue {
-    pub fn port_id(&self) -> u16 {
-        self.port
-    }
-
     /// Receives up to N frames into `out` (which must be empty).
     #[inline]
     pub fn rx<const N: usize>(&mut self, out: &mut Burst<N>) -> usize {

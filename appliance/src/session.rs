@@ -150,15 +150,6 @@ impl SessionTable {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-    pub fn capacity(&self) -> usize {
-        self.max_len
-    }
-    pub fn slot_count(&self) -> usize {
-        self.slots.len()
-    }
-    pub fn bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.slots)
-    }
 
     #[inline]
     fn expired(&self, e: &Entry, now_ms: u32) -> bool {

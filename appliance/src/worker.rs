@@ -39,8 +39,8 @@ pub struct WorkerSetup {
     pub stats: Arc<Vec<WorkerStats>>,
     /// DPDK port id → configured port index (0xff: not ours).
     pub port_index: Vec<u8>,
-    /// (port index, queue) this worker polls.
-    pub rx: Vec<(u8, RxQueue)>,
+    /// The receive queues this worker polls (the port comes with each mbuf).
+    pub rx: Vec<RxQueue>,
     /// This worker's transmit queue on each port, by port index.
     pub tx: Vec<TxQueue>,
     /// Rings other workers hand frames to us through.
@@ -152,7 +152,7 @@ pub fn run(setup: WorkerSetup) -> i32 {
         let now = clock.now_ms();
         let peers_waiting = inbound.iter().any(|r| r.count() > 0);
         let mut got = 0;
-        for (_, q) in &mut rx {
+        for q in &mut rx {
             let n = q.rx(&mut burst);
             if n == 0 {
                 continue;

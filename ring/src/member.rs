@@ -927,6 +927,3 @@ impl Member {
         self.out.push_back(Transmit { to, bytes: wire::encode(&p, &self.cfg.key) });
     }
 }
-
-/// Re-exported for tests that build views by hand.
-pub use reliable::CHUNK as RELIABLE_CHUNK;

@@ -220,8 +220,4 @@ impl Reliable {
         let s = self.sending.values().map(|s| s.resend_at);
         r.chain(s).min()
     }
-
-    pub fn in_flight(&self) -> usize {
-        self.sending.len()
-    }
 }
