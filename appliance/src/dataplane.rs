@@ -47,13 +47,17 @@ impl Neighbor {
     }
     #[inline]
     pub fn learn(&self, mac: Mac) {
-        if self.is_static {
-            return;
+        if !self.is_static {
+            self.mac.store(Self::encode(mac), Relaxed);
         }
+    }
+
+    /// The atomic's representation: bit 48 marks "resolved".
+    fn encode(mac: Mac) -> u64 {
         let mut b = [0u8; 8];
         b[1] = 1;
         b[2..].copy_from_slice(&mac);
-        self.mac.store(u64::from_be_bytes(b), Relaxed);
+        u64::from_be_bytes(b)
     }
 }
 
@@ -150,12 +154,11 @@ impl Shared {
         let neighbors = cfg
             .neighbors
             .iter()
-            .map(|n| {
-                let nb = Neighbor { ip: n.ip, port: n.port, mac: AtomicU64::new(0), is_static: false };
-                if let Some(m) = n.static_mac {
-                    nb.learn(m);
-                }
-                Neighbor { is_static: n.static_mac.is_some(), ..nb }
+            .map(|n| Neighbor {
+                ip: n.ip,
+                port: n.port,
+                mac: AtomicU64::new(n.static_mac.map_or(0, Neighbor::encode)),
+                is_static: n.static_mac.is_some(),
             })
             .collect();
         let workers = cfg.eal.worker_cores.len();
