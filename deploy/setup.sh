@@ -3,7 +3,8 @@
 # (as root), and reserves hugepages. Idempotent: skips what is present.
 set -euo pipefail
 PKGS=(dpdk dpdk-dev libdpdk-dev pkg-config clang libclang-dev build-essential
-      nginx-light wrk apache2-utils curl iproute2 ethtool procps python3 shellcheck)
+      nginx-light wrk apache2-utils curl iproute2 ethtool procps python3 shellcheck
+      haproxy nftables)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -14,6 +15,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # A system nginx started by the package is not needed (labs run their own).
 systemctl disable --now nginx >/dev/null 2>&1 || true
+# Same for haproxy (perf/lab_compare.sh runs its own, with its own config),
+# only where systemd is actually running.
+if [ -d /run/systemd/system ]; then systemctl disable --now haproxy >/dev/null 2>&1 || true; fi
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   echo "setup: no Rust toolchain found (cargo); install rustup's stable toolchain" >&2
   exit 1

@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::dataplane::Shared;
+use crate::session::{Entry, SessionTable};
 use crate::dpdk::{spsc_ring, Consumer, Eal, Mempool, Port, Producer, RxQueue, TxQueue};
 use crate::stats::{Drop, Snapshot, WorkerStats};
 use crate::worker::{self, Clock, WorkerSetup};
@@ -107,6 +108,7 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
     let mbufs: u32 = queues.iter().map(|&(r, t)| u32::from(r + t) * u32::from(RX_DESC)).sum::<u32>()
         + (workers * (workers - 1)) as u32 * HANDOFF_RING
         + 8192;
+    let mbufs = mbufs.max(cfg.eal.mbufs.unwrap_or(0));
     let pool = Arc::new(Mempool::new("ringlb_mbufs", mbufs, 256, socket).map_err(|e| e.to_string())?);
     let mut macs = Vec::new();
     // Per port: its rx and tx queue handles, handed out to workers below.
@@ -174,12 +176,17 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
             return Err(e.to_string());
         }
     }
+    let slots = SessionTable::slots_for(shared.session_capacity_per_worker);
+    let table_bytes = slots * std::mem::size_of::<Entry>();
     println!(
-        "ringlb running: {workers} worker(s), {} service(s), {} server(s), session capacity {} ({} per worker)",
+        "ringlb running: {workers} worker(s), {} service(s), {} server(s), session capacity {} ({} per worker; \
+         table {slots} slots x {} B = {table_bytes} bytes per worker), tsc {} Hz",
         cfg.services.len(),
         cfg.servers.len(),
         cfg.session_capacity,
-        shared.session_capacity_per_worker
+        shared.session_capacity_per_worker,
+        std::mem::size_of::<Entry>(),
+        eal.tsc_hz(),
     );
 
     let labels: Vec<String> = (0..cfg.servers.len()).map(|i| cfg.server_label(i)).collect();

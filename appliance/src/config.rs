@@ -38,6 +38,10 @@ struct RawEal {
     /// Memory for DPDK in MiB (`-m`); required sizing when hugepages are off.
     #[serde(default)]
     memory_mb: Option<u32>,
+    /// Packet buffers in the pool; default: enough for every queue and ring.
+    /// Raise it for vdevs that preload packets (net_pcap `infinite_rx=1`).
+    #[serde(default)]
+    mbufs: Option<Spanned<u32>>,
     #[serde(default)]
     extra_args: Vec<String>,
 }
@@ -179,6 +183,8 @@ pub struct EalConfig {
     pub worker_cores: Vec<u32>,
     pub hugepages: bool,
     pub memory_mb: Option<u32>,
+    /// Requested pool size; the run raises it to what the queues need.
+    pub mbufs: Option<u32>,
     pub extra_args: Vec<String>,
 }
 
@@ -367,6 +373,11 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
     }
     if workers.value.len() > 64 {
         return Err(cx.at(workers, "eal.worker_cores: at most 64 workers are supported"));
+    }
+    if let Some(m) = &raw.eal.mbufs {
+        if !(1024..=1 << 28).contains(&m.value) {
+            return Err(cx.at(m, format!("eal.mbufs: {} is outside 1024..=268435456", m.value)));
+        }
     }
     if !raw.eal.hugepages && raw.eal.memory_mb.is_none() {
         return Err(cx.key("eal.memory_mb: required when eal.hugepages is false (DPDK needs a size for --no-huge)"));
@@ -569,6 +580,7 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
             worker_cores: workers.value.clone(),
             hugepages: raw.eal.hugepages,
             memory_mb: raw.eal.memory_mb,
+            mbufs: raw.eal.mbufs.as_ref().map(|m| m.value),
             extra_args: raw.eal.extra_args,
         },
         ports,
@@ -602,6 +614,9 @@ impl Config {
         );
         if let Some(m) = e.memory_mb {
             let _ = writeln!(o, "  memory_mb: {m}");
+        }
+        if let Some(m) = e.mbufs {
+            let _ = writeln!(o, "  mbufs: {m}");
         }
         let _ = writeln!(o, "  extra_args: {:?}", e.extra_args);
         let _ = writeln!(o, "ports:");

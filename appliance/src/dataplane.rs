@@ -26,6 +26,17 @@ pub enum Verdict {
     Drop(Drop),
 }
 
+/// What the first pass over a frame found (see [`Worker::classify`]): a
+/// final verdict, or a flow whose session is still to be looked up.
+#[derive(Clone, Copy, Debug)]
+pub enum Step {
+    Done(Verdict),
+    /// Client → service packet of service `svc`; `hash` is its session hash.
+    Forward { info: L4Info, svc: u16, hash: u64 },
+    /// NAT server → client reply of service `svc`.
+    Reply { info: L4Info, svc: u16, hash: u64 },
+}
+
 /// A next hop's MAC, written by whichever worker hears its ARP and read by
 /// all: 0 = unresolved, else bit 48 set plus the 48-bit address.
 pub struct Neighbor {
@@ -188,6 +199,14 @@ impl Shared {
         ((h * self.workers as u64) >> 32) as usize
     }
 
+    /// The server a Maglev service gives a new flow (the same on every
+    /// appliance); None for round-robin services. Lets tools predict placement.
+    pub fn maglev_pick(&self, service: usize, key: &FlowKey) -> Option<u16> {
+        let s = self.services.get(service)?;
+        let m = s.maglev.as_ref()?;
+        Some(s.servers[m.lookup(key.hash(0))])
+    }
+
     fn is_local(&self, ip: u32, port: u8) -> bool {
         self.ports.get(usize::from(port)).is_some_and(|p| p.ip == ip) || self.vip_set.contains_key(&ip)
     }
@@ -235,33 +254,54 @@ impl<'a> Worker<'a> {
     /// `handed_off` is true when another worker already routed it here.
     #[inline]
     pub fn process(&mut self, frame: &mut [u8], in_port: u8, now_ms: u32, handed_off: bool) -> Verdict {
+        let step = self.classify(frame, in_port, handed_off);
+        self.finish(frame, step, in_port, now_ms)
+    }
+
+    /// First pass: parse, answer ARP and ping, find the service and the
+    /// owning worker, and start loading the flow's session slot into cache.
+    /// A burst is classified whole before any frame is finished, so the
+    /// session-table cache misses of the burst overlap instead of queueing.
+    #[inline]
+    pub fn classify(&mut self, frame: &mut [u8], in_port: u8, handed_off: bool) -> Step {
         let Some(port) = self.shared.ports.get(usize::from(in_port)) else {
-            return Verdict::Drop(Drop::NotForUs);
+            return Step::Done(Verdict::Drop(Drop::NotForUs));
         };
         let Some(dst) = packet::dst_mac(frame) else {
-            return Verdict::Drop(Drop::Malformed);
+            return Step::Done(Verdict::Drop(Drop::Malformed));
         };
         let broadcast = dst == BROADCAST_MAC;
         if dst != port.mac && !broadcast {
-            return Verdict::Drop(Drop::NotForUs);
+            return Step::Done(Verdict::Drop(Drop::NotForUs));
         }
         let parsed = match packet::parse(frame) {
             Ok(p) => p,
-            Err(d) => return Verdict::Drop(d),
+            Err(d) => return Step::Done(Verdict::Drop(d)),
         };
         match parsed {
-            Parsed::Arp(arp) => self.arp(frame, &arp, in_port, port.mac),
-            _ if broadcast => Verdict::Drop(Drop::NotForUs),
+            Parsed::Arp(arp) => Step::Done(self.arp(frame, &arp, in_port, port.mac)),
+            _ if broadcast => Step::Done(Verdict::Drop(Drop::NotForUs)),
             Parsed::Echo { dst_ip } => {
                 if self.shared.is_local(dst_ip, in_port) {
                     packet::echo_reply_in_place(frame, port.mac);
                     self.stats.echo_replies_sent.inc();
-                    Verdict::Tx(in_port)
+                    Step::Done(Verdict::Tx(in_port))
                 } else {
-                    Verdict::Drop(Drop::NoService)
+                    Step::Done(Verdict::Drop(Drop::NoService))
                 }
             }
-            Parsed::L4(info) => self.l4(frame, &info, in_port, now_ms, handed_off),
+            Parsed::L4(info) => self.l4(info, handed_off),
+        }
+    }
+
+    /// Second pass: look the session up (or create it), rewrite, and say
+    /// where the frame goes.
+    #[inline]
+    pub fn finish(&mut self, frame: &mut [u8], step: Step, in_port: u8, now_ms: u32) -> Verdict {
+        match step {
+            Step::Done(v) => v,
+            Step::Forward { info, svc, hash } => self.forward(frame, &info, svc, hash, in_port, now_ms),
+            Step::Reply { info, svc, hash } => self.nat_reply(frame, &info, svc, hash, now_ms),
         }
     }
 
@@ -284,28 +324,52 @@ impl<'a> Worker<'a> {
     }
 
     #[inline]
-    fn l4(&mut self, frame: &mut [u8], info: &L4Info, in_port: u8, now_ms: u32, handed_off: bool) -> Verdict {
+    fn l4(&mut self, info: L4Info, handed_off: bool) -> Step {
         let proto = info.proto as u8;
         if let Some(&svc) = self.shared.vips.get(&(info.dst_ip, info.dst_port, proto)) {
             let owner = self.shared.owner(info.src_ip, info.src_port);
             if owner != self.id && !handed_off {
-                return Verdict::Handoff(owner);
+                return Step::Done(Verdict::Handoff(owner));
             }
-            return self.forward(frame, info, svc, in_port, now_ms);
+            let key = FlowKey {
+                client_ip: info.src_ip,
+                vip: info.dst_ip,
+                client_port: info.src_port,
+                vport: info.dst_port,
+                proto: info.proto,
+            };
+            let hash = self.table.hash(&key);
+            self.table.prefetch(hash);
+            return Step::Forward { info, svc, hash };
         }
         if let Some(&svc) = self.shared.nat_backends.get(&(info.src_ip, info.src_port, proto)) {
             let owner = self.shared.owner(info.dst_ip, info.dst_port);
             if owner != self.id && !handed_off {
-                return Verdict::Handoff(owner);
+                return Step::Done(Verdict::Handoff(owner));
             }
-            return self.nat_reply(frame, info, svc, now_ms);
+            let hash = self.table.hash(&self.reply_key(&info, svc));
+            self.table.prefetch(hash);
+            return Step::Reply { info, svc, hash };
         }
-        Verdict::Drop(Drop::NoService)
+        Step::Done(Verdict::Drop(Drop::NoService))
+    }
+
+    /// The session key of a NAT reply: the flow as its client sent it.
+    #[inline]
+    fn reply_key(&self, info: &L4Info, svc: u16) -> FlowKey {
+        let service = &self.shared.services[usize::from(svc)];
+        FlowKey {
+            client_ip: info.dst_ip,
+            vip: service.vip,
+            client_port: info.dst_port,
+            vport: service.port,
+            proto: info.proto,
+        }
     }
 
     /// Client → service: follow the session, or create one on a SYN (any first UDP packet).
     #[inline]
-    fn forward(&mut self, frame: &mut [u8], info: &L4Info, svc: u16, in_port: u8, now_ms: u32) -> Verdict {
+    fn forward(&mut self, frame: &mut [u8], info: &L4Info, svc: u16, hash: u64, in_port: u8, now_ms: u32) -> Verdict {
         let service = &self.shared.services[usize::from(svc)];
         if service.mode == Mode::Nat && info.ttl <= 1 {
             // Checked before any session is created for it.
@@ -318,7 +382,6 @@ impl<'a> Worker<'a> {
             vport: info.dst_port,
             proto: info.proto,
         };
-        let hash = self.table.hash(&key);
         let is_tcp = info.proto == L4Proto::Tcp;
         let syn = is_tcp && info.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
         let closing = is_tcp && info.flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
@@ -385,17 +448,10 @@ impl<'a> Worker<'a> {
 
     /// Server → client in NAT mode: the source becomes the VIP again.
     #[inline]
-    fn nat_reply(&mut self, frame: &mut [u8], info: &L4Info, svc: u16, now_ms: u32) -> Verdict {
+    fn nat_reply(&mut self, frame: &mut [u8], info: &L4Info, svc: u16, hash: u64, now_ms: u32) -> Verdict {
         let service = &self.shared.services[usize::from(svc)];
-        let key = FlowKey {
-            client_ip: info.dst_ip,
-            vip: service.vip,
-            client_port: info.dst_port,
-            vport: service.port,
-            proto: info.proto,
-        };
+        let key = self.reply_key(info, svc);
         let stats = self.stats;
-        let hash = self.table.hash(&key);
         let Some(e) = self.table.lookup(&key, hash, now_ms, |_| stats.session_expired()) else {
             return Verdict::Drop(Drop::NoSession);
         };

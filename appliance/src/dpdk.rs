@@ -181,24 +181,28 @@ impl Mempool {
 }
 
 /// An owned packet buffer. Freed on drop unless handed to tx or a ring.
+/// `repr(transparent)`: a burst's pointer array can be viewed as `[Mbuf]`.
+#[repr(transparent)]
 pub struct Mbuf(*mut sys::rte_mbuf);
 // SAFETY: an mbuf is owned by one lcore at a time; ownership moves with this handle.
 unsafe impl Send for Mbuf {}
 
 impl Mbuf {
-    /// The first segment's bytes.
+    /// The first segment's bytes. Read straight from the mbuf's first cache
+    /// line (layout checked at build time), not through a C call per packet.
     #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
-        // SAFETY: mtod points at data_len valid bytes owned by this mbuf.
+        // SAFETY: buf_addr + data_off points at data_len valid bytes owned by this mbuf.
         unsafe {
-            let p = sys::ringlb_mbuf_data(self.0);
-            std::slice::from_raw_parts_mut(p, usize::from(sys::ringlb_mbuf_data_len(self.0)))
+            let m = &*self.0;
+            let p = m.buf_addr.cast::<u8>().add(usize::from(m.data_off));
+            std::slice::from_raw_parts_mut(p, usize::from(m.data_len))
         }
     }
     #[inline]
     pub fn segments(&self) -> u16 {
         // SAFETY: valid mbuf.
-        unsafe { sys::ringlb_mbuf_nb_segs(self.0) }
+        unsafe { (*self.0).nb_segs }
     }
     /// The port the frame arrived on (set by the PMD; preserved across hand-off).
     #[inline]
@@ -214,10 +218,12 @@ impl Mbuf {
             (!p.is_null()).then(|| std::slice::from_raw_parts_mut(p, usize::from(len)))
         }
     }
+    /// Starts loading the frame's first cache line.
     #[inline]
     pub fn prefetch(&self) {
-        // SAFETY: a prefetch hint on a valid address.
-        unsafe { sys::ringlb_mbuf_prefetch_data(self.0) }
+        // SAFETY: valid mbuf; only the address is computed, nothing is read through it.
+        let p = unsafe { (*self.0).buf_addr.cast::<u8>().wrapping_add(usize::from((*self.0).data_off)) };
+        crate::cpu::prefetch_addr(p);
     }
     #[inline]
     fn into_raw(self) -> *mut sys::rte_mbuf {
@@ -271,6 +277,13 @@ impl<const N: usize> Burst<N> {
         self.ptrs[self.len] = m.into_raw();
         self.len += 1;
         Ok(())
+    }
+    /// The mbufs, in place.
+    #[inline]
+    pub fn as_mut_slice(&mut self) -> &mut [Mbuf] {
+        // SAFETY: Mbuf is a transparent wrapper of the pointer; the first
+        // `len` entries are owned, valid mbufs, borrowed for as long as self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptrs.as_mut_ptr().cast::<Mbuf>(), self.len) }
     }
     /// Takes the mbufs out, in order.
     #[inline]

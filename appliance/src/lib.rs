@@ -2,11 +2,12 @@
 //!
 //! Layering, bottom up: `packet` (parse/rewrite byte slices), `session`
 //! (per-worker flow table), `sched` (server selection), `dataplane` (the
-//! per-packet decision), `dpdk` (the only unsafe code), `worker` (the lcore
+//! per-packet decision), `dpdk` (with `cpu`'s prefetch hint, the only unsafe code), `worker` (the lcore
 //! loop), `app` (setup, control thread, shutdown), `config` (YAML).
 
 pub mod app;
 pub mod config;
+pub mod cpu;
 pub mod dataplane;
 pub mod dpdk;
 pub mod packet;

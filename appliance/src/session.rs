@@ -132,9 +132,12 @@ impl SessionTable {
     /// of two ≥ capacity × 4/3, keeping the load factor ≤ 75% so probes stay short.
     pub fn new(capacity: usize, timeouts: Timeouts, seed: u64) -> Self {
         let capacity = capacity.max(1);
-        let slots = (capacity + capacity / 3).next_power_of_two().max(8);
+        let slots = Self::slots_for(capacity);
+        let mut v = Vec::with_capacity(slots);
+        crate::cpu::advise_hugepages(v.spare_capacity_mut());
+        v.resize(slots, EMPTY);
         SessionTable {
-            slots: vec![EMPTY; slots].into_boxed_slice(),
+            slots: v.into_boxed_slice(),
             mask: slots - 1,
             len: 0,
             max_len: capacity,
@@ -142,6 +145,12 @@ impl SessionTable {
             sweep_cursor: 0,
             seed,
         }
+    }
+
+    /// Slots allocated for `capacity` sessions (each `size_of::<Entry>()` bytes).
+    pub fn slots_for(capacity: usize) -> usize {
+        let capacity = capacity.max(1);
+        (capacity + capacity / 3).next_power_of_two().max(8)
     }
 
     pub fn len(&self) -> usize {
@@ -224,6 +233,16 @@ impl SessionTable {
     #[inline]
     fn home(&self, e: &Entry) -> usize {
         hash_packed(e.key, self.seed) as usize & self.mask
+    }
+
+    /// Starts loading the slots a lookup of `hash` probes first: its home
+    /// slot and the two after it, which span at most two cache lines. Most
+    /// probe runs end there, so the lookup then finds its entry in cache.
+    #[inline]
+    pub fn prefetch(&self, hash: u64) {
+        let i = hash as usize & self.mask;
+        crate::cpu::prefetch(&self.slots[i]);
+        crate::cpu::prefetch(&self.slots[(i + 2) & self.mask]);
     }
 
     /// The hash lookups and inserts must be given for `key`.

@@ -1,0 +1,256 @@
+//! `ringlb-bench`: ringlb against dpdk-testpmd on identical vdevs, in one run.
+//!
+//! For each session count N: generate the pcaps (N SYNs; data packets
+//! sampled from those flows; the servers' NAT replies), measure testpmd
+//! (io, macswap) on the data pcap, then ringlb in DSR, NAT forward and NAT
+//! reply with the sessions pre-populated by a warm-up pass. Then the rate of
+//! new connections, two workers where the machine has the cores, and
+//! (optionally) the namespace lab against HAProxy and nftables. Writes
+//! `<out>/<timestamp>.json` and `.md`, and prints the table.
+
+mod configs;
+mod measure;
+mod pcapgen;
+mod procs;
+mod report;
+
+use measure::{RinglbMode, Testpmd};
+use report::{Report, Row};
+use std::path::{Path, PathBuf};
+
+const USAGE: &str = "usage: ringlb-bench [--smoke] [--sessions N,N,..] [--data-packets P] [--seconds S]
+                    [--new-conns M] [--two-workers-at N|0] [--lab SECONDS|0] [--out DIR]
+                    [--ringlb PATH] [--testpmd PATH]
+  --smoke           tiny sizes, ~1 s windows, no lab: proves the harness works
+  --sessions        session counts to measure (default 1000,100000,1000000,10000000)
+  --data-packets    distinct data packets replayed per run (default 1048576)
+  --seconds         measurement window per run (default 3)
+  --new-conns       SYNs of unique flows for the new-connection rate (default 4000000)
+  --two-workers-at  session count for the two-worker runs (default 1000000; 0 = skip)
+  --lab             run perf/lab_compare.sh for this many seconds per variant (default 5; 0 = skip)
+  --out             results directory (default perf/results)";
+
+pub struct Options {
+    pub sessions: Vec<u32>,
+    pub data_packets: u32,
+    pub seconds: f64,
+    pub new_conns: u32,
+    pub two_workers_at: u32,
+    pub lab_seconds: u32,
+    pub out: PathBuf,
+    pub ringlb: PathBuf,
+    pub testpmd: String,
+    pub smoke: bool,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+    let mut o = Options {
+        sessions: vec![1_000, 100_000, 1_000_000, 10_000_000],
+        data_packets: 1 << 20,
+        seconds: 3.0,
+        new_conns: 4_000_000,
+        two_workers_at: 1_000_000,
+        lab_seconds: 5,
+        out: root.join("perf/results"),
+        ringlb: root.join("target/release/ringlb"),
+        testpmd: "dpdk-testpmd".into(),
+        smoke: false,
+    };
+    let mut it = std::env::args().skip(1);
+    let num = |v: Option<String>, flag: &str| -> Result<u64, String> {
+        let v = v.ok_or(format!("{flag} needs a value"))?;
+        v.replace('_', "").parse().map_err(|_| format!("{flag}: '{v}' is not a number"))
+    };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--smoke" => {
+                o.smoke = true;
+                o.sessions = vec![1_000, 20_000];
+                o.data_packets = 4096;
+                o.seconds = 1.0;
+                o.new_conns = 200_000;
+                o.two_workers_at = 0;
+                o.lab_seconds = 0;
+            }
+            "--sessions" => {
+                let v = it.next().ok_or("--sessions needs a value")?;
+                o.sessions = v
+                    .split(',')
+                    .map(|s| s.replace('_', "").parse().map_err(|_| format!("--sessions: '{s}' is not a number")))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--data-packets" => o.data_packets = num(it.next(), &a)? as u32,
+            "--seconds" => {
+                let v = it.next().ok_or("--seconds needs a value")?;
+                o.seconds = v.parse().map_err(|_| format!("--seconds: '{v}' is not a number"))?;
+            }
+            "--new-conns" => o.new_conns = num(it.next(), &a)? as u32,
+            "--two-workers-at" => o.two_workers_at = num(it.next(), &a)? as u32,
+            "--lab" => o.lab_seconds = num(it.next(), &a)? as u32,
+            "--out" => o.out = it.next().ok_or("--out needs a value")?.into(),
+            "--ringlb" => o.ringlb = it.next().ok_or("--ringlb needs a value")?.into(),
+            "--testpmd" => o.testpmd = it.next().ok_or("--testpmd needs a value")?,
+            "-h" | "--help" => return Err(USAGE.into()),
+            _ => return Err(format!("unknown argument '{a}'\n{USAGE}")),
+        }
+    }
+    if o.sessions.is_empty() || o.sessions.contains(&0) || o.data_packets < 64 || o.seconds <= 0.0 {
+        return Err(format!("sessions must be > 0, data packets ≥ 64, seconds > 0\n{USAGE}"));
+    }
+    Ok(o)
+}
+
+fn main() {
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    match run(&opts) {
+        Ok(path) => println!("results: {}", path.display()),
+        Err(e) => {
+            eprintln!("ringlb-bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// A scratch directory for pcaps and configs, removed when dropped.
+struct Scratch(PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Reserves 2 MiB hugepages for the run and gives back what it added.
+struct Hugepages {
+    before: Option<u64>,
+}
+
+impl Hugepages {
+    const SYSCTL: &str = "/proc/sys/vm/nr_hugepages";
+
+    fn reserve(bytes: u64) -> Result<Hugepages, String> {
+        let read = |k: &str| -> u64 {
+            std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|s| s.lines().find(|l| l.starts_with(k))?.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0)
+        };
+        let want = bytes.div_ceil(2 << 20);
+        let (total, free) = (read("HugePages_Total:"), read("HugePages_Free:"));
+        if free >= want {
+            return Ok(Hugepages { before: None });
+        }
+        let target = total + want - free;
+        std::fs::write(Self::SYSCTL, target.to_string())
+            .map_err(|e| format!("need {want} free 2 MiB hugepages, {free} free; raising {} failed: {e}", Self::SYSCTL))?;
+        let now = read("HugePages_Free:");
+        if now < want {
+            let _ = std::fs::write(Self::SYSCTL, total.to_string());
+            return Err(format!("need {want} free 2 MiB hugepages, the kernel gave {now} (memory fragmented or short)"));
+        }
+        println!("hugepages: {total} -> {target} for this run");
+        Ok(Hugepages { before: Some(total) })
+    }
+}
+
+impl Drop for Hugepages {
+    fn drop(&mut self) {
+        if let Some(n) = self.before {
+            let _ = std::fs::write(Self::SYSCTL, n.to_string());
+        }
+    }
+}
+
+fn run(o: &Options) -> Result<PathBuf, String> {
+    if !o.ringlb.exists() {
+        return Err(format!("{} not found: build it first (cargo build --release)", o.ringlb.display()));
+    }
+    let scratch = Scratch(std::env::temp_dir().join(format!("ringlb-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&scratch.0).map_err(|e| format!("{}: {e}", scratch.0.display()))?;
+    let dir = &scratch.0;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut rep = Report::new(o, cores);
+    let pool = o.data_packets + 65_536;
+    // An mbuf with DPDK's default data room takes ~2.4 KiB of hugepage memory.
+    let _hugepages = Hugepages::reserve(u64::from(pool) * 2432 * 5 / 4 + (256 << 20))?;
+    let one = Testpmd { bin: &o.testpmd, lcores: "0@0,1@1".into(), cores: 1, mbufs: pool };
+
+    for &n in &o.sessions {
+        println!("== {n} sessions");
+        let files = configs::generate(dir, n, o.data_packets, 1).map_err(|e| format!("generating pcaps: {e}"))?;
+        let data = format!("net_pcap0,rx_pcap={},infinite_rx=1", files.data[0].display());
+        let reply = format!("net_pcap0,rx_pcap={},infinite_rx=1", files.reply[0].display());
+        let io = measure::testpmd(&one, &data, 1, "io", o.seconds)?;
+        let macswap = measure::testpmd(&one, &data, 1, "macswap", o.seconds)?;
+        let io_reply = measure::testpmd(&one, &reply, 1, "io", o.seconds)?;
+        println!("   testpmd io {:.2} Mpps, macswap {:.2}, io on replies {:.2}", io / 1e6, macswap / 1e6, io_reply / 1e6);
+        rep.reference(n, 1, "io", io);
+        rep.reference(n, 1, "macswap", macswap);
+        rep.reference(n, 1, "io (replies)", io_reply);
+        for (scenario, mode, input, reference) in
+            [("dsr", "dsr", &files.data, io), ("nat-forward", "nat", &files.data, io), ("nat-reply", "nat", &files.reply, io_reply)]
+        {
+            let cfg = configs::ringlb_yaml(dir, scenario, mode, n, input, &files.warm, &[1], pool)?;
+            let r = measure::ringlb(&o.ringlb, &cfg, RinglbMode::Steady { sessions: u64::from(n), seconds: o.seconds })?;
+            let row = Row::new(n, 1, scenario, &r, reference);
+            println!("   ringlb {scenario}: {:.2} Mpps = {:.2} of testpmd io, {:.1} ns/packet", row.mpps, row.ratio, row.ns_per_packet);
+            rep.rows.push(row);
+        }
+        files.remove();
+    }
+
+    if o.two_workers_at > 0 && cores >= 2 {
+        let n = o.two_workers_at;
+        println!("== two workers, {n} sessions");
+        let half = o.data_packets / 2;
+        let files = configs::generate(dir, n, o.data_packets, 2).map_err(|e| format!("generating pcaps: {e}"))?;
+        let data = files.data.iter().map(|f| format!(",rx_pcap={}", f.display())).collect::<String>();
+        let two = Testpmd { bin: &o.testpmd, lcores: "0@0,1@0,2@1".into(), cores: 2, mbufs: pool };
+        let io = measure::testpmd(&two, &format!("net_pcap0,infinite_rx=1{data}"), 2, "io", o.seconds)?;
+        println!("   testpmd io, 2 cores: {:.2} Mpps", io / 1e6);
+        rep.reference(n, 2, "io", io);
+        let cfg = configs::ringlb_yaml(dir, "dsr2", "dsr", n, &files.data, &files.warm, &[0, 1], half + pool)?;
+        let r = measure::ringlb(&o.ringlb, &cfg, RinglbMode::Steady { sessions: u64::from(n), seconds: o.seconds })?;
+        let row = Row::new(n, 2, "dsr", &r, io);
+        println!("   ringlb dsr, 2 workers: {:.2} Mpps = {:.2} of testpmd io", row.mpps, row.ratio);
+        rep.rows.push(row);
+        files.remove();
+    }
+
+    println!("== new connections: {} SYNs of unique flows", o.new_conns);
+    let warm = configs::syn_file(dir, o.new_conns).map_err(|e| format!("generating pcaps: {e}"))?;
+    let file_rate = measure::testpmd_file_rate(
+        &one,
+        &format!("net_pcap0,rx_pcap={}", warm.display()),
+        u64::from(o.new_conns),
+    )?;
+    let cfg = configs::creation_yaml(dir, o.new_conns, &warm, pool)?;
+    let r = measure::ringlb(&o.ringlb, &cfg, RinglbMode::Creation { sessions: u64::from(o.new_conns) })?;
+    println!("   ringlb: {:.0} new sessions/s on one worker (testpmd reads the file at {:.0} packets/s)", r.new_per_s, file_rate);
+    rep.new_connections(o.new_conns, &r, file_rate);
+    let _ = std::fs::remove_file(&warm);
+
+    if o.lab_seconds > 0 {
+        println!("== lab: wrk through ringlb, HAProxy and nftables ({} s each)", o.lab_seconds);
+        let root = o.ringlb.parent().and_then(|p| p.parent()).and_then(|p| p.parent()).unwrap_or(Path::new("."));
+        let out = dir.join("lab.json");
+        let status = std::process::Command::new("bash")
+            .arg(root.join("perf/lab_compare.sh"))
+            .arg(&out)
+            .arg(o.lab_seconds.to_string())
+            .status()
+            .map_err(|e| format!("perf/lab_compare.sh: {e}"))?;
+        let lab = std::fs::read_to_string(&out).map_err(|e| format!("lab results {}: {e}", out.display()))?;
+        rep.lab(&lab, status.success())?;
+    }
+
+    rep.finish();
+    println!("\n{}", rep.markdown());
+    rep.write(&o.out)
+}

@@ -1,0 +1,204 @@
+//! One measurement = one process on fresh vdevs: dpdk-testpmd forwarding a
+//! pcap to net_null (the reference), or ringlb doing its job on the same
+//! input. Rates come from the processes' own counters: testpmd's per-port
+//! "Tx-pps" (it times its own intervals), ringlb's cumulative `tx=` and
+//! `created=` at timestamps `t=`.
+
+use crate::procs::{field, memory_bytes, Proc};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The sink every run transmits to. `no-rx=1`: otherwise net_null also
+/// generates packets and testpmd would forward in both directions.
+pub const SINK: &str = "net_null0,no-rx=1";
+/// How long a process may take to load its pcaps and start forwarding.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct Testpmd<'a> {
+    pub bin: &'a str,
+    /// EAL lcore map: the main lcore on the control core, then one lcore per forwarding core.
+    pub lcores: String,
+    pub cores: u32,
+    pub mbufs: u32,
+}
+
+/// testpmd forwarding `rx_vdev` → the sink in `mode` (io, macswap) for
+/// `seconds`: returns the sink's transmit rate in packets/s.
+pub fn testpmd(t: &Testpmd, rx_vdev: &str, queues: u32, mode: &str, seconds: f64) -> Result<f64, String> {
+    let what = format!("testpmd {mode}");
+    let mut cmd = Command::new("stdbuf");
+    cmd.args(["-oL", t.bin, "--lcores", &t.lcores, "--in-memory", "--no-pci", "--log-level", "*:warning"])
+        .args(["--vdev", rx_vdev, "--vdev", SINK, "--"])
+        .arg(format!("--forward-mode={mode}"))
+        .args(["--stats-period=1", "--no-flush-rx"])
+        .arg(format!("--nb-cores={}", t.cores))
+        .arg(format!("--rxq={queues}"))
+        .arg(format!("--txq={queues}"))
+        .arg(format!("--total-num-mbufs={}", t.mbufs));
+    let mut p = Proc::spawn(&what, &mut cmd)?;
+    let want = seconds.ceil().max(1.0) as usize;
+    let deadline = Instant::now() + START_TIMEOUT + Duration::from_secs_f64(seconds * 2.0 + 5.0);
+    let (mut port, mut started, mut samples) = (None, false, Vec::new());
+    while samples.len() < want {
+        let Some(line) = p.next_line(deadline) else {
+            p.stop(Duration::from_secs(5));
+            return Err(format!("{what}: no rate after {} samples; it printed:\n{}", samples.len(), p.tail(25)));
+        };
+        if let Some(rest) = line.split("NIC statistics for port").nth(1) {
+            port = rest.split_whitespace().next().and_then(|n| n.parse::<u32>().ok());
+        } else if port == Some(1) && line.trim_start().starts_with("Tx-pps:") {
+            let pps = after(&line, "Tx-pps:").unwrap_or(0) as f64;
+            // The first non-zero interval is partial (forwarding began inside it).
+            if started {
+                samples.push(pps);
+            } else if pps > 0.0 {
+                started = true;
+            }
+        }
+    }
+    p.stop(Duration::from_secs(10));
+    Ok(samples.iter().sum::<f64>() / samples.len() as f64)
+}
+
+/// testpmd reading a pcap once (no `infinite_rx`): the rate at which the
+/// file can be read and forwarded, from the sink's cumulative count.
+pub fn testpmd_file_rate(t: &Testpmd, rx_vdev: &str, packets: u64) -> Result<f64, String> {
+    let what = "testpmd io (file read)".to_string();
+    let mut cmd = Command::new("stdbuf");
+    cmd.args(["-oL", t.bin, "--lcores", &t.lcores, "--in-memory", "--no-pci", "--log-level", "*:warning"])
+        .args(["--vdev", rx_vdev, "--vdev", SINK, "--", "--forward-mode=io", "--stats-period=1", "--nb-cores=1", "--no-flush-rx"])
+        .arg(format!("--total-num-mbufs={}", t.mbufs));
+    let mut p = Proc::spawn(&what, &mut cmd)?;
+    let deadline = Instant::now() + START_TIMEOUT + Duration::from_secs(60);
+    let (mut port, mut first) = (None, None::<(Instant, f64)>);
+    let (t1, n1) = loop {
+        let Some(line) = p.next_line(deadline) else {
+            p.stop(Duration::from_secs(5));
+            return Err(format!("{what}: never finished the file; it printed:\n{}", p.tail(25)));
+        };
+        if let Some(rest) = line.split("NIC statistics for port").nth(1) {
+            port = rest.split_whitespace().next().and_then(|n| n.parse::<u32>().ok());
+        } else if port == Some(1) && line.trim_start().starts_with("TX-packets:") {
+            let n = after(&line, "TX-packets:").unwrap_or(0) as f64;
+            let now = Instant::now();
+            if n > 0.0 && first.is_none() {
+                first = Some((now, n));
+            }
+            if n >= packets as f64 {
+                break (now, n);
+            }
+        }
+    };
+    p.stop(Duration::from_secs(10));
+    match first {
+        Some((t0, n0)) if t1 > t0 => Ok((n1 - n0) / (t1 - t0).as_secs_f64()),
+        // The whole file went through inside one stats interval: at least this fast.
+        _ => Ok(packets as f64),
+    }
+}
+
+/// What a ringlb run measured.
+#[derive(Default, Clone, Debug)]
+pub struct RinglbResult {
+    /// Transmitted packets per second in the measurement window.
+    pub pps: f64,
+    /// Sessions created per second (creation runs).
+    pub new_per_s: f64,
+    /// Frames dropped inside the measurement window.
+    pub drops: u64,
+    /// Resident memory (normal + hugetlb pages) once every session exists.
+    pub memory: u64,
+    /// Session table bytes per worker, as ringlb sized it.
+    pub table_bytes: u64,
+    pub tsc_hz: u64,
+    pub summary: String,
+}
+
+pub enum RinglbMode {
+    /// Wait until `sessions` exist, then measure the transmit rate for `seconds`.
+    Steady { sessions: u64, seconds: f64 },
+    /// Measure how fast `sessions` new sessions are created.
+    Creation { sessions: u64 },
+}
+
+pub fn ringlb(bin: &Path, config: &Path, mode: RinglbMode) -> Result<RinglbResult, String> {
+    let interval = match mode {
+        RinglbMode::Steady { .. } => "0.5",
+        RinglbMode::Creation { .. } => "0.2",
+    };
+    let mut cmd = Command::new(bin);
+    cmd.args(["run", "-c"]).arg(config).args(["--stats-interval", interval]);
+    let mut p = Proc::spawn("ringlb", &mut cmd)?;
+    let mut r = RinglbResult::default();
+    let start_deadline = Instant::now() + START_TIMEOUT;
+    let mut warm: Option<(f64, f64, f64)> = None; // (t, tx, drops) at the window's start
+    let mut created_at: Vec<(f64, f64)> = Vec::new();
+    let fail = |p: &mut Proc, why: &str| -> String {
+        p.stop(Duration::from_secs(10));
+        format!("ringlb: {why}; it printed:\n{}", p.tail(25))
+    };
+    loop {
+        let Some(line) = p.next_line(start_deadline) else {
+            return Err(fail(&mut p, "timed out"));
+        };
+        if line.starts_with("ringlb running:") {
+            r.table_bytes = after(&line, "= ").unwrap_or(0);
+            r.tsc_hz = after(&line, "tsc ").unwrap_or(0);
+            continue;
+        }
+        if !line.starts_with("stats ") {
+            continue;
+        }
+        let (Some(t), Some(tx), Some(created), Some(drops)) =
+            (field(&line, "t"), field(&line, "tx"), field(&line, "created"), field(&line, "drops"))
+        else {
+            return Err(fail(&mut p, &format!("unreadable stats line {line:?}")));
+        };
+        match mode {
+            RinglbMode::Steady { sessions, seconds } => match warm {
+                None if created >= sessions as f64 => {
+                    r.memory = memory_bytes(p.pid()).unwrap_or(0);
+                    warm = Some((t, tx, drops));
+                }
+                None => {}
+                Some((t0, tx0, d0)) if t - t0 >= seconds => {
+                    r.pps = (tx - tx0) / (t - t0);
+                    r.drops = (drops - d0) as u64;
+                    break;
+                }
+                Some(_) => {}
+            },
+            RinglbMode::Creation { sessions } => {
+                created_at.push((t, created));
+                if created >= sessions as f64 {
+                    r.memory = memory_bytes(p.pid()).unwrap_or(0);
+                    break;
+                }
+            }
+        }
+    }
+    if let RinglbMode::Creation { sessions } = mode {
+        // From the last sample before creation began to the first at the end:
+        // whole intervals only, so the rate is never overstated.
+        let begin = created_at.iter().rposition(|&(_, c)| c == 0.0).unwrap_or(0);
+        let (t0, c0) = created_at[begin];
+        let (t1, c1) = *created_at.last().expect("at least one sample");
+        r.new_per_s = if t1 > t0 { (c1 - c0) / (t1 - t0) } else { 0.0 };
+        if c1 < sessions as f64 {
+            return Err(fail(&mut p, "created fewer sessions than expected"));
+        }
+    }
+    let clean = p.stop(Duration::from_secs(30));
+    r.summary = p.log.iter().skip_while(|l| !l.starts_with("summary")).cloned().collect::<Vec<_>>().join("\n");
+    if !clean || !r.summary.contains("ringlb stopped cleanly") {
+        return Err(format!("ringlb did not stop cleanly; it printed:\n{}", p.tail(25)));
+    }
+    Ok(r)
+}
+
+/// The number that follows `marker` (and any spaces) in `line`.
+fn after(line: &str, marker: &str) -> Option<u64> {
+    let rest = line[line.find(marker)? + marker.len()..].trim_start();
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
