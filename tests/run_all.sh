@@ -2,6 +2,7 @@
 # `make test`: every tier, then one closing line "N passed, M failed".
 #   1. cargo test: unit tests, data-plane/config tests, vdev tests of the real binary
 #   2. lab tests: DSR and NAT through real namespaces, nginx, ab and curl
+#   3. a smoke run of the benchmark harness (well-formed results only)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
@@ -16,5 +17,6 @@ run "deploy scripts and install" bash tests/deploy_test.sh
 run "lab DSR" bash tests/lab/lab_test.sh dsr
 run "lab NAT" bash tests/lab/lab_test.sh nat
 run "lab cleanup on failure" bash tests/lab/cleanup_test.sh
+run "benchmark smoke run" bash tests/bench_smoke.sh
 echo "suites: $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -4,8 +4,8 @@
 
 use crate::config::Config;
 use crate::dataplane::Shared;
-use crate::session::{Entry, SessionTable};
 use crate::dpdk::{spsc_ring, Consumer, Eal, Mempool, Port, Producer, RxQueue, TxQueue};
+use crate::session::{Entry, SessionTable};
 use crate::stats::{Drop, Snapshot, WorkerStats};
 use crate::worker::{self, Clock, WorkerSetup};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

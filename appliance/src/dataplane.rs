@@ -32,9 +32,17 @@ pub enum Verdict {
 pub enum Step {
     Done(Verdict),
     /// Client → service packet of service `svc`; `hash` is its session hash.
-    Forward { info: L4Info, svc: u16, hash: u64 },
+    Forward {
+        info: L4Info,
+        svc: u16,
+        hash: u64,
+    },
     /// NAT server → client reply of service `svc`.
-    Reply { info: L4Info, svc: u16, hash: u64 },
+    Reply {
+        info: L4Info,
+        svc: u16,
+        hash: u64,
+    },
 }
 
 /// A next hop's MAC, written by whichever worker hears its ARP and read by
@@ -93,7 +101,46 @@ struct ServerRt {
     neighbor: u16,
 }
 
-type EndpointKey = (u32, u16, u8);
+/// (address, port, protocol) → service, for the handful of endpoints an
+/// appliance serves. Keys are packed into one u64 and kept sorted: a short
+/// linear scan (binary search when there are many) costs less per packet
+/// than hashing the tuple.
+#[derive(Default)]
+struct EndpointMap {
+    keys: Vec<u64>,
+    services: Vec<u16>,
+}
+
+impl EndpointMap {
+    const SCAN_LIMIT: usize = 16;
+
+    fn pack(ip: u32, port: u16, proto: u8) -> u64 {
+        (u64::from(ip) << 24) | (u64::from(port) << 8) | u64::from(proto)
+    }
+
+    /// Adds or replaces an endpoint's service.
+    fn insert(&mut self, ip: u32, port: u16, proto: u8, service: u16) {
+        let k = Self::pack(ip, port, proto);
+        match self.keys.binary_search(&k) {
+            Ok(i) => self.services[i] = service,
+            Err(i) => {
+                self.keys.insert(i, k);
+                self.services.insert(i, service);
+            }
+        }
+    }
+
+    #[inline]
+    fn get(&self, ip: u32, port: u16, proto: u8) -> Option<u16> {
+        let k = Self::pack(ip, port, proto);
+        let i = if self.keys.len() <= Self::SCAN_LIMIT {
+            self.keys.iter().position(|&x| x == k)
+        } else {
+            self.keys.binary_search(&k).ok()
+        };
+        i.map(|i| self.services[i])
+    }
+}
 
 /// Everything the workers share, read-only once built (neighbour MACs are
 /// atomics).
@@ -103,9 +150,9 @@ pub struct Shared {
     servers: Vec<ServerRt>,
     pub neighbors: Vec<Neighbor>,
     /// (VIP, port, proto) → service.
-    vips: FxHashMap<EndpointKey, u16>,
+    vips: EndpointMap,
     /// (server IP, port, proto) → NAT service, to recognise replies.
-    nat_backends: FxHashMap<EndpointKey, u16>,
+    nat_backends: EndpointMap,
     vip_set: FxHashMap<u32, ()>,
     pub workers: usize,
     pub timeouts: crate::session::Timeouts,
@@ -149,16 +196,16 @@ impl Shared {
                 }
             })
             .collect();
-        let mut vips = FxHashMap::default();
+        let mut vips = EndpointMap::default();
         let mut vip_set = FxHashMap::default();
-        let mut nat_backends = FxHashMap::default();
+        let mut nat_backends = EndpointMap::default();
         for (i, s) in cfg.services.iter().enumerate() {
-            vips.insert((s.vip, s.port, s.proto as u8), i as u16);
+            vips.insert(s.vip, s.port, s.proto as u8, i as u16);
             vip_set.insert(s.vip, ());
             if s.mode == Mode::Nat {
                 for &id in &s.servers {
                     let sv = &cfg.servers[usize::from(id)];
-                    nat_backends.insert((sv.ip, sv.port, s.proto as u8), i as u16);
+                    nat_backends.insert(sv.ip, sv.port, s.proto as u8, i as u16);
                 }
             }
         }
@@ -195,6 +242,9 @@ impl Shared {
     /// The worker that owns a client endpoint. Multiply-shift instead of `%`.
     #[inline]
     pub fn owner(&self, client_ip: u32, client_port: u16) -> usize {
+        if self.workers == 1 {
+            return 0;
+        }
         let h = mix(u64::from(client_ip) ^ self.hash_seed, u64::from(client_port)) >> 32;
         ((h * self.workers as u64) >> 32) as usize
     }
@@ -326,7 +376,7 @@ impl<'a> Worker<'a> {
     #[inline]
     fn l4(&mut self, info: L4Info, handed_off: bool) -> Step {
         let proto = info.proto as u8;
-        if let Some(&svc) = self.shared.vips.get(&(info.dst_ip, info.dst_port, proto)) {
+        if let Some(svc) = self.shared.vips.get(info.dst_ip, info.dst_port, proto) {
             let owner = self.shared.owner(info.src_ip, info.src_port);
             if owner != self.id && !handed_off {
                 return Step::Done(Verdict::Handoff(owner));
@@ -342,7 +392,7 @@ impl<'a> Worker<'a> {
             self.table.prefetch(hash);
             return Step::Forward { info, svc, hash };
         }
-        if let Some(&svc) = self.shared.nat_backends.get(&(info.src_ip, info.src_port, proto)) {
+        if let Some(svc) = self.shared.nat_backends.get(info.src_ip, info.src_port, proto) {
             let owner = self.shared.owner(info.dst_ip, info.dst_port);
             if owner != self.id && !handed_off {
                 return Step::Done(Verdict::Handoff(owner));
@@ -497,6 +547,29 @@ impl<'a> Worker<'a> {
             if due && send(n, &self.shared.ports[usize::from(n.port)]) {
                 self.last_solicit_ms[i] = Some(now_ms);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EndpointMap;
+
+    #[test]
+    fn endpoint_map_finds_replaces_and_misses_with_scan_and_search() {
+        for n in [3u32, 100] {
+            let mut m = EndpointMap::default();
+            for i in 0..n {
+                m.insert(0xc612_6400 + i, 80, 6, i as u16);
+            }
+            m.insert(0xc612_6400, 80, 6, 999); // replaces
+            assert_eq!(m.get(0xc612_6400, 80, 6), Some(999));
+            for i in 1..n {
+                assert_eq!(m.get(0xc612_6400 + i, 80, 6), Some(i as u16));
+                assert_eq!(m.get(0xc612_6400 + i, 81, 6), None, "other port");
+                assert_eq!(m.get(0xc612_6400 + i, 80, 17), None, "other protocol");
+            }
+            assert_eq!(m.get(0xc612_6400 + n, 80, 6), None);
         }
     }
 }

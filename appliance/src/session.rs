@@ -65,7 +65,7 @@ pub enum State {
 }
 
 #[derive(Clone, Copy, Debug)]
-#[repr(C, align(16))]
+#[repr(C, align(32))]
 pub struct Entry {
     key: u128,
     pub last_seen_ms: u32,

@@ -66,10 +66,10 @@ fn parse_args() -> Result<Options, String> {
         match a.as_str() {
             "--smoke" => {
                 o.smoke = true;
-                o.sessions = vec![1_000, 20_000];
+                o.sessions = vec![1_000];
                 o.data_packets = 4096;
                 o.seconds = 1.0;
-                o.new_conns = 200_000;
+                o.new_conns = 400_000;
                 o.two_workers_at = 0;
                 o.lab_seconds = 0;
             }
@@ -147,12 +147,15 @@ impl Hugepages {
             return Ok(Hugepages { before: None });
         }
         let target = total + want - free;
-        std::fs::write(Self::SYSCTL, target.to_string())
-            .map_err(|e| format!("need {want} free 2 MiB hugepages, {free} free; raising {} failed: {e}", Self::SYSCTL))?;
+        std::fs::write(Self::SYSCTL, target.to_string()).map_err(|e| {
+            format!("need {want} free 2 MiB hugepages, {free} free; raising {} failed: {e}", Self::SYSCTL)
+        })?;
         let now = read("HugePages_Free:");
         if now < want {
             let _ = std::fs::write(Self::SYSCTL, total.to_string());
-            return Err(format!("need {want} free 2 MiB hugepages, the kernel gave {now} (memory fragmented or short)"));
+            return Err(format!(
+                "need {want} free 2 MiB hugepages, the kernel gave {now} (memory fragmented or short)"
+            ));
         }
         println!("hugepages: {total} -> {target} for this run");
         Ok(Hugepages { before: Some(total) })
@@ -174,6 +177,7 @@ fn run(o: &Options) -> Result<PathBuf, String> {
     let scratch = Scratch(std::env::temp_dir().join(format!("ringlb-bench-{}", std::process::id())));
     std::fs::create_dir_all(&scratch.0).map_err(|e| format!("{}: {e}", scratch.0.display()))?;
     let dir = &scratch.0;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rep = Report::new(o, cores);
     let pool = o.data_packets + 65_536;
@@ -189,17 +193,28 @@ fn run(o: &Options) -> Result<PathBuf, String> {
         let io = measure::testpmd(&one, &data, 1, "io", o.seconds)?;
         let macswap = measure::testpmd(&one, &data, 1, "macswap", o.seconds)?;
         let io_reply = measure::testpmd(&one, &reply, 1, "io", o.seconds)?;
-        println!("   testpmd io {:.2} Mpps, macswap {:.2}, io on replies {:.2}", io / 1e6, macswap / 1e6, io_reply / 1e6);
+        println!(
+            "   testpmd io {:.2} Mpps, macswap {:.2}, io on replies {:.2}",
+            io / 1e6,
+            macswap / 1e6,
+            io_reply / 1e6
+        );
         rep.reference(n, 1, "io", io);
         rep.reference(n, 1, "macswap", macswap);
         rep.reference(n, 1, "io (replies)", io_reply);
-        for (scenario, mode, input, reference) in
-            [("dsr", "dsr", &files.data, io), ("nat-forward", "nat", &files.data, io), ("nat-reply", "nat", &files.reply, io_reply)]
-        {
+        for (scenario, mode, input, reference) in [
+            ("dsr", "dsr", &files.data, io),
+            ("nat-forward", "nat", &files.data, io),
+            ("nat-reply", "nat", &files.reply, io_reply),
+        ] {
             let cfg = configs::ringlb_yaml(dir, scenario, mode, n, input, &files.warm, &[1], pool)?;
-            let r = measure::ringlb(&o.ringlb, &cfg, RinglbMode::Steady { sessions: u64::from(n), seconds: o.seconds })?;
+            let r =
+                measure::ringlb(&o.ringlb, &cfg, RinglbMode::Steady { sessions: u64::from(n), seconds: o.seconds })?;
             let row = Row::new(n, 1, scenario, &r, reference);
-            println!("   ringlb {scenario}: {:.2} Mpps = {:.2} of testpmd io, {:.1} ns/packet", row.mpps, row.ratio, row.ns_per_packet);
+            println!(
+                "   ringlb {scenario}: {:.2} Mpps = {:.2} of testpmd io, {:.1} ns/packet",
+                row.mpps, row.ratio, row.ns_per_packet
+            );
             rep.rows.push(row);
         }
         files.remove();
@@ -208,14 +223,13 @@ fn run(o: &Options) -> Result<PathBuf, String> {
     if o.two_workers_at > 0 && cores >= 2 {
         let n = o.two_workers_at;
         println!("== two workers, {n} sessions");
-        let half = o.data_packets / 2;
         let files = configs::generate(dir, n, o.data_packets, 2).map_err(|e| format!("generating pcaps: {e}"))?;
         let data = files.data.iter().map(|f| format!(",rx_pcap={}", f.display())).collect::<String>();
         let two = Testpmd { bin: &o.testpmd, lcores: "0@0,1@0,2@1".into(), cores: 2, mbufs: pool };
         let io = measure::testpmd(&two, &format!("net_pcap0,infinite_rx=1{data}"), 2, "io", o.seconds)?;
         println!("   testpmd io, 2 cores: {:.2} Mpps", io / 1e6);
         rep.reference(n, 2, "io", io);
-        let cfg = configs::ringlb_yaml(dir, "dsr2", "dsr", n, &files.data, &files.warm, &[0, 1], half + pool)?;
+        let cfg = configs::ringlb_yaml(dir, "dsr2", "dsr", n, &files.data, &files.warm, &[0, 1], pool)?;
         let r = measure::ringlb(&o.ringlb, &cfg, RinglbMode::Steady { sessions: u64::from(n), seconds: o.seconds })?;
         let row = Row::new(n, 2, "dsr", &r, io);
         println!("   ringlb dsr, 2 workers: {:.2} Mpps = {:.2} of testpmd io", row.mpps, row.ratio);
@@ -225,20 +239,14 @@ fn run(o: &Options) -> Result<PathBuf, String> {
 
     println!("== new connections: {} SYNs of unique flows", o.new_conns);
     let warm = configs::syn_file(dir, o.new_conns).map_err(|e| format!("generating pcaps: {e}"))?;
-    let file_rate = measure::testpmd_file_rate(
-        &one,
-        &format!("net_pcap0,rx_pcap={}", warm.display()),
-        u64::from(o.new_conns),
-    )?;
     let cfg = configs::creation_yaml(dir, o.new_conns, &warm, pool)?;
     let r = measure::ringlb(&o.ringlb, &cfg, RinglbMode::Creation { sessions: u64::from(o.new_conns) })?;
-    println!("   ringlb: {:.0} new sessions/s on one worker (testpmd reads the file at {:.0} packets/s)", r.new_per_s, file_rate);
-    rep.new_connections(o.new_conns, &r, file_rate);
+    println!("   ringlb: {:.0} new sessions/s on one worker", r.new_per_s);
+    rep.new_connections(o.new_conns, &r);
     let _ = std::fs::remove_file(&warm);
 
     if o.lab_seconds > 0 {
         println!("== lab: wrk through ringlb, HAProxy and nftables ({} s each)", o.lab_seconds);
-        let root = o.ringlb.parent().and_then(|p| p.parent()).and_then(|p| p.parent()).unwrap_or(Path::new("."));
         let out = dir.join("lab.json");
         let status = std::process::Command::new("bash")
             .arg(root.join("perf/lab_compare.sh"))
@@ -252,5 +260,11 @@ fn run(o: &Options) -> Result<PathBuf, String> {
 
     rep.finish();
     println!("\n{}", rep.markdown());
-    rep.write(&o.out)
+    let json = rep.write(&o.out)?;
+    let plot = root.join("perf/plot.py");
+    let ok = std::process::Command::new("python3").arg(&plot).arg(&json).status().is_ok_and(|s| s.success());
+    if !ok {
+        return Err(format!("{} {} failed (is python3-matplotlib installed?)", plot.display(), json.display()));
+    }
+    Ok(json)
 }

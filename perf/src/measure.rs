@@ -61,43 +61,6 @@ pub fn testpmd(t: &Testpmd, rx_vdev: &str, queues: u32, mode: &str, seconds: f64
     Ok(samples.iter().sum::<f64>() / samples.len() as f64)
 }
 
-/// testpmd reading a pcap once (no `infinite_rx`): the rate at which the
-/// file can be read and forwarded, from the sink's cumulative count.
-pub fn testpmd_file_rate(t: &Testpmd, rx_vdev: &str, packets: u64) -> Result<f64, String> {
-    let what = "testpmd io (file read)".to_string();
-    let mut cmd = Command::new("stdbuf");
-    cmd.args(["-oL", t.bin, "--lcores", &t.lcores, "--in-memory", "--no-pci", "--log-level", "*:warning"])
-        .args(["--vdev", rx_vdev, "--vdev", SINK, "--", "--forward-mode=io", "--stats-period=1", "--nb-cores=1", "--no-flush-rx"])
-        .arg(format!("--total-num-mbufs={}", t.mbufs));
-    let mut p = Proc::spawn(&what, &mut cmd)?;
-    let deadline = Instant::now() + START_TIMEOUT + Duration::from_secs(60);
-    let (mut port, mut first) = (None, None::<(Instant, f64)>);
-    let (t1, n1) = loop {
-        let Some(line) = p.next_line(deadline) else {
-            p.stop(Duration::from_secs(5));
-            return Err(format!("{what}: never finished the file; it printed:\n{}", p.tail(25)));
-        };
-        if let Some(rest) = line.split("NIC statistics for port").nth(1) {
-            port = rest.split_whitespace().next().and_then(|n| n.parse::<u32>().ok());
-        } else if port == Some(1) && line.trim_start().starts_with("TX-packets:") {
-            let n = after(&line, "TX-packets:").unwrap_or(0) as f64;
-            let now = Instant::now();
-            if n > 0.0 && first.is_none() {
-                first = Some((now, n));
-            }
-            if n >= packets as f64 {
-                break (now, n);
-            }
-        }
-    };
-    p.stop(Duration::from_secs(10));
-    match first {
-        Some((t0, n0)) if t1 > t0 => Ok((n1 - n0) / (t1 - t0).as_secs_f64()),
-        // The whole file went through inside one stats interval: at least this fast.
-        _ => Ok(packets as f64),
-    }
-}
-
 /// What a ringlb run measured.
 #[derive(Default, Clone, Debug)]
 pub struct RinglbResult {
@@ -140,7 +103,8 @@ pub fn ringlb(bin: &Path, config: &Path, mode: RinglbMode) -> Result<RinglbResul
     };
     loop {
         let Some(line) = p.next_line(start_deadline) else {
-            return Err(fail(&mut p, "timed out"));
+            let why = if p.running() { "timed out" } else { "exited early" };
+            return Err(fail(&mut p, why));
         };
         if line.starts_with("ringlb running:") {
             r.table_bytes = after(&line, "= ").unwrap_or(0);

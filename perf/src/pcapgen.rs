@@ -94,12 +94,7 @@ impl Writer {
     /// server sees it), to the appliance's MAC on the server side.
     pub fn reply_frame(&mut self, i: u32, server: ([u8; 4], u16), server_mac: [u8; 6]) -> std::io::Result<()> {
         let (ip, port) = client(i);
-        let b = PacketBuilder::ethernet2(server_mac, PORT_MAC).ipv4(server.0, ip, 64).tcp(
-            server.1,
-            port,
-            5001,
-            502,
-        );
+        let b = PacketBuilder::ethernet2(server_mac, PORT_MAC).ipv4(server.0, ip, 64).tcp(server.1, port, 5001, 502);
         self.frame.clear();
         b.ack(1007).psh().write(&mut self.frame, &PAD).map_err(std::io::Error::other)?;
         self.write()

@@ -32,6 +32,10 @@ impl Proc {
         Ok(Proc { child, lines: rx, log: Vec::new() })
     }
 
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -94,9 +98,8 @@ pub fn field(line: &str, key: &str) -> Option<f64> {
 /// The process's resident memory in bytes: normal pages plus hugetlb pages.
 pub fn memory_bytes(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb = |k: &str| {
-        s.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-    };
+    let kb =
+        |k: &str| s.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok());
     Some((kb("VmRSS:")? + kb("HugetlbPages:").unwrap_or(0)) * 1024)
 }
 

@@ -59,8 +59,6 @@ impl Row {
 pub struct NewConnections {
     pub syns: u32,
     pub per_second_per_worker: f64,
-    /// How fast dpdk-testpmd reads and forwards the same pcap file (the input's limit).
-    pub file_read_pps: f64,
 }
 
 #[derive(Serialize)]
@@ -97,7 +95,11 @@ impl Report {
     pub fn new(o: &Options, cores: usize) -> Report {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            })
             .unwrap_or_default();
         Report {
             timestamp: sh("date", &["-u", "+%Y%m%dT%H%M%SZ"]),
@@ -128,8 +130,8 @@ impl Report {
         self.references.push(Reference { sessions, workers, mode: mode.into(), mpps: pps / 1e6 });
     }
 
-    pub fn new_connections(&mut self, syns: u32, r: &RinglbResult, file_read_pps: f64) {
-        self.new_connections = Some(NewConnections { syns, per_second_per_worker: r.new_per_s, file_read_pps });
+    pub fn new_connections(&mut self, syns: u32, r: &RinglbResult) {
+        self.new_connections = Some(NewConnections { syns, per_second_per_worker: r.new_per_s });
     }
 
     pub fn lab(&mut self, json: &str, ok: bool) -> Result<(), String> {
@@ -182,9 +184,16 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let mut o = String::new();
-        let _ = writeln!(o, "ringlb-bench {} on {} ({} cores), DPDK {}, {} data packets of 60 B, {} s windows",
-            self.timestamp, self.machine["cpu"].as_str().unwrap_or("?"), self.machine["cores"], self.machine["dpdk"].as_str().unwrap_or("?"),
-            self.params["data_packets"], self.params["seconds"]);
+        let _ = writeln!(
+            o,
+            "ringlb-bench {} on {} ({} cores), DPDK {}, {} data packets of 60 B, {} s windows",
+            self.timestamp,
+            self.machine["cpu"].as_str().unwrap_or("?"),
+            self.machine["cores"],
+            self.machine["dpdk"].as_str().unwrap_or("?"),
+            self.params["data_packets"],
+            self.params["seconds"]
+        );
         let _ = writeln!(o);
         let _ = writeln!(o, "| sessions | workers | scenario | Mpps | testpmd io Mpps | ratio | ns/pkt | TSC cycles/pkt | drops | table B/session |");
         let _ = writeln!(o, "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|");
@@ -192,8 +201,16 @@ impl Report {
             let _ = writeln!(
                 o,
                 "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {} | {:.1} |",
-                r.sessions, r.workers, r.scenario, r.mpps, r.testpmd_io_mpps, r.ratio, r.ns_per_packet,
-                r.tsc_cycles_per_packet, r.drops_in_window, r.table_bytes_per_session
+                r.sessions,
+                r.workers,
+                r.scenario,
+                r.mpps,
+                r.testpmd_io_mpps,
+                r.ratio,
+                r.ns_per_packet,
+                r.tsc_cycles_per_packet,
+                r.drops_in_window,
+                r.table_bytes_per_session
             );
         }
         let _ = writeln!(o);
@@ -206,8 +223,8 @@ impl Report {
         if let Some(n) = &self.new_connections {
             let _ = writeln!(
                 o,
-                "new connections: {:.0}/s on one worker ({} SYNs; testpmd reads the same file at {:.0} packets/s)",
-                n.per_second_per_worker, n.syns, n.file_read_pps
+                "new connections: {:.0}/s on one worker ({} SYNs of unique flows read once from a pcap file)",
+                n.per_second_per_worker, n.syns
             );
         }
         if let Some(b) = self.process_bytes_per_session {
@@ -237,7 +254,10 @@ impl Report {
                 );
             }
             if let Some(r) = lab["ratios"].as_object() {
-                let rs: Vec<String> = r.iter().map(|(k, v)| format!("{k} {}", v.as_f64().map_or("-".into(), |x| format!("{x:.2}")))).collect();
+                let rs: Vec<String> = r
+                    .iter()
+                    .map(|(k, v)| format!("{k} {}", v.as_f64().map_or("-".into(), |x| format!("{x:.2}"))))
+                    .collect();
                 let _ = writeln!(o, "\nlab ratios (req/s): {}", rs.join(", "));
             }
         }

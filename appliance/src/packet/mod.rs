@@ -84,6 +84,7 @@ pub fn src_mac(frame: &[u8]) -> Mac {
 
 /// Classifies a frame. Anything that is not well-formed ARP, ICMP echo
 /// request, or unfragmented TCP/UDP over IPv4 is a drop with its reason.
+#[inline]
 pub fn parse(frame: &[u8]) -> Result<Parsed, Drop> {
     let eth = EthernetFrame::new_checked(frame).map_err(|_| Drop::Malformed)?;
     match eth.ethertype() {
@@ -118,6 +119,7 @@ fn parse_arp(buf: &[u8]) -> Result<Parsed, Drop> {
     }))
 }
 
+#[inline]
 fn parse_ipv4(buf: &[u8]) -> Result<Parsed, Drop> {
     // new_checked validates version-independent lengths: header length within
     // the buffer, total length ≥ header length and ≤ buffer.

@@ -9,14 +9,9 @@ uint16_t ringlb_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, 
 struct rte_mbuf *ringlb_pktmbuf_alloc(struct rte_mempool *mp) { return rte_pktmbuf_alloc(mp); }
 void ringlb_pktmbuf_free(struct rte_mbuf *m) { rte_pktmbuf_free(m); }
 void ringlb_pktmbuf_free_bulk(struct rte_mbuf **m, unsigned int n) { rte_pktmbuf_free_bulk(m, n); }
-uint8_t *ringlb_mbuf_data(struct rte_mbuf *m) { return rte_pktmbuf_mtod(m, uint8_t *); }
-uint16_t ringlb_mbuf_data_len(const struct rte_mbuf *m) { return rte_pktmbuf_data_len(m); }
-uint32_t ringlb_mbuf_pkt_len(const struct rte_mbuf *m) { return rte_pktmbuf_pkt_len(m); }
-uint16_t ringlb_mbuf_nb_segs(const struct rte_mbuf *m) { return m->nb_segs; }
 uint8_t *ringlb_pktmbuf_append(struct rte_mbuf *m, uint16_t len) {
     return (uint8_t *)rte_pktmbuf_append(m, len);
 }
-void ringlb_mbuf_prefetch_data(struct rte_mbuf *m) { rte_prefetch0(rte_pktmbuf_mtod(m, void *)); }
 unsigned int ringlb_ring_enqueue_burst(struct rte_ring *r, void *const *objs, unsigned int n) {
     return rte_ring_enqueue_burst(r, objs, n, NULL);
 }

@@ -24,13 +24,8 @@ struct rte_mbuf *ringlb_pktmbuf_alloc(struct rte_mempool *mp);
 void ringlb_pktmbuf_free(struct rte_mbuf *m);
 void ringlb_pktmbuf_free_bulk(struct rte_mbuf **m, unsigned int n);
 /* Start of the first segment's data. */
-uint8_t *ringlb_mbuf_data(struct rte_mbuf *m);
-uint16_t ringlb_mbuf_data_len(const struct rte_mbuf *m);
-uint32_t ringlb_mbuf_pkt_len(const struct rte_mbuf *m);
-uint16_t ringlb_mbuf_nb_segs(const struct rte_mbuf *m);
 /* Appends len bytes to a fresh mbuf; NULL when the segment has no room. */
 uint8_t *ringlb_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
-void ringlb_mbuf_prefetch_data(struct rte_mbuf *m);
 unsigned int ringlb_ring_enqueue_burst(struct rte_ring *r, void *const *objs, unsigned int n);
 unsigned int ringlb_ring_dequeue_burst(struct rte_ring *r, void **objs, unsigned int n);
 unsigned int ringlb_ring_count(const struct rte_ring *r);
