@@ -1,10 +1,11 @@
 # ringlb — see README.md. Two commands for a fresh Debian 12 machine, as root:
 #   make demo    the appliance on the built-in lab topology, ~20 s of traffic
 #   make test    every test tier
+# Also: make bench (ringlb vs dpdk-testpmd and the lab peers, ≤ 15 min, results in perf/results)
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all setup build test demo lint fmt clean install
+.PHONY: all setup build test demo bench lint fmt clean install
 
 all: build
 
@@ -19,6 +20,10 @@ test: build
 
 demo: build
 	bash deploy/demo.sh
+
+# BENCH_ARGS, e.g. BENCH_ARGS="--sessions 1000,1000000 --lab 0"; see ringlb-bench --help.
+bench: build
+	target/release/ringlb-bench $(BENCH_ARGS)
 
 lint:
 	cargo fmt --all -- --check

@@ -69,7 +69,7 @@ fn parse_args() -> Result<Options, String> {
                 o.sessions = vec![1_000];
                 o.data_packets = 4096;
                 o.seconds = 1.0;
-                o.new_conns = 400_000;
+                o.new_conns = 1_000_000;
                 o.two_workers_at = 0;
                 o.lab_seconds = 0;
             }
@@ -262,7 +262,10 @@ fn run(o: &Options) -> Result<PathBuf, String> {
     println!("\n{}", rep.markdown());
     let json = rep.write(&o.out)?;
     let plot = root.join("perf/plot.py");
-    let ok = std::process::Command::new("python3").arg(&plot).arg(&json).status().is_ok_and(|s| s.success());
+    // Debian's interpreter: python3-matplotlib is installed for it, whatever
+    // other python3 is first in PATH.
+    let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let ok = std::process::Command::new(python).arg(&plot).arg(&json).status().is_ok_and(|s| s.success());
     if !ok {
         return Err(format!("{} {} failed (is python3-matplotlib installed?)", plot.display(), json.display()));
     }

@@ -30,6 +30,8 @@ pub struct Row {
     /// TSC cycles per packet per worker (this VM exposes no core cycle counter).
     pub tsc_cycles_per_packet: f64,
     pub drops_in_window: u64,
+    /// Sessions actually in the table (short of `sessions` only if warm-up SYNs were dropped).
+    pub sessions_present: u64,
     /// Session table bytes (all workers) per session.
     pub table_bytes_per_session: f64,
     /// Resident memory (normal + hugetlb pages) with every session in place.
@@ -49,6 +51,7 @@ impl Row {
             ns_per_packet: if per_worker > 0.0 { 1e9 / per_worker } else { 0.0 },
             tsc_cycles_per_packet: if per_worker > 0.0 { r.tsc_hz as f64 / per_worker } else { 0.0 },
             drops_in_window: r.drops,
+            sessions_present: r.sessions,
             table_bytes_per_session: (r.table_bytes * u64::from(workers)) as f64 / f64::from(sessions),
             process_memory_bytes: r.memory,
         }

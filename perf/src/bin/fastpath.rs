@@ -68,6 +68,52 @@ timeouts: {{ syn: 60m, established: 60m }}
     let ns = t.elapsed().as_nanos() as f64 / data.len() as f64;
     assert_eq!(sent, data.len() as u64, "every data packet forwarded");
     println!("{sessions} sessions, {} packets: {ns:.1} ns/packet (classify + finish, one core)", data.len());
+    let table = ringlb::session::SessionTable::slots_for(cfg.session_capacity) * 32;
+    println!(
+        "  memory reference: random 32-byte reads from {} MiB, 32 prefetched at a time: {:.1} ns/read; one at a time: {:.1} ns/read",
+        table >> 20,
+        random_reads(table, packets, true),
+        random_reads(table, packets / 8, false)
+    );
+}
+
+/// What this machine's memory allows: `n` reads at random slots of a
+/// `bytes`-sized table (built like the session table's), either in batches
+/// of 32 whose lines are prefetched first, or each waiting for the last.
+fn random_reads(bytes: usize, n: u32, batched: bool) -> f64 {
+    let slots = bytes / 32;
+    let mut v: Vec<[u64; 4]> = Vec::with_capacity(slots);
+    ringlb::cpu::advise_hugepages(v.spare_capacity_mut());
+    v.resize(slots, [1, 0, 0, 0]);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x as usize % slots
+    };
+    let mut sum = 0u64;
+    let t = Instant::now();
+    if batched {
+        let mut idx = [0usize; BURST];
+        for _ in 0..n as usize / BURST {
+            for i in &mut idx {
+                *i = next();
+                ringlb::cpu::prefetch(&v[*i]);
+            }
+            sum += idx.iter().map(|&i| v[i][0]).sum::<u64>();
+        }
+    } else {
+        let mut j = 0;
+        for _ in 0..n {
+            // The next address depends on this read: nothing overlaps.
+            j = (next() + v[j][0] as usize) % slots;
+            sum += j as u64;
+        }
+    }
+    let ns = t.elapsed().as_nanos() as f64 / f64::from(n);
+    std::hint::black_box(sum);
+    ns
 }
 
 /// The measured loop (named, not inlined, so callgrind can count it alone:

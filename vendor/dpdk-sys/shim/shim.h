@@ -23,7 +23,6 @@ uint16_t ringlb_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, 
 struct rte_mbuf *ringlb_pktmbuf_alloc(struct rte_mempool *mp);
 void ringlb_pktmbuf_free(struct rte_mbuf *m);
 void ringlb_pktmbuf_free_bulk(struct rte_mbuf **m, unsigned int n);
-/* Start of the first segment's data. */
 /* Appends len bytes to a fresh mbuf; NULL when the segment has no room. */
 uint8_t *ringlb_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
 unsigned int ringlb_ring_enqueue_burst(struct rte_ring *r, void *const *objs, unsigned int n);
