@@ -151,12 +151,20 @@ pub fn ringlb(bin: &Path, config: &Path, mode: RinglbMode) -> Result<RinglbResul
         }
     }
     if let RinglbMode::Creation { sessions } = mode {
-        // From the last sample before creation began to the first at the end:
-        // whole intervals only, so the rate is never overstated.
-        let begin = created_at.iter().rposition(|&(_, c)| c == 0.0).unwrap_or(0);
-        let (t0, c0) = created_at[begin];
-        let (t1, c1) = *created_at.last().expect("at least one sample");
+        // Between samples taken while creation was under way (both strictly
+        // inside it), so no partial interval dilutes or inflates the rate;
+        // with fewer than two such samples, over the whole span instead,
+        // partial intervals included (an underestimate, never an overstatement).
+        let inside: Vec<(f64, f64)> =
+            created_at.iter().copied().filter(|&(_, c)| c > 0.0 && c < sessions as f64).collect();
+        let ((t0, c0), (t1, c1)) = if inside.len() >= 2 {
+            (inside[0], inside[inside.len() - 1])
+        } else {
+            let begin = created_at.iter().rposition(|&(_, c)| c == 0.0).unwrap_or(0);
+            (created_at[begin], *created_at.last().expect("at least one sample"))
+        };
         r.new_per_s = if t1 > t0 { (c1 - c0) / (t1 - t0) } else { 0.0 };
+        let c1 = created_at.last().map_or(0.0, |s| s.1);
         if c1 < sessions as f64 {
             return Err(fail(&mut p, "created fewer sessions than expected"));
         }

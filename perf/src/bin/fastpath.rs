@@ -35,7 +35,7 @@ server_groups:
 sessions: {{ capacity: {} }}
 timeouts: {{ syn: 60m, established: 60m }}
 ",
-        u64::from(sessions) + u64::from(sessions) / 16 + 1024
+        sessions
     );
     let cfg = config::parse(&yaml, "fastpath.yaml").expect("built-in config");
     let shared = Shared::new(&cfg, &[pcapgen::PORT_MAC; 2]);
