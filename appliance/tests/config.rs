@@ -134,7 +134,10 @@ fn weights_sizes_and_timeouts() {
     assert_has(&reject("server_groups:", "timeouts: { syn: 5 }\nserver_groups:"), &["timeouts.syn", "not a duration"]);
     assert_has(&reject("server_groups:", "sessions: { capacity: 0 }\nserver_groups:"), &["sessions.capacity"]);
     assert_has(&reject("  worker_cores: [1]", "  worker_cores: [1]\n  hugepages: false"), &["eal.memory_mb"]);
-    assert_has(&reject("  worker_cores: [1]", "  worker_cores: [1]\n  mbufs: 100"), &["bad.yaml:", "eal.mbufs: 100 is outside"]);
+    assert_has(
+        &reject("  worker_cores: [1]", "  worker_cores: [1]\n  mbufs: 100"),
+        &["bad.yaml:", "eal.mbufs: 100 is outside"],
+    );
     let ok = GOOD.replacen("  worker_cores: [1]", "  worker_cores: [1]\n  mbufs: 300000", 1);
     assert_eq!(config::parse(&ok, "ok.yaml").expect("mbufs accepted").eal.mbufs, Some(300_000));
 }
