@@ -23,6 +23,27 @@ def single_worker(rows, scenario):
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def per_sessions_plot(rows, refs, title, out, ylabel, value, ref_value):
+    """One line per scenario against the table size, testpmd io dashed."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if refs:
+        ax.plot([r[0] for r in refs], [ref_value(r[1]) for r in refs], "k--", marker="s", label="dpdk-testpmd io")
+    for sc in SCENARIOS:
+        xs, rs = single_worker(rows, sc)
+        if xs:
+            ax.plot(xs, [value(r) for r in rs], marker="o", label=f"ringlb {sc}")
+    ax.set_xscale("log")
+    ax.set_xlabel("sessions in the table")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return out
+
+
 def main(path):
     res = json.loads(Path(path).read_text())
     rows = res["rows"]
@@ -30,44 +51,11 @@ def main(path):
     title = f"ringlb-bench {res['timestamp']} — {res['machine']['cpu']}, {res['machine']['cores']} cores"
     written = []
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     refs = sorted((r["sessions"], r["mpps"]) for r in res["references"] if r["workers"] == 1 and r["mode"] == "io")
-    if refs:
-        ax.plot([r[0] for r in refs], [r[1] for r in refs], "k--", marker="s", label="dpdk-testpmd io")
-    for sc in SCENARIOS:
-        xs, rs = single_worker(rows, sc)
-        if xs:
-            ax.plot(xs, [r["mpps"] for r in rs], marker="o", label=f"ringlb {sc}")
-    ax.set_xscale("log")
-    ax.set_xlabel("sessions in the table")
-    ax.set_ylabel("Mpps (one worker, 60-byte frames)")
-    ax.set_ylim(bottom=0)
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    out = f"{stem}-mpps.png"
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    written.append(out)
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for sc in SCENARIOS:
-        xs, rs = single_worker(rows, sc)
-        if xs:
-            ax.plot(xs, [r["ns_per_packet"] for r in rs], marker="o", label=f"ringlb {sc}")
-    if refs:
-        ax.plot([r[0] for r in refs], [1e3 / r[1] for r in refs], "k--", marker="s", label="dpdk-testpmd io")
-    ax.set_xscale("log")
-    ax.set_xlabel("sessions in the table")
-    ax.set_ylabel("ns per packet per worker")
-    ax.set_ylim(bottom=0)
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    out = f"{stem}-ns.png"
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    written.append(out)
+    written.append(per_sessions_plot(rows, refs, title, f"{stem}-mpps.png", "Mpps (one worker, 60-byte frames)",
+                                     lambda r: r["mpps"], lambda mpps: mpps))
+    written.append(per_sessions_plot(rows, refs, title, f"{stem}-ns.png", "ns per packet per worker",
+                                     lambda r: r["ns_per_packet"], lambda mpps: 1e3 / mpps))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sessions = sorted({r["sessions"] for r in rows if r["workers"] == 1})

@@ -274,6 +274,18 @@ pub struct Worker<'a> {
     last_reclaim_ms: Option<u32>,
 }
 
+/// The session key of a client → service packet.
+#[inline]
+fn forward_key(info: &L4Info) -> FlowKey {
+    FlowKey {
+        client_ip: info.src_ip,
+        vip: info.dst_ip,
+        client_port: info.src_port,
+        vport: info.dst_port,
+        proto: info.proto,
+    }
+}
+
 /// How many session slots the sweep visits per housekeeping call.
 const SWEEP_BUDGET: usize = 256;
 /// Unresolved neighbours are asked again this often.
@@ -381,14 +393,7 @@ impl<'a> Worker<'a> {
             if owner != self.id && !handed_off {
                 return Step::Done(Verdict::Handoff(owner));
             }
-            let key = FlowKey {
-                client_ip: info.src_ip,
-                vip: info.dst_ip,
-                client_port: info.src_port,
-                vport: info.dst_port,
-                proto: info.proto,
-            };
-            let hash = self.table.hash(&key);
+            let hash = self.table.hash(&forward_key(&info));
             self.table.prefetch(hash);
             return Step::Forward { info, svc, hash };
         }
@@ -425,13 +430,7 @@ impl<'a> Worker<'a> {
             // Checked before any session is created for it.
             return Verdict::Drop(Drop::TtlExceeded);
         }
-        let key = FlowKey {
-            client_ip: info.src_ip,
-            vip: info.dst_ip,
-            client_port: info.src_port,
-            vport: info.dst_port,
-            proto: info.proto,
-        };
+        let key = forward_key(info);
         let is_tcp = info.proto == L4Proto::Tcp;
         let syn = is_tcp && info.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
         let closing = is_tcp && info.flags & (tcp_flags::FIN | tcp_flags::RST) != 0;

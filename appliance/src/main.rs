@@ -1,5 +1,6 @@
 //! `ringlb`: run the appliance, or check a configuration.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -54,7 +55,8 @@ fn real_main(args: &[String]) -> Result<(), String> {
     let cfg = ringlb::config::load(&file).map_err(|e| e.to_string())?;
     match cmd.as_str() {
         "check" => {
-            println!("# {file}: OK\n{}", cfg.render());
+            // A reader that stops early (`| head`) is not an error.
+            let _ = writeln!(std::io::stdout(), "# {file}: OK\n{}", cfg.render());
             Ok(())
         }
         "run" => {
