@@ -24,6 +24,12 @@ for bad in "hugepages many" "hugepages 8 3M" "bind 03:00" "bind-file /nonexisten
 done
 echo "deploy: baremetal.sh dry-runs and refusals ok"
 
+# TRex is not installable here: its profiles must at least compile.
+pyc=$(mktemp -d)
+PYTHONPYCACHEPREFIX=$pyc python3 -m py_compile perf/trex/*.py || fail "perf/trex profiles do not compile"
+rm -rf "$pyc"
+echo "deploy: perf/trex profiles compile ($(ls perf/trex/*.py | wc -l) files)"
+
 dest=$(mktemp -d)
 make -s install DESTDIR="$dest" PREFIX=/usr/local >/dev/null || fail "make install"
 for f in usr/local/bin/ringlb usr/local/bin/ringlb-agent usr/local/lib/ringlb/baremetal.sh \
