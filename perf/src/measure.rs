@@ -58,7 +58,7 @@ pub fn testpmd(t: &Testpmd, rx_vdev: &str, queues: u32, mode: &str, seconds: f64
         }
     }
     p.stop(Duration::from_secs(10));
-    Ok(samples.iter().sum::<f64>() / samples.len() as f64)
+    Ok(median(&mut samples))
 }
 
 /// What a ringlb run measured.
@@ -100,6 +100,9 @@ pub fn ringlb(bin: &Path, config: &Path, mode: RinglbMode) -> Result<RinglbResul
     let mut warm: Option<(f64, f64, f64)> = None; // (t, tx, drops) at the window's start
     let mut created_at: Vec<(f64, f64)> = Vec::new();
     let mut last_created = -1.0;
+    // Per-interval transmit rates inside the window, and the previous sample.
+    let mut rates = Vec::new();
+    let mut prev = (0.0, 0.0);
     let fail = |p: &mut Proc, why: &str| -> String {
         p.stop(Duration::from_secs(10));
         format!("ringlb: {why}; it printed:\n{}", p.tail(25))
@@ -122,6 +125,7 @@ pub fn ringlb(bin: &Path, config: &Path, mode: RinglbMode) -> Result<RinglbResul
         else {
             return Err(fail(&mut p, &format!("unreadable stats line {line:?}")));
         };
+        let this = (t, tx);
         match mode {
             RinglbMode::Steady { sessions, seconds } => match warm {
                 // Warm when every SYN opened its session, or when creation has
@@ -134,12 +138,17 @@ pub fn ringlb(bin: &Path, config: &Path, mode: RinglbMode) -> Result<RinglbResul
                     warm = Some((t, tx, drops));
                 }
                 None => last_created = created,
-                Some((t0, tx0, d0)) if t - t0 >= seconds => {
-                    r.pps = (tx - tx0) / (t - t0);
-                    r.drops = (drops - d0) as u64;
-                    break;
+                Some((t0, _, d0)) => {
+                    let (tp, txp) = prev;
+                    if t > tp {
+                        rates.push((tx - txp) / (t - tp));
+                    }
+                    if t - t0 >= seconds {
+                        r.pps = median(&mut rates);
+                        r.drops = (drops - d0) as u64;
+                        break;
+                    }
                 }
-                Some(_) => {}
             },
             RinglbMode::Creation { sessions } => {
                 created_at.push((t, created));
@@ -149,6 +158,7 @@ pub fn ringlb(bin: &Path, config: &Path, mode: RinglbMode) -> Result<RinglbResul
                 }
             }
         }
+        prev = this;
     }
     if let RinglbMode::Creation { sessions } = mode {
         // Between samples taken while creation was under way (both strictly
@@ -175,6 +185,21 @@ pub fn ringlb(bin: &Path, config: &Path, mode: RinglbMode) -> Result<RinglbResul
         return Err(format!("ringlb did not stop cleanly; it printed:\n{}", p.tail(25)));
     }
     Ok(r)
+}
+
+/// The median of per-interval rates: a moment when the shared host takes
+/// the core away moves the mean of a short window, not its median.
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
 
 /// The number that follows `marker` (and any spaces) in `line`.
