@@ -14,17 +14,18 @@ mod pcapgen;
 mod procs;
 mod report;
 
-use measure::{RinglbMode, Testpmd};
+use measure::{RinglbMode, RinglbResult, Testpmd};
 use report::{Report, Row};
 use std::path::{Path, PathBuf};
 
-const USAGE: &str = "usage: ringlb-bench [--smoke] [--sessions N,N,..] [--data-packets P] [--seconds S]
+const USAGE: &str = "usage: ringlb-bench [--smoke] [--sessions N,N,..] [--data-packets P] [--seconds S] [--rounds R]
                     [--new-conns M] [--two-workers-at N|0] [--lab SECONDS|0] [--out DIR]
                     [--ringlb PATH] [--testpmd PATH]
   --smoke           tiny sizes, ~1 s windows, no lab: proves the harness works
   --sessions        session counts to measure (default 1000,100000,1000000,10000000)
   --data-packets    distinct data packets replayed per run (default 1048576)
   --seconds         measurement window per run (default 3)
+  --rounds          repetitions of each single-worker measurement, interleaved; medians (default 3)
   --new-conns       SYNs of unique flows for the new-connection rate (default 4000000)
   --two-workers-at  session count for the two-worker runs (default 1000000; 0 = skip)
   --lab             run perf/lab_compare.sh for this many seconds per variant (default 5; 0 = skip)
@@ -34,6 +35,7 @@ pub struct Options {
     pub sessions: Vec<u32>,
     pub data_packets: u32,
     pub seconds: f64,
+    pub rounds: u32,
     pub new_conns: u32,
     pub two_workers_at: u32,
     pub lab_seconds: u32,
@@ -49,6 +51,7 @@ fn parse_args() -> Result<Options, String> {
         sessions: vec![1_000, 100_000, 1_000_000, 10_000_000],
         data_packets: 1 << 20,
         seconds: 3.0,
+        rounds: 3,
         new_conns: 4_000_000,
         two_workers_at: 1_000_000,
         lab_seconds: 5,
@@ -69,6 +72,7 @@ fn parse_args() -> Result<Options, String> {
                 o.sessions = vec![1_000];
                 o.data_packets = 4096;
                 o.seconds = 1.0;
+                o.rounds = 1;
                 o.new_conns = 1_000_000;
                 o.two_workers_at = 0;
                 o.lab_seconds = 0;
@@ -86,6 +90,7 @@ fn parse_args() -> Result<Options, String> {
                 o.seconds = v.parse().map_err(|_| format!("--seconds: '{v}' is not a number"))?;
             }
             "--new-conns" => o.new_conns = num(it.next(), &a)? as u32,
+            "--rounds" => o.rounds = (num(it.next(), &a)? as u32).max(1),
             "--two-workers-at" => o.two_workers_at = num(it.next(), &a)? as u32,
             "--lab" => o.lab_seconds = num(it.next(), &a)? as u32,
             "--out" => o.out = it.next().ok_or("--out needs a value")?.into(),
@@ -116,6 +121,13 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// The median of a few measurements (the upper middle one of an even count).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// A scratch directory for pcaps and configs, removed when dropped.
@@ -186,13 +198,27 @@ fn run(o: &Options) -> Result<PathBuf, String> {
     let one = Testpmd { bin: &o.testpmd, lcores: "0@0,1@1".into(), cores: 1, mbufs: pool };
 
     for &n in &o.sessions {
-        println!("== {n} sessions");
+        println!("== {n} sessions ({} round(s), medians)", o.rounds);
         let files = configs::generate(dir, n, o.data_packets, 1).map_err(|e| format!("generating pcaps: {e}"))?;
         let data = format!("net_pcap0,rx_pcap={},infinite_rx=1", files.data[0].display());
         let reply = format!("net_pcap0,rx_pcap={},infinite_rx=1", files.reply[0].display());
-        let io = measure::testpmd(&one, &data, 1, "io", o.seconds)?;
-        let macswap = measure::testpmd(&one, &data, 1, "macswap", o.seconds)?;
-        let io_reply = measure::testpmd(&one, &reply, 1, "io", o.seconds)?;
+        let scenarios =
+            [("dsr", "dsr", &files.data), ("nat-forward", "nat", &files.data), ("nat-reply", "nat", &files.reply)];
+        // Rounds interleave the reference and ringlb, so a slow stretch of the
+        // shared host falls on both; each figure is the median of its rounds.
+        let (mut io, mut macswap, mut io_reply) = (Vec::new(), Vec::new(), Vec::new());
+        let mut runs: Vec<Vec<RinglbResult>> = vec![Vec::new(); scenarios.len()];
+        for _ in 0..o.rounds {
+            io.push(measure::testpmd(&one, &data, 1, "io", o.seconds)?);
+            macswap.push(measure::testpmd(&one, &data, 1, "macswap", o.seconds)?);
+            io_reply.push(measure::testpmd(&one, &reply, 1, "io", o.seconds)?);
+            for ((scenario, mode, input), results) in scenarios.iter().zip(&mut runs) {
+                let cfg = configs::ringlb_yaml(dir, scenario, mode, n, input, &files.warm, &[1], pool)?;
+                let steady = RinglbMode::Steady { sessions: u64::from(n), seconds: o.seconds };
+                results.push(measure::ringlb(&o.ringlb, &cfg, steady)?);
+            }
+        }
+        let (io, macswap, io_reply) = (median(&io), median(&macswap), median(&io_reply));
         println!(
             "   testpmd io {:.2} Mpps, macswap {:.2}, io on replies {:.2}",
             io / 1e6,
@@ -202,15 +228,10 @@ fn run(o: &Options) -> Result<PathBuf, String> {
         rep.reference(n, 1, "io", io);
         rep.reference(n, 1, "macswap", macswap);
         rep.reference(n, 1, "io (replies)", io_reply);
-        for (scenario, mode, input, reference) in [
-            ("dsr", "dsr", &files.data, io),
-            ("nat-forward", "nat", &files.data, io),
-            ("nat-reply", "nat", &files.reply, io_reply),
-        ] {
-            let cfg = configs::ringlb_yaml(dir, scenario, mode, n, input, &files.warm, &[1], pool)?;
-            let r =
-                measure::ringlb(&o.ringlb, &cfg, RinglbMode::Steady { sessions: u64::from(n), seconds: o.seconds })?;
-            let row = Row::new(n, 1, scenario, &r, reference);
+        for ((scenario, _, _), mut results) in scenarios.iter().zip(runs) {
+            let reference = if *scenario == "nat-reply" { io_reply } else { io };
+            results.sort_by(|a, b| a.pps.total_cmp(&b.pps));
+            let row = Row::new(n, 1, scenario, &results[results.len() / 2], reference);
             println!(
                 "   ringlb {scenario}: {:.2} Mpps = {:.2} of testpmd io, {:.1} ns/packet",
                 row.mpps, row.ratio, row.ns_per_packet

@@ -100,7 +100,8 @@ pub fn ringlb(bin: &Path, config: &Path, mode: RinglbMode) -> Result<RinglbResul
     let mut warm: Option<(f64, f64, f64)> = None; // (t, tx, drops) at the window's start
     let mut created_at: Vec<(f64, f64)> = Vec::new();
     let mut last_created = -1.0;
-    // Per-interval transmit rates inside the window, and the previous sample.
+    let mut still = 0; // intervals in a row without a new session
+                       // Per-interval transmit rates inside the window, and the previous sample.
     let mut rates = Vec::new();
     let mut prev = (0.0, 0.0);
     let fail = |p: &mut Proc, why: &str| -> String {
@@ -129,15 +130,18 @@ pub fn ringlb(bin: &Path, config: &Path, mode: RinglbMode) -> Result<RinglbResul
         match mode {
             RinglbMode::Steady { sessions, seconds } => match warm {
                 // Warm when every SYN opened its session, or when creation has
-                // stopped one interval short of that (SYNs lost to a full hand-off
-                // ring on a busy host: counted drops; their data packets then
-                // count as drops in the window, which is reported).
-                None if created >= sessions as f64 || (created > 0.99 * sessions as f64 && created == last_created) => {
+                // stopped for two intervals short of that (SYNs lost to a full
+                // hand-off ring on a busy host: counted drops; the sessions
+                // present and the drops in the window are reported).
+                None if created >= sessions as f64 || (created > 0.0 && still >= 2) => {
                     r.memory = memory_bytes(p.pid()).unwrap_or(0);
                     r.sessions = created as u64;
                     warm = Some((t, tx, drops));
                 }
-                None => last_created = created,
+                None => {
+                    still = if created == last_created { still + 1 } else { 0 };
+                    last_created = created;
+                }
                 Some((t0, _, d0)) => {
                     let (tp, txp) = prev;
                     if t > tp {
