@@ -31,13 +31,13 @@ pub enum Verdict {
 #[derive(Clone, Copy, Debug)]
 pub enum Step {
     Done(Verdict),
-    /// Client → service packet of service `svc`; `hash` is its session hash.
+    /// Client → service packet of service `svc`, with its session key and hash.
     Forward {
         info: L4Info,
         svc: u16,
         hash: u64,
     },
-    /// NAT server → client reply of service `svc`.
+    /// NAT server → client reply of service `svc`, with its session key and hash.
     Reply {
         info: L4Info,
         svc: u16,
@@ -362,8 +362,35 @@ impl<'a> Worker<'a> {
     pub fn finish(&mut self, frame: &mut [u8], step: Step, in_port: u8, now_ms: u32) -> Verdict {
         match step {
             Step::Done(v) => v,
-            Step::Forward { info, svc, hash } => self.forward(frame, &info, svc, hash, in_port, now_ms),
-            Step::Reply { info, svc, hash } => self.nat_reply(frame, &info, svc, hash, now_ms),
+            Step::Forward { info, svc, hash } => {
+                self.forward(frame, &info, svc, &forward_key(&info), hash, in_port, now_ms)
+            }
+            Step::Reply { info, svc, hash } => {
+                self.nat_reply(frame, &info, svc, &self.reply_key(&info, svc), hash, now_ms)
+            }
+        }
+    }
+
+    /// A burst in two passes: classify every frame (each classification
+    /// prefetches the flow's session slot), then finish each, so the burst's
+    /// session-table cache misses are in flight together instead of one after
+    /// another. `frames[i]` arrived on `ports[i]`; its verdict goes to
+    /// `verdicts[i]`. At most N frames are processed.
+    #[inline]
+    pub fn process_burst<const N: usize>(
+        &mut self,
+        frames: &mut [&mut [u8]],
+        ports: &[u8],
+        now_ms: u32,
+        handed_off: bool,
+        verdicts: &mut [Verdict; N],
+    ) {
+        let mut steps = [Step::Done(Verdict::Consumed); N];
+        for ((frame, &port), step) in frames.iter_mut().zip(ports).zip(&mut steps) {
+            *step = self.classify(frame, port, handed_off);
+        }
+        for (((frame, &port), step), verdict) in frames.iter_mut().zip(ports).zip(steps).zip(verdicts) {
+            *verdict = self.finish(frame, step, port, now_ms);
         }
     }
 
@@ -393,7 +420,8 @@ impl<'a> Worker<'a> {
             if owner != self.id && !handed_off {
                 return Step::Done(Verdict::Handoff(owner));
             }
-            let hash = self.table.hash(&forward_key(&info));
+            let key = forward_key(&info);
+            let hash = self.table.hash(&key);
             self.table.prefetch(hash);
             return Step::Forward { info, svc, hash };
         }
@@ -402,7 +430,8 @@ impl<'a> Worker<'a> {
             if owner != self.id && !handed_off {
                 return Step::Done(Verdict::Handoff(owner));
             }
-            let hash = self.table.hash(&self.reply_key(&info, svc));
+            let key = self.reply_key(&info, svc);
+            let hash = self.table.hash(&key);
             self.table.prefetch(hash);
             return Step::Reply { info, svc, hash };
         }
@@ -424,19 +453,28 @@ impl<'a> Worker<'a> {
 
     /// Client → service: follow the session, or create one on a SYN (any first UDP packet).
     #[inline]
-    fn forward(&mut self, frame: &mut [u8], info: &L4Info, svc: u16, hash: u64, in_port: u8, now_ms: u32) -> Verdict {
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &mut self,
+        frame: &mut [u8],
+        info: &L4Info,
+        svc: u16,
+        key: &FlowKey,
+        hash: u64,
+        in_port: u8,
+        now_ms: u32,
+    ) -> Verdict {
         let service = &self.shared.services[usize::from(svc)];
         if service.mode == Mode::Nat && info.ttl <= 1 {
             // Checked before any session is created for it.
             return Verdict::Drop(Drop::TtlExceeded);
         }
-        let key = forward_key(info);
         let is_tcp = info.proto == L4Proto::Tcp;
         let syn = is_tcp && info.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
         let closing = is_tcp && info.flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
         let stats = self.stats;
 
-        let server = match self.table.lookup(&key, hash, now_ms, |_| stats.session_expired()) {
+        let server = match self.table.lookup(key, hash, now_ms, |_| stats.session_expired()) {
             Some(e) if syn && e.state == State::Closing => {
                 // A new connection reusing the client port of one that closed: schedule it afresh.
                 let idx = self.schedulers[usize::from(svc)].pick(key.hash(0));
@@ -461,14 +499,14 @@ impl<'a> Worker<'a> {
                 let server = service.servers[idx];
                 let state = if is_tcp { State::SynSeen } else { State::Udp };
                 let entry = Entry::new(now_ms, server, svc, state, in_port, packet::src_mac(frame));
-                if self.table.insert(&key, hash, entry).is_err() {
+                if self.table.insert(key, hash, entry).is_err() {
                     // Full: reclaim idle entries (at most once per millisecond, so
                     // a SYN flood against a full table stays cheap), then refuse.
                     if self.last_reclaim_ms != Some(now_ms) {
                         self.last_reclaim_ms = Some(now_ms);
                         self.table.sweep(now_ms, SWEEP_BUDGET * 4, |_| stats.session_expired());
                     }
-                    if self.table.insert(&key, hash, entry).is_err() {
+                    if self.table.insert(key, hash, entry).is_err() {
                         return Verdict::Drop(Drop::TableFull);
                     }
                 }
@@ -497,11 +535,18 @@ impl<'a> Worker<'a> {
 
     /// Server → client in NAT mode: the source becomes the VIP again.
     #[inline]
-    fn nat_reply(&mut self, frame: &mut [u8], info: &L4Info, svc: u16, hash: u64, now_ms: u32) -> Verdict {
+    fn nat_reply(
+        &mut self,
+        frame: &mut [u8],
+        info: &L4Info,
+        svc: u16,
+        key: &FlowKey,
+        hash: u64,
+        now_ms: u32,
+    ) -> Verdict {
         let service = &self.shared.services[usize::from(svc)];
-        let key = self.reply_key(info, svc);
         let stats = self.stats;
-        let Some(e) = self.table.lookup(&key, hash, now_ms, |_| stats.session_expired()) else {
+        let Some(e) = self.table.lookup(key, hash, now_ms, |_| stats.session_expired()) else {
             return Verdict::Drop(Drop::NoSession);
         };
         let srv = &self.shared.servers[usize::from(e.server)];

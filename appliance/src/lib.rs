@@ -2,8 +2,9 @@
 //!
 //! Layering, bottom up: `packet` (parse/rewrite byte slices), `session`
 //! (per-worker flow table), `sched` (server selection), `dataplane` (the
-//! per-packet decision), `dpdk` (with `cpu`'s prefetch hint, the only unsafe code), `worker` (the lcore
-//! loop), `app` (setup, control thread, shutdown), `config` (YAML).
+//! per-packet decision), `cpu` (prefetch and huge-page hints) and `dpdk`
+//! (with `cpu`, the only unsafe code), `worker` (the lcore loop), `app`
+//! (setup, control thread, shutdown), `config` (YAML).
 
 pub mod app;
 pub mod config;

@@ -2,7 +2,7 @@
 //! hand-off rings between workers and a little periodic housekeeping.
 //! One obvious loop, in the spirit of DPDK's l3fwd.
 
-use crate::dataplane::{Shared, Step, Verdict, Worker};
+use crate::dataplane::{Shared, Verdict, Worker};
 use crate::dpdk::{self, Burst, Consumer, Mempool, Producer, RxQueue, TxQueue};
 use crate::packet;
 use crate::stats::{Drop, WorkerStats};
@@ -132,9 +132,9 @@ impl Output<'_> {
     }
 }
 
-/// Processes a burst in two passes: classify every frame (which prefetches
-/// its session slot), then finish each. The burst's table cache misses are
-/// in flight together instead of one after another.
+/// Hands a burst to the data plane's two-pass `process_burst` and sends
+/// each frame where its verdict says. Multi-segment frames are not
+/// processed (an empty frame stands in for them) and are counted drops.
 #[inline]
 fn process_burst(
     dp: &mut Worker,
@@ -145,21 +145,23 @@ fn process_burst(
     out: &mut Output,
     peers_waiting: bool,
 ) {
-    for m in burst.as_mut_slice() {
+    let n = burst.len();
+    let mut frames: [&mut [u8]; BURST] = Default::default();
+    let mut ports = [0u8; BURST];
+    let mbufs = burst.as_mut_slice();
+    for m in mbufs.iter() {
         m.prefetch();
     }
-    let mut steps = [Step::Done(Verdict::Consumed); BURST];
-    let mut ports = [0u8; BURST];
-    for ((m, step), port) in burst.as_mut_slice().iter_mut().zip(&mut steps).zip(&mut ports) {
+    for ((m, frame), port) in mbufs.iter_mut().zip(&mut frames).zip(&mut ports) {
         *port = port_index.get(usize::from(m.port())).copied().unwrap_or(0xff);
-        *step = if m.segments() == 1 {
-            dp.classify(m.data_mut(), *port, handed_off)
-        } else {
-            Step::Done(Verdict::Drop(Drop::MultiSegment))
-        };
+        if m.segments() == 1 {
+            *frame = m.data_mut();
+        }
     }
-    for ((mut m, step), port) in burst.drain().zip(steps).zip(ports) {
-        let v = dp.finish(m.data_mut(), step, port, now);
+    let mut verdicts = [Verdict::Consumed; BURST];
+    dp.process_burst(&mut frames[..n], &ports[..n], now, handed_off, &mut verdicts);
+    for (m, v) in burst.drain().zip(verdicts) {
+        let v = if m.segments() == 1 { v } else { Verdict::Drop(Drop::MultiSegment) };
         out.send(v, m, peers_waiting);
     }
 }

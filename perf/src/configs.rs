@@ -3,11 +3,11 @@
 //! clients → VIP 198.18.100.1:80 on the data port (and the warm-up port),
 //! three servers 198.18.1.11–13 behind the sink port.
 
-use crate::pcapgen::{self, Kind, Writer, PORT_MAC};
 use ringlb::config;
 use ringlb::dataplane::Shared;
 use ringlb::packet::L4Proto;
 use ringlb::session::FlowKey;
+use ringlb_perf::pcapgen::{self, Kind, Writer, PORT_MAC};
 use std::path::{Path, PathBuf};
 
 /// Server i's MAC (static in the config: the sink cannot answer ARP).

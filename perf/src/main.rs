@@ -10,7 +10,6 @@
 
 mod configs;
 mod measure;
-mod pcapgen;
 mod procs;
 mod report;
 

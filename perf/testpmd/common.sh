@@ -85,6 +85,20 @@ check_hugepages() { # NEEDED_MB
 
 # Hugepage MiB for a pool of N mbufs of testpmd's default 2176-byte data room
 # (about 2.5 KiB each with headers) plus room for rings and the EAL.
+# The checks every script makes on its shared options, and what follows
+# from them: sets `fwd` (forwarding cores: all but the main lcore) and
+# `log` (default: a timestamped file named after the script's ROLE).
+# It reads and sets the calling script's option variables (hence SC2154/SC2034).
+# shellcheck disable=SC2154,SC2034
+check_run_options() { # ROLE
+  local ncores
+  ncores=$(count_cores "$cores")
+  check_uint duration "$duration" 1
+  check_uint mbufs "$mbufs" 8192
+  fwd=$((ncores - 1))
+  log=${log:-${TMPDIR:-/tmp}/ringlb-testpmd-$1-$(date +%Y%m%d-%H%M%S).log}
+}
+
 mbufs_mb() { echo $(($1 * 5 / 2 / 1024 + 128)); }
 
 # testpmd's periodic display -> one line per port and period:

@@ -67,11 +67,7 @@ done
 pci=$(check_pci "${args[0]}" "$dry")
 mac=${args[1]}
 check_mac "$mac"
-ncores=$(count_cores "$cores")
-check_uint duration "$duration" 1
-check_uint mbufs "$mbufs" 8192
-fwd=$((ncores - 1))
-log=${log:-${TMPDIR:-/tmp}/ringlb-testpmd-generate-$(date +%Y%m%d-%H%M%S).log}
+check_run_options generate
 eal=(-l "$cores" -a "$pci" --in-memory --file-prefix=ringlb-perf-gen)
 common=(--rxd=1024 --txd=1024 "--total-num-mbufs=$mbufs" --stats-period=1)
 

@@ -52,11 +52,7 @@ done
 client=$(check_pci "${args[0]}" "$dry")
 server=$(check_pci "${args[1]}" "$dry")
 [ "$client" != "$server" ] || bad_usage "CLIENT_PCI and SERVER_PCI are the same port"
-ncores=$(count_cores "$cores")
-check_uint duration "$duration" 1
-check_uint mbufs "$mbufs" 8192
-fwd=$((ncores - 1))
-log=${log:-${TMPDIR:-/tmp}/ringlb-testpmd-reference-$(date +%Y%m%d-%H%M%S).log}
+check_run_options reference
 
 fw=(--forward-mode=io)
 if [ -n "$peer" ]; then

@@ -48,11 +48,7 @@ done
 [ ${#args[@]} -eq 1 ] || { usage >&2; exit 2; }
 
 pci=$(check_pci "${args[0]}" "$dry")
-ncores=$(count_cores "$cores")
-check_uint duration "$duration" 1
-check_uint mbufs "$mbufs" 8192
-fwd=$((ncores - 1))
-log=${log:-${TMPDIR:-/tmp}/ringlb-testpmd-sink-$(date +%Y%m%d-%H%M%S).log}
+check_run_options sink
 
 [ -n "$dry" ] || check_hugepages "$(mbufs_mb "$mbufs")"
 run_testpmd "$dry" "$duration" "$log" -- \

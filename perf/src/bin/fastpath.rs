@@ -1,18 +1,16 @@
-//! `ringlb-fastpath`: the per-packet path alone — `Worker::classify` and
-//! `finish` over bursts of 32 in-memory frames, no DPDK, no I/O — so its
+//! `ringlb-fastpath`: the per-packet path alone — `Worker::process_burst`
+//! over bursts of 32 in-memory frames, no DPDK, no I/O — so its
 //! cost can be profiled exactly (`valgrind --tool=callgrind` counts the
 //! same instructions every run) and compared across table sizes.
 //!
 //!   ringlb-fastpath [SESSIONS] [PACKETS]     (defaults 1000 and 1048576)
 
 use ringlb::config;
-use ringlb::dataplane::{Shared, Step, Verdict, Worker};
+use ringlb::dataplane::{Shared, Verdict, Worker};
 use ringlb::stats::WorkerStats;
 use std::time::Instant;
 
-#[path = "../pcapgen.rs"]
-#[allow(dead_code)]
-mod pcapgen;
+use ringlb_perf::pcapgen;
 
 const BURST: usize = 32;
 
@@ -67,7 +65,7 @@ timeouts: {{ syn: 60m, established: 60m }}
     let sent = run_bursts(&data, &mut w, 2);
     let ns = t.elapsed().as_nanos() as f64 / data.len() as f64;
     assert_eq!(sent, data.len() as u64, "every data packet forwarded");
-    println!("{sessions} sessions, {} packets: {ns:.1} ns/packet (classify + finish, one core)", data.len());
+    println!("{sessions} sessions, {} packets: {ns:.1} ns/packet (Worker::process_burst, one core)", data.len());
     let table = ringlb::session::SessionTable::slots_for(cfg.session_capacity) * 32;
     println!(
         "  memory reference: random 32-byte reads from {} MiB, 32 prefetched at a time: {:.1} ns/read; one at a time: {:.1} ns/read",
@@ -117,23 +115,22 @@ fn random_reads(bytes: usize, n: u32, batched: bool) -> f64 {
 }
 
 /// The measured loop (named, not inlined, so callgrind can count it alone:
-/// `--toggle-collect='*run_bursts*'`). Returns how many frames were sent.
+/// `--toggle-collect='*run_bursts*'`): the PMD's copy into fresh buffers,
+/// then the worker's own `process_burst`. Returns how many frames were sent.
 #[inline(never)]
 fn run_bursts(input: &[Vec<u8>], w: &mut Worker, now: u32) -> u64 {
     let mut buf = [[0u8; 64]; BURST];
+    let ports = [0u8; BURST];
     let mut sent = 0;
     for chunk in input.chunks(BURST) {
-        // The PMD's copy into a fresh buffer, as net_pcap does.
-        for (b, f) in buf.iter_mut().zip(chunk) {
+        let mut frames: [&mut [u8]; BURST] = Default::default();
+        for ((b, f), frame) in buf.iter_mut().zip(chunk).zip(&mut frames) {
             b[..f.len()].copy_from_slice(f);
+            *frame = &mut b[..f.len()];
         }
-        let mut steps = [Step::Done(Verdict::Consumed); BURST];
-        for ((b, f), s) in buf.iter_mut().zip(chunk).zip(&mut steps) {
-            *s = w.classify(&mut b[..f.len()], 0, false);
-        }
-        for ((b, f), s) in buf.iter_mut().zip(chunk).zip(steps) {
-            sent += u64::from(matches!(w.finish(&mut b[..f.len()], s, 0, now), Verdict::Tx(_)));
-        }
+        let mut verdicts = [Verdict::Consumed; BURST];
+        w.process_burst(&mut frames[..chunk.len()], &ports[..chunk.len()], now, false, &mut verdicts);
+        sent += verdicts[..chunk.len()].iter().filter(|v| matches!(v, Verdict::Tx(_))).count() as u64;
     }
     sent
 }

@@ -1,0 +1,3 @@
+//! What `ringlb-bench` and `ringlb-fastpath` share: the benchmark inputs.
+
+pub mod pcapgen;
