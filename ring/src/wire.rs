@@ -15,6 +15,9 @@ pub const MAX_MEMBERS: usize = 256;
 
 /// Capability bits a member announces.
 pub const CAP_DISPATCH: u8 = 0x01;
+/// A ringlb appliance: it shares session state with the other appliances
+/// of the view, its siblings (seed 001). Server agents do not set it.
+pub const CAP_APPLIANCE: u8 = 0x02;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {

@@ -295,6 +295,7 @@ fn connection_query_over_the_ring() {
             me: addr(3),
             peers: (1..=3).map(addr).collect(),
             dispatch_capable: true,
+            appliance: false,
             timers: ringlb_ring::member::Timers::FAST,
             key: Key::from_secret("query-test-key"),
             incarnation: 1,

@@ -101,6 +101,7 @@ impl Sim {
             me: n.addr,
             peers: self.peers.clone(),
             dispatch_capable: n.capable,
+            appliance: false,
             timers: self.timers,
             key: self.key.clone(),
             incarnation: n.incarnation,

@@ -16,6 +16,7 @@ fn member(i: u8, key: &str) -> Member {
         me: addr(i),
         peers: vec![addr(1), addr(2)],
         dispatch_capable: true,
+        appliance: false,
         timers: Timers::FAST,
         key: Key::from_secret(key),
         incarnation: 1,

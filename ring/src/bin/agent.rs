@@ -206,6 +206,7 @@ fn new_member(cfg: &AgentConfig, driver: &Driver) -> Member {
             me: cfg.listen,
             peers: cfg.peers.clone(),
             dispatch_capable: cfg.dispatch_capable,
+            appliance: false,
             timers: timers(&cfg.profile).unwrap_or(Timers::SEED),
             key: Key::from_secret(&cfg.key),
             incarnation: epoch_ms(),
