@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::dataplane::Shared;
-use crate::dpdk::{spsc_ring, Consumer, Eal, Mempool, Port, Producer, RxQueue, TxQueue};
+use crate::dpdk::{handoff_queue, Eal, HandoffRx, HandoffTx, Mempool, Port, RxQueue, TxQueue};
 use crate::session::{Entry, SessionTable};
 use crate::stats::{Drop, Snapshot, WorkerStats};
 use crate::worker::{self, Clock, WorkerSetup};
@@ -19,7 +19,7 @@ pub struct RunOptions {
 }
 
 const RX_DESC: u16 = 1024;
-const HANDOFF_RING: u32 = 8192;
+const HANDOFF_QUEUE_LEN: u32 = 8192;
 
 /// One port's queue handles; each is taken by exactly one worker.
 type PortQueues = (Vec<Option<RxQueue>>, Vec<Option<TxQueue>>);
@@ -106,7 +106,7 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
         })
         .collect::<Result<_, String>>()?;
     let mbufs: u32 = queues.iter().map(|&(r, t)| u32::from(r + t) * u32::from(RX_DESC)).sum::<u32>()
-        + (workers * (workers - 1)) as u32 * HANDOFF_RING
+        + (workers * (workers - 1)) as u32 * HANDOFF_QUEUE_LEN
         + 8192;
     let mbufs = mbufs.max(cfg.eal.mbufs.unwrap_or(0));
     let pool = Arc::new(Mempool::new("ringlb_mbufs", mbufs, 256, socket).map_err(|e| e.to_string())?);
@@ -138,20 +138,20 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
     for (i, p) in ports.iter().enumerate() {
         port_index[usize::from(p.0)] = i as u8;
     }
-    // producers[from][to] and consumers[to][from] are the two ends of one ring.
-    let mut producers: Vec<Vec<Option<Producer>>> =
-        (0..workers).map(|_| (0..workers).map(|_| None).collect()).collect();
-    let mut consumers: Vec<Vec<Consumer>> = (0..workers).map(|_| Vec::new()).collect();
-    for (from, row) in producers.iter_mut().enumerate() {
+    // senders[from][to] and receivers[to][from] are the two ends of one hand-off queue.
+    let mut senders: Vec<Vec<Option<HandoffTx>>> = (0..workers).map(|_| (0..workers).map(|_| None).collect()).collect();
+    let mut receivers: Vec<Vec<HandoffRx>> = (0..workers).map(|_| Vec::new()).collect();
+    for (from, row) in senders.iter_mut().enumerate() {
         for to in (0..workers).filter(|&to| to != from) {
-            let (p, c) = spsc_ring(&format!("ho_{from}_{to}"), HANDOFF_RING, socket).map_err(|e| e.to_string())?;
-            row[to] = Some(p);
-            consumers[to].push(c);
+            let (tx, rx) =
+                handoff_queue(&format!("ho_{from}_{to}"), HANDOFF_QUEUE_LEN, socket).map_err(|e| e.to_string())?;
+            row[to] = Some(tx);
+            receivers[to].push(rx);
         }
     }
     let clock = Clock::new(eal.tsc_hz());
     let worker_quit = Arc::new(AtomicBool::new(false));
-    for (id, (outbound, inbound)) in producers.into_iter().zip(consumers).enumerate() {
+    for (id, (outbound, inbound)) in senders.into_iter().zip(receivers).enumerate() {
         // Worker `id` polls rx queue `id` of each port that has one, and owns tx queue `id` of every port.
         let rx = port_queues.iter_mut().filter_map(|(rx, _)| rx.get_mut(id)?.take()).collect();
         let tx = port_queues.iter_mut().filter_map(|(_, tx)| tx.get_mut(id)?.take()).collect();

@@ -38,7 +38,7 @@ struct RawEal {
     /// Memory for DPDK in MiB (`-m`); required sizing when hugepages are off.
     #[serde(default)]
     memory_mb: Option<u32>,
-    /// Packet buffers in the pool; default: enough for every queue and ring.
+    /// Packet buffers in the pool; default: enough for every port queue and hand-off queue.
     /// Raise it for vdevs that preload packets (net_pcap `infinite_rx=1`).
     #[serde(default)]
     mbufs: Option<Spanned<u32>>,

@@ -1,5 +1,5 @@
 //! The DPDK boundary: the only module with `unsafe`. It turns EAL, ports,
-//! mempools, mbufs, rings and lcore launch into a small safe API that the
+//! mempools, mbufs, hand-off queues and lcore launch into a small safe API that the
 //! worker loop and the control thread use.
 
 use dpdk_sys as sys;
@@ -180,7 +180,7 @@ impl Mempool {
     }
 }
 
-/// An owned packet buffer. Freed on drop unless handed to tx or a ring.
+/// An owned packet buffer. Freed on drop unless handed to tx or a hand-off queue.
 /// `repr(transparent)`: a burst's pointer array can be viewed as `[Mbuf]`.
 #[repr(transparent)]
 pub struct Mbuf(*mut sys::rte_mbuf);
@@ -443,38 +443,41 @@ impl TxQueue {
     }
 }
 
-/// A single-producer / single-consumer ring of mbufs between two workers,
+/// A single-producer / single-consumer queue of mbufs between two workers
+/// (a DPDK `rte_ring`, SP/SC),
 /// as its two ends: each is `Send` but neither is `Clone` or `Sync`, so there
 /// is one producer and one consumer by construction.
-pub fn spsc_ring(name: &str, size: u32, socket: i32) -> Result<(Producer, Consumer), DpdkError> {
+pub fn handoff_queue(name: &str, size: u32, socket: i32) -> Result<(HandoffTx, HandoffRx), DpdkError> {
     let c = CString::new(name).map_err(|_| DpdkError("ring name contains NUL".into()))?;
     // SAFETY: valid name; size is a power of two (caller).
     let r = unsafe { sys::rte_ring_create(c.as_ptr(), size, socket, sys::RING_F_SP_ENQ | sys::RING_F_SC_DEQ) };
     if r.is_null() {
-        return Err(last_error(&format!("creating ring '{name}'")));
+        return Err(last_error(&format!("creating hand-off queue '{name}'")));
     }
-    let ring = std::sync::Arc::new(Ring(r));
-    Ok((Producer(std::sync::Arc::clone(&ring)), Consumer(ring)))
+    let q = std::sync::Arc::new(MbufQueue(r));
+    Ok((HandoffTx(std::sync::Arc::clone(&q)), HandoffRx(q)))
 }
 
-struct Ring(*mut sys::rte_ring);
-// SAFETY: the pointer is only used through Producer (enqueue) and Consumer
-// (dequeue, count), one of each per ring; rte_ring SP/SC allows exactly that.
-unsafe impl Send for Ring {}
-unsafe impl Sync for Ring {}
+struct MbufQueue(*mut sys::rte_ring);
+// SAFETY: the pointer is only used through HandoffTx (enqueue) and HandoffRx
+// (dequeue, count), one of each per queue; rte_ring SP/SC allows exactly that.
+unsafe impl Send for MbufQueue {}
+unsafe impl Sync for MbufQueue {}
 
-impl Drop for Ring {
+impl Drop for MbufQueue {
     fn drop(&mut self) {
-        // SAFETY: both ends are gone. Mbufs still inside are not freed: rings
+        // SAFETY: both ends are gone. Mbufs still inside are not freed: queues
         // are drained by their consumer before workers stop.
         unsafe { sys::rte_ring_free(self.0) }
     }
 }
 
-pub struct Producer(std::sync::Arc<Ring>);
-pub struct Consumer(std::sync::Arc<Ring>);
+/// The sending end of a hand-off queue.
+pub struct HandoffTx(std::sync::Arc<MbufQueue>);
+/// The receiving end of a hand-off queue.
+pub struct HandoffRx(std::sync::Arc<MbufQueue>);
 
-impl Producer {
+impl HandoffTx {
     /// Enqueues what fits; the rest stays in `b`.
     #[inline]
     pub fn enqueue<const N: usize>(&mut self, b: &mut Burst<N>) -> usize {
@@ -488,11 +491,11 @@ impl Producer {
     }
 }
 
-impl Consumer {
-    /// Frames waiting in the ring.
+impl HandoffRx {
+    /// Frames waiting in the queue.
     #[inline]
     pub fn count(&self) -> u32 {
-        // SAFETY: reading the ring's head/tail indices.
+        // SAFETY: reading the queue's head/tail indices.
         unsafe { sys::ringlb_ring_count(self.0 .0) }
     }
 

@@ -26,7 +26,7 @@ pub enum Drop {
     TtlExceeded,
     /// Multi-segment mbuf (frame larger than one buffer).
     MultiSegment,
-    /// The TX queue or a hand-off ring was full.
+    /// The TX queue or a hand-off queue was full.
     TxFull,
     HandoffFull,
     /// ARP not asking for one of our addresses.

@@ -1,16 +1,16 @@
 //! The worker lcore's main loop: rx burst → process → tx burst, plus the
-//! hand-off rings between workers and a little periodic housekeeping.
+//! hand-off queues between workers and a little periodic housekeeping.
 //! One obvious loop, in the spirit of DPDK's l3fwd.
 
 use crate::dataplane::{Shared, Verdict, Worker};
-use crate::dpdk::{self, Burst, Consumer, Mempool, Producer, RxQueue, TxQueue};
+use crate::dpdk::{self, Burst, HandoffRx, HandoffTx, Mempool, RxQueue, TxQueue};
 use crate::packet;
 use crate::stats::{Drop, WorkerStats};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 pub const BURST: usize = 32;
-/// How long a worker waits on a full hand-off ring before giving up (µs).
+/// How long a worker waits on a full hand-off queue before giving up (µs).
 const HANDOFF_PATIENCE_US: u64 = 200;
 
 /// Converts TSC ticks to milliseconds since start without dividing per packet.
@@ -32,7 +32,7 @@ impl Clock {
 }
 
 /// What one worker owns; built on the main lcore and moved to the worker.
-/// The queue and ring handles are exclusive: no other thread can use them.
+/// The port-queue and hand-off handles are exclusive: no other thread can use them.
 pub struct WorkerSetup {
     pub id: usize,
     pub shared: Arc<Shared>,
@@ -43,22 +43,22 @@ pub struct WorkerSetup {
     pub rx: Vec<RxQueue>,
     /// This worker's transmit queue on each port, by port index.
     pub tx: Vec<TxQueue>,
-    /// Rings other workers hand frames to us through.
-    pub inbound: Vec<Consumer>,
-    /// Ring to each worker (None for ourselves).
-    pub outbound: Vec<Option<Producer>>,
+    /// Queues other workers hand frames to us through.
+    pub inbound: Vec<HandoffRx>,
+    /// Queue to each worker (None for ourselves).
+    pub outbound: Vec<Option<HandoffTx>>,
     pub pool: Arc<Mempool>,
     pub quit: Arc<AtomicBool>,
     pub clock: Clock,
     pub tsc_hz: u64,
 }
 
-/// The sending side of a worker: tx queues, hand-off producers and their bursts.
+/// The sending side of a worker: tx queues, hand-off senders and their bursts.
 struct Output<'a> {
     stats: &'a WorkerStats,
     tx: Vec<TxQueue>,
     tx_burst: Vec<Burst<BURST>>,
-    outbound: Vec<Option<Producer>>,
+    outbound: Vec<Option<HandoffTx>>,
     handoff: Vec<Burst<BURST>>,
     handoff_patience_tsc: u64,
 }
@@ -98,14 +98,14 @@ impl Output<'_> {
         }
     }
 
-    /// Moves frames for worker `w` into its ring. Whatever does not fit stays
+    /// Moves frames for worker `w` into its hand-off queue. Whatever does not fit stays
     /// in the burst for the next attempt. If no other worker is waiting on us
-    /// (our inbound rings are empty), wait a bounded moment for the owner to
-    /// catch up; never when someone is, or two workers with full rings towards
+    /// (our inbound queues are empty), wait a bounded moment for the owner to
+    /// catch up; never when someone is, or two workers with full queues towards
     /// each other would both spin.
     fn flush_handoff(&mut self, w: usize, peers_waiting: bool) {
-        let Some(ring) = &mut self.outbound[w] else { return };
-        let n = ring.enqueue(&mut self.handoff[w]);
+        let Some(queue) = &mut self.outbound[w] else { return };
+        let n = queue.enqueue(&mut self.handoff[w]);
         self.stats.handoff_out.add(n as u64);
         if self.handoff[w].is_empty() || peers_waiting {
             return;
@@ -113,7 +113,7 @@ impl Output<'_> {
         let give_up_at = dpdk::rdtsc() + self.handoff_patience_tsc;
         while !self.handoff[w].is_empty() && dpdk::rdtsc() < give_up_at {
             dpdk::pause();
-            let n = ring.enqueue(&mut self.handoff[w]);
+            let n = queue.enqueue(&mut self.handoff[w]);
             self.stats.handoff_out.add(n as u64);
         }
     }
@@ -195,8 +195,8 @@ pub fn run(setup: WorkerSetup) -> i32 {
             stats.rx.add(n as u64);
             process_burst(&mut dp, &mut burst, &port_index, now, false, &mut out, peers_waiting);
         }
-        for ring in &mut inbound {
-            if ring.dequeue(&mut burst) == 0 {
+        for queue in &mut inbound {
+            if queue.dequeue(&mut burst) == 0 {
                 continue;
             }
             got += burst.len();
@@ -224,15 +224,15 @@ pub fn run(setup: WorkerSetup) -> i32 {
         }
     }
     out.flush_all(true);
-    // Frames still waiting for a hand-off ring at shutdown are freed, and counted.
+    // Frames still waiting for a hand-off queue at shutdown are freed, and counted.
     for h in &mut out.handoff {
         for _ in h.drain() {
             stats.drop(Drop::HandoffFull);
         }
     }
-    // Drain what others handed us, so the rings hold no mbufs when freed.
-    for ring in &mut inbound {
-        while ring.dequeue(&mut burst) > 0 {
+    // Drain what others handed us, so the queues hold no mbufs when freed.
+    for queue in &mut inbound {
+        while queue.dequeue(&mut burst) > 0 {
             for _ in burst.drain() {
                 stats.drop(Drop::HandoffFull); // handed to us, never processed
             }

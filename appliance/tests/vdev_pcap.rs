@@ -197,7 +197,7 @@ fn vdev_run(tag: &str, workers: &str, tx_files: usize, signal: &str) -> bool {
         // Counted drops: this VM preempted the owner longer than the hand-off
         // patience. Exactness is checked only on runs without them.
         println!(
-            "{tag}: hand-off ring overflowed (counted), output not checked:\n{}",
+            "{tag}: hand-off queue overflowed (counted), output not checked:\n{}",
             &log[log.find("summary").unwrap_or(0)..]
         );
         let _ = std::fs::remove_dir_all(&dir);
@@ -291,14 +291,14 @@ fn pcap_one_worker() {
 }
 
 /// Two workers on one rx queue: the receiving worker hands every flow it
-/// does not own to the owner through the SPSC ring (both directions of NAT).
+/// does not own to the owner through a hand-off queue (both directions of NAT).
 #[test]
 fn pcap_two_workers_hand_off() {
     let ok = (0..3).any(|attempt| {
         println!("two workers, attempt {}", attempt + 1);
         vdev_run("w2", "[0, 1]", 2, "-INT")
     });
-    assert!(ok, "three runs in a row lost frames on hand-off rings");
+    assert!(ok, "three runs in a row lost frames on hand-off queues");
 }
 
 /// A DPDK initialisation failure is reported with rte_errno's text and a

@@ -131,7 +131,7 @@ pub fn ringlb(bin: &Path, config: &Path, mode: RinglbMode) -> Result<RinglbResul
             RinglbMode::Steady { sessions, seconds } => match warm {
                 // Warm when every SYN opened its session, or when creation has
                 // stopped for two intervals short of that (SYNs lost to a full
-                // hand-off ring on a busy host: counted drops; the sessions
+                // hand-off queue on a busy host: counted drops; the sessions
                 // present and the drops in the window are reported).
                 None if created >= sessions as f64 || (created > 0.0 && still >= 2) => {
                     r.memory = memory_bytes(p.pid()).unwrap_or(0);
