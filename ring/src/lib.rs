@@ -1,13 +1,16 @@
 //! The ring of seeds 000/003: a logical, token-passing, fault-tolerant ring
 //! of dispatchers and servers, as a sans-IO state machine (`member`), its
 //! wire format (`wire`), anti-replay (`replay`), the reliable message layer
-//! of seed 002 (`reliable`), and a thin UDP driver (`driver`).
+//! of seed 002 (`reliable`), and a thin UDP driver (`driver`). Beside it,
+//! sharing its key and peers: the sibling sync transport of seed 001
+//! (`sync`), reliable ordered record streams between appliances.
 
 pub mod conns;
 pub mod driver;
 pub mod member;
 pub mod reliable;
 pub mod replay;
+pub mod sync;
 pub mod wire;
 
 pub use member::{Config, Event, Member, Timers, Transmit};

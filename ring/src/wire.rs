@@ -137,26 +137,27 @@ pub fn order(a: &SocketAddrV4) -> u64 {
 
 // ---------- encoding ----------
 
-struct Writer(Vec<u8>);
+/// Appends big-endian fields (shared with the sync codec).
+pub(crate) struct Writer(pub(crate) Vec<u8>);
 
 impl Writer {
-    fn u8(&mut self, v: u8) {
+    pub(crate) fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
-    fn u16(&mut self, v: u16) {
+    pub(crate) fn u16(&mut self, v: u16) {
         self.0.extend_from_slice(&v.to_be_bytes());
     }
-    fn u32(&mut self, v: u32) {
+    pub(crate) fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_be_bytes());
     }
-    fn u64(&mut self, v: u64) {
+    pub(crate) fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_be_bytes());
     }
-    fn addr(&mut self, a: &SocketAddrV4) {
+    pub(crate) fn addr(&mut self, a: &SocketAddrV4) {
         self.u32(u32::from(*a.ip()));
         self.u16(a.port());
     }
-    fn bytes(&mut self, b: &[u8]) {
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
         self.u16(b.len() as u16);
         self.0.extend_from_slice(b);
     }
@@ -262,8 +263,19 @@ pub fn msg_len(m: &Msg) -> usize {
 pub struct Key([u8; 32]);
 
 impl Key {
+    /// The ring's packet key.
     pub fn from_secret(secret: &str) -> Key {
-        Key(blake3::derive_key("ringlb ring v1 packet MAC", secret.as_bytes()))
+        Key::derive("ringlb ring v1 packet MAC", secret)
+    }
+
+    /// A key for one protocol (`context`) from the cluster's shared secret:
+    /// protocols sharing a secret never share a key.
+    pub fn derive(context: &str, secret: &str) -> Key {
+        Key(blake3::derive_key(context, secret.as_bytes()))
+    }
+
+    pub(crate) fn mac(&self, bytes: &[u8]) -> blake3::Hash {
+        blake3::keyed_hash(&self.0, bytes)
     }
 }
 
@@ -279,17 +291,18 @@ pub fn encode(p: &Packet, key: &Key) -> Vec<u8> {
     for m in &p.msgs {
         encode_msg(&mut w, m);
     }
-    let mac = blake3::keyed_hash(&key.0, &w.0);
+    let mac = key.mac(&w.0);
     w.0.extend_from_slice(mac.as_bytes());
     w.0
 }
 
 // ---------- decoding ----------
 
-struct Reader<'a>(&'a [u8]);
+/// A bounds-checked big-endian reader (shared with the sync codec).
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.0.len() < n {
             return Err(DecodeError::Truncated);
         }
@@ -297,28 +310,28 @@ impl<'a> Reader<'a> {
         self.0 = b;
         Ok(a)
     }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<u16, DecodeError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
-    fn u32(&mut self) -> Result<u32, DecodeError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_be_bytes(a))
     }
-    fn addr(&mut self) -> Result<SocketAddrV4, DecodeError> {
+    pub(crate) fn addr(&mut self) -> Result<SocketAddrV4, DecodeError> {
         let ip = Ipv4Addr::from(self.u32()?);
         Ok(SocketAddrV4::new(ip, self.u16()?))
     }
-    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let n = usize::from(self.u16()?);
         self.take(n)
     }
@@ -343,7 +356,7 @@ impl<'a> Reader<'a> {
         }
         Ok(ViewMsg { version, created_ms, members })
     }
-    fn end(&self) -> Result<(), DecodeError> {
+    pub(crate) fn end(&self) -> Result<(), DecodeError> {
         if self.0.is_empty() {
             Ok(())
         } else {
@@ -407,7 +420,7 @@ pub fn decode(bytes: &[u8], key: &Key) -> Result<Packet, DecodeError> {
         return Err(DecodeError::BadVersion(bytes[2]));
     }
     let (signed, mac) = bytes.split_at(bytes.len() - MAC_LEN);
-    let want = blake3::keyed_hash(&key.0, signed);
+    let want = key.mac(signed);
     let mut got = [0u8; MAC_LEN];
     got.copy_from_slice(mac);
     // blake3::Hash compares in constant time.
