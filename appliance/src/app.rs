@@ -1,22 +1,21 @@
 //! `ringlb run`: EAL and port setup in one place, worker launch, then the
-//! control thread's loop (stats, signals) on the main lcore, and an orderly
+//! control plane (`control::driver`) on the main lcore, and an orderly
 //! shutdown that leaves no hugepage files behind.
 
 use crate::config::Config;
+use crate::control::channel::{worker_channel, QUEUE_LEN};
+use crate::control::driver::{self, Driver};
+use crate::control::Control;
 use crate::dataplane::Shared;
 use crate::dpdk::{handoff_queue, Eal, HandoffRx, HandoffTx, Mempool, Port, RxQueue, TxQueue};
 use crate::session::{Entry, SessionTable};
 use crate::stats::{Drop, Snapshot, WorkerStats};
 use crate::worker::{self, Clock, WorkerSetup};
+use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-pub struct RunOptions {
-    pub stats_interval: Duration,
-    /// Stop by itself after this long (demo and tests); None = until a signal.
-    pub duration: Option<Duration>,
-}
+pub use crate::control::driver::Options as RunOptions;
 
 const RX_DESC: u16 = 1024;
 const HANDOFF_QUEUE_LEN: u32 = 8192;
@@ -84,6 +83,11 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), String> {
 
 fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBool>) -> Result<(), String> {
     let workers = cfg.eal.worker_cores.len();
+    // The cluster address is a kernel UDP socket: bind it before anything starts.
+    let cluster_socket = match &cfg.cluster {
+        None => None,
+        Some(c) => Some(UdpSocket::bind(c.address).map_err(|e| format!("cluster.address {}: {e}", c.address))?),
+    };
     let mut ports = Vec::new();
     for (i, pc) in cfg.ports.iter().enumerate() {
         let port = Port::by_name(pc.dpdk_name()).map_err(|e| format!("ports[{i}]: {e}"))?;
@@ -151,7 +155,10 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
     }
     let clock = Clock::new(eal.tsc_hz());
     let worker_quit = Arc::new(AtomicBool::new(false));
+    let mut control_ports = Vec::new();
     for (id, (outbound, inbound)) in senders.into_iter().zip(receivers).enumerate() {
+        let (port, commands, events) = worker_channel(QUEUE_LEN);
+        control_ports.push(port);
         // Worker `id` polls rx queue `id` of each port that has one, and owns tx queue `id` of every port.
         let rx = port_queues.iter_mut().filter_map(|(rx, _)| rx.get_mut(id)?.take()).collect();
         let tx = port_queues.iter_mut().filter_map(|(_, tx)| tx.get_mut(id)?.take()).collect();
@@ -168,6 +175,9 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
             quit: Arc::clone(&worker_quit),
             clock,
             tsc_hz: eal.tsc_hz(),
+            commands,
+            events,
+            idle: cfg.eal.idle,
         };
         if let Err(e) = eal.launch(id as u32 + 1, move || worker::run(setup)) {
             // Stop the workers already running before EAL is torn down.
@@ -190,24 +200,24 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
     );
 
     let labels: Vec<String> = (0..cfg.servers.len()).map(|i| cfg.server_label(i)).collect();
-    let started = Instant::now();
-    let mut last = Snapshot::take(&stats.iter().collect::<Vec<_>>());
-    let mut last_print = Instant::now();
-    while !quit.load(Relaxed) && opts.duration.is_none_or(|d| started.elapsed() < d) {
-        std::thread::sleep(Duration::from_millis(20));
-        if !opts.stats_interval.is_zero() && last_print.elapsed() >= opts.stats_interval {
-            let dt = last_print.elapsed().as_secs_f64();
-            last_print = Instant::now();
-            let now = Snapshot::take(&stats.iter().collect::<Vec<_>>());
-            println!("{}", stats_line(started.elapsed().as_secs_f64(), &now, &last, dt, &labels));
-            last = now;
+    let mut driver = match Driver::new(cluster_socket, &stats, &labels) {
+        Ok(d) => d,
+        Err(e) => {
+            worker_quit.store(true, Relaxed);
+            eal.stop_ports(&ports);
+            return Err(format!("cluster socket: {e}"));
         }
-    }
+    };
+    // The incarnation grows from one start to the next: the wall clock.
+    let incarnation = driver::wall_us() / 1000;
+    let mut control = Control::new(cfg, Arc::clone(&shared), control_ports, driver.now(), incarnation);
+    driver.run(&mut control, quit, opts);
 
     worker_quit.store(true, Relaxed);
     eal.wait_all();
+    driver.report(&control, opts, false);
     let fin = Snapshot::take(&stats.iter().collect::<Vec<_>>());
-    println!("{}", summary(started.elapsed().as_secs_f64(), &fin, &labels));
+    println!("{}", summary(driver.now().ms as f64 / 1000.0, &fin, &labels));
     eal.stop_ports(&ports);
     Ok(())
 }
@@ -244,6 +254,22 @@ pub fn summary(t: f64, s: &Snapshot, labels: &[String]) -> String {
         s.rx, s.tx, s.handoff, s.arp_replies, s.echo_replies
     );
     let _ = writeln!(o, "  sessions created={} expired={} active={}", s.created, s.expired, s.active);
+    if s.sync_installed + s.sync_updated + s.locks_created + s.deferred > 0 {
+        let _ = writeln!(
+            o,
+            "  sync installed={} updated={} removed={} adopted={} refused={} ctl_overflow={} locks={} lock_hits={} held={} hold_timeouts={}",
+            s.sync_installed,
+            s.sync_updated,
+            s.sync_removed,
+            s.sync_adopted,
+            s.sync_refused,
+            s.ctl_overflow,
+            s.locks_created,
+            s.lock_hits,
+            s.deferred,
+            s.defer_timeouts
+        );
+    }
     let drops: Vec<String> = Drop::ALL
         .iter()
         .filter(|d| s.drops[**d as usize] > 0)

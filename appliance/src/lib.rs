@@ -8,9 +8,11 @@
 
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod cpu;
 pub mod dataplane;
 pub mod dpdk;
+pub mod locks;
 pub mod packet;
 pub mod sched;
 pub mod session;

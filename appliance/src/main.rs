@@ -5,11 +5,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 const USAGE: &str = "usage:
-  ringlb run   -c FILE.yaml [--stats-interval SECONDS] [--duration SECONDS]
+  ringlb run   -c FILE.yaml [--stats-interval SECONDS] [--duration SECONDS] [--status-file PATH]
   ringlb check -c FILE.yaml
 
 run     start the appliance; stats every --stats-interval seconds (default 1, 0 = off);
-        stops on SIGINT/SIGTERM, or after --duration seconds if given
+        stops on SIGINT/SIGTERM, or after --duration seconds if given;
+        --status-file: the same counters (and the ring's and sync's) as JSON,
+        rewritten every interval and at exit
 check   validate FILE.yaml and print the effective configuration";
 
 fn parse_secs(flag: &str, v: Option<&String>) -> Result<f64, String> {
@@ -38,12 +40,14 @@ fn real_main(args: &[String]) -> Result<(), String> {
     let mut file = None;
     let mut stats = 1.0;
     let mut duration = None;
+    let mut status_file = None;
     let mut it = args[1..].iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "-c" | "--config" => file = Some(it.next().ok_or("-c needs a file")?.clone()),
             "--stats-interval" => stats = parse_secs(a, it.next())?,
             "--duration" => duration = Some(parse_secs(a, it.next())?),
+            "--status-file" => status_file = Some(it.next().ok_or("--status-file needs a path")?.into()),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -63,6 +67,7 @@ fn real_main(args: &[String]) -> Result<(), String> {
             let opts = ringlb::app::RunOptions {
                 stats_interval: Duration::from_secs_f64(stats),
                 duration: duration.map(Duration::from_secs_f64),
+                status_file,
             };
             ringlb::app::run(&cfg, &opts)
         }

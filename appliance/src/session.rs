@@ -3,6 +3,12 @@
 //! Exactly one worker touches a table, so there are no locks. Idle entries
 //! are expired by a clock sweep that visits a bounded number of slots per
 //! call, and lazily when a lookup meets one.
+//!
+//! With sibling sync, an entry is either local (this appliance dispatched
+//! it) or a replica (installed from a sibling, no local packet since). A
+//! replica outlives its idle timeout by a grace that covers the time its
+//! origin may go without refreshing it; the sweep tells which local entries
+//! saw traffic since their last refresh so their origin can refresh them.
 
 use crate::packet::{L4Proto, Mac};
 
@@ -17,6 +23,17 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    /// The inverse of [`FlowKey::pack`].
+    pub fn unpack(p: u128) -> FlowKey {
+        FlowKey {
+            client_ip: (p >> 96) as u32,
+            vip: (p >> 64) as u32,
+            client_port: (p >> 48) as u16,
+            vport: (p >> 32) as u16,
+            proto: if p as u8 == L4Proto::Udp as u8 { L4Proto::Udp } else { L4Proto::Tcp },
+        }
+    }
+
     /// Packs the key into one u128 so comparison is a single wide compare.
     #[inline]
     pub fn pack(&self) -> u128 {
@@ -51,7 +68,7 @@ pub fn mix(a: u64, b: u64) -> u64 {
     (m as u64) ^ ((m >> 64) as u64)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum State {
     Empty = 0,
@@ -64,6 +81,26 @@ pub enum State {
     Udp,
 }
 
+impl State {
+    /// The live states, by their byte (the inverse of `as u8`).
+    pub fn from_u8(b: u8) -> Option<State> {
+        match b {
+            1 => Some(State::SynSeen),
+            2 => Some(State::Established),
+            3 => Some(State::Closing),
+            4 => Some(State::Udp),
+            _ => None,
+        }
+    }
+}
+
+/// Entry flag: installed from a sibling, no local packet since.
+const REPLICA: u8 = 0x80;
+/// Entry flag: a local packet since the last refresh went to the siblings.
+const TOUCHED: u8 = 0x40;
+/// The client-side port index shares the byte with the flags (≤ 32 ports).
+const PORT_MASK: u8 = 0x3f;
+
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(32))]
 pub struct Entry {
@@ -74,8 +111,9 @@ pub struct Entry {
     /// Service id.
     pub service: u16,
     pub state: State,
-    /// Port the client's packets arrive on; NAT replies leave through it.
-    pub client_port_id: u8,
+    /// The port the client's packets arrive on (NAT replies leave through
+    /// it) in the low bits, REPLICA and TOUCHED above.
+    port_flags: u8,
     /// MAC of the client-side previous hop; NAT replies are sent to it.
     pub client_hop_mac: Mac,
 }
@@ -88,7 +126,7 @@ const EMPTY: Entry = Entry {
     server: 0,
     service: 0,
     state: State::Empty,
-    client_port_id: 0,
+    port_flags: 0,
     client_hop_mac: [0; 6],
 };
 
@@ -102,7 +140,6 @@ pub struct Timeouts {
 }
 
 impl Timeouts {
-    #[inline]
     fn for_state(&self, s: State) -> u32 {
         match s {
             State::SynSeen => self.syn_ms,
@@ -114,6 +151,14 @@ impl Timeouts {
     }
 }
 
+const STATES: [State; 4] = [State::SynSeen, State::Established, State::Closing, State::Udp];
+
+/// How often a busy local entry is refreshed to the siblings: a quarter of
+/// its state's timeout (at most once per sweep cycle).
+fn refresh_period(timeout_ms: u32) -> u32 {
+    (timeout_ms / 4).max(1)
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub struct TableFull;
 
@@ -123,26 +168,75 @@ pub struct SessionTable {
     len: usize,
     max_len: usize,
     timeouts: Timeouts,
+    /// Idle limit by `state | replica << 3` (see `limit`).
+    limits: [u32; 16],
     sweep_cursor: usize,
+    /// When the sweep cycle in progress (and the one before) began.
+    cycle_start_ms: u32,
+    prev_cycle_start_ms: u32,
+    /// States whose busy local entries this cycle refreshes (bit per state).
+    refresh_mask: u8,
     seed: u64,
+}
+
+/// What `install` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Installed {
+    New,
+    Updated,
+    /// Present already and the install asked not to overwrite.
+    Kept,
+}
+
+/// Why the sweep shows an entry to its visitor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Visit {
+    /// Idle past its timeout: removed.
+    Expired,
+    /// Local, busy since its last refresh, and its state's refresh period
+    /// has passed: the visitor returns true if it refreshed it.
+    RefreshDue,
+}
+
+/// How `install` treats an entry already present.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstallMode {
+    /// A sibling's live update: take its server and state.
+    Upsert,
+    /// A resync snapshot: never overwrite what live updates brought.
+    IfAbsent,
 }
 
 impl SessionTable {
     /// A table that holds up to `capacity` sessions. Slots are the next power
     /// of two ≥ capacity × 4/3, keeping the load factor ≤ 75% so probes stay short.
-    pub fn new(capacity: usize, timeouts: Timeouts, seed: u64) -> Self {
+    /// `sweep_slots_per_ms` is how fast the caller sweeps: a replica's grace
+    /// covers two sweep cycles plus half its timeout, the longest its origin
+    /// can go between two refreshes of a busy entry.
+    pub fn new(capacity: usize, timeouts: Timeouts, seed: u64, sweep_slots_per_ms: usize) -> Self {
         let capacity = capacity.max(1);
         let slots = Self::slots_for(capacity);
         let mut v = Vec::with_capacity(slots);
         crate::cpu::advise_hugepages(v.spare_capacity_mut());
         v.resize(slots, EMPTY);
+        let cycle_ms = (slots / sweep_slots_per_ms.max(1)) as u32;
+        let mut limits = [0u32; 16];
+        for s in STATES {
+            let t = timeouts.for_state(s);
+            limits[s as usize] = t;
+            limits[s as usize | 8] = t.saturating_add(t / 2).saturating_add(2 * cycle_ms).min(u32::MAX / 4);
+        }
         SessionTable {
             slots: v.into_boxed_slice(),
             mask: slots - 1,
             len: 0,
             max_len: capacity,
             timeouts,
+            limits,
             sweep_cursor: 0,
+            cycle_start_ms: 0,
+            prev_cycle_start_ms: 0,
+            refresh_mask: 0,
             seed,
         }
     }
@@ -161,8 +255,74 @@ impl SessionTable {
     }
 
     #[inline]
+    fn limit(&self, e: &Entry) -> u32 {
+        self.limits[usize::from(e.state as u8) | usize::from(e.port_flags >> 7) << 3]
+    }
+
+    #[inline]
     fn expired(&self, e: &Entry, now_ms: u32) -> bool {
-        now_ms.wrapping_sub(e.last_seen_ms) > self.timeouts.for_state(e.state)
+        now_ms.wrapping_sub(e.last_seen_ms) > self.limit(e)
+    }
+
+    /// The slot holding `key`, if any (expired or not).
+    fn find(&self, packed: u128, hash: u64) -> Option<usize> {
+        let mut i = hash as usize & self.mask;
+        loop {
+            let e = &self.slots[i];
+            if e.state == State::Empty {
+                return None;
+            }
+            if e.key == packed {
+                return Some(i);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Installs a sibling's entry (`entry` carries its flags: a replica).
+    /// An entry present is updated (Upsert: server, state, client side,
+    /// idle clock; its own flags stay) or kept (IfAbsent).
+    pub fn install(
+        &mut self,
+        key: &FlowKey,
+        hash: u64,
+        entry: Entry,
+        mode: InstallMode,
+    ) -> Result<Installed, TableFull> {
+        match self.find(key.pack(), hash) {
+            Some(i) if mode == InstallMode::IfAbsent && !self.expired(&self.slots[i], entry.last_seen_ms) => {
+                Ok(Installed::Kept)
+            }
+            Some(i) => {
+                let e = &mut self.slots[i];
+                let flags = e.port_flags & !PORT_MASK;
+                *e = Entry { key: e.key, port_flags: (entry.port_flags & PORT_MASK) | flags, ..entry };
+                Ok(Installed::Updated)
+            }
+            None => self.insert(key, hash, entry).map(|_| Installed::New),
+        }
+    }
+
+    /// Removes `key` if `pred` accepts its entry; returns the entry removed.
+    pub fn remove_if(&mut self, key: &FlowKey, hash: u64, pred: impl FnOnce(&Entry) -> bool) -> Option<Entry> {
+        let i = self.find(key.pack(), hash)?;
+        let e = self.slots[i];
+        if !pred(&e) {
+            return None;
+        }
+        self.remove_at(i);
+        Some(e)
+    }
+
+    /// The table's slots, for dumping it a slice at a time.
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The live entry in slot `i`, with its key.
+    pub fn entry_at(&self, i: usize) -> Option<(FlowKey, &Entry)> {
+        let e = self.slots.get(i)?;
+        (e.state != State::Empty).then(|| (FlowKey::unpack(e.key), e))
     }
 
     /// Finds the live entry for `key`. An entry found idle past its timeout
@@ -251,32 +411,109 @@ impl SessionTable {
         key.hash(self.seed)
     }
 
-    /// Visits up to `budget` slots from the sweep cursor and removes the idle
-    /// entries, reporting each through `on_expire`. Returns how many expired.
-    pub fn sweep(&mut self, now_ms: u32, budget: usize, mut on_expire: impl FnMut(&Entry)) -> usize {
+    /// Visits up to `budget` slots from the sweep cursor: removes the idle
+    /// entries and shows the busy local ones due for a refresh (see the
+    /// module text), both to `visit`. Returns how many expired.
+    pub fn sweep(
+        &mut self,
+        now_ms: u32,
+        budget: usize,
+        mut visit: impl FnMut(Visit, &FlowKey, &Entry) -> bool,
+    ) -> usize {
         let mut expired = 0;
         let mut visited = 0;
         // Bounded by budget + removals: each step either advances or shrinks the table.
         while visited < budget.min(self.slots.len()) {
             let i = self.sweep_cursor;
+            if i == 0 {
+                self.start_cycle(now_ms);
+            }
             let e = self.slots[i];
             if e.state != State::Empty && self.expired(&e, now_ms) {
-                on_expire(&e);
+                visit(Visit::Expired, &FlowKey::unpack(e.key), &e);
                 self.remove_at(i);
                 expired += 1;
                 // A later entry may have shifted into slot i: look at it again.
-            } else {
-                self.sweep_cursor = (i + 1) & self.mask;
-                visited += 1;
+                continue;
             }
+            if e.port_flags & (REPLICA | TOUCHED) == TOUCHED
+                && self.refresh_mask & (1 << e.state as u8) != 0
+                && visit(Visit::RefreshDue, &FlowKey::unpack(e.key), &e)
+            {
+                self.slots[i].port_flags &= !TOUCHED;
+            }
+            self.sweep_cursor = (i + 1) & self.mask;
+            visited += 1;
         }
         expired
+    }
+
+    /// A sweep cycle begins: refresh the states whose refresh period ended
+    /// since the last cycle began.
+    fn start_cycle(&mut self, now_ms: u32) {
+        self.prev_cycle_start_ms = self.cycle_start_ms;
+        self.cycle_start_ms = now_ms;
+        self.refresh_mask = 0;
+        for s in STATES {
+            let p = refresh_period(self.timeouts.for_state(s));
+            if now_ms / p != self.prev_cycle_start_ms / p {
+                self.refresh_mask |= 1 << s as u8;
+            }
+        }
     }
 }
 
 impl Entry {
-    pub fn new(now_ms: u32, server: u16, service: u16, state: State, client_port_id: u8, client_hop_mac: Mac) -> Self {
-        Entry { key: 0, last_seen_ms: now_ms, server, service, state, client_port_id, client_hop_mac }
+    /// A local entry: just created here, by this packet.
+    pub fn new(now_ms: u32, server: u16, service: u16, state: State, client_port: u8, client_hop_mac: Mac) -> Self {
+        Entry {
+            key: 0,
+            last_seen_ms: now_ms,
+            server,
+            service,
+            state,
+            port_flags: client_port & PORT_MASK,
+            client_hop_mac,
+        }
+    }
+
+    /// A replica of a sibling's entry.
+    pub fn replica(now_ms: u32, server: u16, service: u16, state: State, client_port: u8, client_hop_mac: Mac) -> Self {
+        Entry {
+            port_flags: (client_port & PORT_MASK) | REPLICA,
+            ..Entry::new(now_ms, server, service, state, client_port, client_hop_mac)
+        }
+    }
+
+    /// Turns this entry (of the same key) into `fresh`, a new session.
+    pub fn renew(&mut self, fresh: Entry) {
+        *self = Entry { key: self.key, ..fresh };
+    }
+
+    pub fn flow_key(&self) -> FlowKey {
+        FlowKey::unpack(self.key)
+    }
+
+    /// The port the client's packets arrive on.
+    #[inline]
+    pub fn client_port(&self) -> u8 {
+        self.port_flags & PORT_MASK
+    }
+
+    /// Installed from a sibling and not used here since.
+    #[inline]
+    pub fn is_replica(&self) -> bool {
+        self.port_flags & REPLICA != 0
+    }
+
+    /// A local packet used this entry: it is ours now (a replica is
+    /// adopted), and due for the next refresh. Returns true if it was a replica.
+    #[inline]
+    pub fn touch(&mut self, now_ms: u32) -> bool {
+        let was_replica = self.port_flags & REPLICA != 0;
+        self.last_seen_ms = now_ms;
+        self.port_flags = (self.port_flags & !REPLICA) | TOUCHED;
+        was_replica
     }
 }
 
@@ -302,7 +539,7 @@ mod tests {
 
     #[test]
     fn insert_then_lookup_finds_each_entry() {
-        let mut t = SessionTable::new(10_000, T, 7);
+        let mut t = SessionTable::new(10_000, T, 7, 256);
         for i in 0..10_000 {
             let k = key(i);
             t.insert(&k, t.hash(&k), entry(0, (i % 7) as u16)).unwrap();
@@ -319,7 +556,7 @@ mod tests {
 
     #[test]
     fn full_table_refuses_new_flows() {
-        let mut t = SessionTable::new(100, T, 7);
+        let mut t = SessionTable::new(100, T, 7, 256);
         for i in 0..100 {
             let k = key(i);
             t.insert(&k, t.hash(&k), entry(0, 0)).unwrap();
@@ -330,7 +567,7 @@ mod tests {
 
     #[test]
     fn sweep_expires_idle_entries_by_state() {
-        let mut t = SessionTable::new(1000, T, 7);
+        let mut t = SessionTable::new(1000, T, 7, 256);
         for i in 0..1000 {
             let k = key(i);
             let mut e = entry(0, 0);
@@ -338,7 +575,10 @@ mod tests {
             t.insert(&k, t.hash(&k), e).unwrap();
         }
         // At t=60 only closing entries (50 ms) are idle.
-        let n = t.sweep(60, usize::MAX, |e| assert_eq!(e.state, State::Closing));
+        let n = t.sweep(60, usize::MAX, |v, _, e| {
+            assert_eq!((v, e.state), (Visit::Expired, State::Closing));
+            false
+        });
         assert_eq!(n, 500);
         assert_eq!(t.len(), 500);
         // Survivors are all still reachable after the backward shifts.
@@ -346,13 +586,13 @@ mod tests {
             let k = key(i);
             assert!(t.lookup(&k, t.hash(&k), 60, |_| panic!()).is_some(), "lost key {i}");
         }
-        assert_eq!(t.sweep(2000, usize::MAX, |_| ()), 500);
+        assert_eq!(t.sweep(2000, usize::MAX, |_, _, _| false), 500);
         assert!(t.is_empty());
     }
 
     #[test]
     fn lookup_expires_lazily() {
-        let mut t = SessionTable::new(10, T, 7);
+        let mut t = SessionTable::new(10, T, 7, 256);
         let k = key(1);
         t.insert(&k, t.hash(&k), entry(0, 3)).unwrap();
         let mut seen = false;
@@ -364,7 +604,7 @@ mod tests {
     #[test]
     fn random_insert_remove_matches_a_model() {
         use std::collections::HashMap;
-        let mut t = SessionTable::new(512, T, 7);
+        let mut t = SessionTable::new(512, T, 7, 256);
         let mut model: HashMap<u32, u32> = HashMap::new();
         let mut x: u64 = 12345;
         let mut now = 0u32;
@@ -386,7 +626,7 @@ mod tests {
                     if t.insert(&k, t.hash(&k), entry(now, 0)).is_err() {
                         // Full of idle entries not yet swept: reclaim, then it must fit
                         // unless the model is really full too.
-                        t.sweep(now, usize::MAX, |_| ());
+                        t.sweep(now, usize::MAX, |_, _, _| false);
                         if t.insert(&k, t.hash(&k), entry(now, 0)).is_err() {
                             assert_eq!(model.len(), 512);
                             continue;
@@ -397,8 +637,99 @@ mod tests {
                 (a, b) => panic!("table says {a}, model says {b} for {id}"),
             }
             if x & 7 == 0 {
-                t.sweep(now, 64, |_| ());
+                t.sweep(now, 64, |_, _, _| false);
             }
         }
+    }
+
+    #[test]
+    fn keys_pack_and_unpack() {
+        for i in [0, 1, 77_777] {
+            let mut k = key(i);
+            assert_eq!(FlowKey::unpack(k.pack()), k);
+            k.proto = L4Proto::Udp;
+            assert_eq!(FlowKey::unpack(k.pack()), k);
+        }
+    }
+
+    #[test]
+    fn install_upserts_or_keeps_and_remove_if_obeys_its_predicate() {
+        let mut t = SessionTable::new(100, T, 7, 256);
+        let k = key(5);
+        let h = t.hash(&k);
+        let r = Entry::replica(10, 2, 0, State::SynSeen, 1, [9; 6]);
+        assert_eq!(t.install(&k, h, r, InstallMode::Upsert), Ok(Installed::New));
+        let e = t.lookup(&k, h, 10, |_| panic!()).unwrap();
+        assert!(e.is_replica());
+        assert_eq!((e.server, e.client_port(), e.state), (2, 1, State::SynSeen));
+        // A resync snapshot never overwrites; a live update does.
+        let older = Entry::replica(11, 3, 0, State::Established, 1, [9; 6]);
+        assert_eq!(t.install(&k, h, older, InstallMode::IfAbsent), Ok(Installed::Kept));
+        assert_eq!(t.lookup(&k, h, 11, |_| panic!()).unwrap().server, 2);
+        let newer = Entry::replica(12, 2, 0, State::Established, 1, [9; 6]);
+        assert_eq!(t.install(&k, h, newer, InstallMode::Upsert), Ok(Installed::Updated));
+        assert_eq!(t.lookup(&k, h, 12, |_| panic!()).unwrap().state, State::Established);
+        // A local packet adopts the replica; an update keeps it ours.
+        assert!(t.lookup(&k, h, 13, |_| panic!()).unwrap().touch(13));
+        let update = Entry::replica(14, 2, 0, State::Closing, 1, [9; 6]);
+        t.install(&k, h, update, InstallMode::Upsert).unwrap();
+        let e = t.lookup(&k, h, 14, |_| panic!()).unwrap();
+        assert!(!e.is_replica(), "an update does not make a local entry a replica again");
+        assert_eq!(e.state, State::Closing);
+        assert!(t.remove_if(&k, h, |e| e.is_replica()).is_none(), "local entries are not removed by siblings");
+        assert!(t.remove_if(&k, h, |_| true).is_some());
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn replicas_outlive_their_timeout_by_a_grace() {
+        // 100 sessions → 256 slots; at 256 slots/ms a sweep cycle is 1 ms.
+        let mut t = SessionTable::new(100, T, 7, 256);
+        let (a, b) = (key(1), key(2));
+        let (ha, hb) = (t.hash(&a), t.hash(&b));
+        t.insert(&a, ha, entry(0, 1)).unwrap();
+        t.install(&b, hb, Entry::replica(0, 1, 0, State::Established, 0, [0; 6]), InstallMode::Upsert).unwrap();
+        // Established: 1000 ms; a replica lives 1000 + 500 + 2 × 1.
+        assert!(t.lookup(&a, ha, 1001, |_| ()).is_none());
+        assert!(t.lookup(&b, hb, 1502, |_| panic!("within the grace")).is_some());
+        assert!(t.lookup(&b, hb, 1503, |_| ()).is_none());
+    }
+
+    #[test]
+    fn busy_local_entries_are_refreshed_once_per_period_and_replicas_never() {
+        let mut t = SessionTable::new(100, T, 7, 256);
+        let (a, b, c) = (key(1), key(2), key(3));
+        for (k, e) in [(a, entry(0, 1)), (c, entry(0, 1))] {
+            let h = t.hash(&k);
+            t.insert(&k, h, e).unwrap();
+        }
+        let hb = t.hash(&b);
+        t.install(&b, hb, Entry::replica(0, 1, 0, State::Established, 0, [0; 6]), InstallMode::Upsert).unwrap();
+        let mut refreshed = Vec::new();
+        // Traffic on a (local) only; b (a replica) and c stay idle.
+        for now in (0..900).step_by(50) {
+            let ha = t.hash(&a);
+            t.lookup(&a, ha, now, |_| ()).unwrap().touch(now);
+            t.sweep(now, usize::MAX, |v, k, _| {
+                assert_eq!(v, Visit::RefreshDue);
+                refreshed.push((now, *k));
+                true
+            });
+        }
+        // Established refreshes every 250 ms: a at the cycles after 250, 500, 750.
+        let times: Vec<u32> = refreshed.iter().filter(|(_, k)| *k == a).map(|(t, _)| *t).collect();
+        assert_eq!(times, vec![250, 500, 750], "{refreshed:?}");
+        assert!(refreshed.iter().all(|(_, k)| *k == a), "idle and replica entries are not refreshed: {refreshed:?}");
+        // Adopting the replica makes it refreshable (a is due again too:
+        // it saw traffic at 800 and 850, after its last refresh).
+        assert!(t.lookup(&b, hb, 950, |_| ()).unwrap().touch(950));
+        refreshed.clear();
+        t.sweep(1000, usize::MAX, |_, k, _| {
+            refreshed.push((1000, *k));
+            true
+        });
+        let mut keys: Vec<u32> = refreshed.iter().map(|(_, k)| k.client_ip).collect();
+        keys.sort();
+        assert_eq!(keys, vec![a.client_ip, b.client_ip]);
     }
 }

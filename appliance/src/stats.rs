@@ -107,6 +107,26 @@ pub struct WorkerStats {
     pub sessions_created: Counter,
     pub sessions_expired: Counter,
     pub sessions_active: Counter,
+    /// Sibling sync: replicas installed, updated, kept (a resync met a live
+    /// update), removed; replicas that carried a local packet (the flow
+    /// changed appliance); sibling entries refused (table full).
+    pub sync_installed: Counter,
+    pub sync_updated: Counter,
+    pub sync_kept: Counter,
+    pub sync_removed: Counter,
+    pub sync_adopted: Counter,
+    pub sync_refused: Counter,
+    /// Events lost to a full worker → control queue (then republished).
+    pub ctl_overflow: Counter,
+    pub locks_created: Counter,
+    pub lock_hits: Counter,
+    pub lock_table_full: Counter,
+    /// First packets held until siblings had their session; released on
+    /// their acknowledgement, on the time limit, or at once when the hold
+    /// queue was full.
+    pub deferred: Counter,
+    pub defer_timeouts: Counter,
+    pub defer_full: Counter,
     pub drops: [Counter; Drop::COUNT],
     /// New sessions per server, indexed by global server id.
     pub server_new_sessions: Box<[Counter]>,
@@ -123,6 +143,19 @@ impl WorkerStats {
             sessions_created: Counter::default(),
             sessions_expired: Counter::default(),
             sessions_active: Counter::default(),
+            sync_installed: Counter::default(),
+            sync_updated: Counter::default(),
+            sync_kept: Counter::default(),
+            sync_removed: Counter::default(),
+            sync_adopted: Counter::default(),
+            sync_refused: Counter::default(),
+            ctl_overflow: Counter::default(),
+            locks_created: Counter::default(),
+            lock_hits: Counter::default(),
+            lock_table_full: Counter::default(),
+            deferred: Counter::default(),
+            defer_timeouts: Counter::default(),
+            defer_full: Counter::default(),
             drops: Default::default(),
             server_new_sessions: (0..servers).map(|_| Counter::default()).collect(),
         }
@@ -156,6 +189,19 @@ pub struct Snapshot {
     pub created: u64,
     pub expired: u64,
     pub active: u64,
+    pub sync_installed: u64,
+    pub sync_updated: u64,
+    pub sync_kept: u64,
+    pub sync_removed: u64,
+    pub sync_adopted: u64,
+    pub sync_refused: u64,
+    pub ctl_overflow: u64,
+    pub locks_created: u64,
+    pub lock_hits: u64,
+    pub lock_table_full: u64,
+    pub deferred: u64,
+    pub defer_timeouts: u64,
+    pub defer_full: u64,
     pub drops: [u64; Drop::COUNT],
     pub per_server: Vec<u64>,
 }
@@ -173,6 +219,19 @@ impl Snapshot {
             s.created += w.sessions_created.get();
             s.expired += w.sessions_expired.get();
             s.active += w.sessions_active.get();
+            s.sync_installed += w.sync_installed.get();
+            s.sync_updated += w.sync_updated.get();
+            s.sync_kept += w.sync_kept.get();
+            s.sync_removed += w.sync_removed.get();
+            s.sync_adopted += w.sync_adopted.get();
+            s.sync_refused += w.sync_refused.get();
+            s.ctl_overflow += w.ctl_overflow.get();
+            s.locks_created += w.locks_created.get();
+            s.lock_hits += w.lock_hits.get();
+            s.lock_table_full += w.lock_table_full.get();
+            s.deferred += w.deferred.get();
+            s.defer_timeouts += w.defer_timeouts.get();
+            s.defer_full += w.defer_full.get();
             for (d, c) in s.drops.iter_mut().zip(w.drops.iter()) {
                 *d += c.get();
             }

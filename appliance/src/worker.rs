@@ -1,17 +1,33 @@
 //! The worker lcore's main loop: rx burst → process → tx burst, plus the
-//! hand-off queues between workers and a little periodic housekeeping.
-//! One obvious loop, in the spirit of DPDK's l3fwd.
+//! hand-off queues between workers, the control thread's commands, first
+//! packets held for the siblings, a little periodic housekeeping, and (if
+//! configured) an idle back-off. One obvious loop, in the spirit of DPDK's
+//! l3fwd.
 
+use crate::config::IdleMode;
+use crate::control::channel::{Command, CommandRx, EventTx};
 use crate::dataplane::{Shared, Verdict, Worker};
-use crate::dpdk::{self, Burst, HandoffRx, HandoffTx, Mempool, RxQueue, TxQueue};
+use crate::dpdk::{self, Burst, HandoffRx, HandoffTx, Mbuf, Mempool, RxQueue, TxQueue};
 use crate::packet;
 use crate::stats::{Drop, WorkerStats};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub const BURST: usize = 32;
 /// How long a worker waits on a full hand-off queue before giving up (µs).
 const HANDOFF_PATIENCE_US: u64 = 200;
+/// Commands applied per loop iteration (packets are not starved by a flood).
+const COMMANDS_PER_LOOP: usize = 256;
+/// First packets a worker holds for the siblings at most; more go out at once.
+const MAX_HELD: usize = 4096;
+/// Adaptive idle: empty polls before the first sleep, and the sleep range
+/// (doubling while idle, back to polling on the first packet). DPDK's
+/// l3fwd-power backs off the same way before it sleeps on interrupts.
+const IDLE_POLLS: u32 = 256;
+const IDLE_SLEEP_MIN_US: u64 = 16;
+const IDLE_SLEEP_MAX_US: u64 = 512;
 
 /// Converts TSC ticks to milliseconds since start without dividing per packet.
 #[derive(Clone, Copy)]
@@ -51,6 +67,49 @@ pub struct WorkerSetup {
     pub quit: Arc<AtomicBool>,
     pub clock: Clock,
     pub tsc_hz: u64,
+    /// The control thread's queues.
+    pub commands: CommandRx,
+    pub events: EventTx,
+    pub idle: IdleMode,
+}
+
+/// First packets of new sessions, held until the siblings have the session
+/// (or the hold time runs out), in the order their events were sent.
+struct Held {
+    packets: VecDeque<(u64, u32, u8, Mbuf)>,
+    hold_ms: u32,
+}
+
+impl Held {
+    fn new(hold_ms: u32) -> Held {
+        Held { packets: VecDeque::with_capacity(MAX_HELD), hold_ms }
+    }
+
+    /// Holds `m` (its tag, when it arrived, its port); false if full.
+    fn hold(&mut self, tag: u64, now_ms: u32, port: u8, m: Mbuf) -> Result<(), Mbuf> {
+        if self.packets.len() >= MAX_HELD {
+            return Err(m);
+        }
+        self.packets.push_back((tag, now_ms, port, m));
+        Ok(())
+    }
+
+    /// Sends the packets the siblings have confirmed (tag ≤ `upto`), and
+    /// those held past the hold time (counted).
+    fn release(&mut self, upto: u64, now_ms: u32, out: &mut Output) {
+        while let Some(&(tag, since, _, _)) = self.packets.front() {
+            let late = now_ms.wrapping_sub(since) >= self.hold_ms;
+            if tag > upto && !late {
+                break;
+            }
+            if tag > upto {
+                out.stats.defer_timeouts.inc();
+            }
+            if let Some((_, _, port, m)) = self.packets.pop_front() {
+                out.send(Verdict::Tx(port), m, true);
+            }
+        }
+    }
 }
 
 /// The sending side of a worker: tx queues, hand-off senders and their bursts.
@@ -87,6 +146,8 @@ impl Output<'_> {
             }
             Verdict::Consumed => {}
             Verdict::Drop(d) => self.stats.drop(d),
+            // Deferred frames are taken out before they get here.
+            Verdict::Defer { port, .. } => self.send(Verdict::Tx(port), m, peers_waiting),
         }
     }
 
@@ -136,6 +197,7 @@ impl Output<'_> {
 /// each frame where its verdict says. Multi-segment frames are not
 /// processed (an empty frame stands in for them) and are counted drops.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn process_burst(
     dp: &mut Worker,
     burst: &mut Burst<BURST>,
@@ -143,6 +205,7 @@ fn process_burst(
     now: u32,
     handed_off: bool,
     out: &mut Output,
+    held: &mut Held,
     peers_waiting: bool,
 ) {
     let n = burst.len();
@@ -161,17 +224,46 @@ fn process_burst(
     let mut verdicts = [Verdict::Consumed; BURST];
     dp.process_burst(&mut frames[..n], &ports[..n], now, handed_off, &mut verdicts);
     for (m, v) in burst.drain().zip(verdicts) {
-        let v = if m.segments() == 1 { v } else { Verdict::Drop(Drop::MultiSegment) };
-        out.send(v, m, peers_waiting);
+        match v {
+            _ if m.segments() != 1 => out.send(Verdict::Drop(Drop::MultiSegment), m, peers_waiting),
+            Verdict::Defer { port, tag } => {
+                out.stats.deferred.inc();
+                if let Err(m) = held.hold(tag, now, port, m) {
+                    out.stats.defer_full.inc();
+                    out.send(Verdict::Tx(port), m, peers_waiting);
+                }
+            }
+            v => out.send(v, m, peers_waiting),
+        }
     }
 }
 
 /// Runs until `quit` is set. Returns 0 (the lcore function's status).
 pub fn run(setup: WorkerSetup) -> i32 {
-    let WorkerSetup { id, shared, stats, port_index, mut rx, tx, mut inbound, outbound, pool, quit, clock, tsc_hz } =
-        setup;
+    let WorkerSetup {
+        id,
+        shared,
+        stats,
+        port_index,
+        mut rx,
+        tx,
+        mut inbound,
+        outbound,
+        pool,
+        quit,
+        clock,
+        tsc_hz,
+        mut commands,
+        events,
+        idle,
+    } = setup;
     let stats = &stats[id];
     let mut dp = Worker::new(id, &shared, stats);
+    dp.connect(events);
+    let mut held = Held::new(shared.defer_ms.unwrap_or(0));
+    let mut released = 0u64;
+    let mut empty_polls = 0u32;
+    let mut idle_sleep_us = IDLE_SLEEP_MIN_US;
     let mut out = Output {
         stats,
         tx_burst: (0..tx.len()).map(|_| Burst::default()).collect(),
@@ -193,14 +285,25 @@ pub fn run(setup: WorkerSetup) -> i32 {
             }
             got += n;
             stats.rx.add(n as u64);
-            process_burst(&mut dp, &mut burst, &port_index, now, false, &mut out, peers_waiting);
+            process_burst(&mut dp, &mut burst, &port_index, now, false, &mut out, &mut held, peers_waiting);
         }
         for queue in &mut inbound {
             if queue.dequeue(&mut burst) == 0 {
                 continue;
             }
             got += burst.len();
-            process_burst(&mut dp, &mut burst, &port_index, now, true, &mut out, peers_waiting);
+            process_burst(&mut dp, &mut burst, &port_index, now, true, &mut out, &mut held, peers_waiting);
+        }
+        for _ in 0..COMMANDS_PER_LOOP {
+            match commands.pop() {
+                Some(Command::Release { upto }) => released = released.max(upto),
+                Some(c) => dp.apply(c, now),
+                None => break,
+            }
+            got += 1;
+        }
+        if !held.packets.is_empty() {
+            held.release(released, now, &mut out);
         }
         out.flush_all(peers_waiting);
 
@@ -219,10 +322,21 @@ pub fn run(setup: WorkerSetup) -> i32 {
                 tx[usize::from(n.port)].tx(&mut b) == 1
             });
         }
-        if got == 0 {
+        if got > 0 {
+            empty_polls = 0;
+            idle_sleep_us = IDLE_SLEEP_MIN_US;
+        } else if idle == IdleMode::Adaptive && held.packets.is_empty() && empty_polls >= IDLE_POLLS {
+            // Idle: sleep a little longer each time (the NIC's queue holds
+            // what arrives meanwhile); the first packet brings back polling.
+            std::thread::sleep(Duration::from_micros(idle_sleep_us));
+            idle_sleep_us = (idle_sleep_us * 2).min(IDLE_SLEEP_MAX_US);
+        } else {
+            empty_polls += 1;
             dpdk::pause();
         }
     }
+    // Held first packets go out before the ports close.
+    held.release(u64::MAX, clock.now_ms(), &mut out);
     out.flush_all(true);
     // Frames still waiting for a hand-off queue at shutdown are freed, and counted.
     for h in &mut out.handoff {

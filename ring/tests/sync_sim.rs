@@ -91,7 +91,7 @@ impl Sim {
         }
         while let Some(e) = self.nodes[i].poll_event() {
             match e {
-                SyncEvent::Records { from, framed } => {
+                SyncEvent::Records { from, framed, .. } => {
                     let list = self.got.entry((i, Self::index(&from))).or_default();
                     list.extend(wire::records(&framed).map(<[u8]>::to_vec));
                 }
@@ -144,7 +144,7 @@ fn every_record_arrives_once_in_order_under_loss_duplication_and_reordering() {
                 let burst = sim.rng.random_range(0..40);
                 for _ in 0..burst {
                     let r = record(i, sent[i].len() as u32);
-                    sim.nodes[i].broadcast(&r).unwrap();
+                    sim.nodes[i].broadcast(&r, 0).unwrap();
                     sent[i].push(r);
                 }
                 if round % 50 == 7 {
@@ -185,7 +185,7 @@ fn every_record_arrives_once_in_order_under_loss_duplication_and_reordering() {
 fn forged_replayed_truncated_and_misdirected_datagrams_are_counted_drops() {
     let mut sim = Sim::new(2, 1, Net { loss: 0.0, dup: 0.0, max_delay: 1 });
     for k in 0..200 {
-        sim.nodes[0].broadcast(&record(0, k)).unwrap();
+        sim.nodes[0].broadcast(&record(0, k), 0).unwrap();
     }
     sim.step(50);
     assert_eq!(sim.got[&(1, 0)].len(), 200);
@@ -203,7 +203,7 @@ fn forged_replayed_truncated_and_misdirected_datagrams_are_counted_drops() {
     sim.nodes[1].handle_datagram(t, addr(0), &flipped);
     let mut other = Sync::new(SyncConfig { key: Key::derive(KEY_CONTEXT, "not-the-secret"), ..config(0, 2, 9) });
     other.set_siblings(&[(addr(1), 1)]);
-    other.broadcast(b"evil").unwrap();
+    other.broadcast(b"evil", 0).unwrap();
     other.flush(t);
     let evil = other.poll_transmit().unwrap().bytes;
     sim.nodes[1].handle_datagram(t, addr(0), &evil);
@@ -211,7 +211,7 @@ fn forged_replayed_truncated_and_misdirected_datagrams_are_counted_drops() {
     // The ring's key is not the sync key: a ring-keyed copy fails the MAC.
     let mut ringkeyed = Sync::new(SyncConfig { key: Key::from_secret("sync-sim-secret"), ..config(0, 2, 9) });
     ringkeyed.set_siblings(&[(addr(1), 1)]);
-    ringkeyed.broadcast(b"x").unwrap();
+    ringkeyed.broadcast(b"x", 0).unwrap();
     ringkeyed.flush(t);
     sim.nodes[1].handle_datagram(t, addr(0), &ringkeyed.poll_transmit().unwrap().bytes);
     // Truncations of a valid datagram, and garbage.
@@ -222,7 +222,7 @@ fn forged_replayed_truncated_and_misdirected_datagrams_are_counted_drops() {
     // Sent by a genuine sibling, but to an earlier incarnation of node 1.
     let mut old = Sync::new(config(0, 2, 7));
     old.set_siblings(&[(addr(1), 0)]);
-    old.broadcast(b"for your predecessor").unwrap();
+    old.broadcast(b"for your predecessor", 0).unwrap();
     old.flush(t);
     sim.nodes[1].handle_datagram(t, addr(0), &old.poll_transmit().unwrap().bytes);
     sim.pump(1);
@@ -246,7 +246,7 @@ fn a_sibling_that_falls_too_far_behind_gets_a_stream_reset_then_catches_up() {
     let big = vec![7u8; 200];
     let mut k = 0u64;
     while sim.nodes[0].counters.overruns == 0 {
-        sim.nodes[0].broadcast(&big).unwrap();
+        sim.nodes[0].broadcast(&big, 0).unwrap();
         k += 1;
         if k.is_multiple_of(1000) {
             sim.step(1);
@@ -254,7 +254,7 @@ fn a_sibling_that_falls_too_far_behind_gets_a_stream_reset_then_catches_up() {
     }
     assert!(k as usize > ringlb_ring::sync::MAX_UNACKED, "{k} records");
     sim.net = Net { loss: 0.0, dup: 0.0, max_delay: 1 };
-    sim.nodes[0].broadcast(b"after the reset").unwrap();
+    sim.nodes[0].broadcast(b"after the reset", 0).unwrap();
     sim.step(2_000);
     // Node 1 saw only the new stream: it is told, and gets what follows the reset.
     let got = &sim.got[&(1, 0)];
@@ -271,13 +271,13 @@ fn a_sibling_that_falls_too_far_behind_gets_a_stream_reset_then_catches_up() {
 #[test]
 fn a_reset_within_a_run_is_reported_so_the_receiver_can_resync() {
     let mut sim = Sim::new(2, 4, Net { loss: 0.0, dup: 0.0, max_delay: 1 });
-    sim.nodes[0].broadcast(b"one").unwrap();
+    sim.nodes[0].broadcast(b"one", 0).unwrap();
     sim.step(20);
     // Node 0 forgets node 1 (a view without it) and re-adds it: records in between are lost to it.
     sim.nodes[0].set_siblings(&[]);
-    sim.nodes[0].broadcast(b"not for 1").unwrap();
+    sim.nodes[0].broadcast(b"not for 1", 0).unwrap();
     sim.nodes[0].set_siblings(&[(addr(1), 1)]);
-    sim.nodes[0].broadcast(b"two").unwrap();
+    sim.nodes[0].broadcast(b"two", 0).unwrap();
     sim.step(50);
     assert_eq!(sim.got[&(1, 0)], vec![b"one".to_vec(), b"two".to_vec()]);
     assert_eq!(sim.resets.get(&1), Some(&vec![addr(0)]));
@@ -287,17 +287,17 @@ fn a_reset_within_a_run_is_reported_so_the_receiver_can_resync() {
 fn a_restarted_sibling_gets_a_fresh_stream() {
     let mut sim = Sim::new(2, 5, Net { loss: 0.1, dup: 0.0, max_delay: 3 });
     for k in 0..100 {
-        sim.nodes[0].broadcast(&record(0, k)).unwrap();
+        sim.nodes[0].broadcast(&record(0, k), 0).unwrap();
     }
     sim.step(200);
     // Node 1 restarts (incarnation 2): node 0 learns it from its first packet.
     sim.nodes[1] = Sync::new(config(1, 2, 2));
     sim.nodes[1].set_siblings(&[(addr(0), 1)]);
     sim.got.clear();
-    sim.nodes[1].broadcast(b"hello from the new run").unwrap();
+    sim.nodes[1].broadcast(b"hello from the new run", 0).unwrap();
     sim.step(200);
     for k in 0..10 {
-        sim.nodes[0].broadcast(&record(0, 1000 + k)).unwrap();
+        sim.nodes[0].broadcast(&record(0, 1000 + k), 0).unwrap();
     }
     sim.settle();
     let got = &sim.got[&(1, 0)];
@@ -313,7 +313,7 @@ fn decoding_random_and_mutated_input_never_panics() {
     let mut n = Sync::new(SyncConfig { key: key.clone(), ..config(0, 2, 1) });
     n.set_siblings(&[(addr(1), 1)]);
     for k in 0..50 {
-        n.broadcast(&record(0, k)).unwrap();
+        n.broadcast(&record(0, k), 0).unwrap();
     }
     n.flush(1);
     let valid = n.poll_transmit().unwrap().bytes;

@@ -131,7 +131,7 @@ pub enum Event {
 }
 
 /// What was received and refused, and protocol activity.
-#[derive(Default, Debug, Clone, Copy)]
+#[derive(Default, Debug, Clone, Copy, serde::Serialize)]
 pub struct Counters {
     pub rx_packets: u64,
     pub rx_bad_mac: u64,

@@ -44,7 +44,9 @@ pub struct SyncConfig {
 pub enum SyncEvent {
     /// One batch of a sibling's stream, in stream order: records framed as
     /// a length byte and that many bytes (iterate with [`wire::records`]).
-    Records { from: SocketAddrV4, framed: Vec<u8> },
+    /// `stamp_us`: when its oldest record was made (sender's wall clock; 0 =
+    /// not stamped).
+    Records { from: SocketAddrV4, stamp_us: u64, framed: Vec<u8> },
     /// A sibling's stream to us restarted within its incarnation: it dropped
     /// records meant for us (overrun, or it forgot us for a while). Pull a
     /// resync from it.
@@ -55,7 +57,7 @@ pub enum SyncEvent {
 }
 
 /// Counted refusals and activity.
-#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct SyncCounters {
     pub tx_datagrams: u64,
     pub tx_records: u64,
@@ -105,9 +107,10 @@ impl Out {
         self.seq += 1;
         Header { sender: self.me, incarnation: self.incarnation, seq: self.seq, to_incarnation }
     }
-    fn data(&mut self, to: SocketAddrV4, to_inc: u64, epoch: u32, seq: u64, count: u16, framed: &[u8]) {
+    fn data(&mut self, to: SocketAddrV4, to_inc: u64, epoch: u32, b: &stream::Batch) {
         let h = self.header(to_inc);
-        let bytes = wire::encode_data(&h, epoch, seq, count, framed, &self.key);
+        let batch = wire::DataBatch { epoch, seq: b.seq, stamp_us: b.stamp_us, count: b.count, framed: &b.framed };
+        let bytes = wire::encode_data(&h, &batch, &self.key);
         self.queue.push_back(Transmit { to, bytes });
     }
     fn ack(&mut self, to: SocketAddrV4, to_inc: u64, epoch: u32, next: u64, nacks: &[u64]) {
@@ -180,41 +183,45 @@ impl Sync {
         self.peers.iter().filter(|(_, p)| p.tx.is_some()).map(|(a, _)| *a).collect()
     }
 
-    /// Appends a record to every open stream. Records longer than 255 bytes
-    /// are refused.
-    pub fn broadcast(&mut self, record: &[u8]) -> Result<(), &'static str> {
+    /// Appends a record to every open stream; `stamp_us` is when what it
+    /// says happened (wall clock µs; 0 if not measured). Records longer than
+    /// 255 bytes are refused.
+    pub fn broadcast(&mut self, record: &[u8], stamp_us: u64) -> Result<(), &'static str> {
         if record.len() > MAX_RECORD {
             return Err("sync record longer than 255 bytes");
         }
-        let addrs: Vec<SocketAddrV4> = self.siblings();
-        for a in addrs {
-            self.push(a, record);
+        let next_epoch = &mut self.next_epoch;
+        for p in self.peers.values_mut() {
+            if let Some(tx) = p.tx.as_mut() {
+                Self::push(tx, record, stamp_us, next_epoch, &mut self.counters);
+            }
         }
         Ok(())
     }
 
     /// Appends a record to one sibling's stream (false: no stream is open to it).
-    pub fn send_to(&mut self, to: SocketAddrV4, record: &[u8]) -> Result<bool, &'static str> {
+    pub fn send_to(&mut self, to: SocketAddrV4, record: &[u8], stamp_us: u64) -> Result<bool, &'static str> {
         if record.len() > MAX_RECORD {
             return Err("sync record longer than 255 bytes");
         }
-        if self.peers.get(&to).is_none_or(|p| p.tx.is_none()) {
-            return Ok(false);
-        }
-        self.push(to, record);
+        let Some(tx) = self.peers.get_mut(&to).and_then(|p| p.tx.as_mut()) else { return Ok(false) };
+        Self::push(tx, record, stamp_us, &mut self.next_epoch, &mut self.counters);
         Ok(true)
     }
 
-    fn push(&mut self, to: SocketAddrV4, record: &[u8]) {
-        let Some(tx) = self.peers.get_mut(&to).and_then(|p| p.tx.as_mut()) else { return };
-        let next_epoch = &mut self.next_epoch;
-        if let Pushed::Overrun = tx.push(record, || {
+    /// The incarnation of `addr` this member knows (from its packets or the view).
+    pub fn incarnation_of(&self, addr: &SocketAddrV4) -> Option<u64> {
+        self.peers.get(addr).map(|p| p.incarnation)
+    }
+
+    fn push(tx: &mut TxStream, record: &[u8], stamp_us: u64, next_epoch: &mut u32, counters: &mut SyncCounters) {
+        if let Pushed::Overrun = tx.push(record, stamp_us, || {
             *next_epoch += 1;
             *next_epoch
         }) {
-            self.counters.overruns += 1;
+            counters.overruns += 1;
         }
-        self.counters.tx_records += 1;
+        counters.tx_records += 1;
     }
 
     /// Sends every record pushed so far (the batches being built are sealed).
@@ -224,7 +231,7 @@ impl Sync {
             tx.seal();
             let (inc, epoch) = (tx.to_incarnation, tx.epoch);
             for b in tx.take_unsent(now) {
-                self.out.data(*addr, inc, epoch, b.seq, b.count, &b.framed);
+                self.out.data(*addr, inc, epoch, b);
                 self.counters.tx_batches += 1;
                 self.counters.tx_datagrams += 1;
             }
@@ -314,7 +321,7 @@ impl Sync {
             return;
         }
         match body {
-            Body::Data { epoch, seq, count: _, records } => {
+            Body::Data { epoch, seq, stamp_us, count: _, records } => {
                 let rx = match &mut p.rx {
                     Some(rx) if rx.incarnation == h.incarnation && rx.epoch == epoch => rx,
                     Some(rx) if rx.incarnation == h.incarnation && epoch < rx.epoch => {
@@ -330,14 +337,14 @@ impl Sync {
                         old.insert(RxStream::new(h.incarnation, epoch, rto))
                     }
                 };
-                match rx.on_data(now, seq, records) {
+                match rx.on_data(now, seq, stamp_us, records) {
                     Received::Duplicate => self.counters.rx_duplicates += 1,
                     Received::TooEarly => self.counters.rx_too_early += 1,
                     Received::Held => self.counters.rx_held += 1,
                     Received::Delivered(batches) => {
                         self.counters.rx_batches += batches.len() as u64;
-                        for framed in batches {
-                            self.events.push_back(SyncEvent::Records { from: h.sender, framed });
+                        for (stamp_us, framed) in batches {
+                            self.events.push_back(SyncEvent::Records { from: h.sender, stamp_us, framed });
                         }
                     }
                 }
@@ -349,7 +356,7 @@ impl Sync {
                 };
                 let (inc, ep) = (tx.to_incarnation, tx.epoch);
                 for b in tx.on_ack(now, next, &nacks) {
-                    self.out.data(h.sender, inc, ep, b.seq, b.count, &b.framed);
+                    self.out.data(h.sender, inc, ep, b);
                     self.counters.retransmits += 1;
                     self.counters.tx_datagrams += 1;
                 }
@@ -371,7 +378,7 @@ impl Sync {
             if let Some(tx) = &mut p.tx {
                 let (inc, epoch) = (tx.to_incarnation, tx.epoch);
                 for b in tx.on_timeout(now) {
-                    self.out.data(*addr, inc, epoch, b.seq, b.count, &b.framed);
+                    self.out.data(*addr, inc, epoch, b);
                     self.counters.retransmits += 1;
                     self.counters.tx_datagrams += 1;
                 }

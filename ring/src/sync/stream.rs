@@ -19,6 +19,7 @@ const MAX_BACKOFF_MS: u64 = 1_000;
 pub(super) struct Batch {
     pub seq: u64,
     pub count: u16,
+    pub stamp_us: u64,
     pub framed: Vec<u8>,
     last_sent: u64,
 }
@@ -30,6 +31,8 @@ pub(super) struct TxStream {
     next_seq: u64,
     building: Vec<u8>,
     building_count: u16,
+    /// Origin time of the oldest stamped record in the batch being built.
+    building_stamp: u64,
     unacked: VecDeque<Batch>,
     /// Every batch below this is acknowledged.
     pub acked: u64,
@@ -54,6 +57,7 @@ impl TxStream {
             next_seq: 0,
             building: Vec::with_capacity(DATA_ROOM),
             building_count: 0,
+            building_stamp: 0,
             unacked: VecDeque::new(),
             acked: 0,
             rto_ms,
@@ -64,7 +68,7 @@ impl TxStream {
 
     /// Appends a record (≤ 255 bytes) to the batch being built; a full batch
     /// is sealed first. Sealed batches wait for `take_new` to be sent.
-    pub fn push(&mut self, record: &[u8], new_epoch: impl FnOnce() -> u32) -> Pushed {
+    pub fn push(&mut self, record: &[u8], stamp_us: u64, new_epoch: impl FnOnce() -> u32) -> Pushed {
         debug_assert!(record.len() <= MAX_RECORD);
         let mut pushed = Pushed::Queued;
         if self.building.len() + 1 + record.len() > DATA_ROOM || self.building_count == u16::MAX {
@@ -81,6 +85,9 @@ impl TxStream {
         self.building.push(record.len() as u8);
         self.building.extend_from_slice(record);
         self.building_count += 1;
+        if stamp_us != 0 && (self.building_stamp == 0 || stamp_us < self.building_stamp) {
+            self.building_stamp = stamp_us;
+        }
         pushed
     }
 
@@ -91,6 +98,7 @@ impl TxStream {
         self.unacked.clear();
         self.building.clear();
         self.building_count = 0;
+        self.building_stamp = 0;
         self.resend_at = u64::MAX;
         self.backoff_ms = self.rto_ms;
     }
@@ -102,7 +110,14 @@ impl TxStream {
         }
         let framed = std::mem::replace(&mut self.building, Vec::with_capacity(DATA_ROOM));
         // last_sent 0: sealed, not sent yet.
-        self.unacked.push_back(Batch { seq: self.next_seq, count: self.building_count, framed, last_sent: 0 });
+        let stamp_us = std::mem::take(&mut self.building_stamp);
+        self.unacked.push_back(Batch {
+            seq: self.next_seq,
+            count: self.building_count,
+            stamp_us,
+            framed,
+            last_sent: 0,
+        });
         self.next_seq += 1;
         self.building_count = 0;
     }
@@ -182,7 +197,7 @@ pub(super) struct RxStream {
     pub epoch: u32,
     /// The next batch to deliver.
     pub next: u64,
-    held: BTreeMap<u64, Vec<u8>>,
+    held: BTreeMap<u64, (u64, Vec<u8>)>,
     /// An ACK is owed at this time.
     pub ack_at: Option<u64>,
     rto_ms: u64,
@@ -196,8 +211,9 @@ pub(super) enum Received {
     TooEarly,
     /// Held until the gap before it is filled.
     Held,
-    /// Delivered, with the held batches it unblocked (all in order).
-    Delivered(Vec<Vec<u8>>),
+    /// Delivered, with the held batches it unblocked (all in order), each
+    /// with its origin time.
+    Delivered(Vec<(u64, Vec<u8>)>),
 }
 
 impl RxStream {
@@ -205,7 +221,7 @@ impl RxStream {
         RxStream { incarnation, epoch, next: 0, held: BTreeMap::new(), ack_at: None, rto_ms }
     }
 
-    pub fn on_data(&mut self, now: u64, seq: u64, framed: &[u8]) -> Received {
+    pub fn on_data(&mut self, now: u64, seq: u64, stamp_us: u64, framed: &[u8]) -> Received {
         // Every DATA earns an ACK soon: it is how the sender learns what to drop or resend.
         self.ack_at = Some(self.ack_at.map_or(now, |t| t.min(now)));
         if seq < self.next || self.held.contains_key(&seq) {
@@ -215,10 +231,10 @@ impl RxStream {
             return Received::TooEarly;
         }
         if seq > self.next {
-            self.held.insert(seq, framed.to_vec());
+            self.held.insert(seq, (stamp_us, framed.to_vec()));
             return Received::Held;
         }
-        let mut out = vec![framed.to_vec()];
+        let mut out = vec![(stamp_us, framed.to_vec())];
         self.next += 1;
         while let Some(b) = self.held.remove(&self.next) {
             out.push(b);

@@ -13,8 +13,8 @@ pub const MAC_LEN: usize = 32;
 pub const HEADER_LEN: usize = 2 + 1 + 1 + 6 + 8 + 8 + 8;
 /// Datagrams never exceed this (one Ethernet frame with IP/UDP headers).
 pub const MAX_DATAGRAM: usize = 1400;
-/// epoch, stream seq, record count.
-pub const DATA_HEAD: usize = 4 + 8 + 2;
+/// epoch, stream seq, origin time, record count.
+pub const DATA_HEAD: usize = 4 + 8 + 8 + 2;
 /// Room for framed records in one DATA datagram.
 pub const DATA_ROOM: usize = MAX_DATAGRAM - HEADER_LEN - DATA_HEAD - MAC_LEN;
 /// A record is at most this long (its length is one byte on the wire).
@@ -38,8 +38,9 @@ pub struct Header {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body<'a> {
     /// One batch of a stream: `records` is `count` records, each a length
-    /// byte and that many bytes (already validated).
-    Data { epoch: u32, seq: u64, count: u16, records: &'a [u8] },
+    /// byte and that many bytes (already validated). `stamp_us`: when the
+    /// oldest record in it was made, on the sender's wall clock (0: unknown).
+    Data { epoch: u32, seq: u64, stamp_us: u64, count: u16, records: &'a [u8] },
     /// The receiver has every batch below `next` of stream `epoch`, and is
     /// missing `nacks` (each above `next`).
     Ack { epoch: u32, next: u64, nacks: Vec<u64> },
@@ -72,12 +73,23 @@ fn header(w: &mut Writer, kind: u8, h: &Header) {
     w.u64(h.to_incarnation);
 }
 
-pub fn encode_data(h: &Header, epoch: u32, seq: u64, count: u16, framed: &[u8], key: &Key) -> Vec<u8> {
+/// One DATA batch (see [`Body::Data`]).
+pub struct DataBatch<'a> {
+    pub epoch: u32,
+    pub seq: u64,
+    pub stamp_us: u64,
+    pub count: u16,
+    pub framed: &'a [u8],
+}
+
+pub fn encode_data(h: &Header, b: &DataBatch, key: &Key) -> Vec<u8> {
+    let framed = b.framed;
     let mut w = Writer(Vec::with_capacity(HEADER_LEN + DATA_HEAD + framed.len() + MAC_LEN));
     header(&mut w, KIND_DATA, h);
-    w.u32(epoch);
-    w.u64(seq);
-    w.u16(count);
+    w.u32(b.epoch);
+    w.u64(b.seq);
+    w.u64(b.stamp_us);
+    w.u16(b.count);
     w.0.extend_from_slice(framed);
     seal(w, key)
 }
@@ -121,6 +133,7 @@ pub fn decode<'a>(bytes: &'a [u8], key: &Key) -> Result<(Header, Body<'a>), Deco
         KIND_DATA => {
             let epoch = r.u32()?;
             let seq = r.u64()?;
+            let stamp_us = r.u64()?;
             let count = r.u16()?;
             let framed = r.0;
             let mut rest = framed;
@@ -134,7 +147,7 @@ pub fn decode<'a>(bytes: &'a [u8], key: &Key) -> Result<(Header, Body<'a>), Deco
             if !rest.is_empty() {
                 return Err(DecodeError::Invalid("trailing bytes"));
             }
-            Body::Data { epoch, seq, count, records: framed }
+            Body::Data { epoch, seq, stamp_us, count, records: framed }
         }
         KIND_ACK => {
             let epoch = r.u32()?;
@@ -182,10 +195,10 @@ mod tests {
     fn data_and_ack_round_trip() {
         let key = Key::derive("test", "secret");
         let f = framed(&[b"one", b"", b"three"]);
-        let bytes = encode_data(&h(), 3, 42, 3, &f, &key);
+        let bytes = encode_data(&h(), &DataBatch { epoch: 3, seq: 42, stamp_us: 99, count: 3, framed: &f }, &key);
         let (hd, body) = decode(&bytes, &key).unwrap();
         assert_eq!(hd, h());
-        assert_eq!(body, Body::Data { epoch: 3, seq: 42, count: 3, records: &f[..] });
+        assert_eq!(body, Body::Data { epoch: 3, seq: 42, stamp_us: 99, count: 3, records: &f[..] });
         let recs: Vec<&[u8]> = records(&f).collect();
         assert_eq!(recs, vec![&b"one"[..], b"", b"three"]);
         let bytes = encode_ack(&h(), 3, 40, &[41, 44], &key);
@@ -196,7 +209,7 @@ mod tests {
     fn forged_truncated_and_inconsistent_packets_are_errors() {
         let key = Key::derive("test", "secret");
         let f = framed(&[b"abc"]);
-        let bytes = encode_data(&h(), 1, 1, 1, &f, &key);
+        let bytes = encode_data(&h(), &DataBatch { epoch: 1, seq: 1, stamp_us: 0, count: 1, framed: &f }, &key);
         assert_eq!(decode(&bytes, &Key::derive("test", "other")), Err(DecodeError::BadMac));
         assert_eq!(decode(&bytes, &Key::derive("ringlb ring v1 packet MAC", "secret")), Err(DecodeError::BadMac));
         for i in 3..bytes.len() {
@@ -208,9 +221,9 @@ mod tests {
             assert!(decode(&bytes[..n], &key).is_err(), "prefix {n}");
         }
         // Validly signed but lying about its records: refused, not mis-read.
-        let lying = encode_data(&h(), 1, 1, 2, &f, &key);
+        let lying = encode_data(&h(), &DataBatch { epoch: 1, seq: 1, stamp_us: 0, count: 2, framed: &f }, &key);
         assert_eq!(decode(&lying, &key), Err(DecodeError::Truncated));
-        let short = encode_data(&h(), 1, 1, 0, &f, &key);
+        let short = encode_data(&h(), &DataBatch { epoch: 1, seq: 1, stamp_us: 0, count: 0, framed: &f }, &key);
         assert_eq!(decode(&short, &key), Err(DecodeError::Invalid("trailing bytes")));
     }
 }

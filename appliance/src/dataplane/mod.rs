@@ -4,14 +4,23 @@
 //!
 //! Fast-path rules: no locks, no allocation, no syscalls, no logging, no
 //! panics. All tables are built before the workers start.
+//!
+//! `shared` holds what all workers read; `replication` is the worker's
+//! side of the control channel (events out, commands in, dumps).
 
-use crate::config::{Config, Mode, SchedulerKind};
+mod replication;
+mod shared;
+
+pub use shared::{Neighbor, PortRt, Shared};
+
+use crate::config::Mode;
+use crate::control::channel::{EventTx, SessionRecord};
+use crate::locks::{LockRecord, LockTable, Offer};
 use crate::packet::{self, tcp_flags, ArpInfo, L4Info, L4Proto, Mac, Parsed, BROADCAST_MAC};
-use crate::sched::{maglev, wrr::SmoothWrr, Scheduler};
-use crate::session::{mix, Entry, FlowKey, SessionTable, State};
+use crate::sched::{wrr::SmoothWrr, Scheduler};
+use crate::session::{mix, Entry, FlowKey, SessionTable, State, Visit};
 use crate::stats::{Drop, WorkerStats};
-use rustc_hash::FxHashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use replication::{Dump, Outbox};
 use std::sync::Arc;
 
 /// Where a frame goes after `process`.
@@ -21,6 +30,13 @@ pub enum Verdict {
     Tx(u8),
     /// Another worker owns the flow: pass the untouched frame to it.
     Handoff(usize),
+    /// The first packet of a new session, rewritten for `port`: hold it
+    /// until the siblings have the session (the control thread releases
+    /// every packet whose `tag` ≤ the events they acknowledged).
+    Defer {
+        port: u8,
+        tag: u64,
+    },
     /// Handled here, nothing to send (e.g. an ARP reply we learned from).
     Consumed,
     Drop(Drop),
@@ -45,233 +61,43 @@ pub enum Step {
     },
 }
 
-/// A next hop's MAC, written by whichever worker hears its ARP and read by
-/// all: 0 = unresolved, else bit 48 set plus the 48-bit address.
-pub struct Neighbor {
-    pub ip: u32,
-    pub port: u8,
-    mac: AtomicU64,
-    pub is_static: bool,
-}
-
-impl Neighbor {
-    #[inline]
-    pub fn mac(&self) -> Option<Mac> {
-        let v = self.mac.load(Relaxed);
-        if v == 0 {
-            return None;
-        }
-        let b = v.to_be_bytes();
-        Some([b[2], b[3], b[4], b[5], b[6], b[7]])
-    }
-    #[inline]
-    pub fn learn(&self, mac: Mac) {
-        if !self.is_static {
-            self.mac.store(Self::encode(mac), Relaxed);
-        }
-    }
-
-    /// The atomic's representation: bit 48 marks "resolved".
-    fn encode(mac: Mac) -> u64 {
-        let mut b = [0u8; 8];
-        b[1] = 1;
-        b[2..].copy_from_slice(&mac);
-        u64::from_be_bytes(b)
-    }
-}
-
-pub struct PortRt {
-    pub ip: u32,
-    pub mac: Mac,
-}
-
-struct ServiceRt {
-    vip: u32,
-    port: u16,
-    mode: Mode,
-    scheduler: SchedulerKind,
-    weights: Vec<u32>,
-    servers: Vec<u16>,
-    maglev: Option<Arc<maglev::Maglev>>,
-}
-
-struct ServerRt {
-    ip: u32,
-    port: u16,
-    neighbor: u16,
-}
-
-/// (address, port, protocol) → service, for the handful of endpoints an
-/// appliance serves. Keys are packed into one u64 and kept sorted: a short
-/// linear scan (binary search when there are many) costs less per packet
-/// than hashing the tuple.
-#[derive(Default)]
-struct EndpointMap {
-    keys: Vec<u64>,
-    services: Vec<u16>,
-}
-
-impl EndpointMap {
-    const SCAN_LIMIT: usize = 16;
-
-    fn pack(ip: u32, port: u16, proto: u8) -> u64 {
-        (u64::from(ip) << 24) | (u64::from(port) << 8) | u64::from(proto)
-    }
-
-    /// Adds or replaces an endpoint's service.
-    fn insert(&mut self, ip: u32, port: u16, proto: u8, service: u16) {
-        let k = Self::pack(ip, port, proto);
-        match self.keys.binary_search(&k) {
-            Ok(i) => self.services[i] = service,
-            Err(i) => {
-                self.keys.insert(i, k);
-                self.services.insert(i, service);
-            }
-        }
-    }
-
-    #[inline]
-    fn get(&self, ip: u32, port: u16, proto: u8) -> Option<u16> {
-        let k = Self::pack(ip, port, proto);
-        let i = if self.keys.len() <= Self::SCAN_LIMIT {
-            self.keys.iter().position(|&x| x == k)
-        } else {
-            self.keys.binary_search(&k).ok()
-        };
-        i.map(|i| self.services[i])
-    }
-}
-
-/// Everything the workers share, read-only once built (neighbour MACs are
-/// atomics).
-pub struct Shared {
-    pub ports: Vec<PortRt>,
-    services: Vec<ServiceRt>,
-    servers: Vec<ServerRt>,
-    pub neighbors: Vec<Neighbor>,
-    /// (VIP, port, proto) → service.
-    vips: EndpointMap,
-    /// (server IP, port, proto) → NAT service, to recognise replies.
-    nat_backends: EndpointMap,
-    vip_set: FxHashMap<u32, ()>,
-    pub workers: usize,
-    pub timeouts: crate::session::Timeouts,
-    pub session_capacity_per_worker: usize,
-    pub arp_refresh_ms: u32,
-    /// Random per process: keys the owner and session-table hashes.
-    hash_seed: u64,
-}
-
-impl Shared {
-    /// Builds the shared tables. `port_macs` are the MACs actually in use on
-    /// each port (configured, or the device's own).
-    pub fn new(cfg: &Config, port_macs: &[Mac]) -> Shared {
-        let ports = cfg.ports.iter().zip(port_macs).map(|(p, &mac)| PortRt { ip: p.ip, mac }).collect();
-        let services: Vec<ServiceRt> = cfg
-            .services
-            .iter()
-            .map(|s| {
-                let names: Vec<String> = s
-                    .servers
-                    .iter()
-                    .map(|&id| {
-                        let sv = &cfg.servers[usize::from(id)];
-                        format!("{}:{}", std::net::Ipv4Addr::from(sv.ip), sv.port)
-                    })
-                    .collect();
-                let weights: Vec<u32> = s.servers.iter().map(|&id| cfg.servers[usize::from(id)].weight).collect();
-                let maglev = (s.scheduler == SchedulerKind::Maglev).then(|| {
-                    let bs: Vec<maglev::Backend> =
-                        names.iter().zip(&weights).map(|(name, &weight)| maglev::Backend { name, weight }).collect();
-                    Arc::new(maglev::Maglev::new(&bs, s.maglev_table_size))
-                });
-                ServiceRt {
-                    vip: s.vip,
-                    port: s.port,
-                    mode: s.mode,
-                    scheduler: s.scheduler,
-                    weights,
-                    servers: s.servers.clone(),
-                    maglev,
-                }
-            })
-            .collect();
-        let mut vips = EndpointMap::default();
-        let mut vip_set = FxHashMap::default();
-        let mut nat_backends = EndpointMap::default();
-        for (i, s) in cfg.services.iter().enumerate() {
-            vips.insert(s.vip, s.port, s.proto as u8, i as u16);
-            vip_set.insert(s.vip, ());
-            if s.mode == Mode::Nat {
-                for &id in &s.servers {
-                    let sv = &cfg.servers[usize::from(id)];
-                    nat_backends.insert(sv.ip, sv.port, s.proto as u8, i as u16);
-                }
-            }
-        }
-        let neighbors = cfg
-            .neighbors
-            .iter()
-            .map(|n| Neighbor {
-                ip: n.ip,
-                port: n.port,
-                mac: AtomicU64::new(n.static_mac.map_or(0, Neighbor::encode)),
-                is_static: n.static_mac.is_some(),
-            })
-            .collect();
-        let workers = cfg.eal.worker_cores.len();
-        Shared {
-            ports,
-            services,
-            servers: cfg.servers.iter().map(|s| ServerRt { ip: s.ip, port: s.port, neighbor: s.neighbor }).collect(),
-            neighbors,
-            vips,
-            nat_backends,
-            vip_set,
-            workers,
-            timeouts: cfg.timeouts,
-            session_capacity_per_worker: cfg.session_capacity.div_ceil(workers),
-            arp_refresh_ms: cfg.arp_refresh_ms,
-            hash_seed: {
-                use std::hash::{BuildHasher, Hasher};
-                std::collections::hash_map::RandomState::new().build_hasher().finish()
-            },
-        }
-    }
-
-    /// The worker that owns a client endpoint. Multiply-shift instead of `%`.
-    #[inline]
-    pub fn owner(&self, client_ip: u32, client_port: u16) -> usize {
-        if self.workers == 1 {
-            return 0;
-        }
-        let h = mix(u64::from(client_ip) ^ self.hash_seed, u64::from(client_port)) >> 32;
-        ((h * self.workers as u64) >> 32) as usize
-    }
-
-    /// The server a Maglev service gives a new flow (the same on every
-    /// appliance); None for round-robin services. Lets tools predict placement.
-    pub fn maglev_pick(&self, service: usize, key: &FlowKey) -> Option<u16> {
-        let s = self.services.get(service)?;
-        let m = s.maglev.as_ref()?;
-        Some(s.servers[m.lookup(key.hash(0))])
-    }
-
-    fn is_local(&self, ip: u32, port: u8) -> bool {
-        self.ports.get(usize::from(port)).is_some_and(|p| p.ip == ip) || self.vip_set.contains_key(&ip)
-    }
-}
-
 /// One worker's private state.
 pub struct Worker<'a> {
     pub id: usize,
     shared: &'a Shared,
     table: SessionTable,
     schedulers: Vec<Scheduler>,
+    /// Client locks (only when a service has persistence).
+    locks: Option<LockTable>,
     pub stats: &'a WorkerStats,
     /// Per neighbour: when we last asked for its MAC (worker 0 only).
     last_solicit_ms: Vec<Option<u32>>,
     last_reclaim_ms: Option<u32>,
+    /// Events to the control thread.
+    outbox: Outbox,
+    /// A dump in progress (resync for a sibling, or republishing).
+    dump: Option<Dump>,
+}
+
+/// What a sibling needs to know of a session.
+#[inline]
+fn record(key: &FlowKey, e: &Entry) -> SessionRecord {
+    SessionRecord {
+        key: *key,
+        server: e.server,
+        state: e.state,
+        client_port: e.client_port(),
+        client_mac: e.client_hop_mac,
+    }
+}
+
+/// A session left the table: count it, and tell the siblings if it was ours.
+#[inline]
+fn expired(outbox: &mut Outbox, stats: &WorkerStats, key: &FlowKey, e: &Entry) {
+    stats.session_expired();
+    if !e.is_replica() {
+        outbox.session_gone(key, stats);
+    }
 }
 
 /// The session key of a client → service packet.
@@ -296,20 +122,30 @@ impl<'a> Worker<'a> {
         let schedulers = shared
             .services
             .iter()
-            .map(|s| match (&s.maglev, s.scheduler) {
-                (Some(m), _) => Scheduler::Maglev(Arc::clone(m)),
-                (None, _) => Scheduler::RoundRobin(SmoothWrr::new(&s.weights)),
+            .map(|s| match &s.maglev {
+                Some(m) => Scheduler::Maglev(Arc::clone(m)),
+                None => Scheduler::RoundRobin(SmoothWrr::new(&s.weights)),
             })
             .collect();
+        let seed = shared.hash_seed;
         Worker {
             id,
             shared,
-            table: SessionTable::new(shared.session_capacity_per_worker, shared.timeouts, shared.hash_seed),
+            table: SessionTable::new(shared.session_capacity_per_worker, shared.timeouts, seed, SWEEP_BUDGET),
             schedulers,
+            locks: shared.lock_capacity.map(|c| LockTable::new(c, seed ^ id as u64)),
             stats,
             last_solicit_ms: vec![None; shared.neighbors.len()],
             last_reclaim_ms: None,
+            outbox: Outbox::new(shared.sync_events),
+            dump: None,
         }
+    }
+
+    /// Connects the worker to the control thread: from now on it reports
+    /// sessions (with sibling sync) and client locks through `events`.
+    pub fn connect(&mut self, events: EventTx) {
+        self.outbox.connect(events);
     }
 
     /// Decides what happens to one received frame, rewriting it in place.
@@ -464,7 +300,8 @@ impl<'a> Worker<'a> {
         in_port: u8,
         now_ms: u32,
     ) -> Verdict {
-        let service = &self.shared.services[usize::from(svc)];
+        let shared = self.shared;
+        let service = &shared.services[usize::from(svc)];
         if service.mode == Mode::Nat && info.ttl <= 1 {
             // Checked before any session is created for it.
             return Verdict::Drop(Drop::TtlExceeded);
@@ -473,64 +310,121 @@ impl<'a> Worker<'a> {
         let syn = is_tcp && info.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
         let closing = is_tcp && info.flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
         let stats = self.stats;
+        let outbox = &mut self.outbox;
 
-        let server = match self.table.lookup(key, hash, now_ms, |_| stats.session_expired()) {
-            Some(e) if syn && e.state == State::Closing => {
-                // A new connection reusing the client port of one that closed: schedule it afresh.
-                let idx = self.schedulers[usize::from(svc)].pick(key.hash(0));
-                e.server = service.servers[idx];
-                e.state = State::SynSeen;
-                e.last_seen_ms = now_ms;
-                stats.sessions_created.inc();
-                stats.server_new_sessions[usize::from(e.server)].inc();
-                e.server
-            }
+        // An existing session: follow it (and tell the siblings of a state change).
+        let mut reuse = false;
+        match self.table.lookup(key, hash, now_ms, |e| expired(outbox, stats, key, e)) {
+            // A new connection reusing the client port of one that closed: schedule it afresh.
+            Some(e) if syn && e.state == State::Closing => reuse = true,
             Some(e) => {
-                e.last_seen_ms = now_ms;
+                if e.touch(now_ms) {
+                    // A sibling's session, now carried here: the flow changed appliance.
+                    stats.sync_adopted.inc();
+                }
+                let before = e.state;
                 if closing {
                     e.state = State::Closing;
                 } else if e.state == State::SynSeen && !syn {
                     e.state = State::Established;
                 }
-                e.server
-            }
-            None if syn || !is_tcp => {
-                let idx = self.schedulers[usize::from(svc)].pick(key.hash(0));
-                let server = service.servers[idx];
-                let state = if is_tcp { State::SynSeen } else { State::Udp };
-                let entry = Entry::new(now_ms, server, svc, state, in_port, packet::src_mac(frame));
-                if self.table.insert(key, hash, entry).is_err() {
-                    // Full: reclaim idle entries (at most once per millisecond, so
-                    // a SYN flood against a full table stays cheap), then refuse.
-                    if self.last_reclaim_ms != Some(now_ms) {
-                        self.last_reclaim_ms = Some(now_ms);
-                        self.table.sweep(now_ms, SWEEP_BUDGET * 4, |_| stats.session_expired());
-                    }
-                    if self.table.insert(key, hash, entry).is_err() {
-                        return Verdict::Drop(Drop::TableFull);
-                    }
+                let server = e.server;
+                if e.state != before {
+                    outbox.session(record(key, e), now_ms, stats);
                 }
-                stats.sessions_created.inc();
-                stats.sessions_active.inc();
-                stats.server_new_sessions[usize::from(server)].inc();
-                server
+                return self.rewrite_forward(frame, info, service.mode, server, None);
             }
+            None if syn || !is_tcp => {}
             None => return Verdict::Drop(Drop::NoSession),
-        };
+        }
 
+        // A new session.
+        let server = self.pick_server(svc, key, now_ms);
+        let state = if is_tcp { State::SynSeen } else { State::Udp };
+        let entry = Entry::new(now_ms, server, svc, state, in_port, packet::src_mac(frame));
+        if reuse {
+            if let Some(e) = self.table.lookup(key, hash, now_ms, |_| ()) {
+                e.renew(entry);
+            }
+        } else if self.table.insert(key, hash, entry).is_err() {
+            // Full: reclaim idle entries (at most once per millisecond, so
+            // a SYN flood against a full table stays cheap), then refuse.
+            if self.last_reclaim_ms != Some(now_ms) {
+                self.last_reclaim_ms = Some(now_ms);
+                let outbox = &mut self.outbox;
+                self.table.sweep(now_ms, SWEEP_BUDGET * 4, |visit, k, e| {
+                    if visit == Visit::Expired {
+                        expired(outbox, stats, k, e);
+                    }
+                    false
+                });
+            }
+            if self.table.insert(key, hash, entry).is_err() {
+                return Verdict::Drop(Drop::TableFull);
+            }
+        }
+        if !reuse {
+            stats.sessions_active.inc();
+        }
+        stats.sessions_created.inc();
+        stats.server_new_sessions[usize::from(server)].inc();
+        // Siblings learn of it; with defer on, its first packet waits for them.
+        let tag = self.outbox.session(record(key, &entry), now_ms, stats).filter(|_| shared.defer_active());
+        self.rewrite_forward(frame, info, service.mode, server, tag)
+    }
+
+    /// Rewrites a client packet for `server` and says where it goes (held
+    /// for the siblings when `defer` carries its tag).
+    #[inline]
+    fn rewrite_forward(&self, frame: &mut [u8], info: &L4Info, mode: Mode, server: u16, defer: Option<u64>) -> Verdict {
         let srv = &self.shared.servers[usize::from(server)];
         let nb = &self.shared.neighbors[usize::from(srv.neighbor)];
         let Some(server_mac) = nb.mac() else {
             return Verdict::Drop(Drop::NoNeighbor);
         };
         let egress_mac = self.shared.ports[usize::from(nb.port)].mac;
-        match service.mode {
+        match mode {
             Mode::Dsr => packet::rewrite_dsr(frame, server_mac, egress_mac),
             Mode::Nat => {
                 packet::rewrite_nat_forward(frame, info, srv.ip, srv.port, server_mac, egress_mac);
             }
         }
-        Verdict::Tx(nb.port)
+        match defer {
+            Some(tag) => Verdict::Defer { port: nb.port, tag },
+            None => Verdict::Tx(nb.port),
+        }
+    }
+
+    /// The server for a new session of service `svc`. With persistence the
+    /// client's live lock decides; without one, the client is placed by its
+    /// address and the lock period on the service's Maglev table (the same
+    /// on every appliance, so appliances that see a client's first
+    /// connections at once agree), and a lock is made and reported.
+    fn pick_server(&mut self, svc: u16, key: &FlowKey, now_ms: u32) -> u16 {
+        let service = &self.shared.services[usize::from(svc)];
+        let (Some(life), Some(locks), Some(maglev)) = (service.persistence_ms, &mut self.locks, &service.maglev) else {
+            return service.servers[self.schedulers[usize::from(svc)].pick(key.hash(0))];
+        };
+        if let Some(lock) = locks.get(key.client_ip, svc, now_ms) {
+            self.stats.lock_hits.inc();
+            return lock.server;
+        }
+        let period = (self.shared.start_wall_ms + u64::from(now_ms)) / u64::from(life);
+        let server = service.servers[maglev.lookup(mix(u64::from(key.client_ip) ^ (u64::from(svc) << 32), period))];
+        let lock = LockRecord {
+            client_ip: key.client_ip,
+            service: svc,
+            server,
+            remaining_ms: life,
+            rank: self.shared.rank_base | self.id as u64,
+        };
+        if locks.offer(lock, now_ms) == Offer::Full {
+            self.stats.lock_table_full.inc();
+        } else {
+            self.stats.locks_created.inc();
+            self.outbox.lock(lock, self.stats);
+        }
+        server
     }
 
     /// Server → client in NAT mode: the source becomes the VIP again.
@@ -546,7 +440,8 @@ impl<'a> Worker<'a> {
     ) -> Verdict {
         let service = &self.shared.services[usize::from(svc)];
         let stats = self.stats;
-        let Some(e) = self.table.lookup(key, hash, now_ms, |_| stats.session_expired()) else {
+        let outbox = &mut self.outbox;
+        let Some(e) = self.table.lookup(key, hash, now_ms, |e| expired(outbox, stats, key, e)) else {
             return Verdict::Drop(Drop::NoSession);
         };
         let srv = &self.shared.servers[usize::from(e.server)];
@@ -557,23 +452,42 @@ impl<'a> Worker<'a> {
         if info.ttl <= 1 {
             return Verdict::Drop(Drop::TtlExceeded);
         }
-        e.last_seen_ms = now_ms;
+        if e.touch(now_ms) {
+            stats.sync_adopted.inc();
+        }
+        let before = e.state;
         if info.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
             e.state = State::Closing;
         } else if e.state == State::SynSeen && info.proto == L4Proto::Tcp {
             // The server answered; the session stays bound even if the client's ACK is slow.
             e.state = State::Established;
         }
-        let out_port = e.client_port_id;
+        let out_port = e.client_port();
+        let client_mac = e.client_hop_mac;
+        if e.state != before {
+            outbox.session(record(key, e), now_ms, stats);
+        }
         let out_mac = self.shared.ports[usize::from(out_port)].mac;
-        packet::rewrite_nat_reply(frame, info, service.vip, service.port, e.client_hop_mac, out_mac);
+        packet::rewrite_nat_reply(frame, info, service.vip, service.port, client_mac, out_mac);
         Verdict::Tx(out_port)
     }
 
-    /// Periodic work between bursts: expire idle sessions a slice at a time.
+    /// Periodic work between bursts: expire idle sessions and locks a slice
+    /// at a time, refresh busy sessions to the siblings, and carry on a dump.
     pub fn sweep(&mut self, now_ms: u32) {
         let stats = self.stats;
-        self.table.sweep(now_ms, SWEEP_BUDGET, |_| stats.session_expired());
+        let outbox = &mut self.outbox;
+        self.table.sweep(now_ms, SWEEP_BUDGET, |visit, key, e| match visit {
+            Visit::Expired => {
+                expired(outbox, stats, key, e);
+                false
+            }
+            Visit::RefreshDue => outbox.session(record(key, e), now_ms, stats).is_some(),
+        });
+        if let Some(locks) = &mut self.locks {
+            locks.sweep(now_ms, SWEEP_BUDGET);
+        }
+        self.dump_step(now_ms);
     }
 
     /// Calls `send(neighbor)` for each next hop whose MAC should be
@@ -591,29 +505,6 @@ impl<'a> Worker<'a> {
             if due && send(n, &self.shared.ports[usize::from(n.port)]) {
                 self.last_solicit_ms[i] = Some(now_ms);
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::EndpointMap;
-
-    #[test]
-    fn endpoint_map_finds_replaces_and_misses_with_scan_and_search() {
-        for n in [3u32, 100] {
-            let mut m = EndpointMap::default();
-            for i in 0..n {
-                m.insert(0xc612_6400 + i, 80, 6, i as u16);
-            }
-            m.insert(0xc612_6400, 80, 6, 999); // replaces
-            assert_eq!(m.get(0xc612_6400, 80, 6), Some(999));
-            for i in 1..n {
-                assert_eq!(m.get(0xc612_6400 + i, 80, 6), Some(i as u16));
-                assert_eq!(m.get(0xc612_6400 + i, 81, 6), None, "other port");
-                assert_eq!(m.get(0xc612_6400 + i, 80, 17), None, "other protocol");
-            }
-            assert_eq!(m.get(0xc612_6400 + n, 80, 6), None);
         }
     }
 }

@@ -2,6 +2,10 @@
 //! validation into a resolved [`Config`] the data plane can index directly.
 //! Every error names the file, line and column (or the key) and says why.
 
+mod cluster;
+
+pub use cluster::{ClusterConfig, Secret, DEFAULT_DEFER_MS};
+
 use crate::packet::{L4Proto, Mac};
 use crate::sched::maglev;
 use crate::session::Timeouts;
@@ -26,6 +30,8 @@ struct RawConfig {
     timeouts: RawTimeouts,
     #[serde(default)]
     arp: RawArp,
+    #[serde(default)]
+    cluster: Option<cluster::RawCluster>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -44,6 +50,18 @@ struct RawEal {
     mbufs: Option<Spanned<u32>>,
     #[serde(default)]
     extra_args: Vec<String>,
+    /// poll: workers spin on empty queues (lowest latency); adaptive: they
+    /// sleep briefly after a run of empty polls and spin again on traffic.
+    #[serde(default)]
+    idle: IdleMode,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IdleMode {
+    #[default]
+    Poll,
+    Adaptive,
 }
 
 fn yes() -> bool {
@@ -100,6 +118,16 @@ struct RawService {
     #[serde(default)]
     maglev_table_size: Option<Spanned<usize>>,
     group: Spanned<String>,
+    /// Client persistence: a client's new connections go to the server its
+    /// first one went to, until the lock times out.
+    #[serde(default)]
+    persistence: Option<RawPersistence>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawPersistence {
+    timeout: Spanned<String>,
 }
 
 fn tcp() -> Protocol {
@@ -128,12 +156,18 @@ fn one() -> u32 {
 #[serde(deny_unknown_fields)]
 struct RawSessions {
     capacity: Spanned<usize>,
+    /// Client locks each worker can hold (services with persistence).
+    #[serde(default = "default_locks")]
+    locks: Spanned<usize>,
+}
+
+fn default_locks() -> Spanned<usize> {
+    unspanned(1 << 16)
 }
 
 impl Default for RawSessions {
     fn default() -> Self {
-        let loc = serde_saphyr::Location::UNKNOWN;
-        RawSessions { capacity: Spanned::new(1 << 20, loc, loc) }
+        RawSessions { capacity: unspanned(1 << 20), locks: default_locks() }
     }
 }
 
@@ -186,6 +220,7 @@ pub struct EalConfig {
     /// Requested pool size; the run raises it to what the queues need.
     pub mbufs: Option<u32>,
     pub extra_args: Vec<String>,
+    pub idle: IdleMode,
 }
 
 #[derive(Debug, Clone)]
@@ -222,6 +257,8 @@ pub struct ServiceConfig {
     pub group: String,
     /// Global server ids, in group order.
     pub servers: Vec<u16>,
+    /// Client-lock lifetime, if the service has persistence.
+    pub persistence_ms: Option<u32>,
 }
 
 /// One member of a service's server group. A machine serving two services
@@ -251,8 +288,11 @@ pub struct Config {
     pub servers: Vec<ServerConfig>,
     pub neighbors: Vec<NeighborConfig>,
     pub session_capacity: usize,
+    /// Client locks per worker (allocated only when a service has persistence).
+    pub lock_capacity: usize,
     pub timeouts: Timeouts,
     pub arp_refresh_ms: u32,
+    pub cluster: Option<ClusterConfig>,
 }
 
 // ---------- errors ----------
@@ -481,6 +521,24 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
                 sz.value
             }
         };
+        let persistence_ms = match &s.persistence {
+            None => None,
+            Some(p) => {
+                if s.scheduler != SchedulerKind::Maglev {
+                    // Several appliances may see a client's first connections at
+                    // once; only a placement computed from the client itself lets
+                    // them agree without a round trip (PROTOCOL: client locks).
+                    return Err(cx.at(
+                        &p.timeout,
+                        format!(
+                            "services[{si}] '{name}': persistence places a client's first connection by consistent \
+                         hashing of its address; set scheduler: maglev"
+                        ),
+                    ));
+                }
+                Some(duration(cx, &p.timeout, &format!("services[{si}].persistence.timeout"))?)
+            }
+        };
         let mut ids = Vec::new();
         for (mi, m) in group.iter().enumerate() {
             let where_ = format!("server_groups.{}[{mi}]", s.group.value);
@@ -555,6 +613,7 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
             maglev_table_size,
             group: s.group.value.clone(),
             servers: ids,
+            persistence_ms,
         });
     }
     if services.len() >= usize::from(u16::MAX) {
@@ -565,6 +624,10 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
     if cap.value == 0 || cap.value > 1 << 30 {
         return Err(cx.at(cap, format!("sessions.capacity: {} must be between 1 and 2^30", cap.value)));
     }
+    let locks = &raw.sessions.locks;
+    if locks.value == 0 || locks.value > 1 << 26 {
+        return Err(cx.at(locks, format!("sessions.locks: {} must be between 1 and 2^26", locks.value)));
+    }
     let t = &raw.timeouts;
     let timeouts = Timeouts {
         syn_ms: duration(cx, &t.syn, "timeouts.syn")?,
@@ -573,6 +636,7 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
         udp_ms: duration(cx, &t.udp, "timeouts.udp")?,
     };
     let arp_refresh_ms = duration(cx, &raw.arp.refresh, "arp.refresh")?;
+    let cluster = raw.cluster.as_ref().map(|c| cluster::validate(c, cx)).transpose()?;
 
     Ok(Config {
         eal: EalConfig {
@@ -582,14 +646,17 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
             memory_mb: raw.eal.memory_mb,
             mbufs: raw.eal.mbufs.as_ref().map(|m| m.value),
             extra_args: raw.eal.extra_args,
+            idle: raw.eal.idle,
         },
         ports,
         services,
         servers,
         neighbors,
         session_capacity: cap.value,
+        lock_capacity: locks.value,
         timeouts,
         arp_refresh_ms,
+        cluster,
     })
 }
 
@@ -619,6 +686,7 @@ impl Config {
             let _ = writeln!(o, "  mbufs: {m}");
         }
         let _ = writeln!(o, "  extra_args: {:?}", e.extra_args);
+        let _ = writeln!(o, "  idle: {}", format!("{:?}", e.idle).to_lowercase());
         let _ = writeln!(o, "ports:");
         for p in &self.ports {
             let _ = writeln!(o, "  - device: \"{}\"\n    ip: {}/{}", p.device, ip(p.ip), p.prefix_len);
@@ -639,6 +707,9 @@ impl Config {
             if s.scheduler == SchedulerKind::Maglev {
                 let _ = writeln!(o, "    maglev_table_size: {}", s.maglev_table_size);
             }
+            if let Some(p) = s.persistence_ms {
+                let _ = writeln!(o, "    persistence:\n      timeout: {p}ms");
+            }
             let _ = writeln!(o, "    group: {}\n    servers:", s.group);
             for &id in &s.servers {
                 let sv = &self.servers[usize::from(id)];
@@ -656,12 +727,25 @@ impl Config {
             }
         }
         let t = &self.timeouts;
-        let _ = writeln!(o, "sessions:\n  capacity: {}", self.session_capacity);
+        let _ = writeln!(o, "sessions:\n  capacity: {}\n  locks: {}", self.session_capacity, self.lock_capacity);
         let _ = writeln!(
             o,
             "timeouts:\n  syn: {}ms\n  established: {}ms\n  closing: {}ms\n  udp: {}ms\narp:\n  refresh: {}ms",
             t.syn_ms, t.established_ms, t.closing_ms, t.udp_ms, self.arp_refresh_ms
         );
+        if let Some(c) = &self.cluster {
+            let members: Vec<String> = c.members.iter().map(ToString::to_string).collect();
+            let _ = writeln!(
+                o,
+                "cluster:\n  address: {}\n  members: [{}]\n  key_file: {}\n  timers: {}\n  sync: {}\n  defer: {}",
+                c.address,
+                members.join(", "),
+                c.key_file,
+                c.timers_name,
+                c.sync,
+                c.defer_ms.map_or("off".into(), |ms| format!("{ms}ms"))
+            );
+        }
         o
     }
 

@@ -1,0 +1,144 @@
+//! The `cluster:` section: this appliance's ring address, every possible
+//! member, the shared key, the ring's timer profile, and sibling sync.
+
+use super::{duration, Ctx};
+use crate::config::ConfigError;
+use ringlb_ring::Timers;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddrV4;
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    /// This appliance's ring address (a kernel UDP socket, not a DPDK port).
+    address: Spanned<String>,
+    /// Every address that may be a ring member: appliances and agents.
+    members: Spanned<Vec<Spanned<String>>>,
+    /// A file holding the cluster's shared secret (mode 0600).
+    key_file: Spanned<String>,
+    /// The ring's timer profile: seed (2,000/2,500 ms) or fast (300/400 ms).
+    #[serde(default)]
+    timers: Option<Spanned<String>>,
+    /// Share sessions and client locks with the sibling appliances.
+    #[serde(default = "super::yes")]
+    sync: bool,
+    /// Hold a new session's first packet until every sibling has its entry,
+    /// at most this long; "off" forwards at once.
+    #[serde(default)]
+    defer: Option<Spanned<String>>,
+}
+
+/// The shared secret; never printed.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub address: SocketAddrV4,
+    /// Sorted, unique, including `address`.
+    pub members: Vec<SocketAddrV4>,
+    pub key_file: String,
+    pub secret: Secret,
+    pub timers: Timers,
+    pub timers_name: &'static str,
+    pub sync: bool,
+    /// None: new sessions' first packets are not held.
+    pub defer_ms: Option<u32>,
+}
+
+/// The first packet of a new session waits at most this long for siblings.
+pub const DEFAULT_DEFER_MS: u32 = 50;
+/// Shortest secret accepted.
+const MIN_SECRET: usize = 16;
+
+fn socket_addr(cx: &Ctx, s: &Spanned<String>, key: &str) -> Result<SocketAddrV4, ConfigError> {
+    s.value
+        .parse::<SocketAddrV4>()
+        .ok()
+        .filter(|a| a.port() != 0 && !a.ip().is_unspecified())
+        .ok_or_else(|| cx.at(s, format!("{key}: '{}' is not an IPv4 address with a port (10.255.0.1:7400)", s.value)))
+}
+
+/// Reads the secret, refusing files other users can read or write.
+fn read_secret(cx: &Ctx, s: &Spanned<String>) -> Result<Secret, ConfigError> {
+    let path = &s.value;
+    let meta = std::fs::metadata(path).map_err(|e| cx.at(s, format!("cluster.key_file: {path}: {e}")))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(cx.at(
+                s,
+                format!(
+                    "cluster.key_file: {path} has mode {mode:04o}: other users could read the cluster key (chmod 600)"
+                ),
+            ));
+        }
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| cx.at(s, format!("cluster.key_file: {path}: {e}")))?;
+    let secret = text.trim();
+    if secret.len() < MIN_SECRET {
+        return Err(
+            cx.at(s, format!("cluster.key_file: {path} holds {} characters; use at least {MIN_SECRET}", secret.len()))
+        );
+    }
+    Ok(Secret(secret.to_owned()))
+}
+
+pub(super) fn validate(raw: &RawCluster, cx: &Ctx) -> Result<ClusterConfig, ConfigError> {
+    let address = socket_addr(cx, &raw.address, "cluster.address")?;
+    let mut members = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, m) in raw.members.value.iter().enumerate() {
+        let a = socket_addr(cx, m, &format!("cluster.members[{i}]"))?;
+        if !seen.insert(a) {
+            return Err(cx.at(m, format!("cluster.members[{i}]: {a} is listed twice")));
+        }
+        members.push(a);
+    }
+    if members.len() > ringlb_ring::wire::MAX_MEMBERS {
+        return Err(cx.at(&raw.members, format!("cluster.members: at most {} members", ringlb_ring::wire::MAX_MEMBERS)));
+    }
+    if !seen.contains(&address) {
+        return Err(cx.at(&raw.address, format!("cluster.address: {address} must be one of cluster.members")));
+    }
+    members.sort_by_key(ringlb_ring::wire::order);
+    let (timers, timers_name) = match raw.timers.as_ref().map(|t| t.value.as_str()) {
+        None | Some("seed") => (Timers::SEED, "seed"),
+        Some("fast") => (Timers::FAST, "fast"),
+        Some(other) => {
+            let t = raw.timers.as_ref().expect("matched Some");
+            return Err(cx.at(t, format!("cluster.timers: '{other}' is not seed or fast")));
+        }
+    };
+    let defer_ms = match &raw.defer {
+        None => Some(DEFAULT_DEFER_MS),
+        Some(d) if d.value == "off" => None,
+        Some(d) => {
+            let ms = duration(cx, d, "cluster.defer")?;
+            if ms > 1000 {
+                return Err(cx.at(d, format!("cluster.defer: {} holds first packets too long (at most 1s)", d.value)));
+            }
+            Some(ms)
+        }
+    };
+    Ok(ClusterConfig {
+        address,
+        members,
+        key_file: raw.key_file.value.clone(),
+        secret: read_secret(cx, &raw.key_file)?,
+        timers,
+        timers_name,
+        sync: raw.sync,
+        defer_ms: defer_ms.filter(|_| raw.sync),
+    })
+}

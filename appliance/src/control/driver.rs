@@ -1,0 +1,168 @@
+//! The control thread's runtime around [`Control`]: the cluster's UDP
+//! socket, the clocks, the stats line and the status file, and the loop
+//! that feeds them to the control plane until the appliance stops.
+//!
+//! The loop never sleeps while there is work; when idle it waits on the
+//! socket, briefly at first (workers' events do not wake it, so it looks
+//! again every 100 µs for 50 ms after the last activity), then longer.
+
+use super::status::Status;
+use super::{Control, Now};
+use crate::stats::{Snapshot, WorkerStats};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub struct Options {
+    pub stats_interval: Duration,
+    /// Stop by itself after this long; None = until `quit`.
+    pub duration: Option<Duration>,
+    /// Rewritten (atomically) every stats interval and at exit.
+    pub status_file: Option<PathBuf>,
+}
+
+/// Datagrams taken per loop iteration before the workers get a look.
+const DATAGRAMS_PER_LOOP: usize = 4096;
+/// Idle waits: short while work came recently, longer after a quiet second.
+const WAIT_BUSY: Duration = Duration::from_micros(100);
+const WAIT_RECENT: Duration = Duration::from_millis(1);
+const WAIT_IDLE: Duration = Duration::from_millis(10);
+
+pub fn wall_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The control thread's clock and what it prints.
+pub struct Driver<'a> {
+    started: Instant,
+    socket: Option<UdpSocket>,
+    stats: Vec<&'a WorkerStats>,
+    labels: &'a [String],
+    last: Snapshot,
+    last_print: Instant,
+    buf: Vec<u8>,
+}
+
+impl<'a> Driver<'a> {
+    /// `socket` is the cluster address (None when standalone).
+    pub fn new(socket: Option<UdpSocket>, stats: &'a [WorkerStats], labels: &'a [String]) -> std::io::Result<Self> {
+        if let Some(s) = &socket {
+            s.set_nonblocking(true)?;
+        }
+        let stats: Vec<&WorkerStats> = stats.iter().collect();
+        Ok(Driver {
+            started: Instant::now(),
+            last: Snapshot::take(&stats),
+            socket,
+            stats,
+            labels,
+            last_print: Instant::now(),
+            buf: vec![0; 65_536],
+        })
+    }
+
+    pub fn now(&self) -> Now {
+        Now { ms: self.started.elapsed().as_millis() as u64, wall_us: wall_us() }
+    }
+
+    /// Runs the control plane until `quit` is set or `opts.duration` passes.
+    pub fn run(&mut self, control: &mut Control, quit: &AtomicBool, opts: &Options) {
+        let mut last_busy = Instant::now();
+        while !quit.load(Relaxed) && opts.duration.is_none_or(|d| self.started.elapsed() < d) {
+            let now = self.now();
+            let mut busy = self.receive(control, now);
+            busy |= control.poll_workers(now) > 0;
+            if control.poll_timeout() <= now.ms {
+                control.handle_timeout(now);
+            }
+            self.transmit(control);
+            while let Some(n) = control.poll_note() {
+                println!("{n}");
+            }
+            if !opts.stats_interval.is_zero() && self.last_print.elapsed() >= opts.stats_interval {
+                self.report(control, opts, true);
+            }
+            if busy {
+                last_busy = Instant::now();
+                continue;
+            }
+            let quiet = last_busy.elapsed();
+            let mut wait = if quiet < Duration::from_millis(50) {
+                WAIT_BUSY
+            } else if quiet < Duration::from_secs(1) {
+                WAIT_RECENT
+            } else {
+                WAIT_IDLE
+            };
+            let timer = control.poll_timeout().saturating_sub(self.now().ms);
+            wait = wait.min(Duration::from_millis(timer));
+            self.wait(wait);
+        }
+    }
+
+    /// Hands every datagram waiting on the socket to the control plane.
+    fn receive(&mut self, control: &mut Control, now: Now) -> bool {
+        let Some(s) = &self.socket else { return false };
+        let mut got = false;
+        for _ in 0..DATAGRAMS_PER_LOOP {
+            match s.recv_from(&mut self.buf) {
+                Ok((n, SocketAddr::V4(from))) => {
+                    control.handle_datagram(now, from, &self.buf[..n]);
+                    got = true;
+                }
+                Ok(_) => {} // IPv6 senders are not members
+                // WouldBlock, or an ICMP error from a dead peer: silence is the protocol's business.
+                Err(_) => break,
+            }
+        }
+        got
+    }
+
+    fn transmit(&mut self, control: &mut Control) {
+        while let Some(t) = control.poll_transmit() {
+            if let Some(s) = &self.socket {
+                // A failed send is like a lost datagram.
+                let _ = s.send_to(&t.bytes, t.to);
+            }
+        }
+    }
+
+    /// Waits until a datagram arrives or `d` passes (a blocking peek with a
+    /// timeout; the socket is non-blocking again afterwards).
+    fn wait(&mut self, d: Duration) {
+        let d = d.max(Duration::from_micros(1));
+        let Some(s) = &self.socket else {
+            std::thread::sleep(d);
+            return;
+        };
+        if s.set_nonblocking(false).is_ok() && s.set_read_timeout(Some(d)).is_ok() {
+            let _ = s.peek_from(&mut self.buf[..1]);
+        }
+        let _ = s.set_nonblocking(true);
+    }
+
+    /// Prints the stats line (if `line`) and rewrites the status file.
+    pub fn report(&mut self, control: &Control, opts: &Options, line: bool) {
+        let dt = self.last_print.elapsed().as_secs_f64();
+        self.last_print = Instant::now();
+        let t = self.started.elapsed().as_secs_f64();
+        let snap = Snapshot::take(&self.stats);
+        let status = Status::new(t, &snap, self.labels, control);
+        if line {
+            println!("{}{}", crate::app::stats_line(t, &snap, &self.last, dt, self.labels), status.cluster_line());
+        }
+        if let Some(path) = &opts.status_file {
+            write_atomically(path, &status);
+        }
+        self.last = snap;
+    }
+}
+
+fn write_atomically(path: &PathBuf, status: &Status) {
+    let Ok(text) = serde_json::to_string_pretty(status) else { return };
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, text).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}

@@ -1,0 +1,283 @@
+//! The control plane: what runs on the main lcore beside the workers. It is
+//! a sans-IO state machine (like the ring's member): it is given the time,
+//! datagrams and the workers' events; it hands back datagrams, commands for
+//! the workers, and notes for the log. `driver` binds it to a UDP socket
+//! and the clock.
+//!
+//! - `channel`: the command and event queues to and from each worker.
+//! - the ring (`ringlb-ring`): this appliance is a dispatch-capable member;
+//!   the ring's view says who the sibling appliances are.
+//! - `siblings` (with `records`): sessions and client locks shared with the
+//!   siblings over the sync transport, resyncs, and first-packet release.
+//! - `status`: what the control thread knows, for the stats line and the
+//!   status file.
+
+pub mod channel;
+pub mod driver;
+mod lag;
+pub mod records;
+mod siblings;
+pub mod status;
+
+use crate::config::Config;
+use crate::dataplane::Shared;
+use channel::{Command, Event, WorkerPort};
+use ringlb_ring::member::{Config as RingConfig, Event as RingEvent, Member, Transmit};
+use ringlb_ring::sync::{SyncConfig, KEY_CONTEXT};
+use ringlb_ring::wire::CAP_APPLIANCE;
+use ringlb_ring::Key;
+use siblings::{Ctx, Siblings};
+use std::collections::VecDeque;
+use std::net::SocketAddrV4;
+use std::sync::Arc;
+
+pub use siblings::{PullReport, SiblingCounters};
+
+/// Events taken from one worker per poll (the rest wait for the next).
+const EVENTS_PER_POLL: usize = 16_384;
+/// Sync retransmission timeout: a LAN round trip is far below it.
+const SYNC_RTO_MS: u64 = 20;
+
+/// The time, as the control plane sees it: a monotonic millisecond clock
+/// for protocol timers, and the wall clock for lag across appliances.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub ms: u64,
+    pub wall_us: u64,
+}
+
+/// This appliance as a ring member.
+struct Ring {
+    me: SocketAddrV4,
+    member: Member,
+    dispatcher: Option<SocketAddrV4>,
+    purges: u64,
+    /// App and reliable messages from other members (agents' load reports).
+    app_messages: u64,
+}
+
+#[derive(Default, Debug, Clone, Copy, serde::Serialize)]
+pub struct ControlCounters {
+    /// Datagrams that are neither ring nor sync packets.
+    pub unknown_datagrams: u64,
+    /// Worker events taken.
+    pub events: u64,
+}
+
+pub struct Control {
+    shared: Arc<Shared>,
+    workers: Vec<WorkerPort>,
+    ring: Option<Ring>,
+    siblings: Option<Siblings>,
+    notes: VecDeque<String>,
+    pub counters: ControlCounters,
+}
+
+impl Control {
+    /// `incarnation` must grow from one start of this appliance to the next
+    /// (the driver uses the wall clock in milliseconds).
+    pub fn new(cfg: &Config, shared: Arc<Shared>, workers: Vec<WorkerPort>, now: Now, incarnation: u64) -> Control {
+        let mut notes = VecDeque::new();
+        let (ring, siblings) = match &cfg.cluster {
+            None => (None, None),
+            Some(c) => {
+                let ring_cfg = RingConfig {
+                    me: c.address,
+                    peers: c.members.clone(),
+                    dispatch_capable: true,
+                    appliance: true,
+                    timers: c.timers,
+                    key: Key::from_secret(&c.secret.0),
+                    incarnation,
+                };
+                notes.push_back(format!(
+                    "ring: member {} of {} configured, timers {}, sync {}",
+                    c.address,
+                    c.members.len(),
+                    c.timers_name,
+                    if c.sync { "on" } else { "off" }
+                ));
+                let ring = Ring {
+                    me: c.address,
+                    member: Member::new(ring_cfg, now.ms),
+                    dispatcher: None,
+                    purges: 0,
+                    app_messages: 0,
+                };
+                let siblings = c.sync.then(|| {
+                    let sync = SyncConfig {
+                        me: c.address,
+                        incarnation,
+                        key: Key::derive(KEY_CONTEXT, &c.secret.0),
+                        peers: c.members.clone(),
+                        rto_ms: SYNC_RTO_MS,
+                    };
+                    Siblings::new(sync, workers.len())
+                });
+                (Some(ring), siblings)
+            }
+        };
+        let mut c = Control { shared, workers, ring, siblings, notes, counters: ControlCounters::default() };
+        c.ring_events(now);
+        c
+    }
+
+    fn ctx<'a>(
+        shared: &'a Shared,
+        workers: &'a mut [WorkerPort],
+        notes: &'a mut VecDeque<String>,
+        now: Now,
+    ) -> Ctx<'a> {
+        Ctx { shared, workers, notes, now }
+    }
+
+    /// A datagram on the cluster socket: ring ("RL") or sync ("RS").
+    pub fn handle_datagram(&mut self, now: Now, from: SocketAddrV4, bytes: &[u8]) {
+        match bytes.get(..2) {
+            Some(b"RL") => {
+                if let Some(r) = &mut self.ring {
+                    r.member.handle_datagram(now.ms, from, bytes);
+                    self.ring_events(now);
+                }
+            }
+            Some(b"RS") => {
+                if let Some(s) = &mut self.siblings {
+                    let mut cx = Self::ctx(&self.shared, &mut self.workers, &mut self.notes, now);
+                    s.handle_datagram(from, bytes, &mut cx);
+                }
+            }
+            _ => self.counters.unknown_datagrams += 1,
+        }
+    }
+
+    /// Runs the ring's and the sync's timers that are due.
+    pub fn handle_timeout(&mut self, now: Now) {
+        if let Some(r) = &mut self.ring {
+            if r.member.poll_timeout() <= now.ms {
+                r.member.handle_timeout(now.ms);
+            }
+        }
+        self.ring_events(now);
+        if let Some(s) = &mut self.siblings {
+            if s.poll_timeout() <= now.ms {
+                let mut cx = Self::ctx(&self.shared, &mut self.workers, &mut self.notes, now);
+                s.handle_timeout(&mut cx);
+            }
+        }
+    }
+
+    /// When `handle_timeout` should next run (u64::MAX: nothing is due).
+    pub fn poll_timeout(&self) -> u64 {
+        let ring = self.ring.as_ref().map_or(u64::MAX, |r| r.member.poll_timeout());
+        let sync = self.siblings.as_ref().map_or(u64::MAX, Siblings::poll_timeout);
+        ring.min(sync)
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some(t) = self.ring.as_mut().and_then(|r| r.member.poll_transmit()) {
+            return Some(t);
+        }
+        self.siblings.as_mut().and_then(Siblings::poll_transmit)
+    }
+
+    /// A line for the log (view changes, resyncs, ...).
+    pub fn poll_note(&mut self) -> Option<String> {
+        self.notes.pop_front()
+    }
+
+    /// Takes the workers' events: locks go to the other workers, and
+    /// sessions and locks to the siblings. Returns how many were taken.
+    pub fn poll_workers(&mut self, now: Now) -> usize {
+        let mut taken = 0;
+        for w in 0..self.workers.len() {
+            self.workers[w].flush();
+            for _ in 0..EVENTS_PER_POLL {
+                let Some(ev) = self.workers[w].next_event() else { break };
+                taken += 1;
+                if let Event::Lock(rec) = ev {
+                    for (i, p) in self.workers.iter_mut().enumerate() {
+                        if i != w {
+                            p.send(Command::Lock(rec));
+                        }
+                    }
+                }
+                if let Some(s) = &mut self.siblings {
+                    let mut cx = Self::ctx(&self.shared, &mut self.workers, &mut self.notes, now);
+                    s.on_event(ev, &mut cx);
+                }
+            }
+        }
+        self.counters.events += taken as u64;
+        if let Some(s) = &mut self.siblings {
+            let mut cx = Self::ctx(&self.shared, &mut self.workers, &mut self.notes, now);
+            s.after_events(&mut cx);
+        }
+        taken
+    }
+
+    /// Handles the ring member's events: a new view redraws the siblings.
+    fn ring_events(&mut self, now: Now) {
+        let Some(r) = &mut self.ring else { return };
+        let mut view_changed = false;
+        while let Some(e) = r.member.poll_event() {
+            match e {
+                RingEvent::ViewChanged { master, version, members } => {
+                    view_changed = true;
+                    let list: Vec<String> = members.iter().map(ToString::to_string).collect();
+                    self.notes.push_back(format!(
+                        "ring: view {version} of master {master}: {} member(s) {}",
+                        members.len(),
+                        list.join(",")
+                    ));
+                }
+                RingEvent::Dispatcher(d) => {
+                    r.dispatcher = d;
+                    let who = match d {
+                        Some(d) if d == r.me => "this appliance".to_string(),
+                        Some(d) => d.to_string(),
+                        None => "none".into(),
+                    };
+                    self.notes.push_back(format!("ring: dispatcher {who}"));
+                }
+                RingEvent::IdAccepted(id) => self.notes.push_back(format!("ring: id {id:#x}")),
+                RingEvent::Purge { reason } => {
+                    r.purges += 1;
+                    self.notes.push_back(format!("ring: purge ({reason})"));
+                }
+                RingEvent::App { .. } | RingEvent::Reliable { .. } => r.app_messages += 1,
+            }
+        }
+        if view_changed {
+            let sibs: Vec<(SocketAddrV4, u64)> = r
+                .member
+                .member_entries()
+                .iter()
+                .filter(|m| m.caps & CAP_APPLIANCE != 0 && m.addr != r.me)
+                .map(|m| (m.addr, m.incarnation))
+                .collect();
+            if let Some(s) = &mut self.siblings {
+                let mut cx = Self::ctx(&self.shared, &mut self.workers, &mut self.notes, now);
+                s.set_view(sibs, &mut cx);
+            }
+        }
+    }
+
+    /// The siblings sync currently reaches.
+    pub fn siblings(&self) -> Vec<SocketAddrV4> {
+        self.siblings.as_ref().map_or_else(Vec::new, Siblings::siblings)
+    }
+
+    /// True when no resync this appliance asked for is outstanding.
+    pub fn in_sync(&self) -> bool {
+        self.siblings.as_ref().is_none_or(Siblings::in_sync)
+    }
+
+    /// Commands waiting in the control thread for full worker queues.
+    pub fn backlog(&self) -> usize {
+        self.workers.iter().map(WorkerPort::backlog).sum()
+    }
+
+    pub fn cluster_status(&self) -> Option<status::ClusterStatus> {
+        status::cluster(self.ring.as_ref()?, self.siblings.as_ref())
+    }
+}

@@ -1,0 +1,201 @@
+//! What the appliance reports about itself: the status file (JSON, for
+//! scripts and tests) and the cluster part of the stats line.
+
+use super::siblings::Siblings;
+use super::{Control, ControlCounters, PullReport, Ring, SiblingCounters};
+use crate::stats::{Drop, Snapshot};
+use ringlb_ring::member::Counters as RingCounters;
+use ringlb_ring::sync::SyncCounters;
+use ringlb_ring::wire::{CAP_APPLIANCE, CAP_DISPATCH};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Serialize, Debug)]
+pub struct MemberStatus {
+    pub address: String,
+    pub appliance: bool,
+    pub dispatch: bool,
+}
+
+#[derive(Serialize, Debug)]
+pub struct SyncStatus {
+    /// No resync this appliance asked for is outstanding.
+    pub in_sync: bool,
+    pub last_resync: Option<PullReport>,
+    pub records: SiblingCounters,
+    pub transport: SyncCounters,
+    /// Creation at the sibling → arrival here, over the records measured.
+    pub lag_records: u64,
+    pub lag_p50_ms: Option<f64>,
+    pub lag_p99_ms: Option<f64>,
+    /// Unacknowledged batches per sibling.
+    pub backlog: BTreeMap<String, usize>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct ClusterStatus {
+    pub address: String,
+    /// "forming" or "ring".
+    pub state: &'static str,
+    pub master: String,
+    pub view_version: u64,
+    pub members: Vec<MemberStatus>,
+    pub dispatcher: Option<String>,
+    pub siblings: Vec<String>,
+    pub ring: RingCounters,
+    pub purges: u64,
+    pub app_messages: u64,
+    pub sync: Option<SyncStatus>,
+}
+
+pub(super) fn cluster(r: &Ring, s: Option<&Siblings>) -> Option<ClusterStatus> {
+    let m = &r.member;
+    let ms = |us: Option<u64>| us.map(|v| v as f64 / 1000.0);
+    Some(ClusterStatus {
+        address: r.me.to_string(),
+        state: if m.is_forming() { "forming" } else { "ring" },
+        master: m.master().to_string(),
+        view_version: m.view_version(),
+        members: m
+            .member_entries()
+            .iter()
+            .map(|e| MemberStatus {
+                address: e.addr.to_string(),
+                appliance: e.caps & CAP_APPLIANCE != 0,
+                dispatch: e.caps & CAP_DISPATCH != 0,
+            })
+            .collect(),
+        dispatcher: r.dispatcher.map(|d| d.to_string()),
+        siblings: s.map_or_else(Vec::new, |s| s.siblings().iter().map(ToString::to_string).collect()),
+        ring: m.counters,
+        purges: r.purges,
+        app_messages: r.app_messages,
+        sync: s.map(|s| {
+            let (n, p50, p99) = s.lag();
+            SyncStatus {
+                in_sync: s.in_sync(),
+                last_resync: s.last_pull().cloned(),
+                records: s.counters,
+                transport: s.transport(),
+                lag_records: n,
+                lag_p50_ms: ms(p50),
+                lag_p99_ms: ms(p99),
+                backlog: s.backlogs().into_iter().map(|(a, n)| (a.to_string(), n)).collect(),
+            }
+        }),
+    })
+}
+
+#[derive(Serialize, Debug)]
+pub struct Sessions {
+    pub created: u64,
+    pub expired: u64,
+    pub active: u64,
+}
+
+/// The workers' side of sibling sync and the control queues.
+#[derive(Serialize, Debug)]
+pub struct Replication {
+    pub installed: u64,
+    pub updated: u64,
+    pub kept: u64,
+    pub removed: u64,
+    /// Sibling sessions that carried a packet here: flows that changed appliance.
+    pub adopted: u64,
+    pub refused: u64,
+    /// Worker events lost to a full queue (then republished).
+    pub ctl_overflow: u64,
+    /// Commands waiting in the control thread for full worker queues.
+    pub ctl_backlog: usize,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Locks {
+    pub created: u64,
+    pub hits: u64,
+    pub table_full: u64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Defer {
+    pub held: u64,
+    pub timeouts: u64,
+    pub full: u64,
+}
+
+/// Everything in the status file.
+#[derive(Serialize, Debug)]
+pub struct Status {
+    pub t_s: f64,
+    pub rx: u64,
+    pub tx: u64,
+    pub handoff: u64,
+    pub arp_replies: u64,
+    pub echo_replies: u64,
+    pub drops_total: u64,
+    pub drops: BTreeMap<&'static str, u64>,
+    pub sessions: Sessions,
+    /// New sessions per server ("service/ip:port").
+    pub per_server: BTreeMap<String, u64>,
+    pub replication: Replication,
+    pub locks: Locks,
+    pub defer: Defer,
+    pub control: ControlCounters,
+    pub cluster: Option<ClusterStatus>,
+}
+
+impl Status {
+    pub fn new(t_s: f64, s: &Snapshot, labels: &[String], control: &Control) -> Status {
+        Status {
+            t_s,
+            rx: s.rx,
+            tx: s.tx,
+            handoff: s.handoff,
+            arp_replies: s.arp_replies,
+            echo_replies: s.echo_replies,
+            drops_total: s.drops_total(),
+            drops: Drop::ALL.iter().map(|d| (d.name(), s.drops[*d as usize])).collect(),
+            sessions: Sessions { created: s.created, expired: s.expired, active: s.active },
+            per_server: labels.iter().cloned().zip(s.per_server.iter().copied()).collect(),
+            replication: Replication {
+                installed: s.sync_installed,
+                updated: s.sync_updated,
+                kept: s.sync_kept,
+                removed: s.sync_removed,
+                adopted: s.sync_adopted,
+                refused: s.sync_refused,
+                ctl_overflow: s.ctl_overflow,
+                ctl_backlog: control.backlog(),
+            },
+            locks: Locks { created: s.locks_created, hits: s.lock_hits, table_full: s.lock_table_full },
+            defer: Defer { held: s.deferred, timeouts: s.defer_timeouts, full: s.defer_full },
+            control: control.counters,
+            cluster: control.cluster_status(),
+        }
+    }
+
+    /// The cluster part of the stats line ("" when standalone).
+    pub fn cluster_line(&self) -> String {
+        let Some(c) = &self.cluster else { return String::new() };
+        let mut o = format!(
+            " | ring {} v={} members={} siblings={} dispatcher={}",
+            c.state,
+            c.view_version,
+            c.members.len(),
+            c.siblings.len(),
+            c.dispatcher.as_deref().unwrap_or("none")
+        );
+        if let Some(s) = &c.sync {
+            let r = &self.replication;
+            o.push_str(&format!(
+                " | sync out={} in={} installed={} adopted={} lag_p99_ms={}",
+                s.records.records_out,
+                s.records.records_in,
+                r.installed,
+                r.adopted,
+                s.lag_p99_ms.map_or("-".into(), |v| format!("{v:.1}"))
+            ));
+        }
+        o
+    }
+}

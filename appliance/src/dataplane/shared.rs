@@ -1,0 +1,326 @@
+//! What every worker shares, built once before they start and read-only
+//! after (neighbour MACs and the defer switch are atomics): ports, services
+//! and their schedulers' tables, servers, neighbours, endpoint lookups, and
+//! the cluster facts the workers need.
+
+use crate::config::{Config, Mode, SchedulerKind};
+use crate::packet::Mac;
+use crate::sched::maglev;
+use crate::session::{mix, FlowKey};
+use rustc_hash::FxHashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// A next hop's MAC, written by whichever worker hears its ARP and read by
+/// all: 0 = unresolved, else bit 48 set plus the 48-bit address.
+pub struct Neighbor {
+    pub ip: u32,
+    pub port: u8,
+    mac: AtomicU64,
+    pub is_static: bool,
+}
+
+impl Neighbor {
+    #[inline]
+    pub fn mac(&self) -> Option<Mac> {
+        let v = self.mac.load(Relaxed);
+        if v == 0 {
+            return None;
+        }
+        let b = v.to_be_bytes();
+        Some([b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+    #[inline]
+    pub fn learn(&self, mac: Mac) {
+        if !self.is_static {
+            self.mac.store(Self::encode(mac), Relaxed);
+        }
+    }
+
+    /// The atomic's representation: bit 48 marks "resolved".
+    fn encode(mac: Mac) -> u64 {
+        let mut b = [0u8; 8];
+        b[1] = 1;
+        b[2..].copy_from_slice(&mac);
+        u64::from_be_bytes(b)
+    }
+}
+
+pub struct PortRt {
+    pub ip: u32,
+    pub mac: Mac,
+}
+
+pub(super) struct ServiceRt {
+    pub vip: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub mode: Mode,
+    pub weights: Vec<u32>,
+    /// Global server ids.
+    pub servers: Vec<u16>,
+    pub maglev: Option<Arc<maglev::Maglev>>,
+    /// Client-lock lifetime, if the service has persistence.
+    pub persistence_ms: Option<u32>,
+}
+
+pub(super) struct ServerRt {
+    pub ip: u32,
+    pub port: u16,
+    pub service: u16,
+    pub neighbor: u16,
+}
+
+/// (address, port, protocol) → service, for the handful of endpoints an
+/// appliance serves. Keys are packed into one u64 and kept sorted: a short
+/// linear scan (binary search when there are many) costs less per packet
+/// than hashing the tuple.
+#[derive(Default)]
+pub(super) struct EndpointMap {
+    keys: Vec<u64>,
+    services: Vec<u16>,
+}
+
+impl EndpointMap {
+    const SCAN_LIMIT: usize = 16;
+
+    fn pack(ip: u32, port: u16, proto: u8) -> u64 {
+        (u64::from(ip) << 24) | (u64::from(port) << 8) | u64::from(proto)
+    }
+
+    /// Adds or replaces an endpoint's service.
+    fn insert(&mut self, ip: u32, port: u16, proto: u8, service: u16) {
+        let k = Self::pack(ip, port, proto);
+        match self.keys.binary_search(&k) {
+            Ok(i) => self.services[i] = service,
+            Err(i) => {
+                self.keys.insert(i, k);
+                self.services.insert(i, service);
+            }
+        }
+    }
+
+    #[inline]
+    pub fn get(&self, ip: u32, port: u16, proto: u8) -> Option<u16> {
+        let k = Self::pack(ip, port, proto);
+        let i = if self.keys.len() <= Self::SCAN_LIMIT {
+            self.keys.iter().position(|&x| x == k)
+        } else {
+            self.keys.binary_search(&k).ok()
+        };
+        i.map(|i| self.services[i])
+    }
+}
+
+/// Everything the workers share, read-only once built (neighbour MACs are
+/// atomics).
+pub struct Shared {
+    pub ports: Vec<PortRt>,
+    pub(super) services: Vec<ServiceRt>,
+    pub(super) servers: Vec<ServerRt>,
+    pub neighbors: Vec<Neighbor>,
+    /// (VIP, port, proto) → service.
+    pub(super) vips: EndpointMap,
+    /// (server IP, port, proto) → NAT service, to recognise replies.
+    pub(super) nat_backends: EndpointMap,
+    vip_set: FxHashMap<u32, ()>,
+    pub workers: usize,
+    pub timeouts: crate::session::Timeouts,
+    pub session_capacity_per_worker: usize,
+    /// Client locks per worker; None when no service has persistence.
+    pub lock_capacity: Option<usize>,
+    pub arp_refresh_ms: u32,
+    /// Random per process: keys the owner and session-table hashes.
+    pub(super) hash_seed: u64,
+    /// Wall-clock milliseconds at the workers' clock zero (lock periods
+    /// are wall-clock based, so every appliance agrees on them).
+    pub(super) start_wall_ms: u64,
+    /// Workers report sessions and locks to the control thread (sibling sync).
+    pub sync_events: bool,
+    /// This appliance's ring address order, shifted to leave room for the
+    /// worker id: a lock's rank.
+    pub(super) rank_base: u64,
+    /// Hold first packets until siblings have the session (control sets it
+    /// while there are siblings).
+    defer_active: AtomicBool,
+    /// How long a first packet may be held.
+    pub defer_ms: Option<u32>,
+}
+
+impl Shared {
+    /// Builds the shared tables. `port_macs` are the MACs actually in use on
+    /// each port (configured, or the device's own).
+    pub fn new(cfg: &Config, port_macs: &[Mac]) -> Shared {
+        let ports = cfg.ports.iter().zip(port_macs).map(|(p, &mac)| PortRt { ip: p.ip, mac }).collect();
+        let services: Vec<ServiceRt> = cfg
+            .services
+            .iter()
+            .map(|s| {
+                let names: Vec<String> = s
+                    .servers
+                    .iter()
+                    .map(|&id| {
+                        let sv = &cfg.servers[usize::from(id)];
+                        format!("{}:{}", std::net::Ipv4Addr::from(sv.ip), sv.port)
+                    })
+                    .collect();
+                let weights: Vec<u32> = s.servers.iter().map(|&id| cfg.servers[usize::from(id)].weight).collect();
+                let maglev = (s.scheduler == SchedulerKind::Maglev).then(|| {
+                    let bs: Vec<maglev::Backend> =
+                        names.iter().zip(&weights).map(|(name, &weight)| maglev::Backend { name, weight }).collect();
+                    Arc::new(maglev::Maglev::new(&bs, s.maglev_table_size))
+                });
+                ServiceRt {
+                    vip: s.vip,
+                    port: s.port,
+                    proto: s.proto as u8,
+                    mode: s.mode,
+                    weights,
+                    servers: s.servers.clone(),
+                    maglev,
+                    persistence_ms: s.persistence_ms,
+                }
+            })
+            .collect();
+        let mut vips = EndpointMap::default();
+        let mut vip_set = FxHashMap::default();
+        let mut nat_backends = EndpointMap::default();
+        for (i, s) in cfg.services.iter().enumerate() {
+            vips.insert(s.vip, s.port, s.proto as u8, i as u16);
+            vip_set.insert(s.vip, ());
+            if s.mode == Mode::Nat {
+                for &id in &s.servers {
+                    let sv = &cfg.servers[usize::from(id)];
+                    nat_backends.insert(sv.ip, sv.port, s.proto as u8, i as u16);
+                }
+            }
+        }
+        let neighbors = cfg
+            .neighbors
+            .iter()
+            .map(|n| Neighbor {
+                ip: n.ip,
+                port: n.port,
+                mac: AtomicU64::new(n.static_mac.map_or(0, Neighbor::encode)),
+                is_static: n.static_mac.is_some(),
+            })
+            .collect();
+        let workers = cfg.eal.worker_cores.len();
+        let cluster = cfg.cluster.as_ref();
+        Shared {
+            ports,
+            services,
+            servers: cfg
+                .servers
+                .iter()
+                .map(|s| ServerRt { ip: s.ip, port: s.port, service: s.service, neighbor: s.neighbor })
+                .collect(),
+            neighbors,
+            vips,
+            nat_backends,
+            vip_set,
+            workers,
+            timeouts: cfg.timeouts,
+            session_capacity_per_worker: cfg.session_capacity.div_ceil(workers),
+            lock_capacity: cfg.services.iter().any(|s| s.persistence_ms.is_some()).then_some(cfg.lock_capacity),
+            arp_refresh_ms: cfg.arp_refresh_ms,
+            hash_seed: {
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new().build_hasher().finish()
+            },
+            start_wall_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            sync_events: cluster.is_some_and(|c| c.sync),
+            rank_base: cluster.map_or(0, |c| ringlb_ring::wire::order(&c.address) << 8),
+            defer_active: AtomicBool::new(false),
+            defer_ms: cluster.and_then(|c| c.defer_ms),
+        }
+    }
+
+    /// Wall-clock milliseconds at the workers' clock zero.
+    pub fn start_wall_ms(&self) -> u64 {
+        self.start_wall_ms
+    }
+
+    /// Whether workers hold first packets for the siblings now.
+    #[inline]
+    pub fn defer_active(&self) -> bool {
+        self.defer_active.load(Relaxed)
+    }
+
+    /// The control thread turns first-packet holding on while it has
+    /// siblings to wait for (and the configuration asks for it).
+    pub fn set_defer_active(&self, on: bool) {
+        self.defer_active.store(on && self.defer_ms.is_some(), Relaxed);
+    }
+
+    /// The service at (VIP, port, protocol).
+    pub fn service_at(&self, vip: u32, port: u16, proto: u8) -> Option<u16> {
+        self.vips.get(vip, port, proto)
+    }
+
+    /// The global id of `service`'s server at (ip, port).
+    pub fn server_of(&self, service: u16, ip: u32, port: u16) -> Option<u16> {
+        let s = self.services.get(usize::from(service))?;
+        s.servers.iter().copied().find(|&id| {
+            let sv = &self.servers[usize::from(id)];
+            sv.ip == ip && sv.port == port
+        })
+    }
+
+    /// A server's (ip, port, service).
+    pub fn server_addr(&self, id: u16) -> Option<(u32, u16, u16)> {
+        self.servers.get(usize::from(id)).map(|s| (s.ip, s.port, s.service))
+    }
+
+    /// A service's (VIP, port, protocol).
+    pub fn service_endpoint(&self, service: u16) -> Option<(u32, u16, u8)> {
+        self.services.get(usize::from(service)).map(|s| (s.vip, s.port, s.proto))
+    }
+
+    /// The worker that owns a client endpoint. Multiply-shift instead of `%`.
+    #[inline]
+    pub fn owner(&self, client_ip: u32, client_port: u16) -> usize {
+        if self.workers == 1 {
+            return 0;
+        }
+        let h = mix(u64::from(client_ip) ^ self.hash_seed, u64::from(client_port)) >> 32;
+        ((h * self.workers as u64) >> 32) as usize
+    }
+
+    /// The server a Maglev service gives a new flow (the same on every
+    /// appliance); None for round-robin services. Lets tools predict placement.
+    pub fn maglev_pick(&self, service: usize, key: &FlowKey) -> Option<u16> {
+        let s = self.services.get(service)?;
+        let m = s.maglev.as_ref()?;
+        Some(s.servers[m.lookup(key.hash(0))])
+    }
+
+    pub(super) fn is_local(&self, ip: u32, port: u8) -> bool {
+        self.ports.get(usize::from(port)).is_some_and(|p| p.ip == ip) || self.vip_set.contains_key(&ip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EndpointMap;
+
+    #[test]
+    fn endpoint_map_finds_replaces_and_misses_with_scan_and_search() {
+        for n in [3u32, 100] {
+            let mut m = EndpointMap::default();
+            for i in 0..n {
+                m.insert(0xc612_6400 + i, 80, 6, i as u16);
+            }
+            m.insert(0xc612_6400, 80, 6, 999); // replaces
+            assert_eq!(m.get(0xc612_6400, 80, 6), Some(999));
+            for i in 1..n {
+                assert_eq!(m.get(0xc612_6400 + i, 80, 6), Some(i as u16));
+                assert_eq!(m.get(0xc612_6400 + i, 81, 6), None, "other port");
+                assert_eq!(m.get(0xc612_6400 + i, 80, 17), None, "other protocol");
+            }
+            assert_eq!(m.get(0xc612_6400 + n, 80, 6), None);
+        }
+    }
+}
