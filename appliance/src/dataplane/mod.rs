@@ -142,6 +142,16 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// Every session in this worker's table (local and replicas), with its key.
+    pub fn sessions(&self) -> impl Iterator<Item = (FlowKey, &Entry)> {
+        (0..self.table.slots()).filter_map(|i| self.table.entry_at(i))
+    }
+
+    /// The live client lock for `client_ip` on `service`, if any.
+    pub fn lock_of(&mut self, client_ip: u32, service: u16, now_ms: u32) -> Option<LockRecord> {
+        self.locks.as_mut()?.get(client_ip, service, now_ms)
+    }
+
     /// Connects the worker to the control thread: from now on it reports
     /// sessions (with sibling sync) and client locks through `events`.
     pub fn connect(&mut self, events: EventTx) {

@@ -1,0 +1,576 @@
+//! Tier 1, the cluster in one process: three appliances, each its real
+//! control plane (`Control`: ring member, sibling sync) and two real
+//! dataplane workers, joined by a simulated network that loses, duplicates
+//! and reorders datagrams. Frames go through the workers as on the wire;
+//! only DPDK and sockets are missing. Deterministic: every run is a seed.
+
+mod common;
+use common::*;
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+use ringlb::config::{self, Config};
+use ringlb::control::channel::{worker_channel, Command, CommandRx, QUEUE_LEN};
+use ringlb::control::{Control, Now};
+use ringlb::dataplane::{Shared, Verdict, Worker};
+use ringlb::session::{FlowKey, State};
+use ringlb::stats::{Snapshot, WorkerStats};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+const PORT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
+const WORKERS: usize = 2;
+
+fn web_mac(i: usize) -> [u8; 6] {
+    [2, 0, 0, 0, 1, i as u8 + 1]
+}
+
+const CONFIG: &str = r#"
+eal: { control_core: 0, worker_cores: [1, 2], hugepages: false, memory_mb: 64 }
+ports:
+  - { device: "net_null0", ip: 198.18.0.1/24, mac: "02:00:00:00:00:01" }
+services:
+  - { name: web, vip: 198.18.100.1, port: 80, mode: dsr, scheduler: wrr, group: web }
+  - { name: api, vip: 198.18.100.2, port: 80, mode: nat, scheduler: wrr, group: api }
+  - { name: sticky, vip: 198.18.100.3, port: 80, mode: dsr, scheduler: maglev, group: web, persistence: { timeout: 10s } }
+server_groups:
+  web:
+    - { ip: 198.18.0.11, port: 80, weight: 1, mac: "02:00:00:00:01:01" }
+    - { ip: 198.18.0.12, port: 80, weight: 2, mac: "02:00:00:00:01:02" }
+    - { ip: 198.18.0.13, port: 80, weight: 3, mac: "02:00:00:00:01:03" }
+  api:
+    - { ip: 198.18.0.21, port: 8080, mac: "02:00:00:00:02:01" }
+    - { ip: 198.18.0.22, port: 8080, mac: "02:00:00:00:02:02" }
+    - { ip: 198.18.0.23, port: 8080, mac: "02:00:00:00:02:03" }
+sessions: { capacity: 200000 }
+timeouts: { syn: 5s, established: 300s, closing: 2s, udp: 30s }
+cluster:
+  address: ADDRESS
+  members: [10.255.0.1:7400, 10.255.0.2:7400, 10.255.0.3:7400]
+  key_file: KEYFILE
+  timers: fast
+  defer: DEFER
+"#;
+
+fn addr(i: usize) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(10, 255, 0, i as u8 + 1), 7400)
+}
+
+fn key_file() -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let p = std::env::temp_dir().join(format!("ringlb-cluster-sim-{}.key", std::process::id()));
+    std::fs::write(&p, "cluster-sim-secret-0123456789\n").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p.display().to_string()
+}
+
+fn config(i: usize, defer: &str) -> Config {
+    let text = CONFIG.replace("ADDRESS", &addr(i).to_string()).replace("KEYFILE", &key_file()).replace("DEFER", defer);
+    config::parse(&text, "cluster-sim.yaml").unwrap()
+}
+
+struct Appliance {
+    shared: &'static Shared,
+    stats: &'static [WorkerStats],
+    workers: Vec<Worker<'static>>,
+    commands: Vec<CommandRx>,
+    control: Control,
+    /// Per worker: held first packets (tag, port, rewritten frame).
+    held: Vec<Vec<(u64, u8, Vec<u8>)>>,
+    released: Vec<u64>,
+    /// Frames that left the appliance: (port, frame).
+    sent: Vec<Vec<u8>>,
+}
+
+impl Appliance {
+    fn start(i: usize, t: u64, defer: &str) -> Appliance {
+        let cfg = config(i, defer);
+        // The workers borrow the tables for the whole test; the control plane
+        // holds the same ones through its Arc.
+        let arc = Arc::new(Shared::new(&cfg, &[PORT_MAC]));
+        let shared: &'static Shared = Box::leak(Box::new(Arc::clone(&arc)));
+        let stats: &'static [WorkerStats] =
+            Box::leak((0..WORKERS).map(|_| WorkerStats::new(cfg.servers.len())).collect::<Vec<_>>().into_boxed_slice());
+        let mut workers = Vec::new();
+        let mut ports = Vec::new();
+        let mut commands = Vec::new();
+        for (w, s) in stats.iter().enumerate() {
+            let (port, rx, tx) = worker_channel(QUEUE_LEN);
+            let mut worker = Worker::new(w, shared, s);
+            worker.connect(tx);
+            workers.push(worker);
+            ports.push(port);
+            commands.push(rx);
+        }
+        let now = Now { ms: t, wall_us: (shared.start_wall_ms() + t) * 1000 };
+        // Incarnations grow with (simulated) start time, as the driver's do.
+        let control = Control::new(&cfg, arc, ports, now, 1 + t);
+        Appliance {
+            shared,
+            stats,
+            workers,
+            commands,
+            control,
+            held: vec![Vec::new(); WORKERS],
+            released: vec![0; WORKERS],
+            sent: Vec::new(),
+        }
+    }
+
+    fn now(&self, t: u64) -> Now {
+        Now { ms: t, wall_us: (self.shared.start_wall_ms() + t) * 1000 }
+    }
+
+    /// A frame from the trunk, to the worker that owns its client endpoint.
+    fn receive(&mut self, frame: &[u8], t: u64, client: (u32, u16)) -> Verdict {
+        let w = self.shared.owner(client.0, client.1);
+        let mut f = frame.to_vec();
+        let v = self.workers[w].process(&mut f, 0, t as u32, true);
+        match v {
+            Verdict::Tx(_) => self.sent.push(f),
+            Verdict::Defer { port, tag } => self.held[w].push((tag, port, f)),
+            _ => {}
+        }
+        v
+    }
+
+    /// Workers apply commands and do their housekeeping; the control plane
+    /// takes their events and runs its timers.
+    fn tick(&mut self, t: u64) {
+        for w in 0..WORKERS {
+            while let Some(c) = self.commands[w].pop() {
+                match c {
+                    Command::Release { upto } => {
+                        self.released[w] = self.released[w].max(upto);
+                        let (go, keep): (Vec<_>, Vec<_>) = self.held[w].drain(..).partition(|(tag, _, _)| *tag <= upto);
+                        self.sent.extend(go.into_iter().map(|(_, _, f)| f));
+                        self.held[w] = keep;
+                    }
+                    c => self.workers[w].apply(c, t as u32),
+                }
+            }
+            self.workers[w].sweep(t as u32);
+        }
+        let now = self.now(t);
+        self.control.poll_workers(now);
+        if self.control.poll_timeout() <= t {
+            self.control.handle_timeout(now);
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot::take(&self.stats.iter().collect::<Vec<_>>())
+    }
+
+    /// Every session of every worker: key → (server, state, replica).
+    fn sessions(&self) -> BTreeMap<u128, (u16, State, bool)> {
+        let mut m = BTreeMap::new();
+        for w in &self.workers {
+            for (k, e) in w.sessions() {
+                m.insert(k.pack(), (e.server, e.state, e.is_replica()));
+            }
+        }
+        m
+    }
+}
+
+struct Net {
+    loss: f64,
+    dup: f64,
+    max_delay: u64,
+}
+
+struct Cluster {
+    t: u64,
+    apps: Vec<Option<Appliance>>,
+    rng: SmallRng,
+    net: Net,
+    queue: BinaryHeap<Reverse<(u64, u64, usize, usize, Vec<u8>)>>,
+    qseq: u64,
+    /// Sync datagrams seen on the wire (for the forgery test).
+    captured: Vec<(usize, usize, Vec<u8>)>,
+    cut: Vec<usize>,
+}
+
+impl Cluster {
+    fn new(seed: u64) -> Cluster {
+        Cluster {
+            t: 1,
+            apps: (0..3).map(|_| None).collect(),
+            rng: SmallRng::seed_from_u64(seed),
+            net: Net { loss: 0.0, dup: 0.0, max_delay: 1 },
+            queue: BinaryHeap::new(),
+            qseq: 0,
+            captured: Vec::new(),
+            cut: Vec::new(),
+        }
+    }
+
+    fn start(&mut self, i: usize, defer: &str) {
+        self.apps[i] = Some(Appliance::start(i, self.t, defer));
+    }
+
+    fn app(&mut self, i: usize) -> &mut Appliance {
+        self.apps[i].as_mut().expect("started")
+    }
+
+    fn step(&mut self, ms: u64) {
+        for _ in 0..ms {
+            self.t += 1;
+            let t = self.t;
+            while self.queue.peek().is_some_and(|Reverse((at, ..))| *at <= t) {
+                let Reverse((_, _, from, to, bytes)) = self.queue.pop().unwrap();
+                if let Some(a) = self.apps[to].as_mut() {
+                    let now = a.now(t);
+                    a.control.handle_datagram(now, addr(from), &bytes);
+                }
+            }
+            for i in 0..self.apps.len() {
+                let Some(a) = self.apps[i].as_mut() else { continue };
+                a.tick(t);
+                let mut out = Vec::new();
+                while let Some(tx) = a.control.poll_transmit() {
+                    out.push(tx);
+                }
+                for tx in out {
+                    let to = usize::from(tx.to.ip().octets()[3]) - 1;
+                    if tx.bytes.starts_with(b"RS") {
+                        self.captured.push((i, to, tx.bytes.clone()));
+                    }
+                    if self.cut.contains(&i) || self.cut.contains(&to) || self.rng.random_bool(self.net.loss) {
+                        continue;
+                    }
+                    let copies = if self.rng.random_bool(self.net.dup) { 2 } else { 1 };
+                    for _ in 0..copies {
+                        let at = t + self.rng.random_range(0..=self.net.max_delay);
+                        self.qseq += 1;
+                        self.queue.push(Reverse((at, self.qseq, i, to, tx.bytes.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs until every live appliance sees the other live ones as siblings.
+    fn form(&mut self) {
+        let live: Vec<usize> = (0..3).filter(|&i| self.apps[i].is_some()).collect();
+        for _ in 0..200 {
+            self.step(50);
+            let done = live.iter().all(|&i| {
+                let a = self.apps[i].as_ref().unwrap();
+                a.control.siblings().len() == live.len() - 1 && a.control.in_sync()
+            });
+            if done {
+                return;
+            }
+        }
+        panic!("the cluster did not form");
+    }
+}
+
+fn client(i: u32) -> [u8; 4] {
+    (0x6440_0000u32 + i / 500).to_be_bytes()
+}
+fn cport(i: u32) -> u16 {
+    10_000 + (i % 500) as u16
+}
+fn flow(i: u32) -> (u32, u16) {
+    (u32::from_be_bytes(client(i)), cport(i))
+}
+fn web(i: u32, flags: u8) -> Vec<u8> {
+    tcp(ROUTER_MAC, PORT_MAC, client(i), ip("198.18.100.1"), cport(i), 80, flags, b"")
+}
+fn web_key(i: u32) -> u128 {
+    FlowKey {
+        client_ip: flow(i).0,
+        vip: ipu("198.18.100.1"),
+        client_port: cport(i),
+        vport: 80,
+        proto: ringlb::packet::L4Proto::Tcp,
+    }
+    .pack()
+}
+
+/// The local sessions of `origin`, as the siblings must hold them.
+fn local(a: &Appliance) -> BTreeMap<u128, (u16, State)> {
+    a.sessions().into_iter().filter(|(_, (_, _, replica))| !replica).map(|(k, (s, st, _))| (k, (s, st))).collect()
+}
+
+fn replicas(a: &Appliance) -> BTreeMap<u128, (u16, State)> {
+    a.sessions().into_iter().filter(|(_, (_, _, replica))| *replica).map(|(k, (s, st, _))| (k, (s, st))).collect()
+}
+
+fn cluster(seed: u64, defer: &str) -> Cluster {
+    let mut c = Cluster::new(seed);
+    for i in 0..3 {
+        c.start(i, defer);
+    }
+    c.form();
+    c
+}
+
+/// Must-show 6: with 12 % loss, 5 % duplication and reordering on the sync
+/// channel, every sibling ends with exactly the origins' sessions (created,
+/// established, closed, expired), and forged, replayed and truncated sync
+/// packets are counted drops that change nothing.
+#[test]
+fn every_sibling_ends_with_exactly_the_origins_sessions_under_loss() {
+    for seed in 0..3 {
+        let mut c = cluster(seed, "off");
+        c.net = Net { loss: 0.12, dup: 0.05, max_delay: 8 };
+        // Appliances 0 and 1 each open flows of their own clients; a third closes.
+        for (origin, base) in [(0usize, 0u32), (1, 100_000)] {
+            for i in base..base + 2_000 {
+                let t = c.t;
+                c.app(origin).receive(&web(i, SYN), t, flow(i));
+                if i % 20 == 0 {
+                    c.step(1);
+                }
+            }
+            for i in base..base + 2_000 {
+                let t = c.t;
+                c.app(origin).receive(&web(i, ACK), t, flow(i));
+                if i % 3 == 0 {
+                    c.app(origin).receive(&web(i, FIN | ACK), t, flow(i));
+                }
+                if i % 20 == 0 {
+                    c.step(1);
+                }
+            }
+        }
+        // Closed sessions expire at their origin (2 s): siblings must drop them too.
+        c.step(4_000);
+        // Forged, replayed and truncated copies of real sync datagrams, into appliance 2.
+        let real: Vec<Vec<u8>> =
+            c.captured.iter().filter(|(f, t, _)| *f == 0 && *t == 2).map(|(_, _, b)| b.clone()).take(200).collect();
+        let before = c.app(2).control.cluster_status().unwrap().sync.unwrap().transport;
+        let t = c.t;
+        let now = c.app(2).now(t);
+        for b in &real {
+            c.app(2).control.handle_datagram(now, addr(0), b);
+            let mut flipped = b.clone();
+            let at = flipped.len() / 2;
+            flipped[at] ^= 0x20;
+            c.app(2).control.handle_datagram(now, addr(0), &flipped);
+            c.app(2).control.handle_datagram(now, addr(0), &b[..b.len() / 3]);
+            c.app(2).control.handle_datagram(now, addr(1), b);
+        }
+        c.net = Net { loss: 0.12, dup: 0.05, max_delay: 8 };
+        c.step(5_000);
+        let after = c.app(2).control.cluster_status().unwrap().sync.unwrap().transport;
+        assert_eq!(after.rx_replayed - before.rx_replayed, real.len() as u64, "seed {seed}: {after:?}");
+        assert!(after.rx_bad_mac - before.rx_bad_mac >= real.len() as u64, "seed {seed}: {after:?}");
+        assert!(after.rx_malformed + after.rx_bad_mac > before.rx_malformed + before.rx_bad_mac + real.len() as u64);
+        assert_eq!(after.rx_spoofed - before.rx_spoofed, real.len() as u64, "seed {seed}: sender ≠ source");
+
+        let locals: Vec<BTreeMap<u128, (u16, State)>> = (0..3).map(|i| local(c.apps[i].as_ref().unwrap())).collect();
+        assert_eq!(locals[0].len(), 2_000 - 667, "seed {seed}: closed sessions expired at the origin");
+        assert!(locals[0].values().all(|(_, st)| *st == State::Established));
+        for j in 0..3 {
+            let mut want = BTreeMap::new();
+            for (i, l) in locals.iter().enumerate() {
+                if i != j {
+                    want.extend(l.iter().map(|(k, v)| (*k, *v)));
+                }
+            }
+            let have = replicas(c.apps[j].as_ref().unwrap());
+            assert_eq!(
+                have.len(),
+                want.len(),
+                "seed {seed}: appliance {j} holds {} replicas, origins {}",
+                have.len(),
+                want.len()
+            );
+            assert!(have == want, "seed {seed}: appliance {j}'s replicas differ from the origins' sessions");
+        }
+        let t = c.app(0).control.cluster_status().unwrap().sync.unwrap().transport;
+        assert!(t.retransmits > 0, "seed {seed}: the network did lose datagrams: {t:?}");
+    }
+}
+
+/// The trunk moves flows to another appliance: it forwards them to the
+/// server the first one chose by weighted round robin (DSR), and passes the
+/// chosen server's NAT replies (and only that server's).
+#[test]
+fn flows_moved_by_the_trunk_keep_their_wrr_server_in_dsr_and_nat() {
+    let mut c = cluster(7, "off");
+    let mut chosen = BTreeMap::new();
+    for i in 0..600 {
+        let t = c.t;
+        c.app(0).receive(&web(i, SYN), t, flow(i));
+        let f = c.app(0).sent.pop().expect("forwarded");
+        chosen.insert(i, f[0..6].to_vec());
+    }
+    let mut nat_server = BTreeMap::new();
+    for i in 0..300u32 {
+        let t = c.t;
+        let syn = tcp(ROUTER_MAC, PORT_MAC, client(i), ip("198.18.100.2"), cport(i), 80, SYN, b"");
+        c.app(0).receive(&syn, t, flow(i));
+        let f = c.app(0).sent.pop().expect("forwarded");
+        nat_server.insert(i, check(&f).unwrap().dst);
+    }
+    c.step(300);
+    let shares: Vec<usize> = (0..3).map(|s| chosen.values().filter(|m| m[..] == web_mac(s)[..]).count()).collect();
+    assert_eq!(shares, vec![100, 200, 300], "wrr 1:2:3 at the origin");
+    for (i, mac) in &chosen {
+        let t = c.t;
+        assert_eq!(c.app(1).receive(&web(*i, ACK | PSH), t, flow(*i)), Verdict::Tx(0), "flow {i}");
+        let f = c.app(1).sent.pop().unwrap();
+        assert_eq!(&f[0..6], &mac[..], "flow {i} moved to appliance 1 and changed server");
+    }
+    for (i, server) in &nat_server {
+        let t = c.t;
+        let reply = |from: [u8; 4]| tcp(ROUTER_MAC, PORT_MAC, from, client(*i), 8080, cport(*i), ACK, b"data");
+        let other = [198, 18, 0, if server[3] == 21 { 22 } else { 21 }];
+        assert_eq!(c.app(2).receive(&reply(other), t, flow(*i)), Verdict::Drop(ringlb::stats::Drop::NoSession));
+        assert_eq!(c.app(2).receive(&reply(*server), t, flow(*i)), Verdict::Tx(0), "flow {i}");
+        let s = check(&c.app(2).sent.pop().unwrap()).unwrap();
+        assert_eq!((s.src, s.sport, s.dst), (ip("198.18.100.2"), 80, client(*i)));
+    }
+    assert_eq!(c.app(1).snapshot().sync_adopted, 600);
+    assert_eq!(c.app(2).snapshot().sync_adopted, 300);
+    assert_eq!(c.app(1).snapshot().drops_total(), 0);
+}
+
+/// Client locks: a client's connections, spread over the appliances, all
+/// reach one server; every worker of every appliance holds the same lock;
+/// after the lock's lifetime a new lock is made.
+#[test]
+fn client_locks_follow_the_client_across_appliances() {
+    let mut c = cluster(11, "off");
+    let sticky =
+        |n: u16, flags| tcp(ROUTER_MAC, PORT_MAC, ip("100.99.0.7"), ip("198.18.100.3"), 20_000 + n, 80, flags, b"");
+    let who = (ipu("100.99.0.7"), 0u16);
+    let mut servers = Vec::new();
+    for n in 0..200u16 {
+        let a = usize::from(n % 3);
+        let t = c.t;
+        c.app(a).receive(&sticky(n, SYN), t, (who.0, 20_000 + n));
+        servers.push(c.app(a).sent.pop().expect("forwarded")[0..6].to_vec());
+        c.step(3);
+    }
+    assert!(servers.iter().all(|s| *s == servers[0]), "200 connections over 3 appliances, one server");
+    let created: u64 = (0..3).map(|i| c.app(i).snapshot().locks_created).sum();
+    assert_eq!(created, 1, "one lock, made by the first connection");
+    let hits: Vec<u64> = (0..3).map(|i| c.app(i).snapshot().lock_hits).collect();
+    assert!(hits.iter().all(|&h| h >= 60), "every appliance used the lock: {hits:?}");
+    let svc = c.app(0).shared.service_at(ipu("198.18.100.3"), 80, 6).unwrap();
+    let t = c.t as u32;
+    let mut seen = Vec::new();
+    for i in 0..3 {
+        for w in c.app(i).workers.iter_mut() {
+            seen.push(w.lock_of(who.0, svc, t).expect("every worker holds the lock").server);
+        }
+    }
+    assert!(seen.windows(2).all(|p| p[0] == p[1]));
+    // Two appliances lock a new client in the same millisecond: they agree.
+    let other =
+        |n: u16, flags| tcp(ROUTER_MAC, PORT_MAC, ip("100.99.0.8"), ip("198.18.100.3"), 30_000 + n, 80, flags, b"");
+    let t = c.t;
+    c.app(0).receive(&other(0, SYN), t, (ipu("100.99.0.8"), 30_000));
+    c.app(1).receive(&other(1, SYN), t, (ipu("100.99.0.8"), 30_001));
+    let (s0, s1) = (c.app(0).sent.pop().unwrap(), c.app(1).sent.pop().unwrap());
+    assert_eq!(s0[0..6], s1[0..6], "concurrent locks place the client alike");
+    c.step(50);
+    let locks = |c: &mut Cluster| (0..3).map(|i| c.app(i).snapshot().locks_created).sum::<u64>();
+    assert_eq!(locks(&mut c), 3, "both appliances locked the second client");
+    // After the lifetime (10 s) the lock is gone and the next connection makes a new one.
+    c.step(10_500);
+    let t = c.t;
+    c.app(2).receive(&sticky(999, SYN), t, (who.0, 20_999));
+    assert_eq!(locks(&mut c), 4, "a fresh lock after the old one timed out");
+}
+
+/// A late (or restarted) appliance pulls a resync from every sibling before
+/// it takes traffic, and then forwards their flows to their servers.
+#[test]
+fn a_joining_appliance_pulls_a_resync_then_carries_the_flows() {
+    let mut c = Cluster::new(5);
+    c.start(0, "off");
+    c.start(1, "off");
+    c.form();
+    let mut chosen = BTreeMap::new();
+    for i in 0..1_000 {
+        let a = (i % 2) as usize;
+        let t = c.t;
+        c.app(a).receive(&web(i, SYN), t, flow(i));
+        c.app(a).receive(&web(i, ACK), t, flow(i));
+        chosen.insert(i, c.app(a).sent.last().unwrap()[0..6].to_vec());
+    }
+    c.step(200);
+    c.start(2, "off");
+    c.form();
+    let s = c.app(2).control.cluster_status().unwrap().sync.unwrap();
+    let pull = s.last_resync.expect("a resync was pulled");
+    assert_eq!(pull.from.len(), 2);
+    // Each sibling dumps everything it holds: its own and the other's.
+    assert_eq!(pull.sessions, 2_000);
+    assert_eq!(replicas(c.app(2)).len(), 1_000);
+    for (i, mac) in &chosen {
+        let t = c.t;
+        assert_eq!(c.app(2).receive(&web(*i, ACK | PSH), t, flow(*i)), Verdict::Tx(0));
+        assert_eq!(&c.app(2).sent.pop().unwrap()[0..6], &mac[..]);
+    }
+}
+
+/// With defer on, a new session's first packet leaves only after every
+/// sibling acknowledged the session; a sibling that stops answering holds
+/// it until the ring drops that sibling.
+#[test]
+fn first_packets_wait_until_every_sibling_has_the_session() {
+    let mut c = cluster(3, "50ms");
+    let t = c.t;
+    let v = c.app(0).receive(&web(1, SYN), t, flow(1));
+    let Verdict::Defer { tag, .. } = v else { panic!("not held: {v:?}") };
+    assert!(c.app(0).sent.is_empty());
+    for _ in 0..20 {
+        c.step(1);
+        if !c.app(0).sent.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(c.app(0).sent.len(), 1, "released once acknowledged");
+    for s in 1..3 {
+        assert!(replicas(c.app(s)).contains_key(&web_key(1)), "sibling {s} had it first");
+    }
+    assert!(c.app(0).released.iter().any(|&r| r >= tag));
+    // Appliance 2 goes silent: held packets wait for it until the ring drops it.
+    c.cut = vec![2];
+    c.step(5);
+    let t = c.t;
+    assert!(matches!(c.app(0).receive(&web(2, SYN), t, flow(2)), Verdict::Defer { .. }));
+    c.step(100);
+    assert!(c.app(0).sent.len() == 1, "held while a sibling in the view has not answered");
+    for _ in 0..100 {
+        c.step(20);
+        if c.app(0).control.siblings().len() == 1 {
+            break;
+        }
+    }
+    assert_eq!(c.app(0).control.siblings(), vec![addr(1)], "the ring dropped the silent sibling");
+    c.step(20);
+    assert_eq!(c.app(0).sent.len(), 2, "released once only live siblings are waited for");
+}
+
+/// A worker whose event queue overflows counts it and republishes its
+/// sessions once the queue drains: siblings end with all of them.
+#[test]
+fn lost_worker_events_are_republished() {
+    let mut c = cluster(9, "off");
+    let n = 150_000u32;
+    let t = c.t;
+    for i in 0..n {
+        c.app(0).receive(&web(i, SYN), t, flow(i));
+    }
+    let lost = c.app(0).snapshot().ctl_overflow;
+    assert!(lost > 0, "the event queues overflowed");
+    for _ in 0..200 {
+        c.step(50);
+        if replicas(c.app(1)).len() == n as usize && replicas(c.app(2)).len() == n as usize {
+            break;
+        }
+    }
+    assert_eq!(replicas(c.app(1)).len(), n as usize, "{lost} events were lost and then republished");
+    assert_eq!(replicas(c.app(2)).len(), n as usize);
+}
