@@ -181,12 +181,15 @@ struct Net {
     max_delay: u64,
 }
 
+/// (deliver at, tie-break, from, to, datagram)
+type InFlight = (u64, u64, usize, usize, Vec<u8>);
+
 struct Cluster {
     t: u64,
     apps: Vec<Option<Appliance>>,
     rng: SmallRng,
     net: Net,
-    queue: BinaryHeap<Reverse<(u64, u64, usize, usize, Vec<u8>)>>,
+    queue: BinaryHeap<Reverse<InFlight>>,
     qseq: u64,
     /// Sync datagrams seen on the wire (for the forgery test).
     captured: Vec<(usize, usize, Vec<u8>)>,

@@ -178,7 +178,7 @@ impl Status {
     pub fn cluster_line(&self) -> String {
         let Some(c) = &self.cluster else { return String::new() };
         let mut o = format!(
-            " | ring {} v={} members={} siblings={} dispatcher={}",
+            " | ring state={} v={} members={} siblings={} dispatcher={}",
             c.state,
             c.view_version,
             c.members.len(),
