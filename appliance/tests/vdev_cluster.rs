@@ -1,0 +1,154 @@
+//! Tier 2, the cluster with real processes: two `ringlb` binaries on DPDK
+//! vdevs (no hugepages) form a ring on loopback UDP. Sessions one makes from
+//! a pcap reach the other over the sync channel; after `kill -9`, the
+//! restarted appliance pulls them back from its sibling. Read through each
+//! process's status file (JSON), not its prose.
+
+mod common;
+use common::*;
+use pcap_file::pcap::{PcapPacket, PcapWriter};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PORT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+const FLOWS: u32 = 3_000;
+
+const CONFIG: &str = r#"
+eal: { control_core: 0, worker_cores: [1], hugepages: false, memory_mb: 128, idle: adaptive }
+ports:
+  - { device: "DEVICE", ip: 198.18.0.1/24, mac: "02:00:00:00:00:01" }
+services:
+  - { name: web, vip: 198.18.100.1, port: 80, mode: dsr, scheduler: wrr, group: web }
+server_groups:
+  web:
+    - { ip: 198.18.0.11, port: 80, weight: 1, mac: "02:00:00:00:01:01" }
+    - { ip: 198.18.0.12, port: 80, weight: 2, mac: "02:00:00:00:01:02" }
+sessions: { capacity: 20000 }
+cluster:
+  address: ADDRESS
+  members: [MEMBERS]
+  key_file: KEYFILE
+  timers: fast
+"#;
+
+struct Dir(PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Kills the process on drop (a failing test leaves nothing running).
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
+    let mut w = PcapWriter::new(std::fs::File::create(path).unwrap()).unwrap();
+    for (i, f) in frames.iter().enumerate() {
+        w.write_packet(&PcapPacket::new(Duration::from_micros(i as u64), f.len() as u32, f)).unwrap();
+    }
+}
+
+fn start(dir: &Path, name: &str, device: &str, address: &str, members: &str) -> Proc {
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.join("cluster.key");
+    if !key.exists() {
+        std::fs::write(&key, "vdev-cluster-test-secret\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let cfg = dir.join(format!("{name}.yaml"));
+    let text = CONFIG
+        .replace("DEVICE", device)
+        .replace("ADDRESS", address)
+        .replace("MEMBERS", members)
+        .replace("KEYFILE", key.to_str().unwrap());
+    std::fs::write(&cfg, text).unwrap();
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["run", "-c", cfg.to_str().unwrap(), "--stats-interval", "0.2", "--status-file"])
+        .arg(dir.join(format!("{name}.json")))
+        .stdout(log)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start ringlb");
+    Proc(child)
+}
+
+fn status(dir: &Path, name: &str) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Polls `name`'s status until `ok` holds (or panics with the log).
+fn wait_for(dir: &Path, name: &str, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Some(s) = status(dir, name).filter(|s| ok(s)) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+    panic!("{name}: {what} did not happen in 30 s; status {:?}\nlog:\n{log}", status(dir, name));
+}
+
+fn u(v: &serde_json::Value, path: &[&str]) -> u64 {
+    path.iter().fold(v, |v, k| &v[*k]).as_u64().unwrap_or(0)
+}
+
+#[test]
+fn sessions_reach_the_sibling_and_come_back_after_kill_9() {
+    let dir = Dir(std::env::temp_dir().join(format!("ringlb-vdev-cluster-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    // Addresses unique to this run: 127.0.x.y, with x from the pid.
+    let net = 1 + (std::process::id() % 200) as u8;
+    let (a, b) = (format!("127.{net}.0.1:7400"), format!("127.{net}.0.2:7400"));
+    let members = format!("{a}, {b}");
+    let mut frames = Vec::new();
+    for i in 0..FLOWS {
+        let c = (0x6440_0000u32 + i / 1000).to_be_bytes();
+        let p = 10_000 + (i % 1000) as u16;
+        frames.push(tcp(ROUTER_MAC, PORT_MAC, c, ip("198.18.100.1"), p, 80, SYN, b""));
+        frames.push(tcp(ROUTER_MAC, PORT_MAC, c, ip("198.18.100.1"), p, 80, ACK, b""));
+    }
+    let pcap = dir.0.join("flows.pcap");
+    write_pcap(&pcap, &frames);
+    let null = "net_null0,no-rx=1";
+
+    let _b = start(&dir.0, "b", null, &b, &members);
+    let device = format!("net_pcap0,rx_pcap={},tx_pcap={}", pcap.display(), dir.0.join("out.pcap").display());
+    let mut pa = start(&dir.0, "a", &device, &a, &members);
+    let sa = wait_for(&dir.0, "a", "all flows created", |s| u(s, &["sessions", "created"]) == u64::from(FLOWS));
+    assert_eq!(u(&sa, &["drops_total"]), 0, "{sa}");
+    let sb = wait_for(&dir.0, "b", "every session of a installed", |s| {
+        u(s, &["replication", "installed"]) == u64::from(FLOWS)
+    });
+    let c = &sb["cluster"];
+    assert_eq!(c["siblings"][0], serde_json::json!(a), "{c}");
+    assert_eq!(c["members"].as_array().map(Vec::len), Some(2));
+    assert_eq!(u(&sb, &["sessions", "created"]), 0, "b made none itself");
+    println!("b: installed {} sessions of a; ring {c}", FLOWS);
+
+    // kill -9 a; its successor starts empty (no traffic) and pulls them back from b.
+    let _ = pa.0.kill();
+    let _ = pa.0.wait();
+    std::fs::remove_file(dir.0.join("a.json")).unwrap();
+    let _a2 = start(&dir.0, "a", null, &a, &members);
+    let sa = wait_for(&dir.0, "a", "a resync from b", |s| {
+        s["cluster"]["sync"]["last_resync"]["sessions"].as_u64() == Some(u64::from(FLOWS))
+    });
+    let pull = &sa["cluster"]["sync"]["last_resync"];
+    println!("a restarted: pulled {} sessions from {} in {} ms", pull["sessions"], pull["from"], pull["ms"]);
+    assert_eq!(u(&sa, &["replication", "installed"]), u64::from(FLOWS));
+    let t = &sa["cluster"]["sync"]["transport"];
+    for k in ["rx_bad_mac", "rx_malformed", "rx_replayed", "rx_spoofed", "rx_unknown_sender"] {
+        assert_eq!(t[k].as_u64(), Some(0), "{k}: {t}");
+    }
+}
