@@ -577,3 +577,44 @@ fn lost_worker_events_are_republished() {
     assert_eq!(replicas(c.app(1)).len(), n as usize, "{lost} events were lost and then republished");
     assert_eq!(replicas(c.app(2)).len(), n as usize);
 }
+
+/// A sibling that crashes (and the ring's re-forming without it) leaves the
+/// streams between the others alone: no resets, no extra resyncs, no loss.
+#[test]
+fn a_crash_does_not_disturb_the_other_siblings_streams() {
+    let mut c = cluster(13, "off");
+    let mut created = 0;
+    let mut traffic = |c: &mut Cluster, from: u32, to: u32| {
+        for i in from..to {
+            let a = (i % 2) as usize;
+            let t = c.t;
+            c.app(a).receive(&web(i, SYN), t, flow(i));
+            if i % 10 == 0 {
+                c.step(1);
+            }
+        }
+    };
+    traffic(&mut c, 0, 1_000);
+    created += 1_000;
+    c.apps[2] = None; // kill -9
+    traffic(&mut c, 1_000, 3_000);
+    created += 2_000;
+    for _ in 0..100 {
+        c.step(20);
+        if c.app(0).control.siblings().len() == 1 && c.app(1).control.siblings().len() == 1 {
+            break;
+        }
+    }
+    assert_eq!(c.app(0).control.siblings(), vec![addr(1)], "the ring dropped the dead sibling");
+    traffic(&mut c, 3_000, 4_000);
+    created += 1_000;
+    c.step(500);
+    for (me, other) in [(0, 1), (1, 0)] {
+        let s = c.app(me).control.cluster_status().unwrap().sync.unwrap();
+        assert_eq!(s.transport.stream_resets, 0, "appliance {me}: {:?}", s.transport);
+        assert_eq!(s.records.resyncs_pulled, 1, "appliance {me} pulled only its first resync");
+        let theirs = local(c.apps[other].as_ref().unwrap());
+        assert_eq!(replicas(c.apps[me].as_ref().unwrap()), theirs, "appliance {me} holds all of {other}'s");
+    }
+    assert_eq!(local(c.app(0)).len() + local(c.app(1)).len(), created);
+}

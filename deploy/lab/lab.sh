@@ -2,7 +2,9 @@
 # ringlb lab: network namespaces, veth and bridges for a client, the
 # appliance and three nginx servers. Sourced by the lab tests and `make demo`.
 #
-#   lab_up MODE     MODE = dsr | nat; needs LAB (unique prefix) and LAB_DIR set
+#   lab_up MODE     MODE = dsr | nat | trunk-dsr | trunk-nat (three appliances
+#                   behind a port-trunked router: trunk.sh); needs LAB (unique
+#                   prefix) and LAB_DIR set
 #   lab_start_ringlb CONFIG LOG   runs ringlb in the appliance namespace
 #   lab_down        stops everything started and removes the namespaces
 #
@@ -16,6 +18,8 @@
 
 VIP=198.18.100.1
 LAB_PIDS=()
+# shellcheck source=trunk.sh
+source "$(dirname "${BASH_SOURCE[0]}")/trunk.sh"
 
 lab_ns() { echo "${LAB}-$1"; }
 
@@ -43,8 +47,11 @@ lab_host_ns() {
   lab_sysctl "$ns" net.ipv4.conf.default.rp_filter=0
 }
 
+# lab_nginx_conf NAME PORT...: an nginx serving LAB_DIR/www on each port.
 lab_nginx_conf() {
-  local name=$1 port=$2 d="$LAB_DIR/$1"
+  local name=$1 d="$LAB_DIR/$1" listen="" p
+  shift
+  for p in "$@"; do listen+="    listen $p reuseport;"$'\n'; done
   mkdir -p "$d"
   cat > "$d/nginx.conf" <<CONF
 worker_processes 1;
@@ -57,8 +64,7 @@ http {
   client_body_temp_path $d/body;
   keepalive_requests 100000;
   server {
-    listen $port default_server reuseport;
-    root $LAB_DIR/www;
+$listen    root $LAB_DIR/www;
     location = /whoami { return 200 "$name\n"; }
   }
 }
@@ -73,6 +79,11 @@ lab_up() {
   echo "ringlb lab $LAB ($mode)" > "$LAB_DIR/www/index.html"
   [ -f "$LAB_DIR/www/big.bin" ] || head -c 64M /dev/urandom > "$LAB_DIR/www/big.bin"
   chmod 644 "$LAB_DIR/www/"*
+  case $mode in
+    trunk-dsr|trunk-nat) lab_up_trunk "${mode#trunk-}"; return ;;
+    dsr|nat) ;;
+    *) echo "lab_up: unknown mode '$mode'" >&2; return 1 ;;
+  esac
 
   local sw c lb; sw=$(lab_ns sw); c=$(lab_ns c); lb=$(lab_ns lb)
   lab_host_ns "$sw"
@@ -114,10 +125,10 @@ lab_up() {
   done
 }
 
-# Make sure DPDK has hugepages: 256 x 2 MiB, mounted at /dev/hugepages.
+# Make sure DPDK has hugepages: PAGES x 2 MiB (default 256), mounted at /dev/hugepages.
 lab_hugepages() {
-  local have; have=$(cat /proc/sys/vm/nr_hugepages)
-  if [ "$have" -lt 256 ]; then echo 256 > /proc/sys/vm/nr_hugepages; fi
+  local want=${1:-256} have; have=$(cat /proc/sys/vm/nr_hugepages)
+  if [ "$have" -lt "$want" ]; then echo "$want" > /proc/sys/vm/nr_hugepages; fi
   mountpoint -q /dev/hugepages || { mkdir -p /dev/hugepages; mount -t hugetlbfs nodev /dev/hugepages; }
 }
 

@@ -338,3 +338,20 @@ fn decoding_random_and_mutated_input_never_panics() {
     assert_eq!(c.rx_batches, 0, "no mutated datagram may pass: {c:?}");
     assert_eq!(c.rx_bad_mac + c.rx_malformed, 60_000, "{c:?}");
 }
+
+#[test]
+fn a_view_change_keeps_the_streams_of_siblings_that_stay() {
+    let mut sim = Sim::new(3, 6, Net { loss: 0.0, dup: 0.0, max_delay: 1 });
+    sim.nodes[0].broadcast(b"before", 0).unwrap();
+    sim.step(20);
+    // Node 2 leaves the view and comes back; node 1 stays throughout.
+    sim.nodes[0].broadcast(b"in flight", 0).unwrap();
+    sim.nodes[0].set_siblings(&[(addr(1), 1)]);
+    sim.nodes[0].broadcast(b"while 2 is away", 0).unwrap();
+    sim.nodes[0].set_siblings(&[(addr(1), 1), (addr(2), 1)]);
+    sim.step(50);
+    let to1: Vec<&[u8]> = sim.got[&(1, 0)].iter().map(Vec::as_slice).collect();
+    assert_eq!(to1, vec![&b"before"[..], b"in flight", b"while 2 is away"], "nothing lost on the way");
+    assert!(sim.resets.get(&1).is_none_or(Vec::is_empty), "the stream to a staying sibling is not reset");
+    assert_eq!(sim.resets.get(&2), Some(&vec![addr(0)]), "the one that was away is told");
+}

@@ -247,7 +247,9 @@ impl Control {
                 RingEvent::App { .. } | RingEvent::Reliable { .. } => r.app_messages += 1,
             }
         }
-        if view_changed {
+        // A non-master's tentative view (version 0, from the Hellos it heard)
+        // may lack a member for a moment: siblings follow the master's views.
+        if view_changed && r.member.view_version() != 0 && !r.member.is_forming() {
             let sibs: Vec<(SocketAddrV4, u64)> = r
                 .member
                 .member_entries()

@@ -149,14 +149,17 @@ impl Sync {
         }
     }
 
-    /// The siblings as the ring's view has them: streams open to each (a
-    /// newer incarnation gets a fresh stream), and close to everyone else.
+    /// The siblings as the ring's view has them: a stream stays open to each
+    /// that remains (nothing in flight is lost), one opens to each newcomer
+    /// (or newer incarnation), and streams to everyone else close.
     pub fn set_siblings(&mut self, siblings: &[(SocketAddrV4, u64)]) {
-        for p in self.peers.values_mut() {
-            p.tx = None;
+        for (addr, p) in self.peers.iter_mut() {
+            if !siblings.iter().any(|(a, _)| a == addr) {
+                p.tx = None;
+            }
         }
-        let kept: Vec<_> = siblings.iter().filter(|(a, _)| self.peer_set.contains(a)).copied().collect();
-        for (addr, inc) in kept {
+        let listed: Vec<_> = siblings.iter().filter(|(a, _)| self.peer_set.contains(a)).copied().collect();
+        for (addr, inc) in listed {
             self.open_stream(addr, inc);
         }
         self.settle_marks();
@@ -174,7 +177,9 @@ impl Sync {
         p.incarnation = p.incarnation.max(incarnation);
         if p.tx.as_ref().is_none_or(|t| t.to_incarnation < p.incarnation) {
             self.next_epoch += 1;
-            p.tx = Some(TxStream::new(p.incarnation, self.next_epoch, rto));
+            let mut tx = TxStream::new(p.incarnation, self.next_epoch, rto);
+            tx.announce();
+            p.tx = Some(tx);
         }
     }
 
@@ -314,7 +319,9 @@ impl Sync {
             p.incarnation = h.incarnation;
             if p.tx.is_some() {
                 self.next_epoch += 1;
-                p.tx = Some(TxStream::new(h.incarnation, self.next_epoch, rto));
+                let mut tx = TxStream::new(h.incarnation, self.next_epoch, rto);
+                tx.announce();
+                p.tx = Some(tx);
             }
         } else if h.incarnation < p.incarnation {
             self.counters.rx_stale += 1;
@@ -343,7 +350,7 @@ impl Sync {
                     Received::Held => self.counters.rx_held += 1,
                     Received::Delivered(batches) => {
                         self.counters.rx_batches += batches.len() as u64;
-                        for (stamp_us, framed) in batches {
+                        for (stamp_us, framed) in batches.into_iter().filter(|(_, f)| !f.is_empty()) {
                             self.events.push_back(SyncEvent::Records { from: h.sender, stamp_us, framed });
                         }
                     }

@@ -103,6 +103,14 @@ impl TxStream {
         self.backoff_ms = self.rto_ms;
     }
 
+    /// Seals an empty batch: a new stream's first, so its receiver learns of
+    /// it (and of a restart within our run) at once, records or not.
+    pub fn announce(&mut self) {
+        self.seal();
+        self.unacked.push_back(Batch { seq: self.next_seq, count: 0, stamp_us: 0, framed: Vec::new(), last_sent: 0 });
+        self.next_seq += 1;
+    }
+
     /// Seals the batch being built (if any); it waits in `take_unsent`.
     pub fn seal(&mut self) {
         if self.building_count == 0 {
