@@ -584,7 +584,7 @@ fn lost_worker_events_are_republished() {
 fn a_crash_does_not_disturb_the_other_siblings_streams() {
     let mut c = cluster(13, "off");
     let mut created = 0;
-    let mut traffic = |c: &mut Cluster, from: u32, to: u32| {
+    let traffic = |c: &mut Cluster, from: u32, to: u32| {
         for i in from..to {
             let a = (i % 2) as usize;
             let t = c.t;

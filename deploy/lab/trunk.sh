@@ -113,7 +113,8 @@ NFT
 
 # lab_trunk_set N...: the trunk spreads over appliances N... (atomically).
 lab_trunk_set() {
-  local members=("$@") k=${#members[@]} i map_a="" map_b=""
+  local members=("$@")
+  local k=${#members[@]} i map_a="" map_b=""
   for i in "${!members[@]}"; do
     map_a+="$i : \"a${members[$i]}\", "
     map_b+="$i : \"b${members[$i]}\", "
