@@ -108,8 +108,10 @@ pub struct Entry {
     pub last_seen_ms: u32,
     /// Global server id.
     pub server: u16,
-    /// Service id.
-    pub service: u16,
+    /// When this connection of the tuple began, on the cluster's wall clock
+    /// in 16 ms units (wrapping; see `born_after`): siblings order a tuple's
+    /// connections by it, so news of an old one never overrides a new one.
+    pub born: u16,
     pub state: State,
     /// The port the client's packets arrive on (NAT replies leave through
     /// it) in the low bits, REPLICA and TOUCHED above.
@@ -120,15 +122,8 @@ pub struct Entry {
 
 const _: () = assert!(std::mem::size_of::<Entry>() == 32);
 
-const EMPTY: Entry = Entry {
-    key: 0,
-    last_seen_ms: 0,
-    server: 0,
-    service: 0,
-    state: State::Empty,
-    port_flags: 0,
-    client_hop_mac: [0; 6],
-};
+const EMPTY: Entry =
+    Entry { key: 0, last_seen_ms: 0, server: 0, born: 0, state: State::Empty, port_flags: 0, client_hop_mac: [0; 6] };
 
 /// Idle timeouts per state, in milliseconds.
 #[derive(Clone, Copy, Debug)]
@@ -186,6 +181,21 @@ pub enum Installed {
     Updated,
     /// Present already and the install asked not to overwrite.
     Kept,
+    /// About an older connection of the tuple than the one held: ignored.
+    Stale,
+}
+
+/// The cluster-wide birth stamp of a connection that begins at `wall_ms`.
+#[inline]
+pub fn born_at(wall_ms: u64) -> u16 {
+    (wall_ms >> 4) as u16
+}
+
+/// `a` began after `b` (serial arithmetic: valid for births less than
+/// ~9 minutes apart, far longer than a closed connection's news can lag).
+#[inline]
+pub fn born_after(a: u16, b: u16) -> bool {
+    (a.wrapping_sub(b) as i16) > 0
 }
 
 /// Why the sweep shows an entry to its visitor.
@@ -280,8 +290,10 @@ impl SessionTable {
     }
 
     /// Installs a sibling's entry (`entry` carries its flags: a replica).
-    /// An entry present is updated (Upsert: server, state, client side,
-    /// idle clock; its own flags stay) or kept (IfAbsent).
+    /// Against a live entry of the tuple: news of an older connection is
+    /// stale; of a newer one, it replaces the entry (now a replica); of the
+    /// same one, an Upsert updates it (server, state, client side, idle
+    /// clock; its own flags stay) and an IfAbsent keeps it.
     pub fn install(
         &mut self,
         key: &FlowKey,
@@ -289,18 +301,21 @@ impl SessionTable {
         entry: Entry,
         mode: InstallMode,
     ) -> Result<Installed, TableFull> {
-        match self.find(key.pack(), hash) {
-            Some(i) if mode == InstallMode::IfAbsent && !self.expired(&self.slots[i], entry.last_seen_ms) => {
-                Ok(Installed::Kept)
-            }
-            Some(i) => {
-                let e = &mut self.slots[i];
-                let flags = e.port_flags & !PORT_MASK;
-                *e = Entry { key: e.key, port_flags: (entry.port_flags & PORT_MASK) | flags, ..entry };
-                Ok(Installed::Updated)
-            }
-            None => self.insert(key, hash, entry).map(|_| Installed::New),
+        let Some(i) = self.find(key.pack(), hash) else {
+            return self.insert(key, hash, entry).map(|_| Installed::New);
+        };
+        let held = self.slots[i];
+        let live = !self.expired(&held, entry.last_seen_ms);
+        let same = entry.born == held.born;
+        if live && born_after(held.born, entry.born) {
+            return Ok(Installed::Stale);
         }
+        if live && same && mode == InstallMode::IfAbsent {
+            return Ok(Installed::Kept);
+        }
+        let flags = if live && same { held.port_flags } else { entry.port_flags } & !PORT_MASK;
+        self.slots[i] = Entry { key: held.key, port_flags: (entry.port_flags & PORT_MASK) | flags, ..entry };
+        Ok(Installed::Updated)
     }
 
     /// Removes `key` if `pred` accepts its entry; returns the entry removed.
@@ -465,23 +480,15 @@ impl SessionTable {
 
 impl Entry {
     /// A local entry: just created here, by this packet.
-    pub fn new(now_ms: u32, server: u16, service: u16, state: State, client_port: u8, client_hop_mac: Mac) -> Self {
-        Entry {
-            key: 0,
-            last_seen_ms: now_ms,
-            server,
-            service,
-            state,
-            port_flags: client_port & PORT_MASK,
-            client_hop_mac,
-        }
+    pub fn new(now_ms: u32, server: u16, born: u16, state: State, client_port: u8, client_hop_mac: Mac) -> Self {
+        Entry { key: 0, last_seen_ms: now_ms, server, born, state, port_flags: client_port & PORT_MASK, client_hop_mac }
     }
 
     /// A replica of a sibling's entry.
-    pub fn replica(now_ms: u32, server: u16, service: u16, state: State, client_port: u8, client_hop_mac: Mac) -> Self {
+    pub fn replica(now_ms: u32, server: u16, born: u16, state: State, client_port: u8, client_hop_mac: Mac) -> Self {
         Entry {
             port_flags: (client_port & PORT_MASK) | REPLICA,
-            ..Entry::new(now_ms, server, service, state, client_port, client_hop_mac)
+            ..Entry::new(now_ms, server, born, state, client_port, client_hop_mac)
         }
     }
 
@@ -731,5 +738,25 @@ mod tests {
         let mut keys: Vec<u32> = refreshed.iter().map(|(_, k)| k.client_ip).collect();
         keys.sort();
         assert_eq!(keys, vec![a.client_ip, b.client_ip]);
+    }
+
+    #[test]
+    fn news_of_an_older_connection_of_the_tuple_is_stale() {
+        let mut t = SessionTable::new(100, T, 7, 256);
+        let k = key(9);
+        let h = t.hash(&k);
+        // The tuple's new connection (born 200) is held; news of the old one (born 100) arrives.
+        t.insert(&k, h, Entry::new(0, 1, 200, State::SynSeen, 0, [0; 6])).unwrap();
+        let old = Entry::replica(1, 2, 100, State::Closing, 0, [0; 6]);
+        assert_eq!(t.install(&k, h, old, InstallMode::Upsert), Ok(Installed::Stale));
+        assert_eq!(t.install(&k, h, old, InstallMode::IfAbsent), Ok(Installed::Stale));
+        assert_eq!(t.lookup(&k, h, 2, |_| panic!()).unwrap().server, 1);
+        // News of a newer one (born 300) replaces it, as a replica.
+        let newer = Entry::replica(3, 3, 300, State::SynSeen, 0, [0; 6]);
+        assert_eq!(t.install(&k, h, newer, InstallMode::IfAbsent), Ok(Installed::Updated));
+        let e = t.lookup(&k, h, 3, |_| panic!()).unwrap();
+        assert_eq!((e.server, e.born, e.is_replica()), (3, 300, true));
+        // Births wrap: 65530 is before 10.
+        assert!(born_after(10, 65_530) && !born_after(65_530, 10));
     }
 }

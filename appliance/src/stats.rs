@@ -113,6 +113,8 @@ pub struct WorkerStats {
     pub sync_installed: Counter,
     pub sync_updated: Counter,
     pub sync_kept: Counter,
+    /// News of an older connection of a tuple than the one held: ignored.
+    pub sync_stale: Counter,
     pub sync_removed: Counter,
     pub sync_adopted: Counter,
     pub sync_refused: Counter,
@@ -146,6 +148,7 @@ impl WorkerStats {
             sync_installed: Counter::default(),
             sync_updated: Counter::default(),
             sync_kept: Counter::default(),
+            sync_stale: Counter::default(),
             sync_removed: Counter::default(),
             sync_adopted: Counter::default(),
             sync_refused: Counter::default(),
@@ -192,6 +195,7 @@ pub struct Snapshot {
     pub sync_installed: u64,
     pub sync_updated: u64,
     pub sync_kept: u64,
+    pub sync_stale: u64,
     pub sync_removed: u64,
     pub sync_adopted: u64,
     pub sync_refused: u64,
@@ -222,6 +226,7 @@ impl Snapshot {
             s.sync_installed += w.sync_installed.get();
             s.sync_updated += w.sync_updated.get();
             s.sync_kept += w.sync_kept.get();
+            s.sync_stale += w.sync_stale.get();
             s.sync_removed += w.sync_removed.get();
             s.sync_adopted += w.sync_adopted.get();
             s.sync_refused += w.sync_refused.get();

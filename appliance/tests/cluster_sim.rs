@@ -618,3 +618,48 @@ fn a_crash_does_not_disturb_the_other_siblings_streams() {
     }
     assert_eq!(local(c.app(0)).len() + local(c.app(1)).len(), created);
 }
+
+/// A client reuses its port for a new connection (the tuple's previous
+/// connection had closed) at another appliance than the first. Late news
+/// of the old connection (its removal) must not remove or overwrite the new
+/// one anywhere: siblings order a tuple's connections by their birth time.
+#[test]
+fn late_news_of_a_closed_connection_never_overrides_the_tuples_new_one() {
+    let mut c = cluster(17, "off");
+    let mut differed = 0;
+    for i in 0..12u32 {
+        // The old connection at appliance 0, closed (2 s to live there).
+        let t = c.t;
+        c.app(0).receive(&web(i, SYN), t, flow(i));
+        c.app(0).receive(&web(i, ACK), t, flow(i));
+        c.app(0).receive(&web(i, FIN | ACK), t, flow(i));
+        let old = c.app(0).sent.last().unwrap()[0..6].to_vec();
+        c.step(1_900);
+        // Appliance 0 is cut off for a moment (less than the ring notices).
+        c.cut = vec![0];
+        c.step(20);
+        // The client reuses the port; appliance 1 (which has the closing
+        // replica) starts the new connection.
+        let t = c.t;
+        assert!(matches!(c.app(1).receive(&web(i, SYN), t, flow(i)), Verdict::Tx(_)));
+        let new = c.app(1).sent.pop().unwrap()[0..6].to_vec();
+        differed += usize::from(new != old);
+        // A stray packet makes appliance 0 expire the old session now:
+        // its removal waits in its stream until the cut heals.
+        c.step(130);
+        let t = c.t;
+        c.app(0).receive(&web(i, ACK), t, flow(i));
+        c.step(30);
+        c.cut = vec![];
+        c.step(1_000);
+        for a in [1, 2] {
+            let t = c.t;
+            let v = c.app(a).receive(&web(i, ACK | PSH), t, flow(i));
+            assert_eq!(v, Verdict::Tx(0), "tuple {i} at appliance {a}: the new connection's session is gone");
+            let f = c.app(a).sent.pop().unwrap();
+            assert_eq!(&f[0..6], &new[..], "tuple {i}: appliance {a} sends the new connection to the old one's server");
+        }
+        assert_eq!(c.app(0).control.siblings().len(), 2, "the cut was too short for the ring to notice");
+    }
+    assert!(differed >= 4, "the new connections went to other servers often enough to tell ({differed} of 12)");
+}

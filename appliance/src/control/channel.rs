@@ -29,6 +29,8 @@ pub struct SessionRecord {
     pub client_port: u8,
     /// The client-side previous hop (NAT replies go to it).
     pub client_mac: Mac,
+    /// When the connection began (`session::born_at`).
+    pub born: u16,
 }
 
 /// Worker → control thread.
@@ -40,8 +42,11 @@ pub enum Event {
         rec: SessionRecord,
         at_ms: u32,
     },
-    /// A local session left the table (idle, or reclaimed when full).
-    Removed(FlowKey),
+    /// A local session (the connection born then) left the table.
+    Removed {
+        key: FlowKey,
+        born: u16,
+    },
     /// A client lock this worker made.
     Lock(LockRecord),
     /// One entry of dump `id`: local or replica, everything the table holds.
@@ -64,8 +69,9 @@ pub enum Event {
 pub enum Command {
     /// A sibling's session (a replica here).
     Install { rec: SessionRecord, mode: InstallMode },
-    /// A sibling's session ended: remove our replica (not if we use it).
-    Remove(FlowKey),
+    /// A sibling's session (the connection born then) ended: remove our
+    /// replica of it (not if we use it, nor a newer connection of the tuple).
+    Remove { key: FlowKey, born: u16 },
     /// A client lock from another worker or a sibling.
     Lock(LockRecord),
     /// Emit every session (and, if `locks`, every lock) as `Dumped` events.

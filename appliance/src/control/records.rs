@@ -18,8 +18,8 @@ const RESYNC_REQUEST: u8 = 5;
 const RESYNC_DONE: u8 = 6;
 
 const KEY_LEN: usize = 13;
-pub const SESSION_LEN: usize = 1 + KEY_LEN + 6 + 1 + 1 + 6;
-pub const REMOVED_LEN: usize = 1 + KEY_LEN;
+pub const SESSION_LEN: usize = 1 + KEY_LEN + 6 + 1 + 1 + 6 + 2;
+pub const REMOVED_LEN: usize = 1 + KEY_LEN + 2;
 pub const LOCK_LEN: usize = 1 + 4 + 4 + 2 + 1 + 6 + 4 + 8;
 pub const RESYNC_DONE_LEN: usize = 1 + 4 + 4;
 
@@ -30,7 +30,10 @@ pub enum Record {
         rec: SessionRecord,
         mode: InstallMode,
     },
-    Removed(FlowKey),
+    Removed {
+        key: FlowKey,
+        born: u16,
+    },
     Lock(LockRecord),
     /// "Send me everything you hold."
     ResyncRequest,
@@ -71,10 +74,12 @@ pub fn encode(shared: &Shared, r: &Record) -> Option<Vec<u8>> {
             b.push(rec.state as u8);
             b.push(rec.client_port);
             b.extend_from_slice(&rec.client_mac);
+            b.extend_from_slice(&rec.born.to_be_bytes());
         }
-        Record::Removed(k) => {
+        Record::Removed { key, born } => {
             b.push(REMOVED);
-            put_key(&mut b, k);
+            put_key(&mut b, key);
+            b.extend_from_slice(&born.to_be_bytes());
         }
         Record::Lock(l) => {
             let (vip, vport, proto) = shared.service_endpoint(l.service)?;
@@ -155,15 +160,16 @@ pub fn decode(shared: &Shared, bytes: &[u8]) -> Result<Record, Refused> {
             let state = State::from_u8(f.u8()?).ok_or(Refused::Malformed)?;
             let client_port = f.u8()?;
             let client_mac = f.take::<6>()?;
+            let born = f.u16()?;
             let svc = shared.service_at(key.vip, key.vport, key.proto as u8).ok_or(Refused::Unknown)?;
             let server = shared.server_of(svc, ip, port).ok_or(Refused::Unknown)?;
             if usize::from(client_port) >= shared.ports.len() {
                 return Err(Refused::Unknown);
             }
             let mode = if kind == SESSION { InstallMode::Upsert } else { InstallMode::IfAbsent };
-            Record::Session { rec: SessionRecord { key, server, state, client_port, client_mac }, mode }
+            Record::Session { rec: SessionRecord { key, server, state, client_port, client_mac, born }, mode }
         }
-        REMOVED => Record::Removed(f.key()?),
+        REMOVED => Record::Removed { key: f.key()?, born: f.u16()? },
         LOCK => {
             let client_ip = f.u32()?;
             let (vip, vport, proto) = (f.u32()?, f.u16()?, f.proto()?);

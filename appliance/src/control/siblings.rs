@@ -198,7 +198,7 @@ impl Siblings {
                 let stamp = (cx.shared.start_wall_ms() + u64::from(at_ms)) * 1000;
                 self.out(None, &Record::Session { rec, mode: InstallMode::Upsert }, stamp, cx);
             }
-            Event::Removed(key) => self.out(None, &Record::Removed(key), 0, cx),
+            Event::Removed { key, born } => self.out(None, &Record::Removed { key, born }, 0, cx),
             Event::Lock(rec) => self.out(None, &Record::Lock(rec), 0, cx),
             Event::Dumped { id, rec } => {
                 if let Some(s) = self.serving.as_mut().filter(|s| s.id == id) {
@@ -292,9 +292,9 @@ impl Siblings {
                 let w = cx.shared.owner(rec.key.client_ip, rec.key.client_port);
                 self.command(w, Command::Install { rec, mode }, cx);
             }
-            Record::Removed(key) => {
+            Record::Removed { key, born } => {
                 let w = cx.shared.owner(key.client_ip, key.client_port);
-                self.command(w, Command::Remove(key), cx);
+                self.command(w, Command::Remove { key, born }, cx);
             }
             Record::Lock(rec) => {
                 if self.pull.waiting.contains(&from) {

@@ -99,6 +99,8 @@ pub struct Replication {
     pub installed: u64,
     pub updated: u64,
     pub kept: u64,
+    /// News of an older connection of a tuple than the one held: ignored.
+    pub stale: u64,
     pub removed: u64,
     /// Sibling sessions that carried a packet here: flows that changed appliance.
     pub adopted: u64,
@@ -161,6 +163,7 @@ impl Status {
                 installed: s.sync_installed,
                 updated: s.sync_updated,
                 kept: s.sync_kept,
+                stale: s.sync_stale,
                 removed: s.sync_removed,
                 adopted: s.sync_adopted,
                 refused: s.sync_refused,

@@ -18,7 +18,7 @@ use crate::control::channel::{EventTx, SessionRecord};
 use crate::locks::{LockRecord, LockTable, Offer};
 use crate::packet::{self, tcp_flags, ArpInfo, L4Info, L4Proto, Mac, Parsed, BROADCAST_MAC};
 use crate::sched::{wrr::SmoothWrr, Scheduler};
-use crate::session::{mix, Entry, FlowKey, SessionTable, State, Visit};
+use crate::session::{born_at, mix, Entry, FlowKey, SessionTable, State, Visit};
 use crate::stats::{Drop, WorkerStats};
 use replication::{Dump, Outbox};
 use std::sync::Arc;
@@ -88,6 +88,7 @@ fn record(key: &FlowKey, e: &Entry) -> SessionRecord {
         state: e.state,
         client_port: e.client_port(),
         client_mac: e.client_hop_mac,
+        born: e.born,
     }
 }
 
@@ -96,7 +97,7 @@ fn record(key: &FlowKey, e: &Entry) -> SessionRecord {
 fn expired(outbox: &mut Outbox, stats: &WorkerStats, key: &FlowKey, e: &Entry) {
     stats.session_expired();
     if !e.is_replica() {
-        outbox.session_gone(key, stats);
+        outbox.session_gone(key, e.born, stats);
     }
 }
 
@@ -348,10 +349,11 @@ impl<'a> Worker<'a> {
             None => return Verdict::Drop(Drop::NoSession),
         }
 
-        // A new session.
+        // A new session (a new connection of the tuple, if it reuses one).
         let server = self.pick_server(svc, key, now_ms);
         let state = if is_tcp { State::SynSeen } else { State::Udp };
-        let entry = Entry::new(now_ms, server, svc, state, in_port, packet::src_mac(frame));
+        let born = born_at(shared.start_wall_ms + u64::from(now_ms));
+        let entry = Entry::new(now_ms, server, born, state, in_port, packet::src_mac(frame));
         if reuse {
             if let Some(e) = self.table.lookup(key, hash, now_ms, |_| ()) {
                 e.renew(entry);

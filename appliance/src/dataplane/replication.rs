@@ -53,11 +53,11 @@ impl Outbox {
         self.push(Event::Session { rec, at_ms: now_ms }, stats)
     }
 
-    /// A local session left the table.
+    /// A local session (the connection born at `born`) left the table.
     #[inline]
-    pub fn session_gone(&mut self, key: &FlowKey, stats: &WorkerStats) {
+    pub fn session_gone(&mut self, key: &FlowKey, born: u16, stats: &WorkerStats) {
         if self.sessions {
-            self.push(Event::Removed(*key), stats);
+            self.push(Event::Removed { key: *key, born }, stats);
         }
     }
 
@@ -94,10 +94,11 @@ impl Worker<'_> {
         let stats = self.stats;
         match cmd {
             Command::Install { rec, mode } => self.install(rec, mode, now_ms),
-            Command::Remove(key) => {
+            Command::Remove { key, born } => {
                 let hash = self.table.hash(&key);
-                // Never a session carried here: a sibling's end of it is not ours.
-                if self.table.remove_if(&key, hash, Entry::is_replica).is_some() {
+                // Only the replica of that connection: not one carried here (a
+                // sibling's end of it is not ours), nor a newer one of the tuple.
+                if self.table.remove_if(&key, hash, |e| e.is_replica() && e.born == born).is_some() {
                     stats.sync_removed.inc();
                     stats.sessions_active.dec();
                 }
@@ -123,12 +124,11 @@ impl Worker<'_> {
 
     fn install(&mut self, rec: SessionRecord, mode: InstallMode, now_ms: u32) {
         let stats = self.stats;
-        let service = self.shared.server_addr(rec.server).map(|(_, _, svc)| svc);
-        let (Some(service), true) = (service, usize::from(rec.client_port) < self.shared.ports.len()) else {
+        if self.shared.server_addr(rec.server).is_none() || usize::from(rec.client_port) >= self.shared.ports.len() {
             stats.sync_refused.inc();
             return;
-        };
-        let entry = Entry::replica(now_ms, rec.server, service, rec.state, rec.client_port, rec.client_mac);
+        }
+        let entry = Entry::replica(now_ms, rec.server, rec.born, rec.state, rec.client_port, rec.client_mac);
         let hash = self.table.hash(&rec.key);
         match self.table.install(&rec.key, hash, entry, mode) {
             Ok(Installed::New) => {
@@ -137,6 +137,7 @@ impl Worker<'_> {
             }
             Ok(Installed::Updated) => stats.sync_updated.inc(),
             Ok(Installed::Kept) => stats.sync_kept.inc(),
+            Ok(Installed::Stale) => stats.sync_stale.inc(),
             Err(TableFull) => stats.sync_refused.inc(),
         }
     }
