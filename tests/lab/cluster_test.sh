@@ -31,7 +31,8 @@ T="lab-cluster-$MODE"
 say() { echo "$T: $*"; }
 fail() {
   echo "FAIL $T: $*"
-  cp -r "$LAB_DIR" /tmp/ringlb-cluster-failed-$MODE 2>/dev/null || true
+  # LAB_KEEP=DIR keeps the logs and status files of a failed run there.
+  [ -z "${LAB_KEEP:-}" ] || cp -r "$LAB_DIR" "$LAB_KEEP" 2>/dev/null || true
   for n in 1 2 3; do [ -f "$LAB_DIR/lb$n.log" ] && { echo "--- lb$n"; grep -v '^stats' "$LAB_DIR/lb$n.log" | tail -15; }; done
   exit 1
 }
@@ -64,6 +65,8 @@ done
 [ $formed = 1 ] || fail "the three appliances did not form one ring with two siblings each"
 say "ring formed: $(st 1 '" ".join(m["address"] for m in s["cluster"]["members"])'), dispatcher $(st 1 's["cluster"]["dispatcher"]')"
 lab_lacp_monitor_start
+# Test hook for tests/lab/cleanup_test.sh: fail with everything running.
+[ -z "${LAB_FORCE_FAIL:-}" ] || fail "forced failure (cleanup test)"
 
 # 1. Idle: CPU from /proc over 5 s, then the first request after idling.
 sleep 2
