@@ -120,7 +120,6 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
     for (i, (&port, &(rxq, txq))) in ports.iter().zip(&queues).enumerate() {
         let (rx, tx) = port.configure(rxq, txq, RX_DESC, &pool).map_err(|e| format!("ports[{i}]: {e}"))?;
         port_queues.push((rx.into_iter().map(Some).collect(), tx.into_iter().map(Some).collect()));
-        port.start().map_err(|e| format!("ports[{i}]: {e}"))?;
         let mac = match cfg.ports[i].mac {
             Some(m) => m,
             None => port.mac().map_err(|e| e.to_string())?,
@@ -211,7 +210,16 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
     // The incarnation grows from one start to the next: the wall clock.
     let incarnation = driver::wall_us() / 1000;
     let mut control = Control::new(cfg, Arc::clone(&shared), control_ports, driver.now(), incarnation);
-    driver.run(&mut control, quit, opts);
+    // The ports start once the control plane is ready for traffic (at once
+    // when standalone); workers poll them only from then on.
+    let mut start_ports = || {
+        for (i, p) in ports.iter().enumerate() {
+            p.start().map_err(|e| format!("ports[{i}]: {e}"))?;
+        }
+        shared.set_ports_up();
+        Ok(())
+    };
+    let run = driver.run(&mut control, quit, opts, &mut start_ports);
 
     worker_quit.store(true, Relaxed);
     eal.wait_all();
@@ -219,7 +227,7 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
     let fin = Snapshot::take(&stats.iter().collect::<Vec<_>>());
     println!("{}", summary(driver.now().ms as f64 / 1000.0, &fin, &labels));
     eal.stop_ports(&ports);
-    Ok(())
+    run
 }
 
 /// One line per interval: totals, rates, active sessions, new sessions per server.

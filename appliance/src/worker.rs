@@ -276,6 +276,16 @@ pub fn run(setup: WorkerSetup) -> i32 {
     let mut last_tick_ms = u32::MAX;
     while !quit.load(Relaxed) {
         let now = clock.now_ms();
+        if !shared.ports_up() {
+            // A cluster member waits for its siblings' sessions before it
+            // takes traffic; meanwhile it serves the control thread.
+            while let Some(c) = commands.pop() {
+                dp.apply(c, now);
+            }
+            dp.sweep(now);
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
         let peers_waiting = inbound.iter().any(|r| r.count() > 0);
         let mut got = 0;
         for q in &mut rx {

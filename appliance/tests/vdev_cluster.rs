@@ -141,12 +141,14 @@ fn sessions_reach_the_sibling_and_come_back_after_kill_9() {
     let _ = pa.0.wait();
     std::fs::remove_file(dir.0.join("a.json")).unwrap();
     let _a2 = start(&dir.0, "a", null, &a, &members);
-    let sa = wait_for(&dir.0, "a", "a resync from b", |s| {
+    // The pull is complete when its last record arrives; the workers install
+    // what it carried right after.
+    let sa = wait_for(&dir.0, "a", "a resync from b, installed", |s| {
         s["cluster"]["sync"]["last_resync"]["sessions"].as_u64() == Some(u64::from(FLOWS))
+            && u(s, &["replication", "installed"]) == u64::from(FLOWS)
     });
     let pull = &sa["cluster"]["sync"]["last_resync"];
     println!("a restarted: pulled {} sessions from {} in {} ms", pull["sessions"], pull["from"], pull["ms"]);
-    assert_eq!(u(&sa, &["replication", "installed"]), u64::from(FLOWS));
     let t = &sa["cluster"]["sync"]["transport"];
     for k in ["rx_bad_mac", "rx_malformed", "rx_replayed", "rx_spoofed", "rx_unknown_sender"] {
         assert_eq!(t[k].as_u64(), Some(0), "{k}: {t}");

@@ -5,6 +5,10 @@
 //! The loop never sleeps while there is work; when idle it waits on the
 //! socket, briefly at first (workers' events do not wake it, so it looks
 //! again every 100 µs for 50 ms after the last activity), then longer.
+//!
+//! It also starts the ports, once the control plane is ready for traffic:
+//! a cluster member first joins the ring and pulls its siblings' sessions
+//! (behind an LACP trunk, a started port is what brings the link up).
 
 use super::status::Status;
 use super::{Control, Now};
@@ -22,6 +26,9 @@ pub struct Options {
     pub status_file: Option<PathBuf>,
 }
 
+/// Longest a cluster member waits for the ring and its siblings' sessions
+/// before it starts its ports anyway.
+const READY_LIMIT: Duration = Duration::from_secs(30);
 /// Datagrams taken per loop iteration before the workers get a look.
 const DATAGRAMS_PER_LOOP: usize = 4096;
 /// Idle waits: short while work came recently, longer after a quiet second.
@@ -66,10 +73,26 @@ impl<'a> Driver<'a> {
         Now { ms: self.started.elapsed().as_millis() as u64, wall_us: wall_us() }
     }
 
-    /// Runs the control plane until `quit` is set or `opts.duration` passes.
-    pub fn run(&mut self, control: &mut Control, quit: &AtomicBool, opts: &Options) {
+    /// Runs the control plane until `quit` is set or `opts.duration` passes;
+    /// calls `start_ports` once it is ready for traffic.
+    pub fn run(
+        &mut self,
+        control: &mut Control,
+        quit: &AtomicBool,
+        opts: &Options,
+        start_ports: &mut dyn FnMut() -> Result<(), String>,
+    ) -> Result<(), String> {
         let mut last_busy = Instant::now();
+        let mut ports_up = false;
         while !quit.load(Relaxed) && opts.duration.is_none_or(|d| self.started.elapsed() < d) {
+            if !ports_up && (control.ready_for_traffic() || self.started.elapsed() >= READY_LIMIT) {
+                if !control.ready_for_traffic() {
+                    println!("ringlb: not in sync with the siblings after {READY_LIMIT:?}: starting the ports anyway");
+                }
+                start_ports()?;
+                ports_up = true;
+                println!("ports started after {} ms", self.started.elapsed().as_millis());
+            }
             let now = self.now();
             let mut busy = self.receive(control, now);
             busy |= control.poll_workers(now) > 0;
@@ -99,6 +122,7 @@ impl<'a> Driver<'a> {
             wait = wait.min(Duration::from_millis(timer));
             self.wait(wait);
         }
+        Ok(())
     }
 
     /// Hands every datagram waiting on the socket to the control plane.

@@ -274,6 +274,17 @@ impl Control {
         self.siblings.as_ref().is_none_or(Siblings::in_sync)
     }
 
+    /// Ready to take traffic: standalone; or in a ring whose master issued
+    /// our view, holding every sibling's sessions (a joining or restarted
+    /// appliance must not meet its siblings' flows with an empty table).
+    pub fn ready_for_traffic(&self) -> bool {
+        let Some(r) = &self.ring else { return true };
+        if r.member.is_forming() || r.member.view_version() == 0 {
+            return false;
+        }
+        self.siblings.as_ref().is_none_or(Siblings::ready)
+    }
+
     /// Commands waiting in the control thread for full worker queues.
     pub fn backlog(&self) -> usize {
         self.workers.iter().map(WorkerPort::backlog).sum()

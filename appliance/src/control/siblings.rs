@@ -79,6 +79,8 @@ pub(super) struct Siblings {
     released: Vec<u64>,
     /// A backlog overflowed: pull a resync once the workers caught up.
     resync_after_backlog: bool,
+    /// A master's view has been seen (siblings known, even if none).
+    viewed: bool,
     lag: Lag,
     pub counters: SiblingCounters,
 }
@@ -97,6 +99,7 @@ impl Siblings {
             marked: vec![0; workers],
             released: vec![0; workers],
             resync_after_backlog: false,
+            viewed: false,
             lag: Lag::default(),
             counters: SiblingCounters::default(),
         }
@@ -105,6 +108,7 @@ impl Siblings {
     /// The siblings of the ring's view (appliances other than us). Streams
     /// follow the view; a sibling new to it is asked for a resync.
     pub fn set_view(&mut self, sibs: Vec<(SocketAddrV4, u64)>, cx: &mut Ctx) {
+        self.viewed = true;
         if sibs == self.current {
             return;
         }
@@ -174,6 +178,11 @@ impl Siblings {
     /// True once no resync we asked for is outstanding.
     pub fn in_sync(&self) -> bool {
         self.pull.waiting.is_empty()
+    }
+
+    /// The siblings are known and every resync asked of them arrived.
+    pub fn ready(&self) -> bool {
+        self.viewed && self.in_sync()
     }
 
     pub fn last_pull(&self) -> Option<&PullReport> {

@@ -8,7 +8,7 @@ use crate::packet::Mac;
 use crate::sched::maglev;
 use crate::session::{mix, FlowKey};
 use rustc_hash::FxHashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::Arc;
 
 /// A next hop's MAC, written by whichever worker hears its ARP and read by
@@ -145,6 +145,9 @@ pub struct Shared {
     defer_active: AtomicBool,
     /// How long a first packet may be held.
     pub defer_ms: Option<u32>,
+    /// The ports are started: workers may poll and send on them. A cluster
+    /// member starts them only once it holds its siblings' sessions.
+    ports_up: AtomicBool,
 }
 
 impl Shared {
@@ -235,7 +238,20 @@ impl Shared {
             rank_base: cluster.map_or(0, |c| ringlb_ring::wire::order(&c.address) << 8),
             defer_active: AtomicBool::new(false),
             defer_ms: cluster.and_then(|c| c.defer_ms),
+            ports_up: AtomicBool::new(false),
         }
+    }
+
+    /// Workers poll and send on the ports only once they are started.
+    #[inline]
+    pub fn ports_up(&self) -> bool {
+        self.ports_up.load(Acquire)
+    }
+
+    /// Called by the main lcore after it started every port (the release
+    /// ordering makes the started ports visible to the workers).
+    pub fn set_ports_up(&self) {
+        self.ports_up.store(true, Release);
     }
 
     /// Wall-clock milliseconds at the workers' clock zero.
