@@ -4,14 +4,13 @@
 
 use crate::config::Config;
 use crate::control::channel::{worker_channel, QUEUE_LEN};
-use crate::control::driver::{self, Driver};
+use crate::control::driver::{self, Driver, Sockets};
 use crate::control::Control;
 use crate::dataplane::Shared;
 use crate::dpdk::{handoff_queue, Eal, HandoffRx, HandoffTx, Mempool, Port, RxQueue, TxQueue};
 use crate::session::{Entry, SessionTable};
 use crate::stats::{Drop, Snapshot, WorkerStats};
 use crate::worker::{self, Clock, WorkerSetup};
-use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -83,10 +82,21 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), String> {
 
 fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBool>) -> Result<(), String> {
     let workers = cfg.eal.worker_cores.len();
-    // The cluster address is a kernel UDP socket: bind it before anything starts.
-    let cluster_socket = match &cfg.cluster {
+    // The cluster's addresses are kernel UDP sockets: bind them before anything starts.
+    let cluster_sockets = match &cfg.cluster {
         None => None,
-        Some(c) => Some(UdpSocket::bind(c.address).map_err(|e| format!("cluster.address {}: {e}", c.address))?),
+        Some(c) => {
+            let (s, rcvbuf) = Sockets::bind(c.address).map_err(|e| {
+                format!("cluster.address {} (and {} for sync): {e}", c.address, crate::control::sync_address(c.address))
+            })?;
+            println!(
+                "cluster sockets: ring {}, sync {} (receive buffer {} KiB)",
+                c.address,
+                crate::control::sync_address(c.address),
+                rcvbuf / 1024
+            );
+            Some(s)
+        }
     };
     let mut ports = Vec::new();
     for (i, pc) in cfg.ports.iter().enumerate() {
@@ -199,14 +209,7 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
     );
 
     let labels: Vec<String> = (0..cfg.servers.len()).map(|i| cfg.server_label(i)).collect();
-    let mut driver = match Driver::new(cluster_socket, &stats, &labels) {
-        Ok(d) => d,
-        Err(e) => {
-            worker_quit.store(true, Relaxed);
-            eal.stop_ports(&ports);
-            return Err(format!("cluster socket: {e}"));
-        }
-    };
+    let mut driver = Driver::new(cluster_sockets, &stats, &labels);
     // The incarnation grows from one start to the next: the wall clock.
     let incarnation = driver::wall_us() / 1000;
     let mut control = Control::new(cfg, Arc::clone(&shared), control_ports, driver.now(), incarnation);

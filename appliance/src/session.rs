@@ -234,7 +234,11 @@ impl SessionTable {
         for s in STATES {
             let t = timeouts.for_state(s);
             limits[s as usize] = t;
-            limits[s as usize | 8] = t.saturating_add(t / 2).saturating_add(2 * cycle_ms).min(u32::MAX / 4);
+            // A replica does not hear of its handshake completing (the
+            // origin sends no event for that): a half-open one lives as long
+            // as an established one, and goes when its origin removes it.
+            let r = if s == State::SynSeen { timeouts.established_ms } else { t };
+            limits[s as usize | 8] = r.saturating_add(r / 2).saturating_add(2 * cycle_ms).min(u32::MAX / 4);
         }
         SessionTable {
             slots: v.into_boxed_slice(),

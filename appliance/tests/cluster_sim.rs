@@ -9,7 +9,7 @@ use common::*;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use ringlb::config::{self, Config};
 use ringlb::control::channel::{worker_channel, Command, CommandRx, QUEUE_LEN};
-use ringlb::control::{Control, Now};
+use ringlb::control::{sync_address, Channel, Control, Now};
 use ringlb::dataplane::{Shared, Verdict, Worker};
 use ringlb::session::{FlowKey, State};
 use ringlb::stats::{Snapshot, WorkerStats};
@@ -57,12 +57,18 @@ fn addr(i: usize) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(10, 255, 0, i as u8 + 1), 7400)
 }
 
+/// The cluster key, written once per test process (tests run in parallel)
+/// into Cargo's scratch directory for integration tests.
 fn key_file() -> String {
-    use std::os::unix::fs::PermissionsExt;
-    let p = std::env::temp_dir().join(format!("ringlb-cluster-sim-{}.key", std::process::id()));
-    std::fs::write(&p, "cluster-sim-secret-0123456789\n").unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p.display().to_string()
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let p = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster-sim.key");
+        std::fs::write(&p, "cluster-sim-secret-0123456789\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p.display().to_string()
+    })
+    .clone()
 }
 
 fn config(i: usize, defer: &str) -> Config {
@@ -181,8 +187,8 @@ struct Net {
     max_delay: u64,
 }
 
-/// (deliver at, tie-break, from, to, datagram)
-type InFlight = (u64, u64, usize, usize, Vec<u8>);
+/// (deliver at, tie-break, from, to, sync channel?, datagram)
+type InFlight = (u64, u64, usize, usize, bool, Vec<u8>);
 
 struct Cluster {
     t: u64,
@@ -223,10 +229,11 @@ impl Cluster {
             self.t += 1;
             let t = self.t;
             while self.queue.peek().is_some_and(|Reverse((at, ..))| *at <= t) {
-                let Reverse((_, _, from, to, bytes)) = self.queue.pop().unwrap();
+                let Reverse((_, _, from, to, sync, bytes)) = self.queue.pop().unwrap();
                 if let Some(a) = self.apps[to].as_mut() {
                     let now = a.now(t);
-                    a.control.handle_datagram(now, addr(from), &bytes);
+                    let src = if sync { sync_address(addr(from)) } else { addr(from) };
+                    a.control.handle_datagram(now, src, &bytes);
                 }
             }
             for i in 0..self.apps.len() {
@@ -236,9 +243,11 @@ impl Cluster {
                 while let Some(tx) = a.control.poll_transmit() {
                     out.push(tx);
                 }
-                for tx in out {
+                for (channel, tx) in out {
                     let to = usize::from(tx.to.ip().octets()[3]) - 1;
-                    if tx.bytes.starts_with(b"RS") {
+                    let sync = channel == Channel::Sync;
+                    assert_eq!(sync, tx.bytes.starts_with(b"RS"), "sync datagrams go out of the sync socket");
+                    if sync {
                         self.captured.push((i, to, tx.bytes.clone()));
                     }
                     if self.cut.contains(&i) || self.cut.contains(&to) || self.rng.random_bool(self.net.loss) {
@@ -248,7 +257,7 @@ impl Cluster {
                     for _ in 0..copies {
                         let at = t + self.rng.random_range(0..=self.net.max_delay);
                         self.qseq += 1;
-                        self.queue.push(Reverse((at, self.qseq, i, to, tx.bytes.clone())));
+                        self.queue.push(Reverse((at, self.qseq, i, to, sync, tx.bytes.clone())));
                     }
                 }
             }
@@ -304,6 +313,15 @@ fn replicas(a: &Appliance) -> BTreeMap<u128, (u16, State)> {
     a.sessions().into_iter().filter(|(_, (_, _, replica))| *replica).map(|(k, (s, st, _))| (k, (s, st))).collect()
 }
 
+/// A session as its siblings know it: a completed handshake is not
+/// announced (dataplane `announce_change`), so an established session is
+/// half-open at the siblings until a refresh tells them more.
+fn as_siblings_know(m: &BTreeMap<u128, (u16, State)>) -> BTreeMap<u128, (u16, State)> {
+    m.iter()
+        .map(|(k, &(server, state))| (*k, (server, if state == State::Established { State::SynSeen } else { state })))
+        .collect()
+}
+
 fn cluster(seed: u64, defer: &str) -> Cluster {
     let mut c = Cluster::new(seed);
     for i in 0..3 {
@@ -350,14 +368,15 @@ fn every_sibling_ends_with_exactly_the_origins_sessions_under_loss() {
         let before = c.app(2).control.cluster_status().unwrap().sync.unwrap().transport;
         let t = c.t;
         let now = c.app(2).now(t);
+        let from0 = sync_address(addr(0));
         for b in &real {
-            c.app(2).control.handle_datagram(now, addr(0), b);
+            c.app(2).control.handle_datagram(now, from0, b);
             let mut flipped = b.clone();
             let at = flipped.len() / 2;
             flipped[at] ^= 0x20;
-            c.app(2).control.handle_datagram(now, addr(0), &flipped);
-            c.app(2).control.handle_datagram(now, addr(0), &b[..b.len() / 3]);
-            c.app(2).control.handle_datagram(now, addr(1), b);
+            c.app(2).control.handle_datagram(now, from0, &flipped);
+            c.app(2).control.handle_datagram(now, from0, &b[..b.len() / 3]);
+            c.app(2).control.handle_datagram(now, sync_address(addr(1)), b);
         }
         c.net = Net { loss: 0.12, dup: 0.05, max_delay: 8 };
         c.step(5_000);
@@ -374,7 +393,7 @@ fn every_sibling_ends_with_exactly_the_origins_sessions_under_loss() {
             let mut want = BTreeMap::new();
             for (i, l) in locals.iter().enumerate() {
                 if i != j {
-                    want.extend(l.iter().map(|(k, v)| (*k, *v)));
+                    want.extend(as_siblings_know(l));
                 }
             }
             let have = replicas(c.apps[j].as_ref().unwrap());
@@ -414,8 +433,13 @@ fn flows_moved_by_the_trunk_keep_their_wrr_server_in_dsr_and_nat() {
         nat_server.insert(i, check(&f).unwrap().dst);
     }
     c.step(300);
+    // Each of the two workers runs an exact smooth WRR over the flows it
+    // owns (which flows, the per-process hash seed decides): 1:2:3 within
+    // a pick or two per worker.
     let shares: Vec<usize> = (0..3).map(|s| chosen.values().filter(|m| m[..] == web_mac(s)[..]).count()).collect();
-    assert_eq!(shares, vec![100, 200, 300], "wrr 1:2:3 at the origin");
+    for (share, want) in shares.iter().zip([100usize, 200, 300]) {
+        assert!(share.abs_diff(want) <= 4, "wrr 1:2:3 at the origin: {shares:?}");
+    }
     for (i, mac) in &chosen {
         let t = c.t;
         assert_eq!(c.app(1).receive(&web(*i, ACK | PSH), t, flow(*i)), Verdict::Tx(0), "flow {i}");
@@ -613,7 +637,7 @@ fn a_crash_does_not_disturb_the_other_siblings_streams() {
         let s = c.app(me).control.cluster_status().unwrap().sync.unwrap();
         assert_eq!(s.transport.stream_resets, 0, "appliance {me}: {:?}", s.transport);
         assert_eq!(s.records.resyncs_pulled, 1, "appliance {me} pulled only its first resync");
-        let theirs = local(c.apps[other].as_ref().unwrap());
+        let theirs = as_siblings_know(&local(c.apps[other].as_ref().unwrap()));
         assert_eq!(replicas(c.apps[me].as_ref().unwrap()), theirs, "appliance {me} holds all of {other}'s");
     }
     assert_eq!(local(c.app(0)).len() + local(c.app(1)).len(), created);
@@ -626,8 +650,14 @@ fn a_crash_does_not_disturb_the_other_siblings_streams() {
 #[test]
 fn late_news_of_a_closed_connection_never_overrides_the_tuples_new_one() {
     let mut c = cluster(17, "off");
-    let mut differed = 0;
-    for i in 0..12u32 {
+    let (mut differed, mut tried) = (0, 0);
+    // Until four new connections went to another server than their tuple's
+    // old one (the case that can go wrong), and at most 60 tuples.
+    for i in 0..60u32 {
+        if differed >= 4 {
+            break;
+        }
+        tried += 1;
         // The old connection at appliance 0, closed (2 s to live there).
         let t = c.t;
         c.app(0).receive(&web(i, SYN), t, flow(i));
@@ -661,5 +691,5 @@ fn late_news_of_a_closed_connection_never_overrides_the_tuples_new_one() {
         }
         assert_eq!(c.app(0).control.siblings().len(), 2, "the cut was too short for the ring to notice");
     }
-    assert!(differed >= 4, "the new connections went to other servers often enough to tell ({differed} of 12)");
+    assert!(differed >= 4, "the new connections went to other servers often enough to tell ({differed} of {tried})");
 }

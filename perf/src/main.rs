@@ -4,21 +4,24 @@
 //! sampled from those flows; the servers' NAT replies), measure testpmd
 //! (io, macswap) on the data pcap, then ringlb in DSR, NAT forward and NAT
 //! reply with the sessions pre-populated by a warm-up pass. Then the rate of
-//! new connections, two workers where the machine has the cores, and
-//! (optionally) the namespace lab against HAProxy and nftables. Writes
+//! new connections, two workers where the machine has the cores, sibling
+//! sync (updates/s and lag to a sibling, DSR with sync on/off, and the two
+//! transports compared), and (optionally) the namespace lab against HAProxy
+//! and nftables. Writes
 //! `<out>/<timestamp>.json` and `.md`, and prints the table.
 
 mod configs;
 mod measure;
 mod procs;
 mod report;
+mod sync;
 
 use measure::{RinglbMode, RinglbResult, Testpmd};
 use report::{Report, Row};
 use std::path::{Path, PathBuf};
 
 const USAGE: &str = "usage: ringlb-bench [--smoke] [--sessions N,N,..] [--data-packets P] [--seconds S] [--rounds R]
-                    [--new-conns M] [--two-workers-at N|0] [--lab SECONDS|0] [--out DIR]
+                    [--new-conns M] [--two-workers-at N|0] [--sync-at N|0] [--lab SECONDS|0] [--out DIR]
                     [--ringlb PATH] [--testpmd PATH]
   --smoke           tiny sizes, ~1 s windows, no lab: proves the harness works
   --sessions        session counts to measure (default 1000,100000,1000000,10000000)
@@ -27,6 +30,7 @@ const USAGE: &str = "usage: ringlb-bench [--smoke] [--sessions N,N,..] [--data-p
   --rounds          repetitions of each single-worker measurement, interleaved; medians (default 3)
   --new-conns       SYNs of unique flows for the new-connection rate (default 4000000)
   --two-workers-at  session count for the two-worker runs (default 1000000; 0 = skip)
+  --sync-at         session count for the sibling-sync runs (default 1000000; 0 = skip)
   --lab             run perf/lab_compare.sh for this many seconds per variant (default 5; 0 = skip)
   --out             results directory (default perf/results)";
 
@@ -37,6 +41,7 @@ pub struct Options {
     pub rounds: u32,
     pub new_conns: u32,
     pub two_workers_at: u32,
+    pub sync_at: u32,
     pub lab_seconds: u32,
     pub out: PathBuf,
     pub ringlb: PathBuf,
@@ -53,6 +58,7 @@ fn parse_args() -> Result<Options, String> {
         rounds: 3,
         new_conns: 4_000_000,
         two_workers_at: 1_000_000,
+        sync_at: 1_000_000,
         lab_seconds: 5,
         out: root.join("perf/results"),
         ringlb: root.join("target/release/ringlb"),
@@ -74,6 +80,7 @@ fn parse_args() -> Result<Options, String> {
                 o.rounds = 1;
                 o.new_conns = 1_000_000;
                 o.two_workers_at = 0;
+                o.sync_at = 10_000;
                 o.lab_seconds = 0;
             }
             "--sessions" => {
@@ -91,6 +98,7 @@ fn parse_args() -> Result<Options, String> {
             "--new-conns" => o.new_conns = num(it.next(), &a)? as u32,
             "--rounds" => o.rounds = (num(it.next(), &a)? as u32).max(1),
             "--two-workers-at" => o.two_workers_at = num(it.next(), &a)? as u32,
+            "--sync-at" => o.sync_at = num(it.next(), &a)? as u32,
             "--lab" => o.lab_seconds = num(it.next(), &a)? as u32,
             "--out" => o.out = it.next().ok_or("--out needs a value")?.into(),
             "--ringlb" => o.ringlb = it.next().ok_or("--ringlb needs a value")?.into(),
@@ -264,6 +272,50 @@ fn run(o: &Options) -> Result<PathBuf, String> {
     println!("   ringlb: {:.0} new sessions/s on one worker", r.new_per_s);
     rep.new_connections(o.new_conns, &r);
     let _ = std::fs::remove_file(&warm);
+
+    if o.sync_at > 0 {
+        let n = o.sync_at;
+        println!("== sibling sync, {n} sessions: DSR with sync off and on ({} round(s), medians)", o.rounds);
+        let files = configs::generate(dir, n, o.data_packets, 1).map_err(|e| format!("generating pcaps: {e}"))?;
+        // Loopback addresses of this run only: 127.<from the pid>.9.{1,2}.
+        let net = 1 + (std::process::id() % 200) as u8;
+        let addrs = (format!("127.{net}.9.1:7400"), format!("127.{net}.9.2:7400"));
+        let (a, b) = configs::sibling_yamls(dir, n, &files.data, &files.warm, pool, (&addrs.0, &addrs.1))?;
+        let off_cfg = configs::ringlb_yaml(dir, "sync-off", "dsr", n, &files.data, &files.warm, &[1], pool)?;
+        let steady = || RinglbMode::Steady { sessions: u64::from(n), seconds: o.seconds };
+        let (mut off, mut on, mut transfers) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..o.rounds {
+            off.push(measure::ringlb(&o.ringlb, &off_cfg, steady())?.pps);
+            let (r, t) = sync::sibling_run(&o.ringlb, &a, &b, dir, n, o.seconds)?;
+            println!(
+                "   sync: {:.0} updates/s to the sibling, lag p50 {} ms p99 {} ms, {} of {n} installed, {} events overflowed",
+                t.updates_per_s,
+                t.lag_p50_ms.map_or("-".into(), |v| format!("{v:.1}")),
+                t.lag_p99_ms.map_or("-".into(), |v| format!("{v:.1}")),
+                t.installed,
+                t.overflowed
+            );
+            on.push(r.pps);
+            transfers.push(t);
+        }
+        transfers.sort_by(|x, y| x.updates_per_s.total_cmp(&y.updates_per_s));
+        let transfer = transfers[transfers.len() / 2].clone();
+        let (off, on) = (median(&off), median(&on));
+        println!(
+            "   DSR at {n} sessions: {:.2} Mpps with sync off, {:.2} with sync on ({:.2})",
+            off / 1e6,
+            on / 1e6,
+            on / off
+        );
+        let records = if o.smoke { 100_000 } else { 2_000_000 };
+        let cmp = sync::compare_transports(records);
+        println!(
+            "   transports, in-process: sync channel {:.0} records/s ({:.1} datagrams/batch), ring reliable layer {:.0} ({:.1})",
+            cmp.sync_records_per_s, cmp.sync_datagrams_per_batch, cmp.reliable_records_per_s, cmp.reliable_datagrams_per_batch
+        );
+        rep.sync(transfer, off, on, cmp);
+        files.remove();
+    }
 
     if o.lab_seconds > 0 {
         println!("== lab: wrk through ringlb, HAProxy and nftables ({} s each)", o.lab_seconds);

@@ -88,6 +88,17 @@ pub enum RinglbMode {
 }
 
 pub fn ringlb(bin: &Path, config: &Path, mode: RinglbMode) -> Result<RinglbResult, String> {
+    ringlb_gated(bin, config, mode, &|| true)
+}
+
+/// As `ringlb`, but a steady window also waits for `gate` (e.g. a sibling
+/// done installing what the warm-up made).
+pub fn ringlb_gated(
+    bin: &Path,
+    config: &Path,
+    mode: RinglbMode,
+    gate: &dyn Fn() -> bool,
+) -> Result<RinglbResult, String> {
     let interval = match mode {
         RinglbMode::Steady { .. } => "0.5",
         RinglbMode::Creation { .. } => "0.05",
@@ -133,7 +144,7 @@ pub fn ringlb(bin: &Path, config: &Path, mode: RinglbMode) -> Result<RinglbResul
                 // stopped for two intervals short of that (SYNs lost to a full
                 // hand-off queue on a busy host: counted drops; the sessions
                 // present and the drops in the window are reported).
-                None if created >= sessions as f64 || (created > 0.0 && still >= 2) => {
+                None if (created >= sessions as f64 || (created > 0.0 && still >= 2)) && gate() => {
                     r.memory = memory_bytes(p.pid()).unwrap_or(0);
                     r.sessions = created as u64;
                     warm = Some((t, tx, drops));

@@ -2,6 +2,7 @@
 //! as JSON (for plots and history) and as a Markdown table (for people).
 
 use crate::measure::RinglbResult;
+use crate::sync::{SyncTransfer, TransportComparison};
 use crate::Options;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -64,6 +65,16 @@ pub struct NewConnections {
     pub per_second_per_worker: f64,
 }
 
+/// Sibling sync: the transfer to a sibling, its fast-path cost, the transports.
+#[derive(Serialize)]
+pub struct SyncSection {
+    pub transfer: SyncTransfer,
+    pub dsr_sync_off_mpps: f64,
+    pub dsr_sync_on_mpps: f64,
+    pub on_off_ratio: f64,
+    pub transports: TransportComparison,
+}
+
 #[derive(Serialize)]
 pub struct Target {
     pub name: String,
@@ -82,6 +93,7 @@ pub struct Report {
     pub new_connections: Option<NewConnections>,
     /// Process memory growth per session between the smallest and largest run.
     pub process_bytes_per_session: Option<f64>,
+    pub sync: Option<SyncSection>,
     pub targets: Vec<Target>,
     pub lab: Option<serde_json::Value>,
 }
@@ -124,6 +136,7 @@ impl Report {
             rows: Vec::new(),
             new_connections: None,
             process_bytes_per_session: None,
+            sync: None,
             targets: Vec::new(),
             lab: None,
         }
@@ -135,6 +148,16 @@ impl Report {
 
     pub fn new_connections(&mut self, syns: u32, r: &RinglbResult) {
         self.new_connections = Some(NewConnections { syns, per_second_per_worker: r.new_per_s });
+    }
+
+    pub fn sync(&mut self, transfer: SyncTransfer, off_pps: f64, on_pps: f64, transports: TransportComparison) {
+        self.sync = Some(SyncSection {
+            transfer,
+            dsr_sync_off_mpps: off_pps / 1e6,
+            dsr_sync_on_mpps: on_pps / 1e6,
+            on_off_ratio: if off_pps > 0.0 { on_pps / off_pps } else { 0.0 },
+            transports,
+        });
     }
 
     pub fn lab(&mut self, json: &str, ok: bool) -> Result<(), String> {
@@ -183,6 +206,15 @@ impl Report {
             t("process memory growth per session", "<= 128", self.process_bytes_per_session, |v| v <= 128.0),
             t("new connections per second per worker", ">= 1000000", new, |v| v >= 1e6),
         ];
+        if let Some(s) = &self.sync {
+            self.targets.extend([
+                t("sync: session updates per second to a sibling", ">= 1000000", Some(s.transfer.updates_per_s), |v| {
+                    v >= 1e6
+                }),
+                t("sync: creation → sibling lag p99 (ms)", "<= 100", s.transfer.lag_p99_ms, |v| v <= 100.0),
+                t("DSR with sync on / off (same run)", ">= 0.90", Some(s.on_off_ratio), |v| v >= 0.90),
+            ]);
+        }
     }
 
     pub fn markdown(&self) -> String {
@@ -232,6 +264,39 @@ impl Report {
         }
         if let Some(b) = self.process_bytes_per_session {
             let _ = writeln!(o, "process memory growth: {b:.1} bytes per session");
+        }
+        if let Some(s) = &self.sync {
+            let t = &s.transfer;
+            let ms = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.1}"));
+            let _ = writeln!(o);
+            let _ = writeln!(
+                o,
+                "sibling sync ({} sessions made by one worker as fast as it can, to one sibling on loopback): \
+                 {:.0} updates/s, lag p50 {} ms, p99 {} ms, {} installed, {} worker events overflowed (republished)",
+                t.sessions,
+                t.updates_per_s,
+                ms(t.lag_p50_ms),
+                ms(t.lag_p99_ms),
+                t.installed,
+                t.overflowed
+            );
+            let _ = writeln!(
+                o,
+                "DSR at {} sessions: {:.2} Mpps with sync off, {:.2} with sync on: {:.2}",
+                t.sessions, s.dsr_sync_off_mpps, s.dsr_sync_on_mpps, s.on_off_ratio
+            );
+            let c = &s.transports;
+            let _ = writeln!(
+                o,
+                "transports, in one process ({} records of {} B): sync channel {:.0} records/s, {:.2} datagrams per batch; \
+                 ring reliable layer {:.0} records/s, {:.2} datagrams per batch",
+                c.records,
+                c.record_bytes,
+                c.sync_records_per_s,
+                c.sync_datagrams_per_batch,
+                c.reliable_records_per_s,
+                c.reliable_datagrams_per_batch
+            );
         }
         let _ = writeln!(o);
         let _ = writeln!(o, "| target | wanted | measured | met |");

@@ -13,7 +13,8 @@ use std::net::SocketAddrV4;
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCluster {
-    /// This appliance's ring address (a kernel UDP socket, not a DPDK port).
+    /// This appliance's ring address (a kernel UDP socket, not a DPDK port);
+    /// sibling sync uses the next port.
     address: Spanned<String>,
     /// Every address that may be a ring member: appliances and agents.
     members: Spanned<Vec<Spanned<String>>>,
@@ -100,6 +101,11 @@ pub(super) fn validate(raw: &RawCluster, cx: &Ctx) -> Result<ClusterConfig, Conf
     let mut seen = HashSet::new();
     for (i, m) in raw.members.value.iter().enumerate() {
         let a = socket_addr(cx, m, &format!("cluster.members[{i}]"))?;
+        if a.port() == u16::MAX {
+            return Err(
+                cx.at(m, format!("cluster.members[{i}]: {a}: sibling sync uses the next port, and there is none"))
+            );
+        }
         if !seen.insert(a) {
             return Err(cx.at(m, format!("cluster.members[{i}]: {a} is listed twice")));
         }

@@ -1,6 +1,8 @@
-//! The control thread's runtime around [`Control`]: the cluster's UDP
-//! socket, the clocks, the stats line and the status file, and the loop
-//! that feeds them to the control plane until the appliance stops.
+//! The control thread's runtime around [`Control`]: the cluster's two UDP
+//! sockets (ring, and sync on the next port), the clocks, the stats line and
+//! the status file, and the loop that feeds them to the control plane until
+//! the appliance stops. The ring's socket is read first in every round, and
+//! every round is bounded, so no amount of sync traffic delays a heartbeat.
 //!
 //! The loop never sleeps while there is work; when idle it waits on the
 //! socket, briefly at first (workers' events do not wake it, so it looks
@@ -11,9 +13,13 @@
 //! (behind an LACP trunk, a started port is what brings the link up).
 
 use super::status::Status;
-use super::{Control, Now};
+use super::{Channel, Control, Now};
 use crate::stats::{Snapshot, WorkerStats};
+use nix::poll::{ppoll, PollFd, PollFlags};
+use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+use nix::sys::time::TimeSpec;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,8 +35,12 @@ pub struct Options {
 /// Longest a cluster member waits for the ring and its siblings' sessions
 /// before it starts its ports anyway.
 const READY_LIMIT: Duration = Duration::from_secs(30);
-/// Datagrams taken per loop iteration before the workers get a look.
-const DATAGRAMS_PER_LOOP: usize = 4096;
+/// Datagrams taken per round from each socket before anything else runs.
+const RING_DATAGRAMS_PER_ROUND: usize = 256;
+const SYNC_DATAGRAMS_PER_ROUND: usize = 512;
+/// Socket buffers of the sync channel: bursts of ~1.4 kB datagrams must not
+/// overflow them while the control thread is busy.
+const SYNC_SOCKET_BUFFER: usize = 16 << 20;
 /// Idle waits: short while work came recently, longer after a quiet second.
 const WAIT_BUSY: Duration = Duration::from_micros(100);
 const WAIT_RECENT: Duration = Duration::from_millis(1);
@@ -40,10 +50,37 @@ pub fn wall_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
+/// The cluster's sockets: the ring's, and sibling sync's.
+pub struct Sockets {
+    pub ring: UdpSocket,
+    pub sync: UdpSocket,
+}
+
+impl Sockets {
+    /// Binds both (sync on the ring's port + 1) and sizes the sync buffers:
+    /// a privileged process may exceed the system's limit (SO_RCVBUFFORCE),
+    /// others get what the limit allows. Returns the receive buffer size.
+    pub fn bind(ring: std::net::SocketAddrV4) -> std::io::Result<(Sockets, usize)> {
+        let s = Sockets { ring: UdpSocket::bind(ring)?, sync: UdpSocket::bind(super::sync_address(ring))? };
+        for sock in [&s.ring, &s.sync] {
+            sock.set_nonblocking(true)?;
+        }
+        let fd = s.sync.as_fd();
+        if setsockopt(&fd, sockopt::RcvBufForce, &SYNC_SOCKET_BUFFER).is_err() {
+            let _ = setsockopt(&fd, sockopt::RcvBuf, &SYNC_SOCKET_BUFFER);
+        }
+        if setsockopt(&fd, sockopt::SndBufForce, &SYNC_SOCKET_BUFFER).is_err() {
+            let _ = setsockopt(&fd, sockopt::SndBuf, &SYNC_SOCKET_BUFFER);
+        }
+        let rcv = getsockopt(&fd, sockopt::RcvBuf).unwrap_or(0);
+        Ok((s, rcv))
+    }
+}
+
 /// The control thread's clock and what it prints.
 pub struct Driver<'a> {
     started: Instant,
-    socket: Option<UdpSocket>,
+    sockets: Option<Sockets>,
     stats: Vec<&'a WorkerStats>,
     labels: &'a [String],
     last: Snapshot,
@@ -52,21 +89,18 @@ pub struct Driver<'a> {
 }
 
 impl<'a> Driver<'a> {
-    /// `socket` is the cluster address (None when standalone).
-    pub fn new(socket: Option<UdpSocket>, stats: &'a [WorkerStats], labels: &'a [String]) -> std::io::Result<Self> {
-        if let Some(s) = &socket {
-            s.set_nonblocking(true)?;
-        }
+    /// `sockets`: the cluster's (None when standalone).
+    pub fn new(sockets: Option<Sockets>, stats: &'a [WorkerStats], labels: &'a [String]) -> Self {
         let stats: Vec<&WorkerStats> = stats.iter().collect();
-        Ok(Driver {
+        Driver {
             started: Instant::now(),
             last: Snapshot::take(&stats),
-            socket,
+            sockets,
             stats,
             labels,
             last_print: Instant::now(),
             buf: vec![0; 65_536],
-        })
+        }
     }
 
     pub fn now(&self) -> Now {
@@ -125,45 +159,46 @@ impl<'a> Driver<'a> {
         Ok(())
     }
 
-    /// Hands every datagram waiting on the socket to the control plane.
+    /// Hands the datagrams waiting on the sockets to the control plane:
+    /// the ring's first, then a bounded share of sync's.
     fn receive(&mut self, control: &mut Control, now: Now) -> bool {
-        let Some(s) = &self.socket else { return false };
+        let Some(s) = &self.sockets else { return false };
         let mut got = false;
-        for _ in 0..DATAGRAMS_PER_LOOP {
-            match s.recv_from(&mut self.buf) {
-                Ok((n, SocketAddr::V4(from))) => {
-                    control.handle_datagram(now, from, &self.buf[..n]);
-                    got = true;
+        for (sock, max) in [(&s.ring, RING_DATAGRAMS_PER_ROUND), (&s.sync, SYNC_DATAGRAMS_PER_ROUND)] {
+            for _ in 0..max {
+                match sock.recv_from(&mut self.buf) {
+                    Ok((n, SocketAddr::V4(from))) => {
+                        control.handle_datagram(now, from, &self.buf[..n]);
+                        got = true;
+                    }
+                    Ok(_) => {} // IPv6 senders are not members
+                    // WouldBlock, or an ICMP error from a dead peer: silence is the protocol's business.
+                    Err(_) => break,
                 }
-                Ok(_) => {} // IPv6 senders are not members
-                // WouldBlock, or an ICMP error from a dead peer: silence is the protocol's business.
-                Err(_) => break,
             }
         }
         got
     }
 
     fn transmit(&mut self, control: &mut Control) {
-        while let Some(t) = control.poll_transmit() {
-            if let Some(s) = &self.socket {
+        while let Some((channel, t)) = control.poll_transmit() {
+            if let Some(s) = &self.sockets {
+                let sock = if channel == Channel::Ring { &s.ring } else { &s.sync };
                 // A failed send is like a lost datagram.
-                let _ = s.send_to(&t.bytes, t.to);
+                let _ = sock.send_to(&t.bytes, t.to);
             }
         }
     }
 
-    /// Waits until a datagram arrives or `d` passes (a blocking peek with a
-    /// timeout; the socket is non-blocking again afterwards).
+    /// Waits until a datagram arrives on either socket or `d` passes.
     fn wait(&mut self, d: Duration) {
-        let d = d.max(Duration::from_micros(1));
-        let Some(s) = &self.socket else {
+        let Some(s) = &self.sockets else {
             std::thread::sleep(d);
             return;
         };
-        if s.set_nonblocking(false).is_ok() && s.set_read_timeout(Some(d)).is_ok() {
-            let _ = s.peek_from(&mut self.buf[..1]);
-        }
-        let _ = s.set_nonblocking(true);
+        let mut fds = [PollFd::new(s.ring.as_fd(), PollFlags::POLLIN), PollFd::new(s.sync.as_fd(), PollFlags::POLLIN)];
+        // An error (a signal) only ends the wait early.
+        let _ = ppoll(&mut fds, Some(TimeSpec::from_duration(d)), None);
     }
 
     /// Prints the stats line (if `line`) and rewrites the status file.

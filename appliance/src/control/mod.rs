@@ -34,7 +34,7 @@ use std::sync::Arc;
 pub use siblings::{PullReport, SiblingCounters};
 
 /// Events taken from one worker per poll (the rest wait for the next).
-const EVENTS_PER_POLL: usize = 16_384;
+const EVENTS_PER_POLL: usize = 8_192;
 /// Sync retransmission timeout: a LAN round trip is far below it.
 const SYNC_RTO_MS: u64 = 20;
 
@@ -44,6 +44,24 @@ const SYNC_RTO_MS: u64 = 20;
 pub struct Now {
     pub ms: u64,
     pub wall_us: u64,
+}
+
+/// Sibling sync runs on the port after the ring's, on its own socket: sync
+/// floods then never delay the ring's heartbeats (nor fill its buffer).
+pub fn sync_address(ring: SocketAddrV4) -> SocketAddrV4 {
+    SocketAddrV4::new(*ring.ip(), ring.port().wrapping_add(1))
+}
+
+/// The ring address of a sync address.
+pub fn ring_address(sync: SocketAddrV4) -> SocketAddrV4 {
+    SocketAddrV4::new(*sync.ip(), sync.port().wrapping_sub(1))
+}
+
+/// Which socket a datagram goes out of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    Ring,
+    Sync,
 }
 
 /// This appliance as a ring member.
@@ -106,10 +124,10 @@ impl Control {
                 };
                 let siblings = c.sync.then(|| {
                     let sync = SyncConfig {
-                        me: c.address,
+                        me: sync_address(c.address),
                         incarnation,
                         key: Key::derive(KEY_CONTEXT, &c.secret.0),
-                        peers: c.members.clone(),
+                        peers: c.members.iter().copied().map(sync_address).collect(),
                         rto_ms: SYNC_RTO_MS,
                     };
                     Siblings::new(sync, workers.len())
@@ -173,11 +191,12 @@ impl Control {
         ring.min(sync)
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+    /// The next datagram to send, and the socket it goes out of.
+    pub fn poll_transmit(&mut self) -> Option<(Channel, Transmit)> {
         if let Some(t) = self.ring.as_mut().and_then(|r| r.member.poll_transmit()) {
-            return Some(t);
+            return Some((Channel::Ring, t));
         }
-        self.siblings.as_mut().and_then(Siblings::poll_transmit)
+        self.siblings.as_mut().and_then(Siblings::poll_transmit).map(|t| (Channel::Sync, t))
     }
 
     /// A line for the log (view changes, resyncs, ...).
@@ -189,9 +208,13 @@ impl Control {
     /// sessions and locks to the siblings. Returns how many were taken.
     pub fn poll_workers(&mut self, now: Now) -> usize {
         let mut taken = 0;
+        // A sibling far behind: leave the events in the workers' queues (a
+        // full queue is counted and republished later) rather than overrun
+        // its stream (which would cost it a full resync).
+        let congested = self.siblings.as_ref().is_some_and(Siblings::congested);
         for w in 0..self.workers.len() {
             self.workers[w].flush();
-            for _ in 0..EVENTS_PER_POLL {
+            for _ in 0..if congested { 0 } else { EVENTS_PER_POLL } {
                 let Some(ev) = self.workers[w].next_event() else { break };
                 taken += 1;
                 if let Event::Lock(rec) = ev {
@@ -255,7 +278,7 @@ impl Control {
                 .member_entries()
                 .iter()
                 .filter(|m| m.caps & CAP_APPLIANCE != 0 && m.addr != r.me)
-                .map(|m| (m.addr, m.incarnation))
+                .map(|m| (sync_address(m.addr), m.incarnation))
                 .collect();
             if let Some(s) = &mut self.siblings {
                 let mut cx = Self::ctx(&self.shared, &mut self.workers, &mut self.notes, now);
@@ -264,9 +287,9 @@ impl Control {
         }
     }
 
-    /// The siblings sync currently reaches.
+    /// The siblings sync currently reaches (by their ring addresses).
     pub fn siblings(&self) -> Vec<SocketAddrV4> {
-        self.siblings.as_ref().map_or_else(Vec::new, Siblings::siblings)
+        self.siblings.as_ref().map_or_else(Vec::new, |s| s.siblings().into_iter().map(ring_address).collect())
     }
 
     /// True when no resync this appliance asked for is outstanding.

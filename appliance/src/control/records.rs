@@ -52,7 +52,29 @@ pub enum Refused {
     Unknown,
 }
 
-fn put_key(b: &mut Vec<u8>, k: &FlowKey) {
+/// An encoded record, on the stack (the control thread encodes millions).
+pub struct Encoded {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl Encoded {
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+    fn extend_from_slice(&mut self, s: &[u8]) {
+        self.buf[self.len..self.len + s.len()].copy_from_slice(s);
+        self.len += s.len();
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+const _: () = assert!(SESSION_LEN <= 32 && LOCK_LEN <= 32 && REMOVED_LEN <= 32 && RESYNC_DONE_LEN <= 32);
+
+fn put_key(b: &mut Encoded, k: &FlowKey) {
     b.extend_from_slice(&k.client_ip.to_be_bytes());
     b.extend_from_slice(&k.vip.to_be_bytes());
     b.extend_from_slice(&k.client_port.to_be_bytes());
@@ -62,8 +84,8 @@ fn put_key(b: &mut Vec<u8>, k: &FlowKey) {
 
 /// Encodes a record; None if it names a server this appliance does not know
 /// (it made the record itself, so only a bug gets there).
-pub fn encode(shared: &Shared, r: &Record) -> Option<Vec<u8>> {
-    let mut b = Vec::with_capacity(LOCK_LEN);
+pub fn encode(shared: &Shared, r: &Record) -> Option<Encoded> {
+    let mut b = Encoded { buf: [0; 32], len: 0 };
     match r {
         Record::Session { rec, mode } => {
             let (ip, port, _) = shared.server_addr(rec.server)?;

@@ -8,11 +8,12 @@
 use super::channel::{Command, Event, WorkerPort};
 use super::lag::Lag;
 use super::records::{self, Record, Refused};
+use super::ring_address;
 use super::Now;
 use crate::dataplane::Shared;
 use crate::session::InstallMode;
 use ringlb_ring::member::Transmit;
-use ringlb_ring::sync::{wire, Sync, SyncConfig, SyncCounters, SyncEvent};
+use ringlb_ring::sync::{wire, Sync, SyncConfig, SyncCounters, SyncEvent, MAX_UNACKED};
 use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddrV4;
 
@@ -116,7 +117,8 @@ impl Siblings {
         let gone: Vec<SocketAddrV4> =
             self.current.iter().filter(|(a, _)| !sibs.iter().any(|(b, _)| b == a)).map(|s| s.0).collect();
         for g in gone {
-            cx.notes.push_back(format!("sync: sibling {g} left the view: forgotten (its sessions stay here)"));
+            let g_ring = ring_address(g);
+            cx.notes.push_back(format!("sync: sibling {g_ring} left the view: forgotten (its sessions stay here)"));
             if self.pull.waiting.remove(&g) {
                 self.finish_pull_if_done(cx);
             }
@@ -129,7 +131,7 @@ impl Siblings {
             self.release_all(cx);
         }
         for a in joined {
-            cx.notes.push_back(format!("sync: sibling {a} joined the view"));
+            cx.notes.push_back(format!("sync: sibling {} joined the view", ring_address(a)));
             self.request_resync(a, cx);
         }
         self.settle(cx);
@@ -140,8 +142,8 @@ impl Siblings {
     }
 
     fn request_resync(&mut self, from: SocketAddrV4, cx: &mut Ctx) {
-        let Some(bytes) = records::encode(cx.shared, &Record::ResyncRequest) else { return };
-        if !matches!(self.sync.send_to(from, &bytes, 0), Ok(true)) {
+        let Some(rec) = records::encode(cx.shared, &Record::ResyncRequest) else { return };
+        if !matches!(self.sync.send_to(from, rec.as_bytes(), 0), Ok(true)) {
             return;
         }
         if self.pull.waiting.is_empty() {
@@ -158,7 +160,7 @@ impl Siblings {
         }
         let p = std::mem::take(&mut self.pull);
         let report = PullReport {
-            from: p.from.iter().map(ToString::to_string).collect(),
+            from: p.from.iter().map(|a| ring_address(*a).to_string()).collect(),
             sessions: p.sessions,
             locks: p.locks,
             ms: cx.now.ms - p.started_ms,
@@ -190,10 +192,10 @@ impl Siblings {
     }
 
     fn out(&mut self, to: Option<SocketAddrV4>, r: &Record, stamp_us: u64, cx: &Ctx) {
-        let Some(bytes) = records::encode(cx.shared, r) else { return };
+        let Some(rec) = records::encode(cx.shared, r) else { return };
         let sent = match to {
-            None => self.sync.broadcast(&bytes, stamp_us).is_ok(),
-            Some(to) => matches!(self.sync.send_to(to, &bytes, stamp_us), Ok(true)),
+            None => self.sync.broadcast(rec.as_bytes(), stamp_us).is_ok(),
+            Some(to) => matches!(self.sync.send_to(to, rec.as_bytes(), stamp_us), Ok(true)),
         };
         if sent {
             self.counters.records_out += 1;
@@ -232,7 +234,7 @@ impl Siblings {
                     self.counters.resyncs_served += 1;
                     cx.notes.push_back(format!(
                         "sync: served a resync to {}: {} sessions, {} locks in {} ms",
-                        s.to,
+                        ring_address(s.to),
                         s.sessions,
                         s.locks,
                         cx.now.ms - s.started_ms
@@ -362,7 +364,8 @@ impl Siblings {
                     }
                 }
                 SyncEvent::StreamReset { from } => {
-                    cx.notes.push_back(format!("sync: {from}'s stream to us restarted: pulling a resync from it"));
+                    let who = ring_address(from);
+                    cx.notes.push_back(format!("sync: {who}'s stream to us restarted: pulling a resync from it"));
                     self.request_resync(from, cx);
                 }
                 SyncEvent::MarkAcked(m) => {
@@ -410,8 +413,14 @@ impl Siblings {
         (self.lag.count(), self.lag.quantile(0.5), self.lag.quantile(0.99))
     }
 
-    /// Unacknowledged batches to each sibling.
+    /// Unacknowledged batches to each sibling (by ring address).
     pub fn backlogs(&self) -> Vec<(SocketAddrV4, usize)> {
-        self.current.iter().map(|(a, _)| (*a, self.sync.backlog(a))).collect()
+        self.current.iter().map(|(a, _)| (ring_address(*a), self.sync.backlog(a))).collect()
+    }
+
+    /// Some sibling is far behind: its unacknowledged backlog is past a
+    /// quarter of what a stream may hold.
+    pub fn congested(&self) -> bool {
+        self.current.iter().any(|(a, _)| self.sync.backlog(a) > MAX_UNACKED / 4)
     }
 }

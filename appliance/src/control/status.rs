@@ -66,7 +66,8 @@ pub(super) fn cluster(r: &Ring, s: Option<&Siblings>) -> Option<ClusterStatus> {
             })
             .collect(),
         dispatcher: r.dispatcher.map(|d| d.to_string()),
-        siblings: s.map_or_else(Vec::new, |s| s.siblings().iter().map(ToString::to_string).collect()),
+        siblings: s
+            .map_or_else(Vec::new, |s| s.siblings().iter().map(|a| super::ring_address(*a).to_string()).collect()),
         ring: m.counters,
         purges: r.purges,
         app_messages: r.app_messages,

@@ -92,6 +92,16 @@ fn record(key: &FlowKey, e: &Entry) -> SessionRecord {
     }
 }
 
+/// Whether siblings hear of a state change: of a close, yes. Of a completed
+/// handshake, no: a half-open replica lives as long as an established one,
+/// a sibling that carries the flow promotes it on its first non-SYN packet,
+/// and refreshes carry the state anyway. That is one update per connection
+/// fewer, and no burst of them when a flood of new flows starts sending.
+#[inline]
+fn announce_change(before: State, after: State) -> bool {
+    after != before && after != State::Established
+}
+
 /// A session left the table: count it, and tell the siblings if it was ours.
 #[inline]
 fn expired(outbox: &mut Outbox, stats: &WorkerStats, key: &FlowKey, e: &Entry) {
@@ -340,7 +350,9 @@ impl<'a> Worker<'a> {
                     e.state = State::Established;
                 }
                 let server = e.server;
-                if e.state != before {
+                // Siblings hear of a close; a completed handshake they need
+                // not (see `announce_change`).
+                if announce_change(before, e.state) {
                     outbox.session(record(key, e), now_ms, stats);
                 }
                 return self.rewrite_forward(frame, info, service.mode, server, None);
@@ -476,7 +488,7 @@ impl<'a> Worker<'a> {
         }
         let out_port = e.client_port();
         let client_mac = e.client_hop_mac;
-        if e.state != before {
+        if announce_change(before, e.state) {
             outbox.session(record(key, e), now_ms, stats);
         }
         let out_mac = self.shared.ports[usize::from(out_port)].mac;

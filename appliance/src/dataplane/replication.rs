@@ -89,6 +89,18 @@ pub(super) struct Dump {
 }
 
 impl Worker<'_> {
+    /// Starts loading the session slot a command will touch (the caller
+    /// prefetches a burst of commands, then applies them).
+    #[inline]
+    pub fn prefetch_for(&self, cmd: &Command) {
+        let key = match cmd {
+            Command::Install { rec, .. } => &rec.key,
+            Command::Remove { key, .. } => key,
+            _ => return,
+        };
+        self.table.prefetch(self.table.hash(key));
+    }
+
     /// Applies one command from the control thread.
     pub fn apply(&mut self, cmd: Command, now_ms: u32) {
         let stats = self.stats;
