@@ -5,8 +5,9 @@
 //! every round is bounded, so no amount of sync traffic delays a heartbeat.
 //!
 //! The loop never sleeps while there is work; when idle it waits on the
-//! socket, briefly at first (workers' events do not wake it, so it looks
-//! again every 100 µs for 50 ms after the last activity), then longer.
+//! sockets, briefly at first (workers' events do not wake it, so it looks
+//! again every 100 µs for 50 ms after the last worker event or sync
+//! datagram), then longer. Ring heartbeats alone keep it in the long waits.
 //!
 //! It also starts the ports, once the control plane is ready for traffic:
 //! a cluster member first joins the ring and pulls its siblings' sessions
@@ -160,16 +161,19 @@ impl<'a> Driver<'a> {
     }
 
     /// Hands the datagrams waiting on the sockets to the control plane:
-    /// the ring's first, then a bounded share of sync's.
+    /// the ring's first, then a bounded share of sync's. True if sync
+    /// datagrams came (busy: more work is likely to follow).
     fn receive(&mut self, control: &mut Control, now: Now) -> bool {
         let Some(s) = &self.sockets else { return false };
         let mut got = false;
-        for (sock, max) in [(&s.ring, RING_DATAGRAMS_PER_ROUND), (&s.sync, SYNC_DATAGRAMS_PER_ROUND)] {
+        for (sock, max, is_sync) in
+            [(&s.ring, RING_DATAGRAMS_PER_ROUND, false), (&s.sync, SYNC_DATAGRAMS_PER_ROUND, true)]
+        {
             for _ in 0..max {
                 match sock.recv_from(&mut self.buf) {
                     Ok((n, SocketAddr::V4(from))) => {
                         control.handle_datagram(now, from, &self.buf[..n]);
-                        got = true;
+                        got |= is_sync;
                     }
                     Ok(_) => {} // IPv6 senders are not members
                     // WouldBlock, or an ICMP error from a dead peer: silence is the protocol's business.
