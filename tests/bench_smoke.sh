@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark harness cannot rot: a smoke run of `ringlb-bench` (tiny
 # inputs, 1 s windows, no lab) must finish and produce well-formed results:
-# JSON with every scenario measured, the Markdown table and three PNG plots.
-# It asserts the shape of the results, never a performance figure.
+# JSON with every scenario measured (sibling sync too: every session reaches
+# the sibling), the Markdown table and three PNG plots. It asserts the shape
+# of the results, never a performance figure.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
@@ -39,7 +40,16 @@ for x in r["rows"]:
         num(x[k], f"{x['scenario']} {k}")
     assert isinstance(x["drops_in_window"], int) and x["drops_in_window"] >= 0
 num(r["new_connections"]["per_second_per_worker"], "new connections per second")
-assert len(r["targets"]) == 7 and all({"name", "target", "value", "met"} <= t.keys() for t in r["targets"])
+s = r["sync"]
+t = s["transfer"]
+num(t["updates_per_s"], "sync updates per second")
+num(t["lag_p99_ms"], "sync lag p99")
+assert t["installed"] == t["sessions"], f"sibling installed {t['installed']} of {t['sessions']} sessions"
+for k in ("dsr_sync_off_mpps", "dsr_sync_on_mpps", "on_off_ratio"):
+    num(s[k], f"sync {k}")
+for k in ("reliable_records_per_s", "sync_records_per_s"):
+    num(s["transports"][k], f"transports {k}")
+assert len(r["targets"]) == 10 and all({"name", "target", "value", "met"} <= t.keys() for t in r["targets"])
 print(f"bench-smoke: {len(r['rows'])} rows, {len(r['references'])} testpmd references, "
       f"e.g. dsr {r['rows'][0]['mpps']:.2f} Mpps = {r['rows'][0]['ratio']:.2f} of testpmd io")
 PY

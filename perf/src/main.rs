@@ -288,8 +288,8 @@ fn run(o: &Options) -> Result<PathBuf, String> {
             off.push(measure::ringlb(&o.ringlb, &off_cfg, steady())?.pps);
             let (r, t) = sync::sibling_run(&o.ringlb, &a, &b, dir, n, o.seconds)?;
             println!(
-                "   sync: {:.0} updates/s to the sibling, lag p50 {} ms p99 {} ms, {} of {n} installed, {} events overflowed",
-                t.updates_per_s,
+                "   sync: {} updates/s to the sibling, lag p50 {} ms p99 {} ms, {} of {n} installed, {} events overflowed",
+                t.updates_per_s.map_or("-".into(), |v| format!("{v:.0}")),
                 t.lag_p50_ms.map_or("-".into(), |v| format!("{v:.1}")),
                 t.lag_p99_ms.map_or("-".into(), |v| format!("{v:.1}")),
                 t.installed,
@@ -298,7 +298,7 @@ fn run(o: &Options) -> Result<PathBuf, String> {
             on.push(r.pps);
             transfers.push(t);
         }
-        transfers.sort_by(|x, y| x.updates_per_s.total_cmp(&y.updates_per_s));
+        transfers.sort_by(|x, y| x.updates_per_s.unwrap_or(0.0).total_cmp(&y.updates_per_s.unwrap_or(0.0)));
         let transfer = transfers[transfers.len() / 2].clone();
         let (off, on) = (median(&off), median(&on));
         println!(

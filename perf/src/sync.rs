@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 pub struct SyncTransfer {
     pub sessions: u32,
     /// Records (session updates) the sibling received per second while the
-    /// transfer ran.
-    pub updates_per_s: f64,
+    /// transfer ran (`None` when the span could not be seen).
+    pub updates_per_s: Option<f64>,
     /// Creation at A → arrival at the sibling, over every stamped record.
     pub lag_p50_ms: Option<f64>,
     pub lag_p99_ms: Option<f64>,
@@ -110,17 +110,17 @@ fn records_in(s: &serde_json::Value) -> f64 {
     s["cluster"]["sync"]["records"]["records_in"].as_f64().unwrap_or(0.0)
 }
 
-/// Records per second between the first sample with records and the first
-/// sample at the final count (the transfer's span, sampled every ~50 ms).
-fn transfer_rate(samples: &[(f64, f64)]) -> f64 {
-    let Some(&(_, total)) = samples.last() else { return 0.0 };
-    let Some(&(t0, n0)) = samples.iter().find(|(_, n)| *n > 0.0) else { return 0.0 };
-    let Some(&(t1, n1)) = samples.iter().find(|(_, n)| *n >= total) else { return 0.0 };
-    if t1 > t0 {
-        (n1 - n0) / (t1 - t0)
-    } else {
-        0.0
-    }
+/// Records per second over the transfer's span, sampled every ~50 ms: from
+/// the last sample before any record arrived (or the first with records, if
+/// none came before) to the first sample at the final count. Starting before
+/// the first record makes a transfer that fits between two samples still
+/// measurable (a lower bound then); `None` when the span cannot be seen.
+fn transfer_rate(samples: &[(f64, f64)]) -> Option<f64> {
+    let &(_, total) = samples.last()?;
+    let first = samples.iter().position(|(_, n)| *n > 0.0)?;
+    let (t0, n0) = if first > 0 { samples[first - 1] } else { samples[first] };
+    let &(t1, n1) = samples.iter().find(|(_, n)| *n >= total)?;
+    (t1 > t0).then(|| (n1 - n0) / (t1 - t0))
 }
 
 /// The two transports, each moving `records` session-sized records between
@@ -238,5 +238,29 @@ pub fn compare_transports(records: usize) -> TransportComparison {
         reliable_datagrams_per_batch: datagrams as f64 / batches as f64,
         sync_records_per_s: records as f64 / sync_s,
         sync_datagrams_per_batch: sync_datagrams as f64 / batches as f64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transfer_rate;
+
+    #[test]
+    fn a_transfer_between_two_samples_is_still_measured() {
+        let samples = [(0.0, 0.0), (0.05, 0.0), (0.10, 10_000.0), (0.15, 10_000.0)];
+        assert_eq!(transfer_rate(&samples), Some(10_000.0 / 0.05));
+    }
+
+    #[test]
+    fn the_span_runs_from_before_the_first_record_to_the_final_count() {
+        let samples = [(0.0, 0.0), (1.0, 100.0), (2.0, 300.0), (3.0, 300.0)];
+        assert_eq!(transfer_rate(&samples), Some(150.0));
+    }
+
+    #[test]
+    fn no_records_or_one_sample_is_not_a_rate() {
+        assert_eq!(transfer_rate(&[(0.0, 0.0), (1.0, 0.0)]), None);
+        assert_eq!(transfer_rate(&[(1.0, 500.0)]), None);
+        assert_eq!(transfer_rate(&[]), None);
     }
 }
