@@ -212,9 +212,10 @@ pub fn sibling_yamls(
     };
     let a = yaml("dsr", &vdev("net_pcap1", warm, false), &vdev("net_pcap0", data, true), "[1]", sessions, mbufs)
         + &cluster(addrs.0);
-    // The sibling's worker gets the other core (as it would on its own
-    // machine); it idles adaptively, so A's worker keeps that core while B has nothing to install.
-    let b_eal = "{ control_core: 0, worker_cores: [1], hugepages: false, memory_mb: 256, idle: adaptive }";
+    // The sibling stands in for another machine: it lives on core 0 with
+    // A's control thread, so what the sync-on run costs A's worker (core 1)
+    // is A's own share of sync, not a second process on its core.
+    let b_eal = "{ control_core: 0, worker_cores: [0], hugepages: false, memory_mb: 256, idle: adaptive }";
     let b = yaml_with(b_eal, "dsr", "net_null1,no-rx=1", "net_null0,no-rx=1", "net_null2,no-rx=1", "[1]", sessions)
         + &cluster(addrs.1);
     Ok((

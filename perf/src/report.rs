@@ -190,7 +190,8 @@ impl Report {
             _ => None,
         };
         let table = self.rows.iter().map(|r| r.table_bytes_per_session).reduce(f64::max);
-        let new = self.new_connections.as_ref().map(|n| n.per_second_per_worker);
+        // 0 = creation finished within one stats interval: too short to time.
+        let new = self.new_connections.as_ref().map(|n| n.per_second_per_worker).filter(|v| *v > 0.0);
         let t = |name: &str, target: &str, value: Option<f64>, ok: fn(f64) -> bool| Target {
             name: name.into(),
             target: target.into(),

@@ -527,7 +527,7 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
                 if s.scheduler != SchedulerKind::Maglev {
                     // Several appliances may see a client's first connections at
                     // once; only a placement computed from the client itself lets
-                    // them agree without a round trip (PROTOCOL: client locks).
+                    // them agree without a round trip (ring/SYNC.md: client locks).
                     return Err(cx.at(
                         &p.timeout,
                         format!(
