@@ -31,10 +31,12 @@ pub enum Drop {
     HandoffFull,
     /// ARP not asking for one of our addresses.
     ArpIgnored,
+    /// ARP, ping or a new flow for a VIP another appliance owns (`cluster.vips: owned`).
+    VipNotOwned,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 14] = [
+    pub const ALL: [Drop; 15] = [
         Drop::Malformed,
         Drop::UnsupportedEthertype,
         Drop::UnsupportedProtocol,
@@ -49,6 +51,7 @@ impl Drop {
         Drop::TxFull,
         Drop::HandoffFull,
         Drop::ArpIgnored,
+        Drop::VipNotOwned,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -68,6 +71,7 @@ impl Drop {
             Drop::TxFull => "tx_full",
             Drop::HandoffFull => "handoff_full",
             Drop::ArpIgnored => "arp_ignored",
+            Drop::VipNotOwned => "vip_not_owned",
         }
     }
 }

@@ -352,6 +352,14 @@ pub fn run(setup: WorkerSetup) -> i32 {
                 let _ = b.push(m);
                 tx[usize::from(n.port)].tx(&mut b) == 1
             });
+            dp.due_announcements(now, |i, port, vip| {
+                let Some(mut m) = pool.alloc() else { return false };
+                let Some(buf) = m.append(packet::MIN_FRAME as u16) else { return false };
+                packet::build_gratuitous_arp(buf, port.mac, vip);
+                let mut b: Burst<1> = Burst::default();
+                let _ = b.push(m);
+                tx[usize::from(i)].tx(&mut b) == 1
+            });
         }
         if got > 0 {
             empty_polls = 0;

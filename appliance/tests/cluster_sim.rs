@@ -12,7 +12,7 @@ use ringlb::control::channel::{worker_channel, Command, CommandRx, QUEUE_LEN};
 use ringlb::control::{sync_address, Channel, Control, Now};
 use ringlb::dataplane::{Shared, Verdict, Worker};
 use ringlb::session::{FlowKey, State};
-use ringlb::stats::{Snapshot, WorkerStats};
+use ringlb::stats::{Drop, Snapshot, WorkerStats};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -51,7 +51,7 @@ cluster:
   key_file: KEYFILE
   timers: fast
   defer: DEFER
-"#;
+EXTRA"#;
 
 fn addr(i: usize) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(10, 255, 0, i as u8 + 1), 7400)
@@ -71,8 +71,12 @@ fn key_file() -> String {
     .clone()
 }
 
-fn config(i: usize, defer: &str) -> Config {
-    let text = CONFIG.replace("ADDRESS", &addr(i).to_string()).replace("KEYFILE", &key_file()).replace("DEFER", defer);
+fn config(i: usize, defer: &str, extra: &str) -> Config {
+    let text = CONFIG
+        .replace("ADDRESS", &addr(i).to_string())
+        .replace("KEYFILE", &key_file())
+        .replace("DEFER", defer)
+        .replace("EXTRA", extra);
     config::parse(&text, "cluster-sim.yaml").unwrap()
 }
 
@@ -87,11 +91,13 @@ struct Appliance {
     released: Vec<u64>,
     /// Frames that left the appliance: (port, frame).
     sent: Vec<Vec<u8>>,
+    /// Gratuitous ARP worker 0 sent: (time, VIP).
+    garps: Vec<(u64, u32)>,
 }
 
 impl Appliance {
-    fn start(i: usize, t: u64, defer: &str) -> Appliance {
-        let cfg = config(i, defer);
+    fn start(i: usize, t: u64, defer: &str, extra: &str) -> Appliance {
+        let cfg = config(i, defer, extra);
         // The workers borrow the tables for the whole test; the control plane
         // holds the same ones through its Arc.
         let arc = Arc::new(Shared::new(&cfg, &[PORT_MAC]));
@@ -121,6 +127,7 @@ impl Appliance {
             held: vec![Vec::new(); WORKERS],
             released: vec![0; WORKERS],
             sent: Vec::new(),
+            garps: Vec::new(),
         }
     }
 
@@ -158,6 +165,11 @@ impl Appliance {
             }
             self.workers[w].sweep(t as u32);
         }
+        let garps = &mut self.garps;
+        self.workers[0].due_announcements(t as u32, |_, _, vip| {
+            garps.push((t, vip));
+            true
+        });
         let now = self.now(t);
         self.control.poll_workers(now);
         if self.control.poll_timeout() <= t {
@@ -200,6 +212,8 @@ struct Cluster {
     /// Sync datagrams seen on the wire (for the forgery test).
     captured: Vec<(usize, usize, Vec<u8>)>,
     cut: Vec<usize>,
+    /// Appended to the `cluster:` section of every appliance started.
+    extra: &'static str,
 }
 
 impl Cluster {
@@ -213,11 +227,12 @@ impl Cluster {
             qseq: 0,
             captured: Vec::new(),
             cut: Vec::new(),
+            extra: "",
         }
     }
 
     fn start(&mut self, i: usize, defer: &str) {
-        self.apps[i] = Some(Appliance::start(i, self.t, defer));
+        self.apps[i] = Some(Appliance::start(i, self.t, defer, self.extra));
     }
 
     fn app(&mut self, i: usize) -> &mut Appliance {
@@ -450,7 +465,7 @@ fn flows_moved_by_the_trunk_keep_their_wrr_server_in_dsr_and_nat() {
         let t = c.t;
         let reply = |from: [u8; 4]| tcp(ROUTER_MAC, PORT_MAC, from, client(*i), 8080, cport(*i), ACK, b"data");
         let other = [198, 18, 0, if server[3] == 21 { 22 } else { 21 }];
-        assert_eq!(c.app(2).receive(&reply(other), t, flow(*i)), Verdict::Drop(ringlb::stats::Drop::NoSession));
+        assert_eq!(c.app(2).receive(&reply(other), t, flow(*i)), Verdict::Drop(Drop::NoSession));
         assert_eq!(c.app(2).receive(&reply(*server), t, flow(*i)), Verdict::Tx(0), "flow {i}");
         let s = check(&c.app(2).sent.pop().unwrap()).unwrap();
         assert_eq!((s.src, s.sport, s.dst), (ip("198.18.100.2"), 80, client(*i)));
@@ -692,4 +707,96 @@ fn late_news_of_a_closed_connection_never_overrides_the_tuples_new_one() {
         assert_eq!(c.app(0).control.siblings().len(), 2, "the cut was too short for the ring to notice");
     }
     assert!(differed >= 4, "the new connections went to other servers often enough to tell ({differed} of {tried})");
+}
+
+/// An ARP request for `vip` from the router, as appliance `a`'s worker 0 sees it.
+fn ask_arp(c: &mut Cluster, a: usize, vip: &str) -> Verdict {
+    let t = c.t as u32;
+    let mut f = arp_request(ROUTER_MAC, ip("198.18.0.254"), ip(vip));
+    c.app(a).workers[0].process(&mut f, 0, t, false)
+}
+
+/// Which live appliances answer ARP for `vip`.
+fn answering(c: &mut Cluster, vip: &str) -> Vec<usize> {
+    (0..3).filter(|&a| c.apps[a].is_some() && matches!(ask_arp(c, a, vip), Verdict::Tx(0))).collect()
+}
+
+const VIPS: [&str; 3] = ["198.18.100.1", "198.18.100.2", "198.18.100.3"];
+
+/// Failover issue, items 1, 2 and 4 in one process: with `vips: owned` each
+/// VIP has exactly one owner (the dispatcher has the first; three VIPs spread
+/// over three appliances), the others stay silent for it and refuse new flows
+/// for it (counted) while still following sessions they hold; when an owner
+/// dies its VIP moves within the ring's detection bound and the new owner
+/// sends the configured gratuitous ARP; when it comes back and is ready it
+/// takes its VIP back.
+#[test]
+fn each_vip_has_one_owner_that_moves_on_failure_with_gratuitous_arp() {
+    let mut c = Cluster::new(11);
+    c.extra = "  vips: owned\n  garp: { count: 3, interval: 50ms }\n";
+    for i in 0..3 {
+        c.start(i, "off");
+    }
+    c.form();
+    c.step(300);
+    for (i, vip) in VIPS.iter().enumerate() {
+        assert_eq!(answering(&mut c, vip), vec![i], "{vip}: one owner, the i-th in dispatcher-then-address order");
+    }
+    // (While the cluster starts, the first appliance to be ready holds every
+    // VIP until the others say they are ready: a VIP it gives up stops being
+    // announced, and its owner's announcements come after.)
+    for (a, vip) in VIPS.iter().enumerate() {
+        let own = c.app(a).garps.iter().filter(|g| g.1 == ipu(vip)).count();
+        assert!(own >= 3, "appliance {a} announced its VIP {own} times");
+    }
+    // A non-owner refuses a new flow for the VIP the owner takes it.
+    let t = c.t;
+    // (The lcore loop counts every Drop verdict under its reason.)
+    assert_eq!(c.app(1).receive(&web(1, SYN), t, flow(1)), Verdict::Drop(Drop::VipNotOwned));
+    assert_eq!(c.app(0).receive(&web(1, SYN), t, flow(1)), Verdict::Tx(0));
+    c.step(100);
+    // The session reached appliance 1 by sync: a packet of it that lands
+    // there (a stale ARP cache) is forwarded, not dropped.
+    let t = c.t;
+    assert_eq!(c.app(1).receive(&web(1, ACK), t, flow(1)), Verdict::Tx(0), "a standby follows sessions it holds");
+
+    // The owner of 198.18.100.1 (and the dispatcher) dies.
+    let killed_at = c.t;
+    c.apps[0] = None;
+    for a in 1..3 {
+        c.app(a).garps.clear();
+    }
+    let mut moved_at = None;
+    for _ in 0..3000 {
+        c.step(1);
+        let new_owner = (1..3).find(|&a| c.app(a).garps.iter().any(|g| g.1 == ipu(VIPS[0])));
+        if let Some(a) = new_owner {
+            moved_at = Some((a, c.t));
+            break;
+        }
+    }
+    let (heir, at) = moved_at.expect("no survivor announced 198.18.100.1 within 3 s");
+    // The failover issue's goal for the fast profile: detection (silence,
+    // probe, purge) plus the new master's view within 1.5 s.
+    let took = at - killed_at;
+    eprintln!("kill → first gratuitous ARP for 198.18.100.1 from appliance {heir}: {took} ms");
+    assert!(took <= 1_500, "took {took} ms");
+    c.step(300);
+    for vip in VIPS {
+        assert_eq!(answering(&mut c, vip).len(), 1, "{vip}: exactly one survivor answers");
+    }
+    assert_eq!(answering(&mut c, VIPS[0]), vec![heir]);
+    let announced = c.app(heir).garps.iter().filter(|g| g.1 == ipu(VIPS[0])).count();
+    assert_eq!(announced, 3, "the heir announced 198.18.100.1 three times");
+
+    // It comes back: once it holds its siblings' sessions it takes the first
+    // VIP again (it is the dispatcher by address), and the heir lets go.
+    c.start(0, "off");
+    c.form();
+    c.step(1_500);
+    assert_eq!(answering(&mut c, VIPS[0]), vec![0], "the returning appliance owns 198.18.100.1 again");
+    assert!(c.app(0).garps.iter().any(|g| g.1 == ipu(VIPS[0])), "and announced it");
+    for vip in VIPS {
+        assert_eq!(answering(&mut c, vip).len(), 1, "{vip}: one owner after the return");
+    }
 }

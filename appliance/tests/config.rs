@@ -205,3 +205,38 @@ fn ringlb_check_exit_codes_and_messages() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.yaml: cannot read"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// GOOD with a `cluster:` section ending in `extra`; the key file is made once.
+fn with_cluster(extra: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let key = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("config-test.key");
+    std::fs::write(&key, "config-test-secret-0123456789\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    format!(
+        "{GOOD}cluster:\n  address: 10.255.0.1:7400\n  members: [10.255.0.1:7400, 10.255.0.2:7400]\n  key_file: {}\n{extra}",
+        key.display()
+    )
+}
+
+#[test]
+fn vip_ownership_and_gratuitous_arp_default_and_are_checked() {
+    let c = config::parse(&with_cluster(""), "c.yaml").unwrap();
+    let cl = c.cluster.as_ref().unwrap();
+    assert_eq!(cl.vips, config::VipMode::Shared, "siblings behind a trunk all answer, as before");
+    assert_eq!(cl.garp, config::DEFAULT_GARP);
+    let c = config::parse(&with_cluster("  vips: owned\n  garp: { count: 3, interval: 250ms }\n"), "c.yaml").unwrap();
+    let cl = c.cluster.as_ref().unwrap();
+    assert_eq!(cl.vips, config::VipMode::Owned);
+    assert_eq!(cl.garp, config::Garp { count: 3, interval_ms: 250 });
+    assert!(c.render().contains("vips: owned"), "{}", c.render());
+
+    let err = |extra: &str| config::parse(&with_cluster(extra), "c.yaml").unwrap_err().to_string();
+    let lines = GOOD.lines().count() + 4;
+    assert_has(&err("  vips: mine\n"), &["c.yaml:", "cluster.vips: 'mine' is not shared or owned"]);
+    assert_has(&err("  vips: owned\n  garp: { count: 0 }\n"), &["cluster.garp.count: 0 is not between 1 and 100"]);
+    assert_has(
+        &err("  garp: { interval: 20s }\n"),
+        &[&format!("c.yaml:{}:", lines + 1), "cluster.garp.interval: 20s is not between 1ms and 10s"],
+    );
+    assert_has(&err("  garp: { every: 1s }\n"), &["every"]);
+}

@@ -6,7 +6,7 @@
 
 mod common;
 use common::*;
-use pcap_file::pcap::{PcapPacket, PcapWriter};
+use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ cluster:
   members: [MEMBERS]
   key_file: KEYFILE
   timers: fast
-"#;
+EXTRA"#;
 
 struct Dir(PathBuf);
 impl Drop for Dir {
@@ -57,6 +57,10 @@ fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
 }
 
 fn start(dir: &Path, name: &str, device: &str, address: &str, members: &str) -> Proc {
+    start_with(dir, name, device, address, members, "")
+}
+
+fn start_with(dir: &Path, name: &str, device: &str, address: &str, members: &str, extra: &str) -> Proc {
     use std::os::unix::fs::PermissionsExt;
     let key = dir.join("cluster.key");
     if !key.exists() {
@@ -68,7 +72,8 @@ fn start(dir: &Path, name: &str, device: &str, address: &str, members: &str) -> 
         .replace("DEVICE", device)
         .replace("ADDRESS", address)
         .replace("MEMBERS", members)
-        .replace("KEYFILE", key.to_str().unwrap());
+        .replace("KEYFILE", key.to_str().unwrap())
+        .replace("EXTRA", extra);
     std::fs::write(&cfg, text).unwrap();
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
@@ -153,4 +158,66 @@ fn sessions_reach_the_sibling_and_come_back_after_kill_9() {
     for k in ["rx_bad_mac", "rx_malformed", "rx_replayed", "rx_spoofed", "rx_unknown_sender"] {
         assert_eq!(t[k].as_u64(), Some(0), "{k}: {t}");
     }
+}
+
+/// Gratuitous ARP frames for `vip` from `mac` in a pcap file, with their times.
+fn garps_in(path: &Path, vip: [u8; 4], mac: [u8; 6]) -> Vec<Duration> {
+    let Ok(file) = std::fs::File::open(path) else { return Vec::new() };
+    let mut r = PcapReader::new(file).unwrap();
+    let mut out = Vec::new();
+    while let Some(Ok(p)) = r.next_packet() {
+        let f = &p.data;
+        let is_garp = f.len() >= 42
+            && f[0..6] == [0xff; 6]
+            && f[12..14] == [0x08, 0x06]
+            && f[20..22] == [0, 1]
+            && f[22..28] == mac
+            && f[28..32] == vip
+            && f[38..42] == vip;
+        if is_garp {
+            out.push(p.timestamp);
+        }
+    }
+    out
+}
+
+/// Failover issue, item 1 with real processes: with `vips: owned` only the
+/// dispatcher answers for the VIP; after `kill -9` of it, the other takes the
+/// VIP and sends the configured gratuitous ARP out of its DPDK port.
+#[test]
+fn the_standby_takes_the_vip_with_gratuitous_arp_after_kill_9() {
+    let dir = Dir(std::env::temp_dir().join(format!("ringlb-vdev-vip-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let net = 1 + (std::process::id() % 200) as u8;
+    let (a, b) = (format!("127.{net}.1.1:7400"), format!("127.{net}.1.2:7400"));
+    let members = format!("{a}, {b}");
+    let extra = "  vips: owned\n  garp: { count: 3, interval: 100ms }\n";
+    let empty = dir.0.join("empty.pcap");
+    write_pcap(&empty, &[]);
+    let device = |name: &str| {
+        format!("net_pcap0,rx_pcap={},tx_pcap={}", empty.display(), dir.0.join(format!("{name}-out.pcap")).display())
+    };
+    let mut pa = start_with(&dir.0, "a", &device("a"), &a, &members, extra);
+    let mut pb = start_with(&dir.0, "b", &device("b"), &b, &members, extra);
+    let owner = |s: &serde_json::Value| s["cluster"]["vips"]["owners"][0]["owner"].as_str().map(str::to_owned);
+    wait_for(&dir.0, "a", "a owns the VIP", |s| {
+        owner(s) == Some(a.clone()) && s["cluster"]["vips"]["owners"][0]["here"] == true
+    });
+    wait_for(&dir.0, "b", "b sees a as the owner", |s| owner(s) == Some(a.clone()));
+
+    let killed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let _ = pa.0.kill();
+    let _ = pa.0.wait();
+    let sb = wait_for(&dir.0, "b", "b owns the VIP", |s| owner(s) == Some(b.clone()));
+    assert_eq!(u(&sb, &["cluster", "vips", "takeovers"]), 1, "{}", sb["cluster"]["vips"]);
+    // Let the announcements go out, then stop b cleanly (the pcap is flushed).
+    std::thread::sleep(Duration::from_millis(600));
+    let _ = Command::new("kill").args(["-TERM", &pb.0.id().to_string()]).status();
+    let _ = pb.0.wait();
+    let garps = garps_in(&dir.0.join("b-out.pcap"), ip("198.18.100.1"), PORT_MAC);
+    assert_eq!(garps.len(), 3, "b sent the configured three gratuitous ARPs");
+    let first = garps[0].saturating_sub(killed);
+    println!("kill -9 of the owner → first gratuitous ARP from the standby's DPDK port: {} ms", first.as_millis());
+    assert!(first < Duration::from_millis(1_500), "{first:?}");
+    assert!(garps[1] - garps[0] >= Duration::from_millis(90), "spaced by the interval: {garps:?}");
 }

@@ -30,6 +30,20 @@ pub(super) struct RawCluster {
     /// at most this long; "off" forwards at once.
     #[serde(default)]
     defer: Option<Spanned<String>>,
+    /// shared: every appliance answers for every VIP (siblings behind a
+    /// trunk); owned: each VIP has one owner, chosen from the ring's view.
+    #[serde(default)]
+    vips: Option<Spanned<String>>,
+    /// Gratuitous ARP a new owner sends for each VIP it takes.
+    #[serde(default)]
+    garp: Option<RawGarp>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGarp {
+    count: Option<Spanned<u32>>,
+    interval: Option<Spanned<String>>,
 }
 
 /// The shared secret; never printed.
@@ -54,7 +68,39 @@ pub struct ClusterConfig {
     pub sync: bool,
     /// None: new sessions' first packets are not held.
     pub defer_ms: Option<u32>,
+    pub vips: VipMode,
+    pub garp: Garp,
 }
+
+/// Who answers for a VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VipMode {
+    /// Every appliance: active-active siblings behind a port-trunked router.
+    Shared,
+    /// One live appliance per VIP (active/standby, or a pool of VIPs spread
+    /// over the appliances); a new owner announces it by gratuitous ARP.
+    Owned,
+}
+
+impl VipMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            VipMode::Shared => "shared",
+            VipMode::Owned => "owned",
+        }
+    }
+}
+
+/// Gratuitous ARP on taking a VIP: how many, how far apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Garp {
+    pub count: u32,
+    pub interval_ms: u32,
+}
+
+/// keepalived's default repeat count; 100 ms apart, so the last goes out
+/// half a second after the takeover.
+pub const DEFAULT_GARP: Garp = Garp { count: 5, interval_ms: 100 };
 
 /// The first packet of a new session waits at most this long for siblings.
 pub const DEFAULT_DEFER_MS: u32 = 50;
@@ -137,7 +183,38 @@ pub(super) fn validate(raw: &RawCluster, cx: &Ctx) -> Result<ClusterConfig, Conf
             Some(ms)
         }
     };
+    let vips = match &raw.vips {
+        None => VipMode::Shared,
+        Some(v) if v.value == "shared" => VipMode::Shared,
+        Some(v) if v.value == "owned" => VipMode::Owned,
+        Some(v) => return Err(cx.at(v, format!("cluster.vips: '{}' is not shared or owned", v.value))),
+    };
+    let garp = match &raw.garp {
+        None => DEFAULT_GARP,
+        Some(g) => {
+            let count = g.count.as_ref().map_or(Ok(DEFAULT_GARP.count), |c| {
+                if (1..=100).contains(&c.value) {
+                    Ok(c.value)
+                } else {
+                    Err(cx.at(c, format!("cluster.garp.count: {} is not between 1 and 100", c.value)))
+                }
+            })?;
+            let interval_ms = match &g.interval {
+                None => DEFAULT_GARP.interval_ms,
+                Some(i) => {
+                    let ms = duration(cx, i, "cluster.garp.interval")?;
+                    if !(1..=10_000).contains(&ms) {
+                        return Err(cx.at(i, format!("cluster.garp.interval: {} is not between 1ms and 10s", i.value)));
+                    }
+                    ms
+                }
+            };
+            Garp { count, interval_ms }
+        }
+    };
     Ok(ClusterConfig {
+        vips,
+        garp,
         address,
         members,
         key_file: raw.key_file.value.clone(),

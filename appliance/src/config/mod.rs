@@ -4,7 +4,7 @@
 
 mod cluster;
 
-pub use cluster::{ClusterConfig, Secret, DEFAULT_DEFER_MS};
+pub use cluster::{ClusterConfig, Garp, Secret, VipMode, DEFAULT_DEFER_MS, DEFAULT_GARP};
 
 use crate::packet::{L4Proto, Mac};
 use crate::sched::maglev;
@@ -737,13 +737,17 @@ impl Config {
             let members: Vec<String> = c.members.iter().map(ToString::to_string).collect();
             let _ = writeln!(
                 o,
-                "cluster:\n  address: {}\n  members: [{}]\n  key_file: {}\n  timers: {}\n  sync: {}\n  defer: {}",
+                "cluster:\n  address: {}\n  members: [{}]\n  key_file: {}\n  timers: {}\n  sync: {}\n  defer: {}\n  \
+                 vips: {}\n  garp: {{ count: {}, interval: {}ms }}",
                 c.address,
                 members.join(", "),
                 c.key_file,
                 c.timers_name,
                 c.sync,
-                c.defer_ms.map_or("off".into(), |ms| format!("{ms}ms"))
+                c.defer_ms.map_or("off".into(), |ms| format!("{ms}ms")),
+                c.vips.name(),
+                c.garp.count,
+                c.garp.interval_ms
             );
         }
         o

@@ -79,6 +79,11 @@ pub enum Command {
     /// Siblings hold the sessions of every event up to `upto`: forward the
     /// first packets held for them.
     Release { upto: u64 },
+    /// This appliance took `vip` (`cluster.vips: owned`): announce it by
+    /// gratuitous ARP (worker 0 only).
+    Announce { vip: u32 },
+    /// `vip` went to another appliance: stop announcing it.
+    Withdraw { vip: u32 },
 }
 
 /// The worker's sending end: counts what it pushed (deferred first packets

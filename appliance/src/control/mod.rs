@@ -9,6 +9,8 @@
 //!   the ring's view says who the sibling appliances are.
 //! - `siblings` (with `records`): sessions and client locks shared with the
 //!   siblings over the sync transport, resyncs, and first-packet release.
+//! - `vips` (with `cluster.vips: owned`): which VIPs this appliance
+//!   answers for, from the ring's view; gratuitous ARP on taking one.
 //! - `status`: what the control thread knows, for the stats line and the
 //!   status file.
 
@@ -18,13 +20,14 @@ mod lag;
 pub mod records;
 mod siblings;
 pub mod status;
+pub mod vips;
 
-use crate::config::Config;
+use crate::config::{Config, VipMode};
 use crate::dataplane::Shared;
 use channel::{Command, Event, WorkerPort};
 use ringlb_ring::member::{Config as RingConfig, Event as RingEvent, Member, Transmit};
 use ringlb_ring::sync::{SyncConfig, KEY_CONTEXT};
-use ringlb_ring::wire::CAP_APPLIANCE;
+use ringlb_ring::wire::{Dest, CAP_APPLIANCE};
 use ringlb_ring::Key;
 use siblings::{Ctx, Siblings};
 use std::collections::VecDeque;
@@ -35,6 +38,9 @@ pub use siblings::{PullReport, SiblingCounters};
 
 /// Events taken from one worker per poll (the rest wait for the next).
 const EVENTS_PER_POLL: usize = 8_192;
+/// VIP ownership is looked at again at least this often (readiness can
+/// change without a ring event: a resync completes).
+const VIP_CHECK_MS: u64 = 50;
 /// Sync retransmission timeout: a LAN round trip is far below it.
 const SYNC_RTO_MS: u64 = 20;
 
@@ -72,6 +78,7 @@ struct Ring {
     purges: u64,
     /// App and reliable messages from other members (agents' load reports).
     app_messages: u64,
+    incarnation: u64,
 }
 
 #[derive(Default, Debug, Clone, Copy, serde::Serialize)]
@@ -87,6 +94,9 @@ pub struct Control {
     workers: Vec<WorkerPort>,
     ring: Option<Ring>,
     siblings: Option<Siblings>,
+    /// With `cluster.vips: owned`: who answers for each VIP.
+    vips: Option<vips::VipOwners>,
+    last_vip_check_ms: u64,
     notes: VecDeque<String>,
     pub counters: ControlCounters,
 }
@@ -121,6 +131,7 @@ impl Control {
                     dispatcher: None,
                     purges: 0,
                     app_messages: 0,
+                    incarnation,
                 };
                 let siblings = c.sync.then(|| {
                     let sync = SyncConfig {
@@ -135,7 +146,18 @@ impl Control {
                 (Some(ring), siblings)
             }
         };
-        let mut c = Control { shared, workers, ring, siblings, notes, counters: ControlCounters::default() };
+        let vips =
+            cfg.cluster.as_ref().filter(|c| c.vips == VipMode::Owned).map(|c| vips::VipOwners::new(c.address, &shared));
+        let mut c = Control {
+            shared,
+            workers,
+            ring,
+            siblings,
+            vips,
+            last_vip_check_ms: 0,
+            notes,
+            counters: ControlCounters::default(),
+        };
         c.ring_events(now);
         c
     }
@@ -182,13 +204,17 @@ impl Control {
                 s.handle_timeout(&mut cx);
             }
         }
+        // Readiness changes with time too (a resync completes).
+        self.update_vips(now);
     }
 
     /// When `handle_timeout` should next run (u64::MAX: nothing is due).
     pub fn poll_timeout(&self) -> u64 {
         let ring = self.ring.as_ref().map_or(u64::MAX, |r| r.member.poll_timeout());
         let sync = self.siblings.as_ref().map_or(u64::MAX, Siblings::poll_timeout);
-        ring.min(sync)
+        // VIP ownership follows readiness: look again at least this often.
+        let vips = self.vips.as_ref().map_or(u64::MAX, |_| self.last_vip_check_ms.saturating_add(VIP_CHECK_MS));
+        ring.min(sync).min(vips)
     }
 
     /// The next datagram to send, and the socket it goes out of.
@@ -267,7 +293,18 @@ impl Control {
                     r.purges += 1;
                     self.notes.push_back(format!("ring: purge ({reason})"));
                 }
-                RingEvent::App { .. } | RingEvent::Reliable { .. } => r.app_messages += 1,
+                RingEvent::App { origin, payload } => {
+                    r.app_messages += 1;
+                    if let Some(v) = &mut self.vips {
+                        v.on_app(origin, &payload);
+                    }
+                }
+                RingEvent::Reliable { .. } => r.app_messages += 1,
+            }
+        }
+        if view_changed {
+            if let Some(v) = &mut self.vips {
+                v.view_changed();
             }
         }
         // A non-master's tentative view (version 0, from the Hellos it heard)
@@ -284,6 +321,26 @@ impl Control {
                 let mut cx = Self::ctx(&self.shared, &mut self.workers, &mut self.notes, now);
                 s.set_view(sibs, &mut cx);
             }
+        }
+        self.update_vips(now);
+    }
+
+    /// With `cluster.vips: owned`: says this appliance is ready when due,
+    /// and recomputes which VIPs it answers for.
+    fn update_vips(&mut self, now: Now) {
+        if self.vips.is_none() {
+            return;
+        }
+        self.last_vip_check_ms = now.ms;
+        let me_ready = self.ready_for_traffic();
+        let (Some(r), Some(v)) = (&mut self.ring, &mut self.vips) else { return };
+        if let Some(msg) = v.due_ready_message(now.ms, me_ready, r.incarnation) {
+            // Best effort: it is repeated every READY_EVERY_MS.
+            let _ = r.member.send_app(now.ms, Dest::Broadcast, msg);
+        }
+        let view = (!r.member.is_forming() && r.member.view_version() != 0).then(|| r.member.member_entries());
+        for note in v.update(view, r.dispatcher, me_ready, &self.shared, &mut self.workers) {
+            self.notes.push_back(note);
         }
     }
 
@@ -314,6 +371,6 @@ impl Control {
     }
 
     pub fn cluster_status(&self) -> Option<status::ClusterStatus> {
-        status::cluster(self.ring.as_ref()?, self.siblings.as_ref())
+        status::cluster(self.ring.as_ref()?, self.siblings.as_ref(), self.vips.as_ref())
     }
 }

@@ -2,6 +2,7 @@
 //! scripts and tests) and the cluster part of the stats line.
 
 use super::siblings::Siblings;
+use super::vips::{VipOwners, VipStatus};
 use super::{Control, ControlCounters, PullReport, Ring, SiblingCounters};
 use crate::stats::{Drop, Snapshot};
 use ringlb_ring::member::Counters as RingCounters;
@@ -46,9 +47,19 @@ pub struct ClusterStatus {
     pub purges: u64,
     pub app_messages: u64,
     pub sync: Option<SyncStatus>,
+    /// With `cluster.vips: owned`: each VIP's owner, and how often this
+    /// appliance took or gave up one.
+    pub vips: Option<VipsStatus>,
 }
 
-pub(super) fn cluster(r: &Ring, s: Option<&Siblings>) -> Option<ClusterStatus> {
+#[derive(Serialize, Debug)]
+pub struct VipsStatus {
+    pub owners: Vec<VipStatus>,
+    pub takeovers: u64,
+    pub releases: u64,
+}
+
+pub(super) fn cluster(r: &Ring, s: Option<&Siblings>, v: Option<&VipOwners>) -> Option<ClusterStatus> {
     let m = &r.member;
     let ms = |us: Option<u64>| us.map(|v| v as f64 / 1000.0);
     Some(ClusterStatus {
@@ -84,6 +95,7 @@ pub(super) fn cluster(r: &Ring, s: Option<&Siblings>) -> Option<ClusterStatus> {
                 backlog: s.backlogs().into_iter().map(|(a, n)| (a.to_string(), n)).collect(),
             }
         }),
+        vips: v.map(|v| VipsStatus { owners: v.status(), takeovers: v.takeovers, releases: v.releases }),
     })
 }
 
@@ -189,6 +201,10 @@ impl Status {
             c.siblings.len(),
             c.dispatcher.as_deref().unwrap_or("none")
         );
+        if let Some(v) = &c.vips {
+            let here: Vec<&str> = v.owners.iter().filter(|o| o.here).map(|o| o.vip.as_str()).collect();
+            o.push_str(&format!(" | vips here=[{}] takeovers={}", here.join(","), v.takeovers));
+        }
         if let Some(s) = &c.sync {
             let r = &self.replication;
             o.push_str(&format!(

@@ -8,9 +8,11 @@
 //! `shared` holds what all workers read; `replication` is the worker's
 //! side of the control channel (events out, commands in, dumps).
 
+mod announce;
 mod replication;
 mod shared;
 
+use shared::AddressKind;
 pub use shared::{Neighbor, PortRt, Shared};
 
 use crate::config::Mode;
@@ -77,6 +79,8 @@ pub struct Worker<'a> {
     outbox: Outbox,
     /// A dump in progress (resync for a sibling, or republishing).
     dump: Option<Dump>,
+    /// Gratuitous ARP for VIPs just taken over (worker 0 only).
+    announcer: announce::Announcer,
 }
 
 /// What a sibling needs to know of a session.
@@ -150,6 +154,7 @@ impl<'a> Worker<'a> {
             last_reclaim_ms: None,
             outbox: Outbox::new(shared.sync_events),
             dump: None,
+            announcer: announce::Announcer::new(shared.garp, shared.vip_count()),
         }
     }
 
@@ -200,15 +205,15 @@ impl<'a> Worker<'a> {
         match parsed {
             Parsed::Arp(arp) => Step::Done(self.arp(frame, &arp, in_port, port.mac)),
             _ if broadcast => Step::Done(Verdict::Drop(Drop::NotForUs)),
-            Parsed::Echo { dst_ip } => {
-                if self.shared.is_local(dst_ip, in_port) {
+            Parsed::Echo { dst_ip } => match self.shared.address_kind(dst_ip, in_port) {
+                AddressKind::Ours => {
                     packet::echo_reply_in_place(frame, port.mac);
                     self.stats.echo_replies_sent.inc();
                     Step::Done(Verdict::Tx(in_port))
-                } else {
-                    Step::Done(Verdict::Drop(Drop::NoService))
                 }
-            }
+                AddressKind::OtherAppliances => Step::Done(Verdict::Drop(Drop::VipNotOwned)),
+                AddressKind::Foreign => Step::Done(Verdict::Drop(Drop::NoService)),
+            },
             Parsed::L4(info) => self.l4(info, handed_off),
         }
     }
@@ -258,7 +263,11 @@ impl<'a> Worker<'a> {
                 n.learn(arp.sender_mac);
             }
         }
-        if arp.is_request && self.shared.is_local(arp.target_ip, in_port) {
+        let kind = self.shared.address_kind(arp.target_ip, in_port);
+        if arp.is_request && kind == AddressKind::OtherAppliances {
+            // A standby stays silent for the VIPs it does not own.
+            Verdict::Drop(Drop::VipNotOwned)
+        } else if arp.is_request && kind == AddressKind::Ours {
             packet::arp_reply_in_place(frame, arp, our_mac);
             self.stats.arp_replies_sent.inc();
             Verdict::Tx(in_port)
@@ -361,7 +370,13 @@ impl<'a> Worker<'a> {
             None => return Verdict::Drop(Drop::NoSession),
         }
 
-        // A new session (a new connection of the tuple, if it reuses one).
+        // A new session (a new connection of the tuple, if it reuses one),
+        // only where this appliance owns the VIP: a standby still follows
+        // the sessions it has (above), so flows it carried before the VIP
+        // moved, or that reach it through a stale ARP cache, keep working.
+        if !shared.owns_vip_of(service) {
+            return Verdict::Drop(Drop::VipNotOwned);
+        }
         let server = self.pick_server(svc, key, now_ms);
         let state = if is_tcp { State::SynSeen } else { State::Udp };
         let born = born_at(shared.start_wall_ms + u64::from(now_ms));
@@ -512,6 +527,23 @@ impl<'a> Worker<'a> {
             locks.sweep(now_ms, SWEEP_BUDGET);
         }
         self.dump_step(now_ms);
+    }
+
+    /// Calls `send(port index, port, vip)` for each gratuitous ARP due now,
+    /// on every port (worker 0; see `announce`). A VIP counts as announced
+    /// when it went out of at least one port.
+    pub fn due_announcements(&mut self, now_ms: u32, mut send: impl FnMut(u8, &PortRt, u32) -> bool) {
+        if self.id != 0 || self.announcer.is_idle() {
+            return;
+        }
+        let ports = &self.shared.ports;
+        self.announcer.due(now_ms, |vip| {
+            let mut any = false;
+            for (i, port) in ports.iter().enumerate() {
+                any |= send(i as u8, port, vip);
+            }
+            any
+        });
     }
 
     /// Calls `send(neighbor)` for each next hop whose MAC should be

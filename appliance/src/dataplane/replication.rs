@@ -131,6 +131,8 @@ impl Worker<'_> {
             }
             // The lcore loop holds deferred packets; nothing to do here.
             Command::Release { .. } => {}
+            Command::Announce { vip } => self.announcer.start(vip, now_ms),
+            Command::Withdraw { vip } => self.announcer.stop(vip),
         }
     }
 

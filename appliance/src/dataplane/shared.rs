@@ -3,7 +3,7 @@
 //! and their schedulers' tables, servers, neighbours, endpoint lookups, and
 //! the cluster facts the workers need.
 
-use crate::config::{Config, Mode, SchedulerKind};
+use crate::config::{Config, Garp, Mode, SchedulerKind, VipMode, DEFAULT_GARP};
 use crate::packet::Mac;
 use crate::sched::maglev;
 use crate::session::{mix, FlowKey};
@@ -52,6 +52,8 @@ pub struct PortRt {
 }
 
 pub(super) struct ServiceRt {
+    /// The VIP's slot in `Shared::vip_owned`.
+    pub vip_slot: usize,
     pub vip: u32,
     pub port: u16,
     pub proto: u8,
@@ -114,6 +116,16 @@ impl EndpointMap {
 
 /// Everything the workers share, read-only once built (neighbour MACs are
 /// atomics).
+/// An address an ARP request or ping asks about, as this appliance sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum AddressKind {
+    /// A port address, or a VIP this appliance answers for.
+    Ours,
+    /// A VIP of the cluster that another appliance owns now.
+    OtherAppliances,
+    Foreign,
+}
+
 pub struct Shared {
     pub ports: Vec<PortRt>,
     pub(super) services: Vec<ServiceRt>,
@@ -123,7 +135,14 @@ pub struct Shared {
     pub(super) vips: EndpointMap,
     /// (server IP, port, proto) → NAT service, to recognise replies.
     pub(super) nat_backends: EndpointMap,
-    vip_set: FxHashMap<u32, ()>,
+    /// VIP → its slot in `vip_owned`.
+    vip_slots: FxHashMap<u32, usize>,
+    /// Per distinct VIP (ascending address): does this appliance answer
+    /// for it? Always true unless `cluster.vips: owned`, where the control
+    /// thread sets it from the ring's view (`control::vips`).
+    vip_owned: Vec<(u32, AtomicBool)>,
+    /// Gratuitous ARP on taking a VIP.
+    pub garp: Garp,
     pub workers: usize,
     pub timeouts: crate::session::Timeouts,
     pub session_capacity_per_worker: usize,
@@ -155,7 +174,7 @@ impl Shared {
     /// each port (configured, or the device's own).
     pub fn new(cfg: &Config, port_macs: &[Mac]) -> Shared {
         let ports = cfg.ports.iter().zip(port_macs).map(|(p, &mac)| PortRt { ip: p.ip, mac }).collect();
-        let services: Vec<ServiceRt> = cfg
+        let mut services: Vec<ServiceRt> = cfg
             .services
             .iter()
             .map(|s| {
@@ -174,6 +193,7 @@ impl Shared {
                     Arc::new(maglev::Maglev::new(&bs, s.maglev_table_size))
                 });
                 ServiceRt {
+                    vip_slot: 0,
                     vip: s.vip,
                     port: s.port,
                     proto: s.proto as u8,
@@ -185,12 +205,20 @@ impl Shared {
                 }
             })
             .collect();
+        let owned_at_start = cfg.cluster.as_ref().is_none_or(|c| c.vips == VipMode::Shared);
+        let mut addresses: Vec<u32> = cfg.services.iter().map(|s| s.vip).collect();
+        addresses.sort_unstable();
+        addresses.dedup();
+        let vip_owned: Vec<(u32, AtomicBool)> =
+            addresses.iter().map(|&ip| (ip, AtomicBool::new(owned_at_start))).collect();
+        let vip_slots: FxHashMap<u32, usize> = addresses.iter().enumerate().map(|(i, &ip)| (ip, i)).collect();
+        for s in &mut services {
+            s.vip_slot = vip_slots[&s.vip];
+        }
         let mut vips = EndpointMap::default();
-        let mut vip_set = FxHashMap::default();
         let mut nat_backends = EndpointMap::default();
         for (i, s) in cfg.services.iter().enumerate() {
             vips.insert(s.vip, s.port, s.proto as u8, i as u16);
-            vip_set.insert(s.vip, ());
             if s.mode == Mode::Nat {
                 for &id in &s.servers {
                     let sv = &cfg.servers[usize::from(id)];
@@ -221,7 +249,9 @@ impl Shared {
             neighbors,
             vips,
             nat_backends,
-            vip_set,
+            vip_slots,
+            vip_owned,
+            garp: cfg.cluster.as_ref().map_or(DEFAULT_GARP, |c| c.garp),
             workers,
             timeouts: cfg.timeouts,
             session_capacity_per_worker: cfg.session_capacity.div_ceil(workers),
@@ -313,8 +343,42 @@ impl Shared {
         Some(s.servers[m.lookup(key.hash(0))])
     }
 
-    pub(super) fn is_local(&self, ip: u32, port: u8) -> bool {
-        self.ports.get(usize::from(port)).is_some_and(|p| p.ip == ip) || self.vip_set.contains_key(&ip)
+    /// Whom an ARP request or ping for `ip` on `port` concerns.
+    pub(super) fn address_kind(&self, ip: u32, port: u8) -> AddressKind {
+        if self.ports.get(usize::from(port)).is_some_and(|p| p.ip == ip) {
+            return AddressKind::Ours;
+        }
+        match self.vip_slots.get(&ip) {
+            Some(&slot) if self.vip_owned[slot].1.load(Relaxed) => AddressKind::Ours,
+            Some(_) => AddressKind::OtherAppliances,
+            None => AddressKind::Foreign,
+        }
+    }
+
+    /// Does this appliance take new flows for the service's VIP?
+    #[inline]
+    pub(super) fn owns_vip_of(&self, service: &ServiceRt) -> bool {
+        self.vip_owned[service.vip_slot].1.load(Relaxed)
+    }
+
+    pub fn vip_count(&self) -> usize {
+        self.vip_owned.len()
+    }
+
+    /// Every distinct VIP, ascending.
+    pub fn vip_addresses(&self) -> Vec<u32> {
+        self.vip_owned.iter().map(|(ip, _)| *ip).collect()
+    }
+
+    pub fn owns_vip(&self, ip: u32) -> bool {
+        self.vip_slots.get(&ip).is_some_and(|&slot| self.vip_owned[slot].1.load(Relaxed))
+    }
+
+    /// The control thread's decision (`control::vips`): answer for `ip` or not.
+    pub fn set_vip_owned(&self, ip: u32, owned: bool) {
+        if let Some(&slot) = self.vip_slots.get(&ip) {
+            self.vip_owned[slot].1.store(owned, Relaxed);
+        }
     }
 }
 

@@ -301,3 +301,10 @@ pub fn build_arp_request(buf: &mut [u8], our_mac: Mac, our_ip: u32, target_ip: u
     arp.set_target_protocol_addr(&target_ip.to_be_bytes());
     MIN_FRAME
 }
+
+/// A gratuitous ARP announcing that `vip` is now at `our_mac`: a broadcast
+/// request whose sender and target address are both the VIP (RFC 5227's
+/// announcement). Receivers that cache the VIP update the entry.
+pub fn build_gratuitous_arp(buf: &mut [u8], our_mac: Mac, vip: u32) -> usize {
+    build_arp_request(buf, our_mac, vip, vip)
+}

@@ -1,0 +1,225 @@
+//! Who answers for each VIP when `cluster.vips: owned` (SPEC B5, D1; seed
+//! 002's pool of virtual addresses, active/standby when there is one VIP).
+//!
+//! Every appliance computes the same assignment from what the ring tells
+//! them all: the candidates are the appliances of the master's view that
+//! have said they are ready (they hold their siblings' sessions, or need
+//! none); the ring's dispatcher comes first, the others follow in ring
+//! address order; the i-th VIP (ascending) goes to candidate i mod n. So
+//! one VIP belongs to the dispatcher, and a pool spreads over the live
+//! appliances. When an appliance leaves the view its VIPs move at once;
+//! when one comes back, it takes its VIPs only once it is ready, and the
+//! appliance that held them lets go when it hears so. A new owner
+//! announces each VIP by gratuitous ARP (worker 0, `dataplane::announce`).
+//!
+//! Readiness travels as a ring broadcast, "appliance ready <incarnation>",
+//! sent when this appliance becomes ready, after every view change, and
+//! every `READY_EVERY_MS`; the incarnation ties it to one run, so a
+//! restarted appliance is not taken for ready by its earlier run's word.
+
+use super::channel::{Command, WorkerPort};
+use crate::dataplane::Shared;
+use ringlb_ring::wire::MemberEntry;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// How often a ready appliance repeats that it is ready.
+pub const READY_EVERY_MS: u64 = 1_000;
+const READY_PREFIX: &str = "appliance ready ";
+
+/// The owner of each VIP (by index) among `candidates`, in their order.
+pub fn assign(vips: usize, candidates: &[SocketAddrV4]) -> Vec<Option<SocketAddrV4>> {
+    (0..vips).map(|i| (!candidates.is_empty()).then(|| candidates[i % candidates.len()])).collect()
+}
+
+/// The candidates in assignment order: the dispatcher first, then the rest
+/// in ring address order.
+pub fn order(mut ready: Vec<SocketAddrV4>, dispatcher: Option<SocketAddrV4>) -> Vec<SocketAddrV4> {
+    ready.sort_by_key(ringlb_ring::wire::order);
+    ready.dedup();
+    if let Some(pos) = dispatcher.and_then(|d| ready.iter().position(|a| *a == d)) {
+        let d = ready.remove(pos);
+        ready.insert(0, d);
+    }
+    ready
+}
+
+pub fn ready_message(incarnation: u64) -> Vec<u8> {
+    format!("{READY_PREFIX}{incarnation}").into_bytes()
+}
+
+/// The incarnation in a readiness message; None for any other payload.
+pub fn parse_ready(payload: &[u8]) -> Option<u64> {
+    std::str::from_utf8(payload).ok()?.strip_prefix(READY_PREFIX)?.parse().ok()
+}
+
+#[derive(serde::Serialize, Debug, Clone)]
+pub struct VipStatus {
+    pub vip: String,
+    pub owner: Option<String>,
+    pub here: bool,
+}
+
+pub struct VipOwners {
+    me: SocketAddrV4,
+    /// Ascending, as `Shared::vip_addresses`.
+    vips: Vec<u32>,
+    owners: Vec<Option<SocketAddrV4>>,
+    /// Other appliances that said they are ready, with the run that said it.
+    ready: BTreeMap<SocketAddrV4, u64>,
+    /// When this appliance last said it is ready (None: not yet, or it
+    /// must say it again now).
+    said_ready_ms: Option<u64>,
+    pub takeovers: u64,
+    pub releases: u64,
+}
+
+impl VipOwners {
+    pub fn new(me: SocketAddrV4, shared: &Shared) -> VipOwners {
+        let vips = shared.vip_addresses();
+        VipOwners {
+            me,
+            owners: vec![None; vips.len()],
+            vips,
+            ready: BTreeMap::new(),
+            said_ready_ms: None,
+            takeovers: 0,
+            releases: 0,
+        }
+    }
+
+    /// A ring broadcast from `origin`: remember a readiness message.
+    pub fn on_app(&mut self, origin: SocketAddrV4, payload: &[u8]) -> bool {
+        match parse_ready(payload) {
+            Some(incarnation) if origin != self.me => {
+                self.ready.insert(origin, incarnation);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The view changed: everyone (a newcomer too) should hear from us again.
+    pub fn view_changed(&mut self) {
+        self.said_ready_ms = None;
+    }
+
+    /// A readiness message to broadcast now, if one is due.
+    pub fn due_ready_message(&mut self, now_ms: u64, ready: bool, incarnation: u64) -> Option<Vec<u8>> {
+        if !ready || self.said_ready_ms.is_some_and(|t| now_ms < t + READY_EVERY_MS) {
+            return None;
+        }
+        self.said_ready_ms = Some(now_ms);
+        Some(ready_message(incarnation))
+    }
+
+    /// Recomputes the owners from the view (`members`: None while the ring
+    /// is forming or the view is not the master's: then nothing changes) and applies what changed
+    /// here: the workers' ownership flags, gratuitous ARP for VIPs taken.
+    /// Returns a note per change.
+    pub fn update(
+        &mut self,
+        members: Option<&[MemberEntry]>,
+        dispatcher: Option<SocketAddrV4>,
+        me_ready: bool,
+        shared: &Shared,
+        workers: &mut [WorkerPort],
+    ) -> Vec<String> {
+        // While the ring re-forms there is no view everyone shares: keep
+        // what we have (dropping every VIP would leave them unanswered).
+        let candidates = match members {
+            None => return Vec::new(),
+            Some(members) => {
+                let appliances = members.iter().filter(|m| m.caps & ringlb_ring::wire::CAP_APPLIANCE != 0);
+                self.ready.retain(|a, inc| members.iter().any(|m| m.addr == *a && m.incarnation == *inc));
+                let ready = appliances
+                    .filter(
+                        |m| if m.addr == self.me { me_ready } else { self.ready.get(&m.addr) == Some(&m.incarnation) },
+                    )
+                    .map(|m| m.addr)
+                    .collect();
+                order(ready, dispatcher)
+            }
+        };
+        let owners = assign(self.vips.len(), &candidates);
+        let mut notes = Vec::new();
+        for (i, (&vip, owner)) in self.vips.iter().zip(owners).enumerate() {
+            let was = self.owners[i] == Some(self.me);
+            let is = owner == Some(self.me);
+            self.owners[i] = owner;
+            if was == is {
+                continue;
+            }
+            shared.set_vip_owned(vip, is);
+            let ip = Ipv4Addr::from(vip);
+            if is {
+                self.takeovers += 1;
+                if let Some(w) = workers.first_mut() {
+                    w.send(Command::Announce { vip });
+                }
+                notes.push(format!("vip {ip}: owned here now (gratuitous ARP x{})", shared.garp.count));
+            } else {
+                self.releases += 1;
+                if let Some(w) = workers.first_mut() {
+                    w.send(Command::Withdraw { vip });
+                }
+                let to = owner.map_or("nobody (no ready appliance)".into(), |o| o.to_string());
+                notes.push(format!("vip {ip}: released to {to}"));
+            }
+        }
+        notes
+    }
+
+    pub fn status(&self) -> Vec<VipStatus> {
+        self.vips
+            .iter()
+            .zip(&self.owners)
+            .map(|(&vip, owner)| VipStatus {
+                vip: Ipv4Addr::from(vip).to_string(),
+                owner: owner.map(|o| o.to_string()),
+                here: *owner == Some(self.me),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(i: u8) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(10, 255, 0, i), 7400)
+    }
+
+    #[test]
+    fn one_vip_belongs_to_the_dispatcher_and_a_pool_spreads() {
+        let c = order(vec![a(3), a(1), a(2)], Some(a(2)));
+        assert_eq!(c, vec![a(2), a(1), a(3)]);
+        assert_eq!(assign(1, &c), vec![Some(a(2))]);
+        assert_eq!(assign(4, &c), vec![Some(a(2)), Some(a(1)), Some(a(3)), Some(a(2))]);
+        assert_eq!(assign(2, &[]), vec![None, None]);
+    }
+
+    #[test]
+    fn every_member_computes_the_same_owners_whatever_order_it_heard_in() {
+        let x = order(vec![a(1), a(2), a(3)], Some(a(1)));
+        let y = order(vec![a(3), a(2), a(1), a(2)], Some(a(1)));
+        assert_eq!(assign(3, &x), assign(3, &y));
+    }
+
+    #[test]
+    fn a_dead_members_vips_move_to_the_survivors() {
+        let before = assign(3, &order(vec![a(1), a(2)], Some(a(1))));
+        let after = assign(3, &order(vec![a(2)], Some(a(2))));
+        assert_eq!(before, vec![Some(a(1)), Some(a(2)), Some(a(1))]);
+        assert_eq!(after, vec![Some(a(2)); 3]);
+    }
+
+    #[test]
+    fn readiness_messages_round_trip_and_nothing_else_parses() {
+        assert_eq!(parse_ready(&ready_message(1_700_000_000_123)), Some(1_700_000_000_123));
+        assert_eq!(parse_ready(b"load 0.5 conns 3"), None);
+        assert_eq!(parse_ready(b"appliance ready x"), None);
+        assert_eq!(parse_ready(&[0xff, 0xfe]), None);
+    }
+}
