@@ -2,7 +2,8 @@
 # `make test`: every tier, then one closing line "N passed, M failed".
 #   1. cargo test: unit tests, data-plane/config tests, vdev tests of the real binary
 #   2. lab tests: DSR and NAT through real namespaces, nginx, ab and curl; the
-#      cluster: three appliances behind a port-trunked router, failure and rejoin
+#      cluster: three appliances behind a port-trunked router, failure and rejoin;
+#      failover: two appliances on one segment, VIP takeover by gratuitous ARP
 #   3. a smoke run of the benchmark harness (well-formed results only)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,6 +20,7 @@ run "lab DSR" bash tests/lab/lab_test.sh dsr
 run "lab NAT" bash tests/lab/lab_test.sh nat
 run "lab cluster NAT (3 appliances behind a trunk)" bash tests/lab/cluster_test.sh nat
 run "lab cluster DSR (3 appliances behind a trunk)" bash tests/lab/cluster_test.sh dsr
+run "lab failover DSR (2 appliances, one VIP, kill -9 and return)" bash tests/lab/failover_test.sh dsr
 run "lab cleanup on failure" bash tests/lab/cleanup_test.sh
 run "benchmark smoke run" bash tests/bench_smoke.sh
 echo "suites: $passed passed, $failed failed"

@@ -738,13 +738,15 @@ fn each_vip_has_one_owner_that_moves_on_failure_with_gratuitous_arp() {
         c.start(i, "off");
     }
     c.form();
-    c.step(300);
+    // Each listens vips::CLAIM_GRACE_MS after it is ready before it claims;
+    // one that claimed a VIP it must hand over answers HANDOVER_MS longer.
+    c.step(2_000);
     for (i, vip) in VIPS.iter().enumerate() {
         assert_eq!(answering(&mut c, vip), vec![i], "{vip}: one owner, the i-th in dispatcher-then-address order");
     }
-    // (While the cluster starts, the first appliance to be ready holds every
-    // VIP until the others say they are ready: a VIP it gives up stops being
-    // announced, and its owner's announcements come after.)
+    // (Appliances that start together may each claim VIPs before they hear
+    // each other: a VIP given up stops being announced, and its owner's
+    // announcements go on after.)
     for (a, vip) in VIPS.iter().enumerate() {
         let own = c.app(a).garps.iter().filter(|g| g.1 == ipu(vip)).count();
         assert!(own >= 3, "appliance {a} announced its VIP {own} times");
@@ -789,11 +791,12 @@ fn each_vip_has_one_owner_that_moves_on_failure_with_gratuitous_arp() {
     let announced = c.app(heir).garps.iter().filter(|g| g.1 == ipu(VIPS[0])).count();
     assert_eq!(announced, 3, "the heir announced 198.18.100.1 three times");
 
-    // It comes back: once it holds its siblings' sessions it takes the first
-    // VIP again (it is the dispatcher by address), and the heir lets go.
+    // It comes back: once it holds its siblings' sessions and has listened
+    // for a while (vips::CLAIM_GRACE_MS) it takes the first VIP again (it is
+    // the dispatcher by address), and the heir lets go.
     c.start(0, "off");
     c.form();
-    c.step(1_500);
+    c.step(2_500);
     assert_eq!(answering(&mut c, VIPS[0]), vec![0], "the returning appliance owns 198.18.100.1 again");
     assert!(c.app(0).garps.iter().any(|g| g.1 == ipu(VIPS[0])), "and announced it");
     for vip in VIPS {

@@ -197,19 +197,27 @@ fn the_standby_takes_the_vip_with_gratuitous_arp_after_kill_9() {
     let device = |name: &str| {
         format!("net_pcap0,rx_pcap={},tx_pcap={}", empty.display(), dir.0.join(format!("{name}-out.pcap")).display())
     };
+    // The standby joins an active appliance, as it would be deployed.
     let mut pa = start_with(&dir.0, "a", &device("a"), &a, &members, extra);
-    let mut pb = start_with(&dir.0, "b", &device("b"), &b, &members, extra);
     let owner = |s: &serde_json::Value| s["cluster"]["vips"]["owners"][0]["owner"].as_str().map(str::to_owned);
+    wait_for(&dir.0, "a", "a alone owns the VIP", |s| owner(s) == Some(a.clone()));
+    let mut pb = start_with(&dir.0, "b", &device("b"), &b, &members, extra);
     wait_for(&dir.0, "a", "a owns the VIP", |s| {
         owner(s) == Some(a.clone()) && s["cluster"]["vips"]["owners"][0]["here"] == true
     });
     wait_for(&dir.0, "b", "b sees a as the owner", |s| owner(s) == Some(a.clone()));
+    // Past b's grace (vips::CLAIM_GRACE_MS): it never claimed the owned VIP.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let sb = status(&dir.0, "b").unwrap();
+    assert_eq!(u(&sb, &["cluster", "vips", "takeovers"]), 0, "the joining standby claimed the VIP: {}", sb["cluster"]);
 
     let killed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     let _ = pa.0.kill();
     let _ = pa.0.wait();
     let sb = wait_for(&dir.0, "b", "b owns the VIP", |s| owner(s) == Some(b.clone()));
-    assert_eq!(u(&sb, &["cluster", "vips", "takeovers"]), 1, "{}", sb["cluster"]["vips"]);
+    let log = || std::fs::read_to_string(dir.0.join("b.log")).unwrap_or_default();
+    let notes = || log().lines().filter(|l| !l.starts_with("stats")).collect::<Vec<_>>().join("\n");
+    assert_eq!(u(&sb, &["cluster", "vips", "takeovers"]), 1, "{}\n{}", sb["cluster"]["vips"], notes());
     // Let the announcements go out, then stop b cleanly (the pcap is flushed).
     std::thread::sleep(Duration::from_millis(600));
     let _ = Command::new("kill").args(["-TERM", &pb.0.id().to_string()]).status();

@@ -3,8 +3,9 @@
 # appliance and three nginx servers. Sourced by the lab tests and `make demo`.
 #
 #   lab_up MODE     MODE = dsr | nat | trunk-dsr | trunk-nat (three appliances
-#                   behind a port-trunked router: trunk.sh); needs LAB (unique
-#                   prefix) and LAB_DIR set
+#                   behind a port-trunked router: trunk.sh) | failover-dsr (two
+#                   appliances on one segment, active/standby: failover.sh);
+#                   needs LAB (unique prefix) and LAB_DIR set
 #   lab_start_ringlb CONFIG LOG   runs ringlb in the appliance namespace
 #   lab_down        stops everything started and removes the namespaces
 #
@@ -20,6 +21,8 @@ VIP=198.18.100.1
 LAB_PIDS=()
 # shellcheck source=trunk.sh
 source "$(dirname "${BASH_SOURCE[0]}")/trunk.sh"
+# shellcheck source=failover.sh
+source "$(dirname "${BASH_SOURCE[0]}")/failover.sh"
 
 lab_ns() { echo "${LAB}-$1"; }
 
@@ -81,6 +84,7 @@ lab_up() {
   chmod 644 "$LAB_DIR/www/"*
   case $mode in
     trunk-dsr|trunk-nat) lab_up_trunk "${mode#trunk-}"; return ;;
+    failover-dsr) lab_up_failover "${mode#failover-}"; return ;;
     dsr|nat) ;;
     *) echo "lab_up: unknown mode '$mode'" >&2; return 1 ;;
   esac

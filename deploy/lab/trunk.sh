@@ -146,7 +146,11 @@ lab_trunk_config() {
 # lab_start_appliance N [ARGS...]: ringlb in lbN (its log and status file in LAB_DIR).
 lab_start_appliance() {
   local n=$1; shift
-  lab_trunk_config "$n" "$LAB_DIR/lb$n.yaml"
+  if [ "${LAB_KIND:-trunk}" = failover ]; then
+    lab_failover_config "$n" "$LAB_DIR/lb$n.yaml"
+  else
+    lab_trunk_config "$n" "$LAB_DIR/lb$n.yaml"
+  fi
   rm -f "$LAB_DIR/lb$n.json"
   ip netns exec "$(lab_ns "lb$n")" "$RINGLB" run -c "$LAB_DIR/lb$n.yaml" --stats-interval 1 \
     --status-file "$LAB_DIR/lb$n.json" "$@" >> "$LAB_DIR/lb$n.log" 2>&1 &

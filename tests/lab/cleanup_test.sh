@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A lab test that fails midway (appliances, nginx, router and namespaces all
 # up) must still remove its namespaces and stop its DPDK processes and
-# servers: the single-appliance lab and the three-appliance trunk lab.
+# servers: the single-appliance lab, the three-appliance trunk lab and the
+# two-appliance failover lab.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 check() {
@@ -22,3 +23,4 @@ check() {
 }
 check single lab_test.sh dsr "ringlb-lab-dsr.*nginx|ringlb run -c $ROOT/deploy/lab/dsr.yaml"
 check trunk cluster_test.sh dsr "ringlb-cluster-dsr"
+check failover failover_test.sh dsr "ringlb-failover-dsr"

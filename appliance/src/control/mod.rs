@@ -332,14 +332,18 @@ impl Control {
             return;
         }
         self.last_vip_check_ms = now.ms;
-        let me_ready = self.ready_for_traffic();
+        let ready_for_traffic = self.ready_for_traffic();
         let (Some(r), Some(v)) = (&mut self.ring, &mut self.vips) else { return };
-        if let Some(msg) = v.due_ready_message(now.ms, me_ready, r.incarnation) {
-            // Best effort: it is repeated every READY_EVERY_MS.
-            let _ = r.member.send_app(now.ms, Dest::Broadcast, msg);
+        let me_ready = v.may_own(now.ms, ready_for_traffic);
+        let formed = !r.member.is_forming() && r.member.view_version() != 0;
+        // The ring carries broadcasts only in a formed ring of two or more;
+        // until then the message stays due. (Repeated every READY_EVERY_MS.)
+        if v.ready_message_due(now.ms, me_ready) && formed && r.member.member_entries().len() > 1 {
+            let _ = r.member.send_app(now.ms, Dest::Broadcast, vips::ready_message(r.incarnation));
+            v.said_ready(now.ms);
         }
-        let view = (!r.member.is_forming() && r.member.view_version() != 0).then(|| r.member.member_entries());
-        for note in v.update(view, r.dispatcher, me_ready, &self.shared, &mut self.workers) {
+        let view = formed.then(|| r.member.member_entries());
+        for note in v.update(now.ms, view, r.dispatcher, me_ready, &self.shared, &mut self.workers) {
             self.notes.push_back(note);
         }
     }

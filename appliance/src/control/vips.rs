@@ -9,13 +9,22 @@
 //! one VIP belongs to the dispatcher, and a pool spreads over the live
 //! appliances. When an appliance leaves the view its VIPs move at once;
 //! when one comes back, it takes its VIPs only once it is ready, and the
-//! appliance that held them lets go when it hears so. A new owner
+//! appliance that held them lets go `HANDOVER_MS` after it hears so. A new owner
 //! announces each VIP by gratuitous ARP (worker 0, `dataplane::announce`).
 //!
 //! Readiness travels as a ring broadcast, "appliance ready <incarnation>",
-//! sent when this appliance becomes ready, after every view change, and
-//! every `READY_EVERY_MS`; the incarnation ties it to one run, so a
-//! restarted appliance is not taken for ready by its earlier run's word.
+//! sent once this appliance is ready, after every view change, and every
+//! `READY_EVERY_MS`; the incarnation ties it to one run, so a restarted
+//! appliance is not taken for ready by its earlier run's word. An appliance
+//! waits `CLAIM_GRACE_MS` after it is ready before it says so or counts
+//! itself: by then it has
+//! heard every ready appliance repeat itself twice, so it does not take a VIP
+//! that is owned (which would send the segment a gratuitous ARP for an
+//! appliance that lets go of the VIP a moment later). Appliances that start
+//! together end their grace together and may each claim before they hear
+//! each other; the loser lets go within a ring round trip and stops its
+//! announcements, while the owner's go on (`garp.count` × `garp.interval`),
+//! so the segment's caches end at the owner.
 
 use super::channel::{Command, WorkerPort};
 use crate::dataplane::Shared;
@@ -24,7 +33,15 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// How often a ready appliance repeats that it is ready.
-pub const READY_EVERY_MS: u64 = 1_000;
+pub const READY_EVERY_MS: u64 = 500;
+/// How long an owner still answers for a VIP it hands over to an
+/// appliance that has just claimed it: the claimant's gratuitous ARP, sent
+/// as it claims, has reached the segment by then. Until then both answer
+/// (both forward correctly: they share sessions), so no new flow that
+/// still reaches the old owner is refused.
+pub const HANDOVER_MS: u64 = 300;
+/// How long a joining appliance listens before it claims VIPs.
+pub const CLAIM_GRACE_MS: u64 = 2 * READY_EVERY_MS + 200;
 const READY_PREFIX: &str = "appliance ready ";
 
 /// The owner of each VIP (by index) among `candidates`, in their order.
@@ -65,11 +82,18 @@ pub struct VipOwners {
     /// Ascending, as `Shared::vip_addresses`.
     vips: Vec<u32>,
     owners: Vec<Option<SocketAddrV4>>,
+    /// Per VIP being handed over to another appliance: until when this one
+    /// still answers for it.
+    handover_until: Vec<Option<u64>>,
     /// Other appliances that said they are ready, with the run that said it.
     ready: BTreeMap<SocketAddrV4, u64>,
     /// When this appliance last said it is ready (None: not yet, or it
     /// must say it again now).
     said_ready_ms: Option<u64>,
+    /// Since when this appliance has been ready for traffic.
+    ready_since_ms: Option<u64>,
+    /// Ready long enough: it may own VIPs (for the rest of the run).
+    may_own: bool,
     pub takeovers: u64,
     pub releases: u64,
 }
@@ -80,9 +104,12 @@ impl VipOwners {
         VipOwners {
             me,
             owners: vec![None; vips.len()],
+            handover_until: vec![None; vips.len()],
             vips,
             ready: BTreeMap::new(),
             said_ready_ms: None,
+            ready_since_ms: None,
+            may_own: false,
             takeovers: 0,
             releases: 0,
         }
@@ -104,13 +131,32 @@ impl VipOwners {
         self.said_ready_ms = None;
     }
 
-    /// A readiness message to broadcast now, if one is due.
-    pub fn due_ready_message(&mut self, now_ms: u64, ready: bool, incarnation: u64) -> Option<Vec<u8>> {
-        if !ready || self.said_ready_ms.is_some_and(|t| now_ms < t + READY_EVERY_MS) {
-            return None;
+    /// Whether this appliance may own VIPs: it has been ready for traffic
+    /// for `CLAIM_GRACE_MS` (alone in its view too: a starting appliance may
+    /// be alone for a moment before its ring merges with the others'). From
+    /// then on it stays so for the rest of its run: while the ring re-forms
+    /// after a failure it is not "ready for traffic", but it still holds
+    /// every session, and a survivor must not wait to take a dead owner's VIPs.
+    pub fn may_own(&mut self, now_ms: u64, ready_for_traffic: bool) -> bool {
+        if self.may_own {
+            return true;
         }
+        if !ready_for_traffic {
+            self.ready_since_ms = None;
+            return false;
+        }
+        let since = *self.ready_since_ms.get_or_insert(now_ms);
+        self.may_own = now_ms >= since + CLAIM_GRACE_MS;
+        self.may_own
+    }
+
+    /// A readiness message is due now (`said_ready` once it went out).
+    pub fn ready_message_due(&self, now_ms: u64, ready: bool) -> bool {
+        ready && self.said_ready_ms.is_none_or(|t| now_ms >= t + READY_EVERY_MS)
+    }
+
+    pub fn said_ready(&mut self, now_ms: u64) {
         self.said_ready_ms = Some(now_ms);
-        Some(ready_message(incarnation))
     }
 
     /// Recomputes the owners from the view (`members`: None while the ring
@@ -119,6 +165,7 @@ impl VipOwners {
     /// Returns a note per change.
     pub fn update(
         &mut self,
+        now_ms: u64,
         members: Option<&[MemberEntry]>,
         dispatcher: Option<SocketAddrV4>,
         me_ready: bool,
@@ -146,6 +193,22 @@ impl VipOwners {
         for (i, (&vip, owner)) in self.vips.iter().zip(owners).enumerate() {
             let was = self.owners[i] == Some(self.me);
             let is = owner == Some(self.me);
+            if was && !is && owner.is_some() {
+                // Handing over to a live appliance: stop announcing at once,
+                // keep answering a little longer (see HANDOVER_MS).
+                match self.handover_until[i] {
+                    None => {
+                        self.handover_until[i] = Some(now_ms + HANDOVER_MS);
+                        if let Some(w) = workers.first_mut() {
+                            w.send(Command::Withdraw { vip });
+                        }
+                        continue;
+                    }
+                    Some(until) if now_ms < until => continue,
+                    Some(_) => {}
+                }
+            }
+            self.handover_until[i] = None;
             self.owners[i] = owner;
             if was == is {
                 continue;

@@ -1,0 +1,77 @@
+# shellcheck shell=bash
+# The failover lab (issue 9): two ringlb appliances on one L2 segment with
+# the same VIP, active/standby by the ring (cluster.vips: owned). Sourced by
+# lab.sh:
+#
+#   lab_up failover-dsr          build it (then start the appliances)
+#   lab_start_appliance N        ringlb in lbN (1-2); log LAB_DIR/lbN.log, status LAB_DIR/lbN.json
+#   lab_vip_mac                  the MAC the client's ARP cache holds for the VIP
+#
+# Topology (addresses exist only in these namespaces):
+#
+#   client c 198.18.0.10 ──────┐
+#   lb1 p0 198.18.0.1 :01 ─────┤ br0: one segment
+#   lb2 p0 198.18.0.2 :02 ─────┤
+#   servers 198.18.0.11-13 ────┘ (VIP on lo; DSR replies go straight to the client)
+#   ring: lb1, lb2 ctl 10.255.0.1-2 on brc (kernel UDP, not the DPDK ports)
+#
+# The client reaches the VIP on-link: it ARPs for it, so its traffic goes to
+# whichever appliance answered last or announced the VIP last.
+
+lab_up_failover() {
+  local mode=$1
+  [ "$mode" = dsr ] || { echo "lab_up: failover-$mode is not built (only failover-dsr)" >&2; return 1; }
+  # shellcheck disable=SC2034 # read by lab_start_appliance (trunk.sh)
+  LAB_KIND=failover
+  FAILOVER_MODE=$mode
+  local sw c; sw=$(lab_ns sw); c=$(lab_ns c)
+  lab_host_ns "$sw"
+  for br in br0 brc; do
+    ip -n "$sw" link add "$br" type bridge forward_delay 0 stp_state 0
+    ip -n "$sw" link set "$br" up
+  done
+  lab_host_ns "$c"
+  lab_link "$c" eth0 br0
+  ip -n "$c" addr add 198.18.0.10/24 dev eth0
+  ip -n "$c" route add "$VIP/32" dev eth0
+  local n lb
+  for n in 1 2; do
+    lb=$(lab_ns "lb$n")
+    lab_host_ns "$lb"
+    lab_link "$lb" p0 br0
+    ip netns exec "$lb" ethtool -K p0 rx off tx off tso off gso off gro off >/dev/null 2>&1 || true
+    lab_link "$lb" ctl brc
+    ip -n "$lb" addr add "10.255.0.$n/24" dev ctl
+  done
+  for n in 1 2 3; do
+    local s; s=$(lab_ns "s$n")
+    lab_host_ns "$s"
+    lab_link "$s" eth0 br0
+    ip -n "$s" addr add "198.18.0.1$n/24" dev eth0
+    ip -n "$s" addr add "$VIP/32" dev lo
+    lab_sysctl "$s" net.ipv4.conf.all.arp_ignore=1
+    lab_sysctl "$s" net.ipv4.conf.all.arp_announce=2
+    lab_sysctl "$s" net.ipv4.conf.eth0.arp_ignore=1
+    lab_sysctl "$s" net.ipv4.conf.eth0.arp_announce=2
+    lab_nginx_conf "s$n" 80
+    ip netns exec "$s" nginx -c "$LAB_DIR/s$n/nginx.conf" &
+    LAB_PIDS+=($!)
+  done
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$LAB_DIR/cluster.key"
+  chmod 600 "$LAB_DIR/cluster.key"
+}
+
+# lab_failover_config N FILE: appliance N's configuration (its own ring
+# address, port address and MAC).
+lab_failover_config() {
+  sed -e "s|address: 10.255.0.1:7400|address: 10.255.0.$1:7400|" \
+      -e "s|ip: 198.18.0.1/24|ip: 198.18.0.$1/24|" \
+      -e "s|mac: \"02:00:00:00:00:01\"|mac: \"02:00:00:00:00:0$1\"|" \
+      -e "s|key_file: .*|key_file: $LAB_DIR/cluster.key|" \
+      "$ROOT/deploy/lab/failover-$FAILOVER_MODE.yaml" > "$2"
+}
+
+# The MAC in the client's ARP cache for the VIP ("" if none).
+lab_vip_mac() {
+  ip -n "$(lab_ns c)" neigh show "$VIP" dev eth0 2>/dev/null | awk '/lladdr/ {print $3}'
+}

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Lab test of active/standby failover (issue 9, items 1 and 4): two ringlb
+# appliances on one L2 segment hold one VIP (cluster.vips: owned, sibling
+# sync on, fast ring timers); real kernel clients and nginx servers, DSR
+# (deploy/lab/failover.sh).
+#   tests/lab/failover_test.sh dsr
+# Checks, in order:
+#   1. only the owner (lb1, the ring's dispatcher) answers ARP for the VIP:
+#      the client's ARP cache holds lb1's MAC;
+#   2. under load (50 clients opening a connection per request, 20 on
+#      keep-alive connections, tests/lab/http_load.py, which accounts for
+#      every request it starts, and four throttled 64 MiB downloads) lb1 is
+#      killed with SIGKILL: the time from the kill to the client's ARP cache
+#      pointing at lb2 (its gratuitous ARP) is printed (goal ≤ 1.5 s);
+#   3. lb1 restarts: once it holds lb2's sessions it takes the VIP back (the
+#      client's cache points at lb1 again), all while (2) still runs;
+#   4. 0 failed requests, every download's sha256 equal to the file's.
+# Namespaces, processes and hugepage files are removed on exit, also on failure.
+set -euo pipefail
+MODE=${1:?usage: failover_test.sh dsr}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+RINGLB=${RINGLB:-$ROOT/target/release/ringlb}
+LAB=${LAB:-"rlf$$x$RANDOM"}
+LAB_DIR=$(mktemp -d "/tmp/ringlb-failover-$MODE.XXXXXX")
+# shellcheck source=../../deploy/lab/lab.sh
+source "$ROOT/deploy/lab/lab.sh"
+T="lab-failover-$MODE"
+say() { echo "$T: $*"; }
+fail() {
+  echo "FAIL $T: $*"
+  [ -z "${LAB_KEEP:-}" ] || cp -r "$LAB_DIR" "$LAB_KEEP" 2>/dev/null || true
+  for n in 1 2; do [ -f "$LAB_DIR/lb$n.log" ] && { echo "--- lb$n"; grep -v '^stats' "$LAB_DIR/lb$n.log" | tail -15; }; done
+  exit 1
+}
+cleanup() {
+  lab_down
+  if ip netns list | grep -q "^${LAB}-"; then echo "FAIL $T: namespaces left behind"; fi
+  rm -rf "$LAB_DIR"
+}
+trap cleanup EXIT
+
+st() { lab_json "$LAB_DIR/lb$1.json" "$2"; }
+C=$(lab_ns c)
+MAC1=02:00:00:00:00:01
+MAC2=02:00:00:00:00:02
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+# owner N: true when appliance N's status says it owns the VIP.
+owns() { [ "$(st "$1" 's["cluster"]["vips"]["owners"][0]["here"]')" = True ]; }
+
+lab_hugepages 512
+lab_up "failover-$MODE"
+# The standby joins an active appliance, as it would be deployed.
+lab_start_appliance 1
+for _ in $(seq 60); do sleep 0.5; owns 1 && break; done
+owns 1 || fail "lb1 alone did not take the VIP"
+lab_start_appliance 2
+ready=0
+for _ in $(seq 60); do
+  sleep 0.5
+  if owns 1 && [ "$(st 2 'len(s["cluster"]["siblings"]) == 1 and s["cluster"]["sync"]["in_sync"] and s["cluster"]["vips"]["owners"][0]["owner"] == "10.255.0.1:7400"')" = True ]; then
+    ready=1; break
+  fi
+done
+[ $ready = 1 ] || fail "lb1 does not own the VIP with lb2 as its in-sync standby"
+sleep 1.5
+# Test hook for tests/lab/cleanup_test.sh: fail with everything running.
+[ -z "${LAB_FORCE_FAIL:-}" ] || fail "forced failure (cleanup test)"
+say "ring formed; VIP owners: $(st 2 's["cluster"]["vips"]["owners"]'); lb2 claimed it $(st 2 's["cluster"]["vips"]["takeovers"]') times while joining"
+[ "$(st 2 's["cluster"]["vips"]["takeovers"]')" = 0 ] || fail "the joining standby claimed the owned VIP"
+
+# 1. Only the owner answers ARP.
+ip netns exec "$C" curl -sS --max-time 5 -o /dev/null "http://$VIP/index.html" || fail "first request failed"
+got=$(lab_vip_mac)
+say "the client's ARP cache holds $got for the VIP (lb1 is $MAC1, lb2 $MAC2)"
+[ "$got" = "$MAC1" ] || fail "the VIP resolved to $got, not the owner lb1"
+
+# 2-4. kill -9 the owner under load, then bring it back.
+want=$(sha256sum "$LAB_DIR/www/big.bin" | cut -d' ' -f1)
+PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
+ip netns exec "$C" "$PY" "$ROOT/tests/lab/http_load.py" "http://$VIP/index.html" --concurrency 50 --seconds 36 \
+  > "$LAB_DIR/load-new.json" 2> "$LAB_DIR/load-new.err" &
+LOAD_NEW=$!
+ip netns exec "$C" "$PY" "$ROOT/tests/lab/http_load.py" "http://$VIP/index.html" --concurrency 20 --seconds 36 \
+  --keepalive > "$LAB_DIR/load-ka.json" 2> "$LAB_DIR/load-ka.err" &
+LOAD_KA=$!
+DL=()
+for d in 1 2 3 4; do
+  ip netns exec "$C" curl -sS --max-time 120 --limit-rate 2M -o "$LAB_DIR/dl$d.bin" "http://$VIP/big.bin" \
+    2> "$LAB_DIR/dl$d.err" &
+  DL+=($!)
+done
+sleep 8
+adopted0=$(st 2 's["replication"]["adopted"]')
+refused0=$(st 2 's["drops"]["vip_not_owned"]')
+kill_ms=$(now_ms)
+kill -KILL "${APPLIANCE_PID[1]}"
+wait "${APPLIANCE_PID[1]}" 2>/dev/null || true
+moved_ms=
+for _ in $(seq 300); do
+  [ "$(lab_vip_mac)" = "$MAC2" ] && { moved_ms=$(now_ms); break; }
+  sleep 0.01
+done
+[ -n "$moved_ms" ] || fail "the client's ARP cache still points at the dead lb1 3 s after the kill: $(lab_vip_mac)"
+say "kill -9 lb1 → the client's ARP cache points at lb2 (its gratuitous ARP) after $(( moved_ms - kill_ms )) ms (fast ring timers; goal ≤ 1500 ms)"
+[ $(( moved_ms - kill_ms )) -le 1500 ] || fail "takeover slower than 1.5 s"
+sleep 6
+say "lb2 now: $(st 2 '"takeovers {}, live connections of lb1 it carried {}".format(s["cluster"]["vips"]["takeovers"], s["replication"]["adopted"])') (before the kill: adopted $adopted0, new flows refused as a standby $refused0)"
+back_ms=$(now_ms)
+lab_start_appliance 1
+returned_ms=
+for _ in $(seq 300); do
+  [ "$(lab_vip_mac)" = "$MAC1" ] && { returned_ms=$(now_ms); break; }
+  sleep 0.05
+done
+[ -n "$returned_ms" ] || fail "lb1 did not take the VIP back within 15 s of its restart"
+sleep 1.2
+say "lb1 restarted; it resynced ($(st 1 '"pulled {} sessions from {} in {} ms".format(s["cluster"]["sync"]["last_resync"]["sessions"], ", ".join(s["cluster"]["sync"]["last_resync"]["from"]), s["cluster"]["sync"]["last_resync"]["ms"])')) and the client's ARP cache points at it again $(( returned_ms - back_ms )) ms after its start (it listens 1.2 s for the others before it claims)"
+owns 2 && fail "lb2 still owns the VIP after lb1 took it back"
+for p in "${DL[@]}"; do wait "$p" || true; done
+wait "$LOAD_NEW" || fail "load client: $(cat "$LAB_DIR/load-new.err")"
+wait "$LOAD_KA" || fail "load client: $(cat "$LAB_DIR/load-ka.err")"
+for kind in new ka; do
+  j="$LAB_DIR/load-$kind.json"
+  say "requests during the failover and the return ($([ $kind = new ] && echo 'a connection per request, 50 clients' || echo 'keep-alive, 20 clients')): $(lab_json "$j" '"started={started} completed={completed} failed={failed} {failures} slowest={slowest_ms} ms".format(**s)')"
+  [ "$(lab_json "$j" 's["failed"] == 0 and s["completed"] == s["started"] and s["completed"] > 1000')" = True ] \
+    || fail "requests failed or never finished during the failover: $(cat "$j")"
+done
+for d in 1 2 3 4; do
+  got=$(sha256sum "$LAB_DIR/dl$d.bin" 2>/dev/null | cut -d' ' -f1)
+  say "download $d: sha256 $got $([ "$got" = "$want" ] && echo '= the file' || echo "≠ the file's $want")"
+  [ "$got" = "$want" ] || fail "download $d is damaged or incomplete: $(cat "$LAB_DIR/dl$d.err")"
+done
+sleep 1.2
+for n in 1 2; do
+  say "lb$n: $(st "$n" '"vip_not_owned drops {}, takeovers {}, releases {}".format(s["drops"]["vip_not_owned"], s["cluster"]["vips"]["takeovers"], s["cluster"]["vips"]["releases"])')"
+done
+
+for n in 1 2; do lab_stop_appliance "$n" || fail "lb$n exited non-zero on SIGTERM"; done
+for n in 1 2; do grep -q "ringlb stopped cleanly" "$LAB_DIR/lb$n.log" || fail "lb$n: no clean-shutdown summary"; done
+if compgen -G "/dev/hugepages/rtemap*" >/dev/null; then fail "hugepage files left in /dev/hugepages"; fi
+echo "PASS $T"
