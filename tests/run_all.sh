@@ -20,7 +20,8 @@ run "lab DSR" bash tests/lab/lab_test.sh dsr
 run "lab NAT" bash tests/lab/lab_test.sh nat
 run "lab cluster NAT (3 appliances behind a trunk)" bash tests/lab/cluster_test.sh nat
 run "lab cluster DSR (3 appliances behind a trunk)" bash tests/lab/cluster_test.sh dsr
-run "lab failover DSR (2 appliances, one VIP, kill -9 and return)" bash tests/lab/failover_test.sh dsr
+run "lab failover DSR (2 appliances, one VIP, kill -9 and return)" bash tests/lab/failover_test.sh dsr preempt
+run "lab failover DSR without preempt (the VIP stays)" bash tests/lab/failover_test.sh dsr stay
 run "lab cleanup on failure" bash tests/lab/cleanup_test.sh
 run "benchmark smoke run" bash tests/bench_smoke.sh
 echo "suites: $passed passed, $failed failed"

@@ -803,3 +803,38 @@ fn each_vip_has_one_owner_that_moves_on_failure_with_gratuitous_arp() {
         assert_eq!(answering(&mut c, vip).len(), 1, "{vip}: one owner after the return");
     }
 }
+
+/// Failover issue, item 4 with `preempt: false`: the VIP a survivor took
+/// stays with it when the appliance that held it comes back.
+#[test]
+fn without_preempt_a_vip_stays_with_the_appliance_that_took_it() {
+    let mut c = Cluster::new(12);
+    c.extra = "  vips: owned\n  preempt: false\n";
+    for i in 0..3 {
+        c.start(i, "off");
+    }
+    c.form();
+    c.step(2_000);
+    // (Without preempt, who holds a VIP after a simultaneous start depends
+    // on who claimed first: find the owner rather than assume it.)
+    let owner = answering(&mut c, VIPS[0]);
+    assert_eq!(owner.len(), 1, "one owner: {owner:?}");
+    let owner = owner[0];
+    c.apps[owner] = None;
+    c.step(2_000);
+    let heir = answering(&mut c, VIPS[0]);
+    assert_eq!(heir.len(), 1, "one survivor took 198.18.100.1");
+    let before: Vec<Vec<usize>> = VIPS.iter().map(|v| answering(&mut c, v)).collect();
+    c.start(owner, "off");
+    c.form();
+    c.step(3_000);
+    let after: Vec<Vec<usize>> = VIPS.iter().map(|v| answering(&mut c, v)).collect();
+    // The returning appliance takes nothing back. (Between the survivors a
+    // VIP can still move if the ring's re-forming around the join issues a
+    // view without its holder for a moment: README, failover limits.)
+    for (vip, owners) in VIPS.iter().zip(&after) {
+        assert_eq!(owners.len(), 1, "{vip}: one owner ({before:?} → {after:?})");
+        assert_ne!(owners[0], owner, "{vip} moved back to the returning appliance ({before:?} → {after:?})");
+    }
+    assert!(c.app(owner).garps.is_empty(), "the returning appliance announced nothing");
+}

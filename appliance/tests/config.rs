@@ -239,4 +239,8 @@ fn vip_ownership_and_gratuitous_arp_default_and_are_checked() {
         &[&format!("c.yaml:{}:", lines + 1), "cluster.garp.interval: 20s is not between 1ms and 10s"],
     );
     assert_has(&err("  garp: { every: 1s }\n"), &["every"]);
+    assert_has(&err("  preempt: false\n"), &["cluster.preempt: only with vips: owned"]);
+    let c = config::parse(&with_cluster("  vips: owned\n  preempt: false\n"), "c.yaml").unwrap();
+    assert!(!c.cluster.as_ref().unwrap().preempt);
+    assert!(config::parse(&with_cluster("  vips: owned\n"), "c.yaml").unwrap().cluster.unwrap().preempt, "default");
 }

@@ -187,11 +187,16 @@ done
 : > "$LAB_DIR/who.txt"
 declare -A l0
 for n in 1 2 3; do l0[$n]=$(st "$n" 's["locks"]["created"] + s["locks"]["hits"]'); done
+# The lock lives 15 s (deploy/lab/trunk-*.yaml); the 200 connections must
+# fit in its lifetime, or a second lock may rightly pick another server.
+locks_start=$SECONDS
 for _ in $(seq 200); do
   ip netns exec "$C" curl -sS --max-time 5 "http://$VIP:81/whoami" >> "$LAB_DIR/who.txt" || fail "a sticky request failed"
 done
+took=$(( SECONDS - locks_start ))
 servers=$(sort -u "$LAB_DIR/who.txt" | tr '\n' ' ')
-say "200 sequential connections to the sticky service reached: $servers($(wc -l < "$LAB_DIR/who.txt") answers)"
+say "200 sequential connections to the sticky service in ${took} s reached: $servers($(wc -l < "$LAB_DIR/who.txt") answers)"
+[ "$took" -lt 15 ] || fail "the 200 connections took ${took} s, longer than the lock's 15 s lifetime: the test cannot tell"
 [ "$(sort -u "$LAB_DIR/who.txt" | wc -l)" = 1 ] || fail "a locked client reached more than one server"
 fresh
 for n in 1 2 3; do
@@ -200,11 +205,11 @@ for n in 1 2 3; do
   [ "$used" -gt 0 ] || fail "lb$n saw none of the client's connections: the trunk did not spread them"
 done
 created0=$(( $(st 1 's["locks"]["created"]') + $(st 2 's["locks"]["created"]') + $(st 3 's["locks"]["created"]') ))
-sleep 6
+sleep 16
 ip netns exec "$C" curl -sS --max-time 5 "http://$VIP:81/whoami" > "$LAB_DIR/who2.txt" || fail "sticky request after the lock's lifetime failed"
 fresh
 created1=$(( $(st 1 's["locks"]["created"]') + $(st 2 's["locks"]["created"]') + $(st 3 's["locks"]["created"]') ))
-say "after the lock's 5 s lifetime: a new lock was made ($created0 → $created1 locks created); the client now reaches $(cat "$LAB_DIR/who2.txt")"
+say "after the lock's 15 s lifetime: a new lock was made ($created0 → $created1 locks created); the client now reaches $(cat "$LAB_DIR/who2.txt")"
 [ "$created1" -gt "$created0" ] || fail "no new lock after the old one's lifetime"
 
 # Clean stop.

@@ -3,7 +3,9 @@
 # appliances on one L2 segment hold one VIP (cluster.vips: owned, sibling
 # sync on, fast ring timers); real kernel clients and nginx servers, DSR
 # (deploy/lab/failover.sh).
-#   tests/lab/failover_test.sh dsr
+#   tests/lab/failover_test.sh dsr [preempt|stay]
+# preempt (default): the returning appliance takes the VIP back; stay
+# (cluster.preempt: false): the VIP stays with the appliance that took it.
 # Checks, in order:
 #   1. only the owner (lb1, the ring's dispatcher) answers ARP for the VIP:
 #      the client's ARP cache holds lb1's MAC;
@@ -13,18 +15,21 @@
 #      killed with SIGKILL: the time from the kill to the client's ARP cache
 #      pointing at lb2 (its gratuitous ARP) is printed (goal ≤ 1.5 s);
 #   3. lb1 restarts: once it holds lb2's sessions it takes the VIP back (the
-#      client's cache points at lb1 again), all while (2) still runs;
+#      client's cache points at lb1 again) or, with `stay`, leaves it with
+#      lb2; all while (2) still runs;
 #   4. 0 failed requests, every download's sha256 equal to the file's.
 # Namespaces, processes and hugepage files are removed on exit, also on failure.
 set -euo pipefail
-MODE=${1:?usage: failover_test.sh dsr}
+MODE=${1:?usage: failover_test.sh dsr [preempt|stay]}
+RETURN=${2:-preempt}
+case $RETURN in preempt|stay) ;; *) echo "usage: failover_test.sh dsr [preempt|stay]" >&2; exit 2 ;; esac
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 RINGLB=${RINGLB:-$ROOT/target/release/ringlb}
 LAB=${LAB:-"rlf$$x$RANDOM"}
 LAB_DIR=$(mktemp -d "/tmp/ringlb-failover-$MODE.XXXXXX")
 # shellcheck source=../../deploy/lab/lab.sh
 source "$ROOT/deploy/lab/lab.sh"
-T="lab-failover-$MODE"
+T="lab-failover-$MODE-$RETURN"
 say() { echo "$T: $*"; }
 fail() {
   echo "FAIL $T: $*"
@@ -48,6 +53,8 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 owns() { [ "$(st "$1" 's["cluster"]["vips"]["owners"][0]["here"]')" = True ]; }
 
 lab_hugepages 512
+# LAB_PREEMPT is read by lab_failover_config (deploy/lab/failover.sh).
+[ "$RETURN" = stay ] && export LAB_PREEMPT=false
 lab_up "failover-$MODE"
 # The standby joins an active appliance, as it would be deployed.
 lab_start_appliance 1
@@ -107,15 +114,28 @@ sleep 6
 say "lb2 now: $(st 2 '"takeovers {}, live connections of lb1 it carried {}".format(s["cluster"]["vips"]["takeovers"], s["replication"]["adopted"])') (before the kill: adopted $adopted0, new flows refused as a standby $refused0)"
 back_ms=$(now_ms)
 lab_start_appliance 1
-returned_ms=
-for _ in $(seq 300); do
-  [ "$(lab_vip_mac)" = "$MAC1" ] && { returned_ms=$(now_ms); break; }
-  sleep 0.05
-done
-[ -n "$returned_ms" ] || fail "lb1 did not take the VIP back within 15 s of its restart"
-sleep 1.2
-say "lb1 restarted; it resynced ($(st 1 '"pulled {} sessions from {} in {} ms".format(s["cluster"]["sync"]["last_resync"]["sessions"], ", ".join(s["cluster"]["sync"]["last_resync"]["from"]), s["cluster"]["sync"]["last_resync"]["ms"])')) and the client's ARP cache points at it again $(( returned_ms - back_ms )) ms after its start (it listens 1.2 s for the others before it claims)"
-owns 2 && fail "lb2 still owns the VIP after lb1 took it back"
+resync() { st 1 '"pulled {} sessions from {} in {} ms".format(s["cluster"]["sync"]["last_resync"]["sessions"], ", ".join(s["cluster"]["sync"]["last_resync"]["from"]), s["cluster"]["sync"]["last_resync"]["ms"])'; }
+if [ "$RETURN" = preempt ]; then
+  returned_ms=
+  for _ in $(seq 300); do
+    [ "$(lab_vip_mac)" = "$MAC1" ] && { returned_ms=$(now_ms); break; }
+    sleep 0.05
+  done
+  [ -n "$returned_ms" ] || fail "lb1 did not take the VIP back within 15 s of its restart"
+  sleep 1.2
+  say "lb1 restarted; it resynced ($(resync)) and the client's ARP cache points at it again $(( returned_ms - back_ms )) ms after its start (it listens 1.2 s for the others before it claims)"
+  owns 2 && fail "lb2 still owns the VIP after lb1 took it back"
+else
+  for _ in $(seq 60); do
+    sleep 0.5
+    [ "$(st 1 's["cluster"]["sync"]["in_sync"] and s["cluster"]["sync"]["last_resync"] is not None')" = True ] && break
+  done
+  sleep 4
+  say "lb1 restarted and resynced ($(resync)); 4 s later the VIP's owner is $(st 1 's["cluster"]["vips"]["owners"][0]["owner"]'), lb1 took it $(st 1 's["cluster"]["vips"]["takeovers"]') times, the client's ARP cache holds $(lab_vip_mac)"
+  owns 2 || fail "without preempt the VIP left lb2"
+  [ "$(st 1 's["cluster"]["vips"]["takeovers"]')" = 0 ] || fail "without preempt lb1 claimed the VIP"
+  [ "$(lab_vip_mac)" = "$MAC2" ] || fail "the client's ARP cache moved to $(lab_vip_mac)"
+fi
 for p in "${DL[@]}"; do wait "$p" || true; done
 wait "$LOAD_NEW" || fail "load client: $(cat "$LAB_DIR/load-new.err")"
 wait "$LOAD_KA" || fail "load client: $(cat "$LAB_DIR/load-ka.err")"

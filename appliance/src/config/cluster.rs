@@ -37,6 +37,9 @@ pub(super) struct RawCluster {
     /// Gratuitous ARP a new owner sends for each VIP it takes.
     #[serde(default)]
     garp: Option<RawGarp>,
+    /// With `vips: owned`: does a returning appliance take its VIPs back?
+    #[serde(default)]
+    preempt: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -70,6 +73,9 @@ pub struct ClusterConfig {
     pub defer_ms: Option<u32>,
     pub vips: VipMode,
     pub garp: Garp,
+    /// true: VIPs go by the ownership rule, so a returning appliance takes
+    /// its VIPs back; false: a VIP stays with its owner while it lives.
+    pub preempt: bool,
 }
 
 /// Who answers for a VIP.
@@ -212,9 +218,13 @@ pub(super) fn validate(raw: &RawCluster, cx: &Ctx) -> Result<ClusterConfig, Conf
             Garp { count, interval_ms }
         }
     };
+    if let Some(p) = raw.preempt.as_ref().filter(|_| vips == VipMode::Shared) {
+        return Err(cx.at(p, "cluster.preempt: only with vips: owned (shared VIPs have no owner)".to_string()));
+    }
     Ok(ClusterConfig {
         vips,
         garp,
+        preempt: raw.preempt.as_ref().is_none_or(|p| p.value),
         address,
         members,
         key_file: raw.key_file.value.clone(),

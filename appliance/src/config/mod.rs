@@ -738,7 +738,7 @@ impl Config {
             let _ = writeln!(
                 o,
                 "cluster:\n  address: {}\n  members: [{}]\n  key_file: {}\n  timers: {}\n  sync: {}\n  defer: {}\n  \
-                 vips: {}\n  garp: {{ count: {}, interval: {}ms }}",
+                 vips: {}\n  preempt: {}\n  garp: {{ count: {}, interval: {}ms }}",
                 c.address,
                 members.join(", "),
                 c.key_file,
@@ -746,6 +746,7 @@ impl Config {
                 c.sync,
                 c.defer_ms.map_or("off".into(), |ms| format!("{ms}ms")),
                 c.vips.name(),
+                c.preempt,
                 c.garp.count,
                 c.garp.interval_ms
             );

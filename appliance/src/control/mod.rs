@@ -146,8 +146,11 @@ impl Control {
                 (Some(ring), siblings)
             }
         };
-        let vips =
-            cfg.cluster.as_ref().filter(|c| c.vips == VipMode::Owned).map(|c| vips::VipOwners::new(c.address, &shared));
+        let vips = cfg
+            .cluster
+            .as_ref()
+            .filter(|c| c.vips == VipMode::Owned)
+            .map(|c| vips::VipOwners::new(c.address, c.preempt, &shared));
         let mut c = Control {
             shared,
             workers,
@@ -339,7 +342,7 @@ impl Control {
         // The ring carries broadcasts only in a formed ring of two or more;
         // until then the message stays due. (Repeated every READY_EVERY_MS.)
         if v.ready_message_due(now.ms, me_ready) && formed && r.member.member_entries().len() > 1 {
-            let _ = r.member.send_app(now.ms, Dest::Broadcast, vips::ready_message(r.incarnation));
+            let _ = r.member.send_app(now.ms, Dest::Broadcast, v.ready_message(r.incarnation));
             v.said_ready(now.ms);
         }
         let view = formed.then(|| r.member.member_entries());

@@ -12,6 +12,10 @@
 //! appliance that held them lets go `HANDOVER_MS` after it hears so. A new owner
 //! announces each VIP by gratuitous ARP (worker 0, `dataplane::announce`).
 //!
+//! With `preempt: false` a VIP stays with a live owner: the readiness
+//! message lists the VIPs its sender answers for, and a VIP so claimed by a
+//! candidate is not reassigned (the rule above places only the others).
+//!
 //! Readiness travels as a ring broadcast, "appliance ready <incarnation>",
 //! sent once this appliance is ready, after every view change, and every
 //! `READY_EVERY_MS`; the incarnation ties it to one run, so a restarted
@@ -61,13 +65,32 @@ pub fn order(mut ready: Vec<SocketAddrV4>, dispatcher: Option<SocketAddrV4>) -> 
     ready
 }
 
-pub fn ready_message(incarnation: u64) -> Vec<u8> {
-    format!("{READY_PREFIX}{incarnation}").into_bytes()
+/// "appliance ready <incarnation>[ owns <vip>,<vip>...]": the VIPs the
+/// sender answers for now (what `preempt: false` keeps with it).
+pub fn ready_message(incarnation: u64, owned: &[u32]) -> Vec<u8> {
+    let mut m = format!("{READY_PREFIX}{incarnation}");
+    if !owned.is_empty() {
+        let list: Vec<String> = owned.iter().map(|&v| Ipv4Addr::from(v).to_string()).collect();
+        m.push_str(" owns ");
+        m.push_str(&list.join(","));
+    }
+    m.into_bytes()
 }
 
-/// The incarnation in a readiness message; None for any other payload.
-pub fn parse_ready(payload: &[u8]) -> Option<u64> {
-    std::str::from_utf8(payload).ok()?.strip_prefix(READY_PREFIX)?.parse().ok()
+/// The incarnation and owned VIPs in a readiness message; None for any
+/// other payload (or a malformed one).
+pub fn parse_ready(payload: &[u8]) -> Option<(u64, Vec<u32>)> {
+    let rest = std::str::from_utf8(payload).ok()?.strip_prefix(READY_PREFIX)?;
+    let (inc, owns) = match rest.split_once(" owns ") {
+        Some((inc, list)) => (inc, Some(list)),
+        None => (rest, None),
+    };
+    let incarnation = inc.parse().ok()?;
+    let mut owned = Vec::new();
+    for v in owns.into_iter().flat_map(|l| l.split(',')) {
+        owned.push(u32::from(v.parse::<Ipv4Addr>().ok()?));
+    }
+    Some((incarnation, owned))
 }
 
 #[derive(serde::Serialize, Debug, Clone)]
@@ -85,8 +108,12 @@ pub struct VipOwners {
     /// Per VIP being handed over to another appliance: until when this one
     /// still answers for it.
     handover_until: Vec<Option<u64>>,
-    /// Other appliances that said they are ready, with the run that said it.
-    ready: BTreeMap<SocketAddrV4, u64>,
+    /// Other appliances that said they are ready: the run that said it, and
+    /// the VIPs it answered for then.
+    ready: BTreeMap<SocketAddrV4, (u64, Vec<u32>)>,
+    /// false: a VIP stays with its owner while that one lives (a returning
+    /// appliance does not take its VIPs back).
+    preempt: bool,
     /// When this appliance last said it is ready (None: not yet, or it
     /// must say it again now).
     said_ready_ms: Option<u64>,
@@ -99,7 +126,7 @@ pub struct VipOwners {
 }
 
 impl VipOwners {
-    pub fn new(me: SocketAddrV4, shared: &Shared) -> VipOwners {
+    pub fn new(me: SocketAddrV4, preempt: bool, shared: &Shared) -> VipOwners {
         let vips = shared.vip_addresses();
         VipOwners {
             me,
@@ -107,6 +134,7 @@ impl VipOwners {
             handover_until: vec![None; vips.len()],
             vips,
             ready: BTreeMap::new(),
+            preempt,
             said_ready_ms: None,
             ready_since_ms: None,
             may_own: false,
@@ -118,8 +146,8 @@ impl VipOwners {
     /// A ring broadcast from `origin`: remember a readiness message.
     pub fn on_app(&mut self, origin: SocketAddrV4, payload: &[u8]) -> bool {
         match parse_ready(payload) {
-            Some(incarnation) if origin != self.me => {
-                self.ready.insert(origin, incarnation);
+            Some((incarnation, owned)) if origin != self.me => {
+                self.ready.insert(origin, (incarnation, owned));
                 true
             }
             _ => false,
@@ -150,6 +178,13 @@ impl VipOwners {
         self.may_own
     }
 
+    /// The readiness message: our incarnation and the VIPs we answer for.
+    pub fn ready_message(&self, incarnation: u64) -> Vec<u8> {
+        let owned: Vec<u32> =
+            self.vips.iter().zip(&self.owners).filter(|(_, o)| **o == Some(self.me)).map(|(v, _)| *v).collect();
+        ready_message(incarnation, &owned)
+    }
+
     /// A readiness message is due now (`said_ready` once it went out).
     pub fn ready_message_due(&self, now_ms: u64, ready: bool) -> bool {
         ready && self.said_ready_ms.is_none_or(|t| now_ms >= t + READY_EVERY_MS)
@@ -178,17 +213,37 @@ impl VipOwners {
             None => return Vec::new(),
             Some(members) => {
                 let appliances = members.iter().filter(|m| m.caps & ringlb_ring::wire::CAP_APPLIANCE != 0);
-                self.ready.retain(|a, inc| members.iter().any(|m| m.addr == *a && m.incarnation == *inc));
+                self.ready.retain(|a, (inc, _)| members.iter().any(|m| m.addr == *a && m.incarnation == *inc));
                 let ready = appliances
-                    .filter(
-                        |m| if m.addr == self.me { me_ready } else { self.ready.get(&m.addr) == Some(&m.incarnation) },
-                    )
+                    .filter(|m| {
+                        if m.addr == self.me {
+                            me_ready
+                        } else {
+                            self.ready.get(&m.addr).is_some_and(|(inc, _)| *inc == m.incarnation)
+                        }
+                    })
                     .map(|m| m.addr)
                     .collect();
                 order(ready, dispatcher)
             }
         };
-        let owners = assign(self.vips.len(), &candidates);
+        let mut owners = assign(self.vips.len(), &candidates);
+        if !self.preempt {
+            // A VIP stays with a live candidate that answers for it (the
+            // first of them in candidate order, should two say so).
+            for (i, &vip) in self.vips.iter().enumerate() {
+                let holder = candidates.iter().copied().find(|c| {
+                    if *c == self.me {
+                        self.owners[i] == Some(self.me)
+                    } else {
+                        self.ready.get(c).is_some_and(|(_, owned)| owned.contains(&vip))
+                    }
+                });
+                if holder.is_some() {
+                    owners[i] = holder;
+                }
+            }
+        }
         let mut notes = Vec::new();
         for (i, (&vip, owner)) in self.vips.iter().zip(owners).enumerate() {
             let was = self.owners[i] == Some(self.me);
@@ -214,6 +269,8 @@ impl VipOwners {
                 continue;
             }
             shared.set_vip_owned(vip, is);
+            // Tell the others what we answer for now.
+            self.said_ready_ms = None;
             let ip = Ipv4Addr::from(vip);
             if is {
                 self.takeovers += 1;
@@ -280,9 +337,12 @@ mod tests {
 
     #[test]
     fn readiness_messages_round_trip_and_nothing_else_parses() {
-        assert_eq!(parse_ready(&ready_message(1_700_000_000_123)), Some(1_700_000_000_123));
+        assert_eq!(parse_ready(&ready_message(1_700_000_000_123, &[])), Some((1_700_000_000_123, vec![])));
+        let vips = [u32::from(Ipv4Addr::new(198, 18, 100, 1)), u32::from(Ipv4Addr::new(198, 18, 100, 3))];
+        assert_eq!(parse_ready(&ready_message(7, &vips)), Some((7, vips.to_vec())));
         assert_eq!(parse_ready(b"load 0.5 conns 3"), None);
         assert_eq!(parse_ready(b"appliance ready x"), None);
+        assert_eq!(parse_ready(b"appliance ready 7 owns 198.18.100.1,bogus"), None);
         assert_eq!(parse_ready(&[0xff, 0xfe]), None);
     }
 }
