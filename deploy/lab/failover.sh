@@ -63,13 +63,15 @@ lab_up_failover() {
 
 # lab_failover_config N FILE: appliance N's configuration (its own ring
 # address, port address and MAC; LAB_PREEMPT=false keeps a VIP with the
-# appliance that took it).
+# appliance that took it; LAB_TIMERS=seed runs the ring on the seed's
+# 2000/2500 ms timers instead of the fast profile).
 lab_failover_config() {
   sed -e "s|address: 10.255.0.1:7400|address: 10.255.0.$1:7400|" \
       -e "s|ip: 198.18.0.1/24|ip: 198.18.0.$1/24|" \
       -e "s|mac: \"02:00:00:00:00:01\"|mac: \"02:00:00:00:00:0$1\"|" \
       -e "s|key_file: .*|key_file: $LAB_DIR/cluster.key|" \
       -e "s|^  vips: owned\$|  vips: owned\n  preempt: ${LAB_PREEMPT:-true}|" \
+      -e "s|^  timers: fast\$|  timers: ${LAB_TIMERS:-fast}|" \
       "$ROOT/deploy/lab/failover-$FAILOVER_MODE.yaml" > "$2"
 }
 

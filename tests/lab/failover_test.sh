@@ -18,6 +18,8 @@
 #      client's cache points at lb1 again) or, with `stay`, leaves it with
 #      lb2; all while (2) still runs;
 #   4. 0 failed requests, every download's sha256 equal to the file's.
+# LAB_TIMERS=seed runs the ring on the seed's timers (2000/2500 ms; takeover
+# goal 5.75 s instead of the fast profile's 1.5 s).
 # Namespaces, processes and hugepage files are removed on exit, also on failure.
 set -euo pipefail
 MODE=${1:?usage: failover_test.sh dsr [preempt|stay]}
@@ -103,13 +105,17 @@ kill_ms=$(now_ms)
 kill -KILL "${APPLIANCE_PID[1]}"
 wait "${APPLIANCE_PID[1]}" 2>/dev/null || true
 moved_ms=
-for _ in $(seq 300); do
+for _ in $(seq 800); do
   [ "$(lab_vip_mac)" = "$MAC2" ] && { moved_ms=$(now_ms); break; }
   sleep 0.01
 done
-[ -n "$moved_ms" ] || fail "the client's ARP cache still points at the dead lb1 3 s after the kill: $(lab_vip_mac)"
-say "kill -9 lb1 → the client's ARP cache points at lb2 (its gratuitous ARP) after $(( moved_ms - kill_ms )) ms (fast ring timers; goal ≤ 1500 ms)"
-[ $(( moved_ms - kill_ms )) -le 1500 ] || fail "takeover slower than 1.5 s"
+[ -n "$moved_ms" ] || fail "the client's ARP cache still points at the dead lb1 8 s after the kill: $(lab_vip_mac)"
+# Goals: the issue's 1.5 s for the fast profile; for the seed's, one ring
+# round (detection 2,750 ms + the new view's broadcast timeout 2,500 ms, as
+# ringlb_ring::Timers::convergence_bound_ms counts it) plus 500 ms.
+timers=${LAB_TIMERS:-fast}; goal=1500; [ "$timers" = seed ] && goal=5750
+say "kill -9 lb1 → the client's ARP cache points at lb2 (its gratuitous ARP) after $(( moved_ms - kill_ms )) ms ($timers ring timers; goal ≤ $goal ms)"
+[ $(( moved_ms - kill_ms )) -le $goal ] || fail "takeover slower than $goal ms"
 sleep 6
 say "lb2 now: $(st 2 '"takeovers {}, live connections of lb1 it carried {}".format(s["cluster"]["vips"]["takeovers"], s["replication"]["adopted"])') (before the kill: adopted $adopted0, new flows refused as a standby $refused0)"
 back_ms=$(now_ms)
