@@ -12,11 +12,15 @@
 #   client c 198.18.0.10 ──────┐
 #   lb1 p0 198.18.0.1 :01 ─────┤ br0: one segment
 #   lb2 p0 198.18.0.2 :02 ─────┤
-#   servers 198.18.0.11-13 ────┘ (VIP on lo; DSR replies go straight to the client)
+#   servers 198.18.0.11-13 ────┘ (VIPs on lo; DSR replies go straight to the client)
+#   VIPs 198.18.100.1-3: a pool spread over the live appliances
 #   ring: lb1, lb2 ctl 10.255.0.1-2 on brc (kernel UDP, not the DPDK ports)
 #
-# The client reaches the VIP on-link: it ARPs for it, so its traffic goes to
-# whichever appliance answered last or announced the VIP last.
+# The client reaches the VIPs on-link: it ARPs for them, so its traffic goes
+# to whichever appliance answered last or announced the VIP last.
+
+# The pool of VIPs (the first is lab.sh's VIP).
+FAILOVER_VIPS="198.18.100.1 198.18.100.2 198.18.100.3"
 
 lab_up_failover() {
   local mode=$1
@@ -33,7 +37,8 @@ lab_up_failover() {
   lab_host_ns "$c"
   lab_link "$c" eth0 br0
   ip -n "$c" addr add 198.18.0.10/24 dev eth0
-  ip -n "$c" route add "$VIP/32" dev eth0
+  local v
+  for v in $FAILOVER_VIPS; do ip -n "$c" route add "$v/32" dev eth0; done
   local n lb
   for n in 1 2; do
     lb=$(lab_ns "lb$n")
@@ -48,7 +53,7 @@ lab_up_failover() {
     lab_host_ns "$s"
     lab_link "$s" eth0 br0
     ip -n "$s" addr add "198.18.0.1$n/24" dev eth0
-    ip -n "$s" addr add "$VIP/32" dev lo
+    for v in $FAILOVER_VIPS; do ip -n "$s" addr add "$v/32" dev lo; done
     lab_sysctl "$s" net.ipv4.conf.all.arp_ignore=1
     lab_sysctl "$s" net.ipv4.conf.all.arp_announce=2
     lab_sysctl "$s" net.ipv4.conf.eth0.arp_ignore=1
@@ -75,7 +80,7 @@ lab_failover_config() {
       "$ROOT/deploy/lab/failover-$FAILOVER_MODE.yaml" > "$2"
 }
 
-# The MAC in the client's ARP cache for the VIP ("" if none).
+# lab_vip_mac [VIP]: the MAC in the client's ARP cache for the VIP ("" if none).
 lab_vip_mac() {
-  ip -n "$(lab_ns c)" neigh show "$VIP" dev eth0 2>/dev/null | awk '/lladdr/ {print $3}'
+  ip -n "$(lab_ns c)" neigh show "${1:-$VIP}" dev eth0 2>/dev/null | awk '/lladdr/ {print $3}'
 }

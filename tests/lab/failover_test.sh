@@ -8,7 +8,9 @@
 # (cluster.preempt: false): the VIP stays with the appliance that took it.
 # Checks, in order:
 #   1. only the owner (lb1, the ring's dispatcher) answers ARP for the VIP:
-#      the client's ARP cache holds lb1's MAC;
+#      the client's ARP cache holds lb1's MAC; the pool of three VIPs is
+#      spread (.1 and .3 at lb1, .2 at lb2; all at lb1 without preempt) and
+#      every VIP answers, also after the kill (all at lb2) and the return;
 #   2. under load (50 clients opening a connection per request, 20 on
 #      keep-alive connections, tests/lab/http_load.py, which accounts for
 #      every request it starts, and four throttled 64 MiB downloads) lb1 is
@@ -51,6 +53,19 @@ C=$(lab_ns c)
 MAC1=02:00:00:00:00:01
 MAC2=02:00:00:00:00:02
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+# pool EXPECTED...: every VIP of the pool answers a request, and the
+# client's ARP cache holds the expected appliance's MAC for each.
+pool() {
+  local v want i=0 got
+  local -a macs=("$@")
+  for v in $FAILOVER_VIPS; do
+    want=${macs[$i]}; i=$((i + 1))
+    ip netns exec "$C" curl -sS --max-time 5 -o /dev/null "http://$v/index.html" || fail "VIP $v did not answer"
+    got=$(lab_vip_mac "$v")
+    [ "$got" = "$want" ] || fail "VIP $v resolved to $got, not $want"
+  done
+  say "pool: every VIP answers; $(for v in $FAILOVER_VIPS; do printf '%s at %s, ' "$v" "$(lab_vip_mac "$v")"; done | sed 's/, $//')"
+}
 # owner N: true when appliance N's status says it owns the VIP.
 owns() { [ "$(st "$1" 's["cluster"]["vips"]["owners"][0]["here"]')" = True ]; }
 
@@ -74,14 +89,20 @@ done
 sleep 1.5
 # Test hook for tests/lab/cleanup_test.sh: fail with everything running.
 [ -z "${LAB_FORCE_FAIL:-}" ] || fail "forced failure (cleanup test)"
-say "ring formed; VIP owners: $(st 2 's["cluster"]["vips"]["owners"]'); lb2 claimed it $(st 2 's["cluster"]["vips"]["takeovers"]') times while joining"
-[ "$(st 2 's["cluster"]["vips"]["takeovers"]')" = 0 ] || fail "the joining standby claimed the owned VIP"
+# lb2 may take 198.18.100.2 (its share of the pool), never 198.18.100.1.
+say "ring formed; VIP owners: $(st 2 '[(o["vip"], o["owner"]) for o in s["cluster"]["vips"]["owners"]]'); lb2 took $(st 2 's["cluster"]["vips"]["takeovers"]') VIP(s) while joining"
+want_takeovers=1; [ "$RETURN" = stay ] && want_takeovers=0
+[ "$(st 2 's["cluster"]["vips"]["takeovers"]')" = "$want_takeovers" ] || fail "the joining standby claimed an owned VIP"
 
 # 1. Only the owner answers ARP.
 ip netns exec "$C" curl -sS --max-time 5 -o /dev/null "http://$VIP/index.html" || fail "first request failed"
 got=$(lab_vip_mac)
 say "the client's ARP cache holds $got for the VIP (lb1 is $MAC1, lb2 $MAC2)"
 [ "$got" = "$MAC1" ] || fail "the VIP resolved to $got, not the owner lb1"
+# The pool (item 2): VIP i goes to candidate i mod 2 (lb1 first, the
+# dispatcher), so lb2 took 198.18.100.2 when it joined; without preempt
+# lb1 keeps all three.
+if [ "$RETURN" = preempt ]; then pool "$MAC1" "$MAC2" "$MAC1"; else pool "$MAC1" "$MAC1" "$MAC1"; fi
 
 # 2-4. kill -9 the owner under load, then bring it back.
 want=$(sha256sum "$LAB_DIR/www/big.bin" | cut -d' ' -f1)
@@ -116,7 +137,8 @@ done
 timers=${LAB_TIMERS:-fast}; goal=1500; [ "$timers" = seed ] && goal=5750
 say "kill -9 lb1 → the client's ARP cache points at lb2 (its gratuitous ARP) after $(( moved_ms - kill_ms )) ms ($timers ring timers; goal ≤ $goal ms)"
 [ $(( moved_ms - kill_ms )) -le $goal ] || fail "takeover slower than $goal ms"
-sleep 6
+pool "$MAC2" "$MAC2" "$MAC2"
+sleep 5
 say "lb2 now: $(st 2 '"takeovers {}, live connections of lb1 it carried {}".format(s["cluster"]["vips"]["takeovers"], s["replication"]["adopted"])') (before the kill: adopted $adopted0, new flows refused as a standby $refused0)"
 back_ms=$(now_ms)
 lab_start_appliance 1
@@ -131,6 +153,7 @@ if [ "$RETURN" = preempt ]; then
   sleep 1.2
   say "lb1 restarted; it resynced ($(resync)) and the client's ARP cache points at it again $(( returned_ms - back_ms )) ms after its start (it listens 1.2 s for the others before it claims)"
   owns 2 && fail "lb2 still owns the VIP after lb1 took it back"
+  pool "$MAC1" "$MAC2" "$MAC1"
 else
   for _ in $(seq 60); do
     sleep 0.5
@@ -141,6 +164,7 @@ else
   owns 2 || fail "without preempt the VIP left lb2"
   [ "$(st 1 's["cluster"]["vips"]["takeovers"]')" = 0 ] || fail "without preempt lb1 claimed the VIP"
   [ "$(lab_vip_mac)" = "$MAC2" ] || fail "the client's ARP cache moved to $(lab_vip_mac)"
+  pool "$MAC2" "$MAC2" "$MAC2"
 fi
 for p in "${DL[@]}"; do wait "$p" || true; done
 wait "$LOAD_NEW" || fail "load client: $(cat "$LAB_DIR/load-new.err")"
