@@ -27,6 +27,8 @@ LAB=${LAB:-"rlc$$x$RANDOM"}
 LAB_DIR=$(mktemp -d "/tmp/ringlb-cluster-$MODE.XXXXXX")
 # shellcheck source=../../deploy/lab/lab.sh
 source "$ROOT/deploy/lab/lab.sh"
+# shellcheck source=load.sh
+source "$ROOT/tests/lab/load.sh"
 T="lab-cluster-$MODE"
 say() { echo "$T: $*"; }
 fail() {
@@ -115,20 +117,7 @@ for n in 1 2 3; do
 done
 
 # 3 and 4. kill -9 one appliance under load, then bring it back.
-want=$(sha256sum "$LAB_DIR/www/big.bin" | cut -d' ' -f1)
-PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
-ip netns exec "$C" "$PY" "$ROOT/tests/lab/http_load.py" "http://$VIP/index.html" --concurrency 50 --seconds 36 \
-  > "$LAB_DIR/load-new.json" 2> "$LAB_DIR/load-new.err" &
-LOAD_NEW=$!
-ip netns exec "$C" "$PY" "$ROOT/tests/lab/http_load.py" "http://$VIP/index.html" --concurrency 20 --seconds 36 \
-  --keepalive > "$LAB_DIR/load-ka.json" 2> "$LAB_DIR/load-ka.err" &
-LOAD_KA=$!
-DL=()
-for d in 1 2 3 4; do
-  ip netns exec "$C" curl -sS --max-time 120 --limit-rate 2M -o "$LAB_DIR/dl$d.bin" "http://$VIP/big.bin" \
-    2> "$LAB_DIR/dl$d.err" &
-  DL+=($!)
-done
+load_start 36
 sleep 8
 declare -A a0
 for n in 1 2 3; do a0[$n]=$(st "$n" 's["replication"]["adopted"]'); done
@@ -160,25 +149,13 @@ say "lb$victim restarted and resynced: $(st "$victim" '"pulled {} entries ({} se
 back0=$(st "$victim" 's["sessions"]["created"]')
 lab_trunk_add "$victim"
 say "lb$victim back in the trunk (trunk now: $(lab_trunk_members))"
-for p in "${DL[@]}"; do wait "$p" || true; done
-wait "$LOAD_NEW" || fail "load client: $(cat "$LAB_DIR/load-new.err")"
-wait "$LOAD_KA" || fail "load client: $(cat "$LAB_DIR/load-ka.err")"
+load_wait
 fresh
 back=$(( $(st "$victim" 's["sessions"]["created"]') - back0 ))
 returned=$(st "$victim" 's["replication"]["adopted"]')
 say "after rejoining, lb$victim created $back new sessions and carried $returned connections made by others"
 [ "$back" -gt 0 ] || fail "lb$victim took no traffic after rejoining"
-for kind in new ka; do
-  j="$LAB_DIR/load-$kind.json"
-  say "requests during the failure and the rejoin ($([ $kind = new ] && echo 'a connection per request, 50 clients' || echo 'keep-alive, 20 clients')): $(lab_json "$j" '"started={started} completed={completed} failed={failed} {failures} slowest={slowest_ms} ms".format(**s)')"
-  [ "$(lab_json "$j" 's["failed"] == 0 and s["completed"] == s["started"] and s["completed"] > 1000')" = True ] \
-    || fail "requests failed or never finished during the failure: $(cat "$j"); trunk changes: $(cat "$LAB_DIR/trunk.log")"
-done
-for d in 1 2 3 4; do
-  got=$(sha256sum "$LAB_DIR/dl$d.bin" 2>/dev/null | cut -d' ' -f1)
-  say "download $d: sha256 $got $([ "$got" = "$want" ] && echo '= the file' || echo "≠ the file's $want")"
-  [ "$got" = "$want" ] || fail "download $d is damaged or incomplete: $(cat "$LAB_DIR/dl$d.err")"
-done
+load_check "the failure and the rejoin" "trunk changes: $(cat "$LAB_DIR/trunk.log")"
 for n in 1 2 3; do
   say "lb$n: $(st "$n" '"held first packets {held} (hold timeouts {timeouts}), sync refused {r}, ctl_overflow {o}".format(r=s["replication"]["refused"], o=s["replication"]["ctl_overflow"], **s["defer"])')"
 done

@@ -33,6 +33,8 @@ LAB=${LAB:-"rlf$$x$RANDOM"}
 LAB_DIR=$(mktemp -d "/tmp/ringlb-failover-$MODE.XXXXXX")
 # shellcheck source=../../deploy/lab/lab.sh
 source "$ROOT/deploy/lab/lab.sh"
+# shellcheck source=load.sh
+source "$ROOT/tests/lab/load.sh"
 T="lab-failover-$MODE-$RETURN"
 say() { echo "$T: $*"; }
 fail() {
@@ -105,20 +107,7 @@ say "the client's ARP cache holds $got for the VIP (lb1 is $MAC1, lb2 $MAC2)"
 if [ "$RETURN" = preempt ]; then pool "$MAC1" "$MAC2" "$MAC1"; else pool "$MAC1" "$MAC1" "$MAC1"; fi
 
 # 2-4. kill -9 the owner under load, then bring it back.
-want=$(sha256sum "$LAB_DIR/www/big.bin" | cut -d' ' -f1)
-PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
-ip netns exec "$C" "$PY" "$ROOT/tests/lab/http_load.py" "http://$VIP/index.html" --concurrency 50 --seconds 36 \
-  > "$LAB_DIR/load-new.json" 2> "$LAB_DIR/load-new.err" &
-LOAD_NEW=$!
-ip netns exec "$C" "$PY" "$ROOT/tests/lab/http_load.py" "http://$VIP/index.html" --concurrency 20 --seconds 36 \
-  --keepalive > "$LAB_DIR/load-ka.json" 2> "$LAB_DIR/load-ka.err" &
-LOAD_KA=$!
-DL=()
-for d in 1 2 3 4; do
-  ip netns exec "$C" curl -sS --max-time 120 --limit-rate 2M -o "$LAB_DIR/dl$d.bin" "http://$VIP/big.bin" \
-    2> "$LAB_DIR/dl$d.err" &
-  DL+=($!)
-done
+load_start 36
 sleep 8
 adopted0=$(st 2 's["replication"]["adopted"]')
 refused0=$(st 2 's["drops"]["vip_not_owned"]')
@@ -166,20 +155,8 @@ else
   [ "$(lab_vip_mac)" = "$MAC2" ] || fail "the client's ARP cache moved to $(lab_vip_mac)"
   pool "$MAC2" "$MAC2" "$MAC2"
 fi
-for p in "${DL[@]}"; do wait "$p" || true; done
-wait "$LOAD_NEW" || fail "load client: $(cat "$LAB_DIR/load-new.err")"
-wait "$LOAD_KA" || fail "load client: $(cat "$LAB_DIR/load-ka.err")"
-for kind in new ka; do
-  j="$LAB_DIR/load-$kind.json"
-  say "requests during the failover and the return ($([ $kind = new ] && echo 'a connection per request, 50 clients' || echo 'keep-alive, 20 clients')): $(lab_json "$j" '"started={started} completed={completed} failed={failed} {failures} slowest={slowest_ms} ms".format(**s)')"
-  [ "$(lab_json "$j" 's["failed"] == 0 and s["completed"] == s["started"] and s["completed"] > 1000')" = True ] \
-    || fail "requests failed or never finished during the failover: $(cat "$j")"
-done
-for d in 1 2 3 4; do
-  got=$(sha256sum "$LAB_DIR/dl$d.bin" 2>/dev/null | cut -d' ' -f1)
-  say "download $d: sha256 $got $([ "$got" = "$want" ] && echo '= the file' || echo "≠ the file's $want")"
-  [ "$got" = "$want" ] || fail "download $d is damaged or incomplete: $(cat "$LAB_DIR/dl$d.err")"
-done
+load_wait
+load_check "the failover and the return"
 sleep 1.2
 for n in 1 2; do
   say "lb$n: $(st "$n" '"vip_not_owned drops {}, takeovers {}, releases {}".format(s["drops"]["vip_not_owned"], s["cluster"]["vips"]["takeovers"], s["cluster"]["vips"]["releases"])')"
