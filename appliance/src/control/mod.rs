@@ -162,6 +162,7 @@ impl Control {
             counters: ControlCounters::default(),
         };
         c.ring_events(now);
+        c.update_vips(now);
         c
     }
 
@@ -189,8 +190,14 @@ impl Control {
                     s.handle_datagram(from, bytes, &mut cx);
                 }
             }
-            _ => self.counters.unknown_datagrams += 1,
+            _ => {
+                self.counters.unknown_datagrams += 1;
+                return;
+            }
         }
+        // A view, a readiness message or a completed resync can change who
+        // owns which VIP.
+        self.update_vips(now);
     }
 
     /// Runs the ring's and the sync's timers that are due.
@@ -207,7 +214,7 @@ impl Control {
                 s.handle_timeout(&mut cx);
             }
         }
-        // Readiness changes with time too (a resync completes).
+        // Ownership follows the ring, readiness and time (the claim grace).
         self.update_vips(now);
     }
 
@@ -325,7 +332,6 @@ impl Control {
                 s.set_view(sibs, &mut cx);
             }
         }
-        self.update_vips(now);
     }
 
     /// With `cluster.vips: owned`: says this appliance is ready when due,

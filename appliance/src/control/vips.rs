@@ -143,14 +143,12 @@ impl VipOwners {
         }
     }
 
-    /// A ring broadcast from `origin`: remember a readiness message.
-    pub fn on_app(&mut self, origin: SocketAddrV4, payload: &[u8]) -> bool {
-        match parse_ready(payload) {
-            Some((incarnation, owned)) if origin != self.me => {
-                self.ready.insert(origin, (incarnation, owned));
-                true
-            }
-            _ => false,
+    /// A ring broadcast from `origin`: remember a readiness message (it
+    /// counts only while `origin` is an appliance of the view with that
+    /// incarnation; see `update`).
+    pub fn on_app(&mut self, origin: SocketAddrV4, payload: &[u8]) {
+        if let Some((incarnation, owned)) = parse_ready(payload).filter(|_| origin != self.me) {
+            self.ready.insert(origin, (incarnation, owned));
         }
     }
 
@@ -263,7 +261,14 @@ impl VipOwners {
                     Some(_) => {}
                 }
             }
-            self.handover_until[i] = None;
+            // A handover called off (the claimant left): announce again,
+            // as its gratuitous ARP may have moved the segment's caches.
+            if self.handover_until[i].take().is_some() && is {
+                if let Some(w) = workers.first_mut() {
+                    w.send(Command::Announce { vip });
+                }
+                notes.push(format!("vip {}: handover called off, announced again", Ipv4Addr::from(vip)));
+            }
             self.owners[i] = owner;
             if was == is {
                 continue;
@@ -344,5 +349,77 @@ mod tests {
         assert_eq!(parse_ready(b"appliance ready x"), None);
         assert_eq!(parse_ready(b"appliance ready 7 owns 198.18.100.1,bogus"), None);
         assert_eq!(parse_ready(&[0xff, 0xfe]), None);
+    }
+
+    /// One VIP, this appliance 10.255.0.2, and its worker-0 command queue.
+    fn owners_here() -> (VipOwners, crate::dataplane::Shared, Vec<WorkerPort>, super::super::channel::CommandRx) {
+        let cfg = crate::config::parse(
+            "eal: { control_core: 0, worker_cores: [1] }
+ports:
+  - { device: net_null0, ip: 198.18.0.1/24 }
+services:
+  - { name: web, vip: 198.18.100.1, port: 80, mode: dsr, group: web }
+server_groups:
+  web:
+    - { ip: 198.18.0.11, port: 80 }
+",
+            "t.yaml",
+        )
+        .unwrap();
+        let shared = crate::dataplane::Shared::new(&cfg, &[[2, 0, 0, 0, 0, 1]]);
+        let (port, rx, _tx) = super::super::channel::worker_channel(64);
+        (VipOwners::new(a(2), true, &shared), shared, vec![port], rx)
+    }
+
+    fn appliance(i: u8, incarnation: u64) -> MemberEntry {
+        MemberEntry { addr: a(i), caps: ringlb_ring::wire::CAP_APPLIANCE | 1, id: 0, incarnation }
+    }
+
+    fn commands(w: &mut [WorkerPort], rx: &mut super::super::channel::CommandRx) -> Vec<Command> {
+        w[0].flush();
+        std::iter::from_fn(|| rx.pop()).collect()
+    }
+
+    #[test]
+    fn readiness_counts_only_from_an_appliance_of_the_view_with_its_incarnation() {
+        let (mut v, shared, mut w, mut rx) = owners_here();
+        let vip = u32::from(Ipv4Addr::new(198, 18, 100, 1));
+        // The view: appliance 1 (run 5) and us (2), and an agent (3, no
+        // appliance bit). Forged or stale words: appliance 1's earlier run,
+        // the agent, and a non-member, each claiming to be ready.
+        let agent = MemberEntry { addr: a(3), caps: 0, id: 0, incarnation: 9 };
+        let view = [appliance(1, 5), appliance(2, 7), agent];
+        v.on_app(a(1), &ready_message(4, &[]));
+        v.on_app(a(3), &ready_message(9, &[]));
+        v.on_app(a(4), &ready_message(1, &[]));
+        v.update(0, Some(&view), Some(a(1)), true, &shared, &mut w);
+        assert_eq!(v.status()[0].owner, Some(a(2).to_string()), "none of them counted: we own the VIP");
+        assert!(shared.owns_vip(vip), "the workers answer for it");
+        assert_eq!(commands(&mut w, &mut rx), vec![Command::Announce { vip }]);
+        // Appliance 1's current run says it is ready: the VIP goes to it
+        // (the dispatcher), after the handover time.
+        v.on_app(a(1), &ready_message(5, &[]));
+        v.update(10, Some(&view), Some(a(1)), true, &shared, &mut w);
+        assert_eq!(commands(&mut w, &mut rx), vec![Command::Withdraw { vip }], "announcements stop at once");
+        assert_eq!(v.status()[0].owner, Some(a(2).to_string()), "still answering during the handover");
+        v.update(10 + HANDOVER_MS, Some(&view), Some(a(1)), true, &shared, &mut w);
+        assert_eq!(v.status()[0].owner, Some(a(1).to_string()));
+        assert!(!shared.owns_vip(vip), "the workers are silent for it");
+    }
+
+    #[test]
+    fn a_handover_called_off_is_announced_again() {
+        let (mut v, shared, mut w, mut rx) = owners_here();
+        let vip = u32::from(Ipv4Addr::new(198, 18, 100, 1));
+        let both = [appliance(1, 5), appliance(2, 7)];
+        v.update(0, Some(&both[1..]), Some(a(2)), true, &shared, &mut w);
+        v.on_app(a(1), &ready_message(5, &[]));
+        v.update(10, Some(&both), Some(a(1)), true, &shared, &mut w);
+        assert_eq!(commands(&mut w, &mut rx), vec![Command::Announce { vip }, Command::Withdraw { vip }]);
+        // The claimant dies before the handover ends: we keep the VIP and
+        // announce it again (its gratuitous ARP may have moved the caches).
+        v.update(20, Some(&both[1..]), Some(a(2)), true, &shared, &mut w);
+        assert_eq!(v.status()[0].owner, Some(a(2).to_string()));
+        assert_eq!(commands(&mut w, &mut rx), vec![Command::Announce { vip }]);
     }
 }

@@ -370,9 +370,32 @@ impl<'a> Worker<'a> {
             None => return Verdict::Drop(Drop::NoSession),
         }
 
+        self.open_session(frame, info, svc, key, hash, in_port, now_ms, reuse)
+    }
+
+    /// A new session for a SYN (any first UDP packet), or a new connection
+    /// of a tuple whose session is closing (`reuse`). Out of line: the
+    /// established path above stays small, and only new flows pay the call.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn open_session(
+        &mut self,
+        frame: &mut [u8],
+        info: &L4Info,
+        svc: u16,
+        key: &FlowKey,
+        hash: u64,
+        in_port: u8,
+        now_ms: u32,
+        reuse: bool,
+    ) -> Verdict {
+        let shared = self.shared;
+        let service = &shared.services[usize::from(svc)];
+        let stats = self.stats;
+        let is_tcp = info.proto == L4Proto::Tcp;
         // A new session (a new connection of the tuple, if it reuses one),
         // only where this appliance owns the VIP: a standby still follows
-        // the sessions it has (above), so flows it carried before the VIP
+        // the sessions it has (`forward`), so flows it carried before the VIP
         // moved, or that reach it through a stale ARP cache, keep working.
         if !shared.owns_vip_of(service) {
             return Verdict::Drop(Drop::VipNotOwned);

@@ -114,8 +114,6 @@ impl EndpointMap {
     }
 }
 
-/// Everything the workers share, read-only once built (neighbour MACs are
-/// atomics).
 /// An address an ARP request or ping asks about, as this appliance sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum AddressKind {
@@ -126,6 +124,8 @@ pub(super) enum AddressKind {
     Foreign,
 }
 
+/// Everything the workers share, read-only once built (neighbour MACs and
+/// VIP ownership are atomics).
 pub struct Shared {
     pub ports: Vec<PortRt>,
     pub(super) services: Vec<ServiceRt>,
@@ -174,7 +174,14 @@ impl Shared {
     /// each port (configured, or the device's own).
     pub fn new(cfg: &Config, port_macs: &[Mac]) -> Shared {
         let ports = cfg.ports.iter().zip(port_macs).map(|(p, &mac)| PortRt { ip: p.ip, mac }).collect();
-        let mut services: Vec<ServiceRt> = cfg
+        let owned_at_start = cfg.cluster.as_ref().is_none_or(|c| c.vips == VipMode::Shared);
+        let mut addresses: Vec<u32> = cfg.services.iter().map(|s| s.vip).collect();
+        addresses.sort_unstable();
+        addresses.dedup();
+        let vip_owned: Vec<(u32, AtomicBool)> =
+            addresses.iter().map(|&ip| (ip, AtomicBool::new(owned_at_start))).collect();
+        let vip_slots: FxHashMap<u32, usize> = addresses.iter().enumerate().map(|(i, &ip)| (ip, i)).collect();
+        let services: Vec<ServiceRt> = cfg
             .services
             .iter()
             .map(|s| {
@@ -193,7 +200,7 @@ impl Shared {
                     Arc::new(maglev::Maglev::new(&bs, s.maglev_table_size))
                 });
                 ServiceRt {
-                    vip_slot: 0,
+                    vip_slot: vip_slots[&s.vip],
                     vip: s.vip,
                     port: s.port,
                     proto: s.proto as u8,
@@ -205,16 +212,6 @@ impl Shared {
                 }
             })
             .collect();
-        let owned_at_start = cfg.cluster.as_ref().is_none_or(|c| c.vips == VipMode::Shared);
-        let mut addresses: Vec<u32> = cfg.services.iter().map(|s| s.vip).collect();
-        addresses.sort_unstable();
-        addresses.dedup();
-        let vip_owned: Vec<(u32, AtomicBool)> =
-            addresses.iter().map(|&ip| (ip, AtomicBool::new(owned_at_start))).collect();
-        let vip_slots: FxHashMap<u32, usize> = addresses.iter().enumerate().map(|(i, &ip)| (ip, i)).collect();
-        for s in &mut services {
-            s.vip_slot = vip_slots[&s.vip];
-        }
         let mut vips = EndpointMap::default();
         let mut nat_backends = EndpointMap::default();
         for (i, s) in cfg.services.iter().enumerate() {
@@ -370,6 +367,7 @@ impl Shared {
         self.vip_owned.iter().map(|(ip, _)| *ip).collect()
     }
 
+    /// Whether the workers answer for `ip` now.
     pub fn owns_vip(&self, ip: u32) -> bool {
         self.vip_slots.get(&ip).is_some_and(|&slot| self.vip_owned[slot].1.load(Relaxed))
     }
