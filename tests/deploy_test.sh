@@ -34,9 +34,23 @@ dest=$(mktemp -d)
 make -s install DESTDIR="$dest" PREFIX=/usr/local >/dev/null || fail "make install"
 for f in usr/local/bin/ringlb usr/local/bin/ringlb-agent usr/local/lib/ringlb/baremetal.sh \
          lib/systemd/system/ringlb.service lib/systemd/system/ringlb-agent.service \
-         lib/systemd/system/ringlb-baremetal.service etc/ringlb/ringlb.yaml etc/ringlb/agent.yaml; do
+         lib/systemd/system/ringlb-baremetal.service etc/ringlb/ringlb.yaml etc/ringlb/agent.yaml \
+         etc/ringlb/cluster.key; do
   [ -e "$dest/$f" ] || fail "make install did not create /$f"
 done
+[ "$(stat -c %a "$dest/etc/ringlb/cluster.key")" = 600 ] || fail "the installed cluster key is not mode 0600"
+# The agent's example config with the installed key, read as the unit
+# reads it (a credential): the key passes the agent's checks.
+mkdir -p "$dest/cred" && cp -p "$dest/etc/ringlb/cluster.key" "$dest/cred/"
+sed -i "s|^listen: .*|listen: 127.0.0.1:7400|; s|^  - 198.18.1.11:7400|  - 127.0.0.1:7400|; s|^status_file: .*|status_file: $dest/agent.status|" \
+  "$dest/etc/ringlb/agent.yaml"
+out=$(CREDENTIALS_DIRECTORY="$dest/cred" "$dest/usr/local/bin/ringlb-agent" status -c "$dest/etc/ringlb/agent.yaml" 2>&1 || true)
+echo "$out" | grep -q "is the agent running" || fail "the installed agent config or key is refused: $out"
+chmod 644 "$dest/cred/cluster.key"
+out=$(CREDENTIALS_DIRECTORY="$dest/cred" "$dest/usr/local/bin/ringlb-agent" status -c "$dest/etc/ringlb/agent.yaml" 2>&1 || true)
+echo "$out" | grep -q "mode 0644" || fail "a key others can read was not refused: $out"
+echo "deploy: installed key is 0600 and accepted; a 0644 key is refused"
+
 # The units reference exactly the installed paths.
 for p in $(grep -ho '/usr/local/[a-z/.-]*' deploy/systemd/*.service | sort -u); do
   [ -e "$dest$p" ] || fail "a unit references $p, which make install does not create"

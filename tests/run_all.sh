@@ -3,7 +3,8 @@
 #   1. cargo test: unit tests, data-plane/config tests, vdev tests of the real binary
 #   2. lab tests: DSR and NAT through real namespaces, nginx, ab and curl; the
 #      cluster: three appliances behind a port-trunked router, failure and rejoin;
-#      failover: two appliances on one segment, VIP takeover by gratuitous ARP
+#      failover: two appliances on one segment, VIP takeover by gratuitous ARP;
+#        with sync off, sessions rebuilt from the servers' agents
 #   3. a smoke run of the benchmark harness (well-formed results only)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,6 +23,7 @@ run "lab cluster NAT (3 appliances behind a trunk)" bash tests/lab/cluster_test.
 run "lab cluster DSR (3 appliances behind a trunk)" bash tests/lab/cluster_test.sh dsr
 run "lab failover DSR (2 appliances, one VIP, kill -9 and return)" bash tests/lab/failover_test.sh dsr preempt
 run "lab failover DSR without preempt (the VIP stays)" bash tests/lab/failover_test.sh dsr stay
+run "lab failover DSR, sync off, cold standby (sessions rebuilt from the agents)" bash tests/lab/failover_test.sh dsr rebuild
 run "lab cleanup on failure" bash tests/lab/cleanup_test.sh
 run "benchmark smoke run" bash tests/bench_smoke.sh
 echo "suites: $passed passed, $failed failed"

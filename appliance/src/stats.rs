@@ -133,6 +133,15 @@ pub struct WorkerStats {
     pub deferred: Counter,
     pub defer_timeouts: Counter,
     pub defer_full: Counter,
+    /// Established flows' packets that found no session while their VIP's
+    /// sessions were being rebuilt from the servers: held, then processed
+    /// again; those still without a session after `AWAIT_MS` (dropped as
+    /// `no_session`).
+    pub awaited: Counter,
+    pub await_timeouts: Counter,
+    /// Mid-flow packets of a Maglev service without a session, forwarded
+    /// by the pick (the same on every appliance) with a session made for them.
+    pub midflow_picked: Counter,
     pub drops: [Counter; Drop::COUNT],
     /// New sessions per server, indexed by global server id.
     pub server_new_sessions: Box<[Counter]>,
@@ -163,6 +172,9 @@ impl WorkerStats {
             deferred: Counter::default(),
             defer_timeouts: Counter::default(),
             defer_full: Counter::default(),
+            awaited: Counter::default(),
+            await_timeouts: Counter::default(),
+            midflow_picked: Counter::default(),
             drops: Default::default(),
             server_new_sessions: (0..servers).map(|_| Counter::default()).collect(),
         }
@@ -210,6 +222,9 @@ pub struct Snapshot {
     pub deferred: u64,
     pub defer_timeouts: u64,
     pub defer_full: u64,
+    pub awaited: u64,
+    pub await_timeouts: u64,
+    pub midflow_picked: u64,
     pub drops: [u64; Drop::COUNT],
     pub per_server: Vec<u64>,
 }
@@ -241,6 +256,9 @@ impl Snapshot {
             s.deferred += w.deferred.get();
             s.defer_timeouts += w.defer_timeouts.get();
             s.defer_full += w.defer_full.get();
+            s.awaited += w.awaited.get();
+            s.await_timeouts += w.await_timeouts.get();
+            s.midflow_picked += w.midflow_picked.get();
             for (d, c) in s.drops.iter_mut().zip(w.drops.iter()) {
                 *d += c.get();
             }

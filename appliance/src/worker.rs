@@ -24,6 +24,14 @@ const COMMANDS_PER_LOOP: usize = 256;
 const COMMAND_BURST: usize = 32;
 /// First packets a worker holds for the siblings at most; more go out at once.
 const MAX_HELD: usize = 4096;
+/// Packets of established flows a worker holds while their VIP's sessions
+/// are rebuilt from the servers, at most; more are dropped as `no_session`
+/// (TCP sends them again).
+const MAX_AWAITING: usize = 4096;
+/// How long such a packet waits at most. The control thread ends a rebuild
+/// within `control::rebuild::ANSWER_WAIT_MS` (1 s); this bounds the wait
+/// should its word be late.
+const AWAIT_MS: u32 = 1500;
 /// Adaptive idle: empty polls before the first sleep, and the sleep range
 /// (doubling while idle, back to polling on the first packet). DPDK's
 /// l3fwd-power backs off the same way before it sleeps on interrupts.
@@ -114,6 +122,74 @@ impl Held {
     }
 }
 
+/// Packets of established flows that met no session while their VIP's
+/// sessions were being rebuilt (`Verdict::Await`): untouched, in arrival
+/// order, each processed again every millisecond until its session is
+/// there, the rebuild is over, or `AWAIT_MS` has passed.
+struct Awaiting {
+    packets: VecDeque<(u32, Mbuf)>,
+}
+
+impl Awaiting {
+    fn new() -> Awaiting {
+        Awaiting { packets: VecDeque::with_capacity(MAX_AWAITING) }
+    }
+
+    fn hold(&mut self, now_ms: u32, m: Mbuf, stats: &WorkerStats) -> Result<(), Mbuf> {
+        if self.packets.len() >= MAX_AWAITING {
+            return Err(m);
+        }
+        stats.awaited.inc();
+        self.packets.push_back((now_ms, m));
+        Ok(())
+    }
+
+    /// Processes every waiting packet again: it goes where its verdict now
+    /// says, waits on, or is dropped once it has waited `AWAIT_MS`.
+    fn retry(&mut self, dp: &mut Worker, port_index: &[u8], now_ms: u32, out: &mut Output, held: &mut Held) {
+        for _ in 0..self.packets.len() {
+            let Some((since, mut m)) = self.packets.pop_front() else { break };
+            let port = port_index.get(usize::from(m.port())).copied().unwrap_or(0xff);
+            match dp.process(m.data_mut(), port, now_ms, true) {
+                Verdict::Await if now_ms.wrapping_sub(since) < AWAIT_MS => self.packets.push_back((since, m)),
+                Verdict::Await => {
+                    out.stats.await_timeouts.inc();
+                    out.send(Verdict::Drop(Drop::NoSession), m, true);
+                }
+                v => send_or_hold(v, m, now_ms, out, held, self, true),
+            }
+        }
+    }
+}
+
+/// Sends a processed frame where its verdict says, or holds it (first
+/// packets for the siblings; established flows for their rebuilt session).
+fn send_or_hold(
+    v: Verdict,
+    m: Mbuf,
+    now: u32,
+    out: &mut Output,
+    held: &mut Held,
+    awaiting: &mut Awaiting,
+    peers_waiting: bool,
+) {
+    match v {
+        Verdict::Defer { port, tag } => {
+            out.stats.deferred.inc();
+            if let Err(m) = held.hold(tag, now, port, m) {
+                out.stats.defer_full.inc();
+                out.send(Verdict::Tx(port), m, peers_waiting);
+            }
+        }
+        Verdict::Await => {
+            if let Err(m) = awaiting.hold(now, m, out.stats) {
+                out.send(Verdict::Drop(Drop::NoSession), m, peers_waiting);
+            }
+        }
+        v => out.send(v, m, peers_waiting),
+    }
+}
+
 /// The sending side of a worker: tx queues, hand-off senders and their bursts.
 struct Output<'a> {
     stats: &'a WorkerStats,
@@ -148,6 +224,8 @@ impl Output<'_> {
             }
             Verdict::Consumed => {}
             Verdict::Drop(d) => self.stats.drop(d),
+            // Frames that wait are taken out before they get here.
+            Verdict::Await => self.stats.drop(Drop::NoSession),
             // Deferred frames are taken out before they get here.
             Verdict::Defer { port, .. } => self.send(Verdict::Tx(port), m, peers_waiting),
         }
@@ -208,6 +286,7 @@ fn process_burst(
     handed_off: bool,
     out: &mut Output,
     held: &mut Held,
+    awaiting: &mut Awaiting,
     peers_waiting: bool,
 ) {
     let n = burst.len();
@@ -228,14 +307,7 @@ fn process_burst(
     for (m, v) in burst.drain().zip(verdicts) {
         match v {
             _ if m.segments() != 1 => out.send(Verdict::Drop(Drop::MultiSegment), m, peers_waiting),
-            Verdict::Defer { port, tag } => {
-                out.stats.deferred.inc();
-                if let Err(m) = held.hold(tag, now, port, m) {
-                    out.stats.defer_full.inc();
-                    out.send(Verdict::Tx(port), m, peers_waiting);
-                }
-            }
-            v => out.send(v, m, peers_waiting),
+            v => send_or_hold(v, m, now, out, held, awaiting, peers_waiting),
         }
     }
 }
@@ -291,6 +363,7 @@ pub fn run(setup: WorkerSetup) -> i32 {
     let mut dp = Worker::new(id, &shared, stats);
     dp.connect(events);
     let mut held = Held::new(shared.defer_ms.unwrap_or(0));
+    let mut awaiting = Awaiting::new();
     let mut released = 0u64;
     let mut empty_polls = 0u32;
     let mut idle_sleep_us = IDLE_SLEEP_MIN_US;
@@ -323,14 +396,34 @@ pub fn run(setup: WorkerSetup) -> i32 {
             }
             got += n;
             stats.rx.add(n as u64);
-            process_burst(&mut dp, &mut burst, &port_index, now, false, &mut out, &mut held, peers_waiting);
+            process_burst(
+                &mut dp,
+                &mut burst,
+                &port_index,
+                now,
+                false,
+                &mut out,
+                &mut held,
+                &mut awaiting,
+                peers_waiting,
+            );
         }
         for queue in &mut inbound {
             if queue.dequeue(&mut burst) == 0 {
                 continue;
             }
             got += burst.len();
-            process_burst(&mut dp, &mut burst, &port_index, now, true, &mut out, &mut held, peers_waiting);
+            process_burst(
+                &mut dp,
+                &mut burst,
+                &port_index,
+                now,
+                true,
+                &mut out,
+                &mut held,
+                &mut awaiting,
+                peers_waiting,
+            );
         }
         got += apply_commands(&mut dp, &mut commands, now, &mut released);
         if !held.packets.is_empty() {
@@ -342,6 +435,9 @@ pub fn run(setup: WorkerSetup) -> i32 {
         // asks for servers' MACs that are unknown or due for refresh.
         if now != last_tick_ms {
             last_tick_ms = now;
+            if !awaiting.packets.is_empty() {
+                awaiting.retry(&mut dp, &port_index, now, &mut out, &mut held);
+            }
             dp.sweep(now);
             let tx = &mut out.tx;
             dp.due_solicits(now, |n, port| {
@@ -364,7 +460,11 @@ pub fn run(setup: WorkerSetup) -> i32 {
         if got > 0 {
             empty_polls = 0;
             idle_sleep_us = IDLE_SLEEP_MIN_US;
-        } else if idle == IdleMode::Adaptive && held.packets.is_empty() && empty_polls >= IDLE_POLLS {
+        } else if idle == IdleMode::Adaptive
+            && held.packets.is_empty()
+            && awaiting.packets.is_empty()
+            && empty_polls >= IDLE_POLLS
+        {
             // Idle: sleep a little longer each time (the NIC's queue holds
             // what arrives meanwhile); the first packet brings back polling.
             std::thread::sleep(Duration::from_micros(idle_sleep_us));
@@ -374,8 +474,12 @@ pub fn run(setup: WorkerSetup) -> i32 {
             dpdk::pause();
         }
     }
-    // Held first packets go out before the ports close.
+    // Held first packets go out before the ports close; packets still
+    // waiting for a session are dropped (counted).
     held.release(u64::MAX, clock.now_ms(), &mut out);
+    for (_, m) in awaiting.packets.drain(..) {
+        out.send(Verdict::Drop(Drop::NoSession), m, true);
+    }
     out.flush_all(true);
     // Frames still waiting for a hand-off queue at shutdown are freed, and counted.
     for h in &mut out.handoff {

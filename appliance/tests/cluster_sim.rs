@@ -64,7 +64,7 @@ fn key_file() -> String {
     KEY.get_or_init(|| {
         use std::os::unix::fs::PermissionsExt;
         let p = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster-sim.key");
-        std::fs::write(&p, "cluster-sim-secret-0123456789\n").unwrap();
+        std::fs::write(&p, "9f2c4b7e1a0d3c6f8e5b2a9d4c7f0e3b6a1d8c5f2e9b4a7d0c3f6e1b8a5d2c9f\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         p.display().to_string()
     })

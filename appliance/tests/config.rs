@@ -210,7 +210,7 @@ fn ringlb_check_exit_codes_and_messages() {
 fn with_cluster(extra: &str) -> String {
     use std::os::unix::fs::PermissionsExt;
     let key = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("config-test.key");
-    std::fs::write(&key, "config-test-secret-0123456789\n").unwrap();
+    std::fs::write(&key, "9f2c4b7e1a0d3c6f8e5b2a9d4c7f0e3b6a1d8c5f2e9b4a7d0c3f6e1b8a5d2c9f\n").unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     format!(
         "{GOOD}cluster:\n  address: 10.255.0.1:7400\n  members: [10.255.0.1:7400, 10.255.0.2:7400]\n  key_file: {}\n{extra}",
@@ -243,4 +243,31 @@ fn vip_ownership_and_gratuitous_arp_default_and_are_checked() {
     let c = config::parse(&with_cluster("  vips: owned\n  preempt: false\n"), "c.yaml").unwrap();
     assert!(!c.cluster.as_ref().unwrap().preempt);
     assert!(config::parse(&with_cluster("  vips: owned\n"), "c.yaml").unwrap().cluster.unwrap().preempt, "default");
+}
+
+#[test]
+fn a_servers_agent_must_be_a_ring_member_and_one_per_machine() {
+    let with_agent = |agent: &str| {
+        with_cluster("").replace(
+            "- { ip: 198.18.0.11, port: 80 }",
+            &format!("- {{ ip: 198.18.0.11, port: 80, agent: \"{agent}\" }}"),
+        )
+    };
+    let c = config::parse(&with_agent("10.255.0.2:7400"), "c.yaml").unwrap();
+    assert_eq!(c.servers[0].agent, Some("10.255.0.2:7400".parse().unwrap()));
+    assert!(c.render().contains("agent: 10.255.0.2:7400"));
+    let err = |y: &str| config::parse(y, "c.yaml").unwrap_err().to_string();
+    // Line 22 of GOOD holds the server.
+    assert_has(
+        &err(&with_agent("10.255.0.9:7400")),
+        &["c.yaml:22:", "agent: 10.255.0.9:7400 is not one of cluster.members"],
+    );
+    assert_has(&err(&with_agent("10.255.0.1:7400")), &["c.yaml:22:", "this appliance's own ring address"]);
+    assert_has(&err(&with_agent("agent-one")), &["c.yaml:22:", "is not an IPv4 address with a port"]);
+    let no_cluster =
+        GOOD.replace("- { ip: 198.18.0.11, port: 80 }", "- { ip: 198.18.0.11, port: 80, agent: \"10.255.0.2:7400\" }");
+    assert_has(&err(&no_cluster), &["c.yaml:22:", "configure cluster"]);
+    let two = with_agent("10.255.0.2:7400")
+        .replace("- { ip: 198.18.0.21, port: 443 }", "- { ip: 198.18.0.11, port: 443, agent: \"10.255.0.1:7401\" }");
+    assert_has(&err(&two), &["already has agent 10.255.0.2:7400"]);
 }

@@ -356,3 +356,75 @@ fn random_and_mutated_frames_never_panic() {
     assert!(verdicts.keys().any(|k| k.starts_with("Tx")), "some mutated frames are still valid and forwarded");
     assert!(verdicts.keys().filter(|k| k.starts_with("Drop")).count() >= 5, "many drop reasons exercised");
 }
+
+#[test]
+fn a_maglev_flow_without_session_follows_the_pick_every_appliance_makes() {
+    // Two appliances with the same configuration: a flow begun on one
+    // reaches the other mid-flow (the first failed) and goes to the same server.
+    let (cfg, first, stats) = setup("[1]", 1000);
+    let second = Shared::new(&cfg, &[PORT_MAC]);
+    let stats2 = [WorkerStats::new(cfg.servers.len())];
+    let mut a = Worker::new(0, &first, &stats[0]);
+    let mut b = Worker::new(0, &second, &stats2[0]);
+    for c in 0..30u32 {
+        let cport = 20000 + c as u16;
+        let mut syn = tcp(ROUTER_MAC, PORT_MAC, client(c), ip("198.18.100.2"), cport, 80, SYN, b"");
+        assert_eq!(a.process(&mut syn, 0, 0, false), Verdict::Tx(0));
+        let server = check(&syn).unwrap().dst_mac;
+        // A reset or a SYN-ACK without a session makes no state anywhere.
+        for flags in [RST | ACK, SYN | ACK] {
+            let mut f = tcp(ROUTER_MAC, PORT_MAC, client(c), ip("198.18.100.2"), cport, 80, flags, b"");
+            assert_eq!(b.process(&mut f, 0, 1, false), Verdict::Drop(Drop::NoSession));
+        }
+        for n in 0..3 {
+            let mut ack = tcp(ROUTER_MAC, PORT_MAC, client(c), ip("198.18.100.2"), cport, 80, ACK, b"more");
+            assert_eq!(b.process(&mut ack, 0, 2 + n, false), Verdict::Tx(0));
+            assert_eq!(check(&ack).unwrap().dst_mac, server, "flow {c}: the second appliance picked another server");
+        }
+    }
+    assert_eq!(stats2[0].midflow_picked.get(), 30, "one session made per flow, then followed");
+    assert_eq!(b.sessions().count(), 30);
+    // A wrr service has no pick to agree on: still no_session.
+    let mut ack = tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.100.1"), 999, 80, ACK, b"x");
+    assert_eq!(b.process(&mut ack, 0, 9, false), Verdict::Drop(Drop::NoSession));
+}
+
+#[test]
+fn while_a_vip_is_rebuilt_packets_without_session_wait_for_the_servers_list() {
+    use ringlb::control::channel::{Command, SessionRecord};
+    use ringlb::session::{FlowKey, InstallMode, State};
+    let (cfg, shared, stats) = setup("[1]", 1000);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let vip = u32::from_be_bytes(ip("198.18.100.1"));
+    shared.set_vip_rebuilding(vip, true);
+    let mut ack = tcp(ROUTER_MAC, PORT_MAC, client(7), ip("198.18.100.1"), 4242, 80, ACK, b"x");
+    let untouched = ack.clone();
+    assert_eq!(w.process(&mut ack, 0, 0, false), Verdict::Await);
+    assert_eq!(ack, untouched, "a waiting frame is not rewritten");
+    // A reset is never held (nor a flow of a VIP not being rebuilt).
+    let mut rst = tcp(ROUTER_MAC, PORT_MAC, client(7), ip("198.18.100.1"), 4243, 80, RST, b"");
+    assert_eq!(w.process(&mut rst, 0, 0, false), Verdict::Drop(Drop::NoSession));
+    // The server's list arrives: the third DSR server holds the connection.
+    let server = cfg.services[0].servers[2];
+    let rec = SessionRecord {
+        key: FlowKey {
+            client_ip: u32::from_be_bytes(client(7)),
+            vip,
+            client_port: 4242,
+            vport: 80,
+            proto: ringlb::packet::L4Proto::Tcp,
+        },
+        server,
+        state: State::Established,
+        client_port: 0,
+        client_mac: [0; 6],
+        born: 0,
+    };
+    w.apply(Command::Install { rec, mode: InstallMode::IfAbsent }, 1);
+    assert_eq!(w.process(&mut ack, 0, 2, false), Verdict::Tx(0));
+    assert_eq!(check(&ack).unwrap().dst_mac, DSR_MACS[2]);
+    // Rebuilt and over: an unknown wrr flow is no_session again.
+    shared.set_vip_rebuilding(vip, false);
+    let mut other = tcp(ROUTER_MAC, PORT_MAC, client(8), ip("198.18.100.1"), 4244, 80, ACK, b"x");
+    assert_eq!(w.process(&mut other, 0, 3, false), Verdict::Drop(Drop::NoSession));
+}

@@ -64,7 +64,7 @@ fn start_with(dir: &Path, name: &str, device: &str, address: &str, members: &str
     use std::os::unix::fs::PermissionsExt;
     let key = dir.join("cluster.key");
     if !key.exists() {
-        std::fs::write(&key, "vdev-cluster-test-secret\n").unwrap();
+        std::fs::write(&key, "9f2c4b7e1a0d3c6f8e5b2a9d4c7f0e3b6a1d8c5f2e9b4a7d0c3f6e1b8a5d2c9f\n").unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     let cfg = dir.join(format!("{name}.yaml"));

@@ -14,7 +14,12 @@
 #   lb2 p0 198.18.0.2 :02 ─────┤
 #   servers 198.18.0.11-13 ────┘ (VIPs on lo; DSR replies go straight to the client)
 #   VIPs 198.18.100.1-3: a pool spread over the live appliances
-#   ring: lb1, lb2 ctl 10.255.0.1-2 on brc (kernel UDP, not the DPDK ports)
+#   ring: lb1, lb2 ctl 10.255.0.1-2 on brc (kernel UDP, not the DPDK ports),
+#         and each server's ringlb-agent, ctl 10.255.0.11-13 on brc: a new
+#         VIP owner rebuilds its sessions from their connection lists
+#
+# LAB_SYNC=false turns sibling sync off: then the agents' lists are the only
+# source of a new owner's sessions.
 #
 # The client reaches the VIPs on-link: it ARPs for them, so its traffic goes
 # to whichever appliance answered last or announced the VIP last.
@@ -48,11 +53,15 @@ lab_up_failover() {
     lab_link "$lb" ctl brc
     ip -n "$lb" addr add "10.255.0.$n/24" dev ctl
   done
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$LAB_DIR/cluster.key"
+  chmod 600 "$LAB_DIR/cluster.key"
   for n in 1 2 3; do
     local s; s=$(lab_ns "s$n")
     lab_host_ns "$s"
     lab_link "$s" eth0 br0
     ip -n "$s" addr add "198.18.0.1$n/24" dev eth0
+    lab_link "$s" ctl brc
+    ip -n "$s" addr add "10.255.0.1$n/24" dev ctl
     for v in $FAILOVER_VIPS; do ip -n "$s" addr add "$v/32" dev lo; done
     lab_sysctl "$s" net.ipv4.conf.all.arp_ignore=1
     lab_sysctl "$s" net.ipv4.conf.all.arp_announce=2
@@ -61,9 +70,30 @@ lab_up_failover() {
     lab_nginx_conf "s$n" 80
     ip netns exec "$s" nginx -c "$LAB_DIR/s$n/nginx.conf" &
     LAB_PIDS+=($!)
+    lab_failover_agent_config "$n" "$LAB_DIR/agent$n.yaml"
+    ip netns exec "$s" "${RINGLB_AGENT:-$ROOT/target/release/ringlb-agent}" run -c "$LAB_DIR/agent$n.yaml" \
+      >> "$LAB_DIR/agent$n.log" 2>&1 &
+    LAB_PIDS+=($!)
   done
-  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$LAB_DIR/cluster.key"
-  chmod 600 "$LAB_DIR/cluster.key"
+}
+
+# The ring's members: the two appliances and the three servers' agents.
+FAILOVER_MEMBERS="10.255.0.1:7400, 10.255.0.2:7400, 10.255.0.11:7400, 10.255.0.12:7400, 10.255.0.13:7400"
+
+# lab_failover_agent_config N FILE: server N's ringlb-agent (same key file
+# content as the appliances, the fast ring profile, nginx as its check).
+lab_failover_agent_config() {
+  cat > "$2" <<AGENT
+listen: 10.255.0.1$1:7400
+peers: [$FAILOVER_MEMBERS]
+dispatch_capable: false
+key_file: $LAB_DIR/cluster.key
+profile: ${LAB_TIMERS:-fast}
+health: { url: "http://198.18.0.1$1:80/index.html", interval_ms: 500, timeout_ms: 400 }
+connection_ports: [80]
+load_report_ms: 1000
+status_file: $LAB_DIR/agent$1.status
+AGENT
 }
 
 # lab_failover_config N FILE: appliance N's configuration (its own ring
@@ -76,7 +106,7 @@ lab_failover_config() {
       -e "s|mac: \"02:00:00:00:00:01\"|mac: \"02:00:00:00:00:0$1\"|" \
       -e "s|key_file: .*|key_file: $LAB_DIR/cluster.key|" \
       -e "s|^  vips: owned\$|  vips: owned\n  preempt: ${LAB_PREEMPT:-true}|" \
-      -e "s|^  timers: fast\$|  timers: ${LAB_TIMERS:-fast}|" \
+      -e "s|^  timers: fast\$|  timers: ${LAB_TIMERS:-fast}\n  sync: ${LAB_SYNC:-true}|" \
       "$ROOT/deploy/lab/failover-$FAILOVER_MODE.yaml" > "$2"
 }
 

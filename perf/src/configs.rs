@@ -200,7 +200,8 @@ pub fn sibling_yamls(
 ) -> Result<(PathBuf, PathBuf), String> {
     use std::os::unix::fs::PermissionsExt;
     let key = dir.join("cluster.key");
-    std::fs::write(&key, "ringlb-bench sibling sync key\n").map_err(|e| format!("{}: {e}", key.display()))?;
+    std::fs::write(&key, "9f2c4b7e1a0d3c6f8e5b2a9d4c7f0e3b6a1d8c5f2e9b4a7d0c3f6e1b8a5d2c9f\n")
+        .map_err(|e| format!("{}: {e}", key.display()))?;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
     let cluster = |me: &str| {
         format!(

@@ -6,7 +6,8 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 pub const MAGIC: [u8; 2] = *b"RL";
-pub const VERSION: u8 = 1;
+/// 2: the MAC covers the receiver's address too.
+pub const VERSION: u8 = 2;
 pub const MAC_LEN: usize = 32;
 pub const HEADER_LEN: usize = 2 + 1 + 1 + 6 + 8 + 8;
 /// Datagrams never exceed this (fits an Ethernet jumbo-free path with IP/UDP headers).
@@ -277,9 +278,20 @@ impl Key {
     pub(crate) fn mac(&self, bytes: &[u8]) -> blake3::Hash {
         blake3::keyed_hash(&self.0, bytes)
     }
+
+    /// The MAC of a ring packet for receiver `to`: a packet captured on its
+    /// way to one member fails the MAC at every other.
+    fn mac_for(&self, bytes: &[u8], to: &SocketAddrV4) -> blake3::Hash {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        h.update(bytes);
+        h.update(&to.ip().octets());
+        h.update(&to.port().to_be_bytes());
+        h.finalize()
+    }
 }
 
-pub fn encode(p: &Packet, key: &Key) -> Vec<u8> {
+/// The packet's bytes for receiver `to` (its MAC is bound to `to`).
+pub fn encode(p: &Packet, to: &SocketAddrV4, key: &Key) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(256));
     w.0.extend_from_slice(&MAGIC);
     w.u8(VERSION);
@@ -291,7 +303,7 @@ pub fn encode(p: &Packet, key: &Key) -> Vec<u8> {
     for m in &p.msgs {
         encode_msg(&mut w, m);
     }
-    let mac = key.mac(&w.0);
+    let mac = key.mac_for(&w.0, to);
     w.0.extend_from_slice(mac.as_bytes());
     w.0
 }
@@ -407,9 +419,10 @@ fn decode_msg(kind: u8, body: &[u8]) -> Result<Msg, DecodeError> {
     Ok(m)
 }
 
-/// Verifies the MAC, then decodes. The MAC is checked first so that nothing
-/// from an unauthenticated sender is parsed beyond the fixed header.
-pub fn decode(bytes: &[u8], key: &Key) -> Result<Packet, DecodeError> {
+/// Verifies the MAC (made for receiver `me`), then decodes. The MAC is
+/// checked first so that nothing from an unauthenticated sender is parsed
+/// beyond the fixed header.
+pub fn decode(bytes: &[u8], me: &SocketAddrV4, key: &Key) -> Result<Packet, DecodeError> {
     if bytes.len() < HEADER_LEN + 2 + MAC_LEN {
         return Err(DecodeError::Truncated);
     }
@@ -420,7 +433,7 @@ pub fn decode(bytes: &[u8], key: &Key) -> Result<Packet, DecodeError> {
         return Err(DecodeError::BadVersion(bytes[2]));
     }
     let (signed, mac) = bytes.split_at(bytes.len() - MAC_LEN);
-    let want = key.mac(signed);
+    let want = key.mac_for(signed, me);
     let mut got = [0u8; MAC_LEN];
     got.copy_from_slice(mac);
     // blake3::Hash compares in constant time.
@@ -499,27 +512,39 @@ mod tests {
     fn every_message_kind_round_trips() {
         let key = Key::from_secret("s3cret");
         let p = sample();
-        assert_eq!(decode(&encode(&p, &key), &key), Ok(p));
+        let to = a(2, 7400);
+        assert_eq!(decode(&encode(&p, &to, &key), &to, &key), Ok(p));
+    }
+
+    #[test]
+    fn a_packet_for_one_member_fails_the_mac_at_another() {
+        let key = Key::from_secret("s3cret");
+        let bytes = encode(&sample(), &a(2, 7400), &key);
+        assert!(decode(&bytes, &a(2, 7400), &key).is_ok());
+        assert_eq!(decode(&bytes, &a(3, 7400), &key), Err(DecodeError::BadMac));
+        assert_eq!(decode(&bytes, &a(2, 7401), &key), Err(DecodeError::BadMac));
     }
 
     #[test]
     fn wrong_key_and_flipped_bits_fail_the_mac() {
         let key = Key::from_secret("s3cret");
-        let bytes = encode(&sample(), &key);
-        assert_eq!(decode(&bytes, &Key::from_secret("other")), Err(DecodeError::BadMac));
+        let to = a(2, 7400);
+        let bytes = encode(&sample(), &to, &key);
+        assert_eq!(decode(&bytes, &to, &Key::from_secret("other")), Err(DecodeError::BadMac));
         for i in 4..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0x40;
-            assert_eq!(decode(&b, &key), Err(DecodeError::BadMac), "byte {i}");
+            assert_eq!(decode(&b, &to, &key), Err(DecodeError::BadMac), "byte {i}");
         }
     }
 
     #[test]
     fn truncations_are_errors() {
         let key = Key::from_secret("k");
-        let bytes = encode(&sample(), &key);
+        let to = a(2, 7400);
+        let bytes = encode(&sample(), &to, &key);
         for n in 0..bytes.len() {
-            assert!(decode(&bytes[..n], &key).is_err());
+            assert!(decode(&bytes[..n], &to, &key).is_err());
         }
     }
 }

@@ -47,9 +47,15 @@ impl Cluster {
         std::fs::create_dir_all(&dir).unwrap();
         let mut c = Cluster { dir, port, profile, children: Vec::new() };
         let peers: Vec<String> = (0..5).map(|i| c.addr(i)).collect();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let key = c.dir.join("cluster.key");
+            std::fs::write(&key, "5e8b1f4a9c2d7e0b3f6a1c8d5e2b9f4a7c0d3e6b1f8a5c2d9e4b7f0a3c6d1e8b\n").unwrap();
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         for i in 0..5 {
             let yaml = format!(
-                "listen: {}\npeers: [{}]\ndispatch_capable: {}\nkey: \"test-cluster-key\"\nprofile: {profile}\nstatus_file: {}\nload_report_ms: 500\n",
+                "listen: {}\npeers: [{}]\ndispatch_capable: {}\nkey_file: cluster.key\nprofile: {profile}\nstatus_file: {}\nload_report_ms: 500\n",
                 c.addr(i),
                 peers.join(", "),
                 capable.contains(&i),
@@ -236,18 +242,45 @@ fn connection_list_matches_ss_for_a_real_nginx() {
     assert_eq!(ours, ss);
 }
 
-/// The example configuration shipped in deploy/ parses (status then fails
-/// only because no agent is running), and a bad one names the problem.
+/// The example configuration shipped in deploy/ parses with a good key
+/// beside it (status then fails only because no agent is running); without
+/// the key, or with a weak or world-readable one, it is refused with the
+/// reason; a bad config names the line.
 #[test]
-fn example_config_parses_and_bad_config_is_named() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/agent.example.yaml");
-    let out = Command::new(AGENT).args(["status", "-c", example]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("is the agent running?"), "{err}");
+fn example_config_parses_and_bad_config_or_key_is_named() {
+    use std::os::unix::fs::PermissionsExt;
     let dir = std::env::temp_dir().join(format!("ringlb-agent-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let example = dir.join("agent.yaml");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/agent.example.yaml"), &example).unwrap();
+    let key = dir.join("cluster.key");
+    let status = |want: &str| {
+        let out = Command::new(AGENT)
+            .args(["status", "-c", example.to_str().unwrap()])
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains(want), "want {want:?}: {err}");
+    };
+    status("cluster.key: No such file");
+    std::fs::write(&key, "change-me-shared-cluster-secret\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    status("not hex digits");
+    std::fs::write(&key, "00112233445566778899aabbccddeeff").unwrap();
+    status("at least 64");
+    std::fs::write(&key, "6d2f9a4c1e8b7d3a5f0c2e9b4a7d1c8f3e6b0a5d2c9f4e7b1a8d3c6f0e5b2a9d").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    status("mode 0644");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    status("is the agent running?");
+
     let bad = dir.join("bad.yaml");
-    std::fs::write(&bad, "listen: 127.0.0.1:7400\npeers: [127.0.0.1:7400]\nkey: \"long-enough-key\"\nprofle: fast\nstatus_file: /tmp/x\n").unwrap();
+    std::fs::write(
+        &bad,
+        "listen: 127.0.0.1:7400\npeers: [127.0.0.1:7400]\nkey_file: cluster.key\nprofle: fast\nstatus_file: /tmp/x\n",
+    )
+    .unwrap();
     let out = Command::new(AGENT).args(["run", "-c", bad.to_str().unwrap()]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -275,12 +308,19 @@ fn connection_query_over_the_ring() {
     let addr = |i: u8| SocketAddrV4::new([127, 0, 0, 20 + i].into(), ring_port);
     let peers: Vec<String> = (1..=3).map(|i| addr(i).to_string()).collect();
     let mut agents = Vec::new();
+    const SECRET: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = dir.join("cluster.key");
+        std::fs::write(&key, SECRET).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     for i in 1..=2u8 {
         let cfg = dir.join(format!("a{i}.yaml"));
         std::fs::write(
             &cfg,
             format!(
-                "listen: {}\npeers: [{}]\nkey: \"query-test-key\"\nprofile: fast\nconnection_ports: [{port}]\nstatus_file: {}\n",
+                "listen: {}\npeers: [{}]\nkey_file: cluster.key\nprofile: fast\nconnection_ports: [{port}]\nstatus_file: {}\n",
                 addr(i),
                 peers.join(", "),
                 dir.join(format!("a{i}.status")).display()
@@ -295,9 +335,10 @@ fn connection_query_over_the_ring() {
             me: addr(3),
             peers: (1..=3).map(addr).collect(),
             dispatch_capable: true,
-            appliance: false,
+            // Agents answer only an appliance of their view.
+            appliance: true,
             timers: ringlb_ring::member::Timers::FAST,
-            key: Key::from_secret("query-test-key"),
+            key: Key::from_secret(SECRET),
             incarnation: 1,
         },
         driver.now(),
@@ -320,6 +361,32 @@ fn connection_query_over_the_ring() {
         }
     }
     let ss = ss_established(port);
+    // A flood of questions (1,000/s for 2 s): the agent answers at its rate
+    // limit, from one reader thread, with bounded memory.
+    let flood_start = Instant::now();
+    let mut sent = 0;
+    while flood_start.elapsed() < Duration::from_secs(2) {
+        for _ in 0..10 {
+            let _ = me.send_app(driver.now(), Dest::To(addr(1)), format!("conns? {port}").into_bytes());
+            sent += 1;
+        }
+        driver.run_for(&mut me, Duration::from_millis(10), |_, _| true);
+    }
+    driver.run_for(&mut me, Duration::from_millis(500), |_, _| true);
+    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", agents[0].id())).unwrap_or_default();
+    let field = |k: &str| -> u64 {
+        proc_status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let (threads, rss_kb) = (field("Threads:"), field("VmRSS:"));
+    // The bucket: 20 at once, then 20 per second.
+    let allowed = 20 + 20 * (flood_start.elapsed().as_secs() + 1);
+    let agent_status = std::fs::read_to_string(dir.join("a1.status")).unwrap_or_default();
+    let questions = agent_status.lines().find(|l| l.starts_with("conns_questions")).unwrap_or("").to_owned();
+    println!("flood of {sent} questions: agent threads={threads} rss={rss_kb} kB; {questions}");
     for mut a in agents {
         let _ = a.kill();
         let _ = a.wait();
@@ -333,4 +400,13 @@ fn connection_query_over_the_ring() {
     println!("query answer from {}: {got:?}", addr(1));
     assert_eq!(got.len(), 4);
     assert_eq!(got, ss);
+    let count = |k: &str| -> u64 {
+        questions.split_whitespace().find_map(|f| f.strip_prefix(k)).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+    };
+    assert!(sent >= 1000, "the flood sent {sent}");
+    assert!(count("asked=") >= 1000, "questions not delivered: {questions}");
+    assert!(count("answered=") <= allowed, "answers beyond the rate limit ({allowed}): {questions}");
+    assert!(count("rate_limited=") + count("busy=") >= 900, "{questions}");
+    assert!((1..=8).contains(&threads), "agent threads: {threads}");
+    assert!(rss_kb < 64 * 1024, "agent memory: {rss_kb} kB");
 }

@@ -24,8 +24,13 @@ fn member(i: u8, key: &str) -> Member {
     Member::new(cfg, 0)
 }
 
+/// A Hello from `sender` to member 1.
 fn hello_from(sender: SocketAddrV4, seq: u64, key: &Key) -> Vec<u8> {
-    wire::encode(&Packet { sender, incarnation: 1, seq, msgs: vec![Msg::Hello { caps: 1, id: 0 }] }, key)
+    hello_to(sender, addr(1), seq, key)
+}
+
+fn hello_to(sender: SocketAddrV4, to: SocketAddrV4, seq: u64, key: &Key) -> Vec<u8> {
+    wire::encode(&Packet { sender, incarnation: 1, seq, msgs: vec![Msg::Hello { caps: 1, id: 0 }] }, &to, key)
 }
 
 #[test]
@@ -48,12 +53,17 @@ fn forged_truncated_replayed_and_spoofed_packets_are_counted_drops() {
     m.handle_datagram(4, addr(2), &altered);
     assert_eq!(m.counters.rx_bad_mac, 2);
 
+    // A genuine packet for another member, replayed to this one (its MAC
+    // is bound to its receiver).
+    m.handle_datagram(4, addr(2), &hello_to(addr(2), addr(3), 6, &key));
+    assert_eq!(m.counters.rx_bad_mac, 3);
+
     // Truncated.
     let whole = hello_from(addr(2), 4, &key);
     for cut in [0, 5, 20, whole.len() - 1] {
         m.handle_datagram(5, addr(2), &whole[..cut]);
     }
-    assert_eq!(m.counters.rx_malformed + m.counters.rx_bad_mac, 2 + 4);
+    assert_eq!(m.counters.rx_malformed + m.counters.rx_bad_mac, 3 + 4);
 
     // Valid MAC but claiming another sender than the datagram's source.
     m.handle_datagram(6, addr(3), &hello_from(addr(2), 5, &key));
@@ -75,6 +85,7 @@ fn decoder_survives_random_and_mutated_bytes() {
             seq: 1,
             msgs: vec![Msg::Hello { caps: 0, id: 0 }, Msg::Probe { nonce: 3 }, Msg::RelAck { msg_id: 9 }],
         },
+        &addr(2),
         &key,
     );
     let mut ok = 0;
@@ -98,7 +109,7 @@ fn decoder_survives_random_and_mutated_bytes() {
             b
         };
         // A mutation may write back the same byte: only changed strings count.
-        if bytes != valid && wire::decode(&bytes, &key).is_ok() {
+        if bytes != valid && wire::decode(&bytes, &addr(2), &key).is_ok() {
             ok += 1;
         }
     }

@@ -110,8 +110,6 @@ pub const DEFAULT_GARP: Garp = Garp { count: 5, interval_ms: 100 };
 
 /// The first packet of a new session waits at most this long for siblings.
 pub const DEFAULT_DEFER_MS: u32 = 50;
-/// Shortest secret accepted.
-const MIN_SECRET: usize = 16;
 
 fn socket_addr(cx: &Ctx, s: &Spanned<String>, key: &str) -> Result<SocketAddrV4, ConfigError> {
     s.value
@@ -121,30 +119,9 @@ fn socket_addr(cx: &Ctx, s: &Spanned<String>, key: &str) -> Result<SocketAddrV4,
         .ok_or_else(|| cx.at(s, format!("{key}: '{}' is not an IPv4 address with a port (10.255.0.1:7400)", s.value)))
 }
 
-/// Reads the secret, refusing files other users can read or write.
+/// Reads the secret (`ringlb_ring::keyfile`: owner-only, 32 random bytes in hex).
 fn read_secret(cx: &Ctx, s: &Spanned<String>) -> Result<Secret, ConfigError> {
-    let path = &s.value;
-    let meta = std::fs::metadata(path).map_err(|e| cx.at(s, format!("cluster.key_file: {path}: {e}")))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(cx.at(
-                s,
-                format!(
-                    "cluster.key_file: {path} has mode {mode:04o}: other users could read the cluster key (chmod 600)"
-                ),
-            ));
-        }
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| cx.at(s, format!("cluster.key_file: {path}: {e}")))?;
-    let secret = text.trim();
-    if secret.len() < MIN_SECRET {
-        return Err(
-            cx.at(s, format!("cluster.key_file: {path} holds {} characters; use at least {MIN_SECRET}", secret.len()))
-        );
-    }
-    Ok(Secret(secret.to_owned()))
+    ringlb_ring::keyfile::read(&s.value).map(Secret).map_err(|e| cx.at(s, format!("cluster.key_file: {e}")))
 }
 
 pub(super) fn validate(raw: &RawCluster, cx: &Ctx) -> Result<ClusterConfig, ConfigError> {

@@ -146,6 +146,11 @@ struct RawServer {
     weight: u32,
     #[serde(default)]
     mac: Option<Spanned<String>>,
+    /// The ring address of the `ringlb-agent` on this server (a member of
+    /// `cluster.members`): a new VIP owner asks it for the server's
+    /// connections to rebuild their sessions.
+    #[serde(default)]
+    agent: Option<Spanned<String>>,
 }
 
 fn one() -> u32 {
@@ -270,6 +275,8 @@ pub struct ServerConfig {
     pub weight: u32,
     pub service: u16,
     pub neighbor: u16,
+    /// The ring address of the server's `ringlb-agent`, if it runs one.
+    pub agent: Option<std::net::SocketAddrV4>,
 }
 
 /// A next hop the appliance sends to directly: one per distinct server IP.
@@ -467,6 +474,9 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
     let mut servers: Vec<ServerConfig> = Vec::new();
     let mut neighbors: Vec<NeighborConfig> = Vec::new();
     let mut neighbor_of_ip: HashMap<u32, u16> = HashMap::new();
+    // A server machine runs one agent, whatever services it serves.
+    let mut agent_of_ip: HashMap<u32, std::net::SocketAddrV4> = HashMap::new();
+    let mut agents: Vec<(std::net::SocketAddrV4, &Spanned<String>)> = Vec::new();
     let mut names = HashSet::new();
     let mut endpoints = HashSet::new();
     let mut nat_backends: HashMap<(u32, u16, L4Proto), String> = HashMap::new();
@@ -600,8 +610,38 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
             if servers.len() >= usize::from(u16::MAX) {
                 return Err(cx.key("server_groups: too many servers (limit 65534 across services)"));
             }
+            let agent = match &m.agent {
+                None => None,
+                Some(a) => {
+                    let addr =
+                        a.value.parse::<std::net::SocketAddrV4>().ok().filter(|x| x.port() != 0).ok_or_else(|| {
+                            cx.at(
+                                a,
+                                format!(
+                                    "{where_}.agent: '{}' is not an IPv4 address with a port (10.255.0.11:7400)",
+                                    a.value
+                                ),
+                            )
+                        })?;
+                    match agent_of_ip.get(&ip) {
+                        Some(&other) if other != addr => {
+                            return Err(cx.at(
+                                a,
+                                format!(
+                                    "{where_}.agent: server {} already has agent {other}; one machine runs one agent",
+                                    m.ip.value
+                                ),
+                            ))
+                        }
+                        _ => {}
+                    }
+                    agent_of_ip.insert(ip, addr);
+                    agents.push((addr, a));
+                    Some(addr)
+                }
+            };
             ids.push(servers.len() as u16);
-            servers.push(ServerConfig { ip, port: m.port, weight: m.weight, service: si as u16, neighbor });
+            servers.push(ServerConfig { ip, port: m.port, weight: m.weight, service: si as u16, neighbor, agent });
         }
         services.push(ServiceConfig {
             name: name.clone(),
@@ -637,6 +677,18 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
     };
     let arp_refresh_ms = duration(cx, &raw.arp.refresh, "arp.refresh")?;
     let cluster = raw.cluster.as_ref().map(|c| cluster::validate(c, cx)).transpose()?;
+    for (addr, span) in &agents {
+        match &cluster {
+            None => return Err(cx.at(span, "agent: a server's agent is reached over the ring: configure cluster")),
+            Some(c) if *addr == c.address => {
+                return Err(cx.at(span, format!("agent: {addr} is this appliance's own ring address")))
+            }
+            Some(c) if !c.members.contains(addr) => {
+                return Err(cx.at(span, format!("agent: {addr} is not one of cluster.members")))
+            }
+            Some(_) => {}
+        }
+    }
 
     Ok(Config {
         eal: EalConfig {
@@ -715,9 +767,10 @@ impl Config {
                 let sv = &self.servers[usize::from(id)];
                 let n = &self.neighbors[usize::from(sv.neighbor)];
                 let mac = n.static_mac.map_or_else(|| "arp".into(), |m| mac_str(&m));
+                let agent = sv.agent.map_or(String::new(), |a| format!(", agent: {a}"));
                 let _ = writeln!(
                     o,
-                    "      - {{ ip: {}, port: {}, weight: {}, mac: {}, via_port: {} }}",
+                    "      - {{ ip: {}, port: {}, weight: {}, mac: {}, via_port: {}{agent} }}",
                     ip(sv.ip),
                     sv.port,
                     sv.weight,

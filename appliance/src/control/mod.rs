@@ -11,12 +11,15 @@
 //!   siblings over the sync transport, resyncs, and first-packet release.
 //! - `vips` (with `cluster.vips: owned`): which VIPs this appliance
 //!   answers for, from the ring's view; gratuitous ARP on taking one.
+//! - `rebuild`: a VIP taken has its sessions rebuilt from the servers'
+//!   agents' connection lists.
 //! - `status`: what the control thread knows, for the stats line and the
 //!   status file.
 
 pub mod channel;
 pub mod driver;
 mod lag;
+pub mod rebuild;
 pub mod records;
 mod siblings;
 pub mod status;
@@ -96,6 +99,8 @@ pub struct Control {
     siblings: Option<Siblings>,
     /// With `cluster.vips: owned`: who answers for each VIP.
     vips: Option<vips::VipOwners>,
+    /// With `vips: owned` and servers' agents: sessions rebuilt on a takeover.
+    rebuild: Option<rebuild::Rebuild>,
     last_vip_check_ms: u64,
     notes: VecDeque<String>,
     pub counters: ControlCounters,
@@ -151,12 +156,14 @@ impl Control {
             .as_ref()
             .filter(|c| c.vips == VipMode::Owned)
             .map(|c| vips::VipOwners::new(c.address, c.preempt, &shared));
+        let rebuild = vips.as_ref().and_then(|_| rebuild::Rebuild::new(cfg));
         let mut c = Control {
             shared,
             workers,
             ring,
             siblings,
             vips,
+            rebuild,
             last_vip_check_ms: 0,
             notes,
             counters: ControlCounters::default(),
@@ -309,7 +316,14 @@ impl Control {
                         v.on_app(origin, &payload);
                     }
                 }
-                RingEvent::Reliable { .. } => r.app_messages += 1,
+                RingEvent::Reliable { from, payload } => {
+                    r.app_messages += 1;
+                    if let Some(rb) = &mut self.rebuild {
+                        if rb.on_answer(from, &payload, now, &self.shared, &mut self.workers) {
+                            self.notes.extend(rb.last_note());
+                        }
+                    }
+                }
             }
         }
         if view_changed {
@@ -355,6 +369,29 @@ impl Control {
         for note in v.update(now.ms, view, r.dispatcher, me_ready, &self.shared, &mut self.workers) {
             self.notes.push_back(note);
         }
+        let (taken, let_go) = v.take_changes();
+        let Some(rb) = &mut self.rebuild else { return };
+        for vip in let_go {
+            rb.released(vip, &self.shared);
+        }
+        if let Some(n) = rb.poll(now, &self.shared) {
+            self.notes.push_back(n);
+            self.notes.extend(rb.last_note());
+        }
+        if !taken.is_empty() {
+            // Ask the agents in the ring for their servers' connections.
+            let live: Vec<SocketAddrV4> = r.member.member_entries().iter().map(|m| m.addr).collect();
+            for (agent, question) in rb.start(&taken, &live, now, &self.shared) {
+                if let Err(e) = r.member.send_app(now.ms, Dest::To(agent), question) {
+                    self.notes.push_back(format!("rebuild: cannot ask {agent}: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Sessions rebuilt from the servers' lists (None without agents).
+    pub fn rebuild_status(&self) -> Option<rebuild::RebuildStatus> {
+        self.rebuild.as_ref().map(rebuild::Rebuild::status)
     }
 
     /// The siblings sync currently reaches (by their ring addresses).

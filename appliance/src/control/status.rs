@@ -138,6 +138,18 @@ pub struct Defer {
     pub full: u64,
 }
 
+/// Packets of established flows that met no session (a flow that began on
+/// a failed appliance).
+#[derive(Serialize, Debug)]
+pub struct Midflow {
+    /// Held while their VIP's sessions were rebuilt from the servers.
+    pub awaited: u64,
+    /// Still without a session when the hold ran out (dropped).
+    pub await_timeouts: u64,
+    /// Maglev services: forwarded by the pick, a session made for them.
+    pub picked: u64,
+}
+
 /// Everything in the status file.
 #[derive(Serialize, Debug)]
 pub struct Status {
@@ -155,7 +167,10 @@ pub struct Status {
     pub replication: Replication,
     pub locks: Locks,
     pub defer: Defer,
+    pub midflow: Midflow,
     pub control: ControlCounters,
+    /// Sessions rebuilt from the servers' connection lists (`cluster.vips: owned`).
+    pub rebuild: Option<super::rebuild::RebuildStatus>,
     pub cluster: Option<ClusterStatus>,
 }
 
@@ -185,7 +200,9 @@ impl Status {
             },
             locks: Locks { created: s.locks_created, hits: s.lock_hits, table_full: s.lock_table_full },
             defer: Defer { held: s.deferred, timeouts: s.defer_timeouts, full: s.defer_full },
+            midflow: Midflow { awaited: s.awaited, await_timeouts: s.await_timeouts, picked: s.midflow_picked },
             control: control.counters,
+            rebuild: control.rebuild_status(),
             cluster: control.cluster_status(),
         }
     }

@@ -123,6 +123,10 @@ pub struct VipOwners {
     may_own: bool,
     pub takeovers: u64,
     pub releases: u64,
+    /// VIPs taken and let go since the control thread last looked
+    /// (`take_changes`): a VIP taken has its sessions rebuilt.
+    taken: Vec<u32>,
+    let_go: Vec<u32>,
 }
 
 impl VipOwners {
@@ -140,7 +144,14 @@ impl VipOwners {
             may_own: false,
             takeovers: 0,
             releases: 0,
+            taken: Vec::new(),
+            let_go: Vec::new(),
         }
+    }
+
+    /// The VIPs taken and let go since the last call.
+    pub fn take_changes(&mut self) -> (Vec<u32>, Vec<u32>) {
+        (std::mem::take(&mut self.taken), std::mem::take(&mut self.let_go))
     }
 
     /// A ring broadcast from `origin`: remember a readiness message (it
@@ -279,12 +290,14 @@ impl VipOwners {
             let ip = Ipv4Addr::from(vip);
             if is {
                 self.takeovers += 1;
+                self.taken.push(vip);
                 if let Some(w) = workers.first_mut() {
                     w.send(Command::Announce { vip });
                 }
                 notes.push(format!("vip {ip}: owned here now (gratuitous ARP x{})", shared.garp.count));
             } else {
                 self.releases += 1;
+                self.let_go.push(vip);
                 if let Some(w) = workers.first_mut() {
                     w.send(Command::Withdraw { vip });
                 }

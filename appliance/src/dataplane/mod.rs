@@ -39,6 +39,10 @@ pub enum Verdict {
         port: u8,
         tag: u64,
     },
+    /// A packet of an established flow that found no session while its
+    /// VIP's sessions are being rebuilt from the servers: keep the frame
+    /// untouched and process it again shortly (`worker::Awaiting`).
+    Await,
     /// Handled here, nothing to send (e.g. an ARP reply we learned from).
     Consumed,
     Drop(Drop),
@@ -367,10 +371,47 @@ impl<'a> Worker<'a> {
                 return self.rewrite_forward(frame, info, service.mode, server, None);
             }
             None if syn || !is_tcp => {}
-            None => return Verdict::Drop(Drop::NoSession),
+            None => return self.midflow(frame, info, svc, key, hash, in_port, now_ms),
         }
 
         self.open_session(frame, info, svc, key, hash, in_port, now_ms, reuse)
+    }
+
+    /// A packet of an established TCP flow without a session here: the flow
+    /// began on an appliance that failed (or before this one started). Where
+    /// this appliance owns the VIP: while the VIP's sessions are being
+    /// rebuilt from the servers' lists, the packet waits for them; after
+    /// that, a Maglev service (without persistence) forwards it by the pick,
+    /// which is the same on every appliance, and keeps a session for the
+    /// flow (half-open until a second packet confirms it, so a lone forged
+    /// ACK costs no more than a SYN). Anything else is `no_session`.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn midflow(
+        &mut self,
+        frame: &mut [u8],
+        info: &L4Info,
+        svc: u16,
+        key: &FlowKey,
+        hash: u64,
+        in_port: u8,
+        now_ms: u32,
+    ) -> Verdict {
+        let shared = self.shared;
+        let service = &shared.services[usize::from(svc)];
+        // Not from a SYN (a lone SYN-ACK to a VIP is nobody's handshake) nor
+        // from a reset: those never make state.
+        if !shared.owns_vip_of(service) || info.flags & (tcp_flags::SYN | tcp_flags::RST) != 0 {
+            return Verdict::Drop(Drop::NoSession);
+        }
+        if shared.rebuilding_vip_of(service) {
+            return Verdict::Await;
+        }
+        if service.maglev.is_none() || service.persistence_ms.is_some() {
+            return Verdict::Drop(Drop::NoSession);
+        }
+        self.stats.midflow_picked.inc();
+        self.open_session(frame, info, svc, key, hash, in_port, now_ms, false)
     }
 
     /// A new session for a SYN (any first UDP packet), or a new connection

@@ -141,6 +141,10 @@ pub struct Shared {
     /// for it? Always true unless `cluster.vips: owned`, where the control
     /// thread sets it from the ring's view (`control::vips`).
     vip_owned: Vec<(u32, AtomicBool)>,
+    /// Per VIP slot: its sessions are being rebuilt from the servers'
+    /// connection lists (a takeover with agents): packets of established
+    /// flows that find no session wait for them (`Verdict::Await`).
+    vip_rebuilding: Vec<AtomicBool>,
     /// Gratuitous ARP on taking a VIP.
     pub garp: Garp,
     pub workers: usize,
@@ -247,6 +251,7 @@ impl Shared {
             vips,
             nat_backends,
             vip_slots,
+            vip_rebuilding: vip_owned.iter().map(|_| AtomicBool::new(false)).collect(),
             vip_owned,
             garp: cfg.cluster.as_ref().map_or(DEFAULT_GARP, |c| c.garp),
             workers,
@@ -356,6 +361,25 @@ impl Shared {
     #[inline]
     pub(super) fn owns_vip_of(&self, service: &ServiceRt) -> bool {
         self.vip_owned[service.vip_slot].1.load(Relaxed)
+    }
+
+    /// Are the sessions of the service's VIP being rebuilt now?
+    #[inline]
+    pub(super) fn rebuilding_vip_of(&self, service: &ServiceRt) -> bool {
+        self.vip_rebuilding[service.vip_slot].load(Relaxed)
+    }
+
+    /// The control thread's word (`control::rebuild`): the sessions of
+    /// `ip` are being rebuilt (or no longer are).
+    pub fn set_vip_rebuilding(&self, ip: u32, rebuilding: bool) {
+        if let Some(&slot) = self.vip_slots.get(&ip) {
+            self.vip_rebuilding[slot].store(rebuilding, Relaxed);
+        }
+    }
+
+    /// Whether `ip`'s sessions are being rebuilt now.
+    pub fn vip_rebuilding(&self, ip: u32) -> bool {
+        self.vip_slots.get(&ip).is_some_and(|&slot| self.vip_rebuilding[slot].load(Relaxed))
     }
 
     pub fn vip_count(&self) -> usize {

@@ -12,6 +12,7 @@
 use ringlb_ring::conns;
 use ringlb_ring::driver::Driver;
 use ringlb_ring::member::{Config, Event, Member, Timers};
+use ringlb_ring::wire::{MemberEntry, CAP_APPLIANCE};
 use ringlb_ring::{Dest, Key};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -19,7 +20,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,8 +32,12 @@ struct AgentConfig {
     peers: Vec<SocketAddrV4>,
     #[serde(default)]
     dispatch_capable: bool,
-    /// Shared secret for the packet MAC.
-    key: String,
+    /// The cluster key file (the appliances' `cluster.key_file`): mode
+    /// 0600, 32 random bytes in hex.
+    key_file: String,
+    /// Read from `key_file` at load.
+    #[serde(skip)]
+    secret: String,
     /// seed (2,000/2,500 ms) or fast (300/400 ms).
     #[serde(default = "seed_profile")]
     profile: String,
@@ -74,16 +78,22 @@ fn epoch_ms() -> u64 {
 
 fn load_config(path: &str) -> Result<AgentConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: cannot read: {e}"))?;
-    let cfg: AgentConfig = serde_saphyr::from_str(&text).map_err(|e| {
+    let mut cfg: AgentConfig = serde_saphyr::from_str(&text).map_err(|e| {
         let loc = e.location().map_or(String::new(), |l| format!("{}:{}:", l.line(), l.column()));
         format!("{path}:{loc} {}", e.to_string().lines().next().unwrap_or("invalid"))
     })?;
     if !cfg.peers.contains(&cfg.listen) {
         return Err(format!("{path}: peers must include listen ({})", cfg.listen));
     }
-    if cfg.key.len() < 8 {
-        return Err(format!("{path}: key: use at least 8 characters"));
+    // A relative key file: systemd's credentials directory (the shipped
+    // unit loads the key there), else next to this configuration.
+    if std::path::Path::new(&cfg.key_file).is_relative() {
+        let base = std::env::var("CREDENTIALS_DIRECTORY").ok().map(std::path::PathBuf::from).unwrap_or_else(|| {
+            std::path::Path::new(path).parent().map(std::path::Path::to_path_buf).unwrap_or_default()
+        });
+        cfg.key_file = base.join(&cfg.key_file).display().to_string();
     }
+    cfg.secret = ringlb_ring::keyfile::read(&cfg.key_file).map_err(|e| format!("{path}: key_file: {e}"))?;
     timers(&cfg.profile).ok_or_else(|| format!("{path}: profile: '{}' is not seed or fast", cfg.profile))?;
     Ok(cfg)
 }
@@ -136,6 +146,10 @@ struct Status {
     log: Vec<String>,
     loads: BTreeMap<SocketAddrV4, String>,
     answers: Vec<String>,
+    /// "conns?" from a sender that is not an appliance of the current view.
+    refused_outside_view: u64,
+    answered: u64,
+    reader: conns::ReaderCounters,
 }
 
 impl Status {
@@ -184,6 +198,12 @@ impl Status {
                 );
             }
         }
+        let r = self.reader;
+        let _ = writeln!(
+            o,
+            "conns_questions asked={} answered={} refused_outside_view={} rate_limited={} busy={} cached={}",
+            r.asked, self.answered, self.refused_outside_view, r.rate_limited, r.busy, r.cached
+        );
         for (a, l) in &self.loads {
             let _ = writeln!(o, "load {a} {l}");
         }
@@ -208,7 +228,7 @@ fn new_member(cfg: &AgentConfig, driver: &Driver) -> Member {
             dispatch_capable: cfg.dispatch_capable,
             appliance: false,
             timers: timers(&cfg.profile).unwrap_or(Timers::SEED),
-            key: Key::from_secret(&cfg.key),
+            key: Key::from_secret(&cfg.secret),
             incarnation: epoch_ms(),
         },
         driver.now(),
@@ -235,8 +255,17 @@ fn run(cfg: AgentConfig) -> Result<(), String> {
             std::thread::sleep(Duration::from_millis(every.max(100)));
         });
     }
-    let (answer_tx, answers_rx) = mpsc::channel::<(SocketAddrV4, Vec<u8>)>();
-    let mut status = Status { log: Vec::new(), loads: BTreeMap::new(), answers: Vec::new() };
+    // One thread reads the connection lists, whoever asks and however often.
+    let mut reader = conns::Reader::spawn(CONNS_PER_SECOND, Duration::from_millis(CONNS_CACHE_MS), conns::answer_text)
+        .map_err(|e| format!("cannot start the connection reader: {e}"))?;
+    let mut status = Status {
+        log: Vec::new(),
+        loads: BTreeMap::new(),
+        answers: Vec::new(),
+        refused_outside_view: 0,
+        answered: 0,
+        reader: conns::ReaderCounters::default(),
+    };
     let mut last_status = Instant::now() - Duration::from_secs(1);
     let mut member = healthy_flag.load(Relaxed).then(|| new_member(&cfg, &driver));
     status.event(if member.is_some() { "start: joining".into() } else { "start: unhealthy, not joining".into() });
@@ -263,12 +292,15 @@ fn run(cfg: AgentConfig) -> Result<(), String> {
                     true
                 });
                 for e in pending {
-                    handle_event(&cfg, &mut status, &answer_tx, e);
+                    handle_event(&cfg, &mut status, &mut reader, m.member_entries(), e);
                 }
-                // Connection lists computed by query threads go out on the reliable layer.
-                while let Ok((to, list)) = answers_rx.try_recv() {
-                    let _ = m.send_reliable(driver.now(), to, &list);
+                // Connection lists read by the reader go out on the reliable layer.
+                while let Some((to, list)) = reader.answer() {
+                    if m.send_reliable(driver.now(), to, &list).is_ok() {
+                        status.answered += 1;
+                    }
                 }
+                status.reader = reader.counters;
                 if last_load.elapsed() >= Duration::from_millis(cfg.load_report_ms) {
                     last_load = Instant::now();
                     let report = format!("load {} conns {}", loadavg(), conn_count.load(Relaxed));
@@ -287,10 +319,12 @@ fn run(cfg: AgentConfig) -> Result<(), String> {
 
 /// Status lines kept per kind: the file stays small whatever peers send.
 const MAX_STATUS_LINES: usize = 64;
+/// Connection-list questions answered per second at most (a new dispatcher
+/// asks once per takeover), and how long a list read is reused.
+const CONNS_PER_SECOND: u32 = 20;
+const CONNS_CACHE_MS: u64 = 100;
 
-type Answers = mpsc::Sender<(SocketAddrV4, Vec<u8>)>;
-
-fn handle_event(cfg: &AgentConfig, status: &mut Status, answers: &Answers, e: Event) {
+fn handle_event(cfg: &AgentConfig, status: &mut Status, reader: &mut conns::Reader, view: &[MemberEntry], e: Event) {
     match e {
         Event::ViewChanged { master, version, members } => {
             let list: Vec<String> = members.iter().map(ToString::to_string).collect();
@@ -302,15 +336,15 @@ fn handle_event(cfg: &AgentConfig, status: &mut Status, answers: &Answers, e: Ev
         Event::App { origin, payload } => {
             let text = String::from_utf8_lossy(&payload).into_owned();
             if let Some(ports) = text.strip_prefix("conns? ") {
-                // A (new) dispatcher rebuilding its connection map asks for ours (B9).
-                let ports: Vec<u16> = ports.split(',').filter_map(|p| p.trim().parse().ok()).collect();
+                // A (new) dispatcher rebuilding its connection map asks for
+                // ours (B9): only an appliance of the current view is answered.
+                if !view.iter().any(|m| m.addr == origin && m.caps & CAP_APPLIANCE != 0) {
+                    status.refused_outside_view += 1;
+                    return;
+                }
+                let ports: Vec<u16> = ports.split(',').take(64).filter_map(|p| p.trim().parse().ok()).collect();
                 let ports = if ports.is_empty() { cfg.connection_ports.clone() } else { ports };
-                let tx = answers.clone();
-                std::thread::spawn(move || {
-                    let list: Vec<String> =
-                        conns::established(&ports).iter().map(|c| format!("{} {}", c.local, c.remote)).collect();
-                    let _ = tx.send((origin, list.join("\n").into_bytes()));
-                });
+                reader.ask(origin, ports);
             } else if text.starts_with("load ")
                 && (status.loads.contains_key(&origin) || status.loads.len() < MAX_STATUS_LINES)
             {

@@ -219,7 +219,7 @@ impl Member {
     // ---------- the sans-IO interface ----------
 
     pub fn handle_datagram(&mut self, now: u64, from: SocketAddrV4, bytes: &[u8]) {
-        let pkt = match wire::decode(bytes, &self.cfg.key) {
+        let pkt = match wire::decode(bytes, &self.cfg.me, &self.cfg.key) {
             Ok(p) => p,
             Err(DecodeError::BadMac) => {
                 self.counters.rx_bad_mac += 1;

@@ -98,7 +98,7 @@ impl Packer {
         self.tx_seq += 1;
         let p = Packet { sender: self.me, incarnation: self.incarnation, seq: self.tx_seq, msgs };
         counters.tx_packets += 1;
-        self.out.push_back(Transmit { to, bytes: wire::encode(&p, &self.key) });
+        self.out.push_back(Transmit { to, bytes: wire::encode(&p, &to, &self.key) });
     }
 
     pub fn poll(&mut self) -> Option<Transmit> {
