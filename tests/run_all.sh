@@ -24,6 +24,8 @@ run "lab cluster DSR (3 appliances behind a trunk)" bash tests/lab/cluster_test.
 run "lab failover DSR (2 appliances, one VIP, kill -9 and return)" bash tests/lab/failover_test.sh dsr preempt
 run "lab failover DSR without preempt (the VIP stays)" bash tests/lab/failover_test.sh dsr stay
 run "lab failover DSR, sync off, cold standby (sessions rebuilt from the agents)" bash tests/lab/failover_test.sh dsr rebuild
+run "lab failover NAT (servers' gateway is the first VIP; kill -9 and return)" bash tests/lab/failover_test.sh nat preempt
+run "lab failover NAT, sync off, cold standby (sessions rebuilt from the agents)" bash tests/lab/failover_test.sh nat rebuild
 run "lab cleanup on failure" bash tests/lab/cleanup_test.sh
 run "benchmark smoke run" bash tests/bench_smoke.sh
 echo "suites: $passed passed, $failed failed"

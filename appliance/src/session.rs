@@ -511,6 +511,15 @@ impl Entry {
         self.port_flags & PORT_MASK
     }
 
+    /// An entry rebuilt from a server's list knows no client-side hop: the
+    /// client's first packet through here tells it (port and MAC).
+    pub fn learn_client_hop(&mut self, port: u8, mac: Mac) {
+        if self.client_hop_mac == [0; 6] {
+            self.client_hop_mac = mac;
+            self.port_flags = (self.port_flags & !PORT_MASK) | (port & PORT_MASK);
+        }
+    }
+
     /// Installed from a sibling and not used here since.
     #[inline]
     pub fn is_replica(&self) -> bool {

@@ -428,3 +428,45 @@ fn while_a_vip_is_rebuilt_packets_without_session_wait_for_the_servers_list() {
     let mut other = tcp(ROUTER_MAC, PORT_MAC, client(8), ip("198.18.100.1"), 4244, 80, ACK, b"x");
     assert_eq!(w.process(&mut other, 0, 3, false), Verdict::Drop(Drop::NoSession));
 }
+
+#[test]
+fn a_rebuilt_nat_session_replies_through_the_client_hop_and_learns_it_from_the_client() {
+    use ringlb::control::channel::{Command, SessionRecord};
+    use ringlb::session::{FlowKey, InstallMode, State};
+    let (cfg, shared, stats) = setup("[1]", 1000);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let vip = u32::from_be_bytes(ip("198.18.100.2"));
+    let server = cfg.services[1].servers[0];
+    let rebuilt = |cport: u16| SessionRecord {
+        key: FlowKey {
+            client_ip: u32::from_be_bytes(client(3)),
+            vip,
+            client_port: cport,
+            vport: 80,
+            proto: ringlb::packet::L4Proto::Tcp,
+        },
+        server,
+        state: State::Established,
+        client_port: 0,
+        client_mac: [0; 6],
+        born: 0,
+    };
+    w.apply(Command::Install { rec: rebuilt(6000), mode: InstallMode::IfAbsent }, 0);
+    let reply = |cport: u16| tcp(NAT_MACS[0], PORT_MAC, ip("198.18.0.21"), client(3), 8080, cport, ACK, b"data");
+    // No client hop known yet: the reply cannot be addressed (counted).
+    assert_eq!(w.process(&mut reply(6000), 0, 1, false), Verdict::Drop(Drop::NoNeighbor));
+    // A new flow shows the port's client-side hop: replies go through it.
+    let mut syn = tcp(ROUTER_MAC, PORT_MAC, client(9), ip("198.18.100.1"), 7000, 80, SYN, b"");
+    assert_eq!(w.process(&mut syn, 0, 2, false), Verdict::Tx(0));
+    let mut r = reply(6000);
+    assert_eq!(w.process(&mut r, 0, 3, false), Verdict::Tx(0));
+    assert_eq!(check(&r).unwrap().dst_mac, ROUTER_MAC);
+    // The client's own packet teaches the session its hop.
+    w.apply(Command::Install { rec: rebuilt(6001), mode: InstallMode::IfAbsent }, 4);
+    let other_hop = [2, 0, 0, 0, 0, 0x77];
+    let mut ack = tcp(other_hop, PORT_MAC, client(3), ip("198.18.100.2"), 6001, 80, ACK, b"x");
+    assert_eq!(w.process(&mut ack, 0, 5, false), Verdict::Tx(0));
+    let mut r = reply(6001);
+    assert_eq!(w.process(&mut r, 0, 6, false), Verdict::Tx(0));
+    assert_eq!(check(&r).unwrap().dst_mac, other_hop);
+}

@@ -84,7 +84,7 @@ lab_up() {
   chmod 644 "$LAB_DIR/www/"*
   case $mode in
     trunk-dsr|trunk-nat) lab_up_trunk "${mode#trunk-}"; return ;;
-    failover-dsr) lab_up_failover "${mode#failover-}"; return ;;
+    failover-dsr|failover-nat) lab_up_failover "${mode#failover-}"; return ;;
     dsr|nat) ;;
     *) echo "lab_up: unknown mode '$mode'" >&2; return 1 ;;
   esac

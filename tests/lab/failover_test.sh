@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Lab test of active/standby failover (issue 9, items 1 and 4): two ringlb
 # appliances on one L2 segment hold one VIP (cluster.vips: owned, sibling
-# sync on, fast ring timers); real kernel clients and nginx servers, DSR
+# sync on, fast ring timers); real kernel clients and nginx servers, DSR or NAT
 # (deploy/lab/failover.sh).
-#   tests/lab/failover_test.sh dsr [preempt|stay|rebuild]
+#   tests/lab/failover_test.sh dsr|nat [preempt|stay|rebuild]
 # preempt (default): the returning appliance takes the VIP back; stay
 # (cluster.preempt: false): the VIP stays with the appliance that took it;
 # rebuild (issue 9 item 3): sibling sync off and the standby started only
@@ -28,9 +28,10 @@
 # goal 5.75 s instead of the fast profile's 1.5 s).
 # Namespaces, processes and hugepage files are removed on exit, also on failure.
 set -euo pipefail
-MODE=${1:?usage: failover_test.sh dsr [preempt|stay]}
+MODE=${1:?usage: failover_test.sh dsr|nat [preempt|stay|rebuild]}
+case $MODE in dsr|nat) ;; *) echo "usage: failover_test.sh dsr|nat [preempt|stay|rebuild]" >&2; exit 2 ;; esac
 RETURN=${2:-preempt}
-case $RETURN in preempt|stay|rebuild) ;; *) echo "usage: failover_test.sh dsr [preempt|stay|rebuild]" >&2; exit 2 ;; esac
+case $RETURN in preempt|stay|rebuild) ;; *) echo "usage: failover_test.sh dsr|nat [preempt|stay|rebuild]" >&2; exit 2 ;; esac
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 RINGLB=${RINGLB:-$ROOT/target/release/ringlb}
 LAB=${LAB:-"rlf$$x$RANDOM"}

@@ -85,6 +85,10 @@ pub struct Worker<'a> {
     dump: Option<Dump>,
     /// Gratuitous ARP for VIPs just taken over (worker 0 only).
     announcer: announce::Announcer,
+    /// Per port: the client-side hop of the last new session. A NAT
+    /// session rebuilt from a server's list replies through it until the
+    /// client's own packet shows its hop (behind a router, all clients share it).
+    client_hops: Vec<Option<Mac>>,
 }
 
 /// What a sibling needs to know of a session.
@@ -159,6 +163,7 @@ impl<'a> Worker<'a> {
             outbox: Outbox::new(shared.sync_events),
             dump: None,
             announcer: announce::Announcer::new(shared.garp, shared.vip_count()),
+            client_hops: vec![None; shared.ports.len()],
         }
     }
 
@@ -353,8 +358,11 @@ impl<'a> Worker<'a> {
             Some(e) if syn && e.state == State::Closing => reuse = true,
             Some(e) => {
                 if e.touch(now_ms) {
-                    // A sibling's session, now carried here: the flow changed appliance.
+                    // A sibling's session, now carried here: the flow changed
+                    // appliance. Rebuilt from a server's list, it learns the
+                    // client-side hop from this packet.
                     stats.sync_adopted.inc();
+                    e.learn_client_hop(in_port, packet::src_mac(frame));
                 }
                 let before = e.state;
                 if closing {
@@ -444,7 +452,11 @@ impl<'a> Worker<'a> {
         let server = self.pick_server(svc, key, now_ms);
         let state = if is_tcp { State::SynSeen } else { State::Udp };
         let born = born_at(shared.start_wall_ms + u64::from(now_ms));
-        let entry = Entry::new(now_ms, server, born, state, in_port, packet::src_mac(frame));
+        let client_mac = packet::src_mac(frame);
+        if let Some(hop) = self.client_hops.get_mut(usize::from(in_port)) {
+            *hop = Some(client_mac);
+        }
+        let entry = Entry::new(now_ms, server, born, state, in_port, client_mac);
         if reuse {
             if let Some(e) = self.table.lookup(key, hash, now_ms, |_| ()) {
                 e.renew(entry);
@@ -566,7 +578,14 @@ impl<'a> Worker<'a> {
             e.state = State::Established;
         }
         let out_port = e.client_port();
-        let client_mac = e.client_hop_mac;
+        let mut client_mac = e.client_hop_mac;
+        if client_mac == [0; 6] {
+            // Rebuilt from a server's list, the client not heard yet.
+            match self.client_hops.get(usize::from(out_port)).copied().flatten() {
+                Some(hop) => client_mac = hop,
+                None => return Verdict::Drop(Drop::NoNeighbor),
+            }
+        }
         if announce_change(before, e.state) {
             outbox.session(record(key, e), now_ms, stats);
         }
