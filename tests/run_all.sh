@@ -4,7 +4,8 @@
 #   2. lab tests: DSR and NAT through real namespaces, nginx, ab and curl; the
 #      cluster: three appliances behind a port-trunked router, failure and rejoin;
 #      failover: two appliances on one segment, VIP takeover by gratuitous ARP;
-#        with sync off, sessions rebuilt from the servers' agents
+#        with sync off, sessions rebuilt from the servers' agents; health: servers whose
+#        agent leaves the ring get no new flows, least_load follows load reports
 #   3. a smoke run of the benchmark harness (well-formed results only)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +27,7 @@ run "lab failover DSR without preempt (the VIP stays)" bash tests/lab/failover_t
 run "lab failover DSR, sync off, cold standby (sessions rebuilt from the agents)" bash tests/lab/failover_test.sh dsr rebuild
 run "lab failover NAT (servers' gateway is the first VIP; kill -9 and return)" bash tests/lab/failover_test.sh nat preempt
 run "lab failover NAT, sync off, cold standby (sessions rebuilt from the agents)" bash tests/lab/failover_test.sh nat rebuild
+run "lab health (agent leaves the ring: no new flows; least_load shares)" bash tests/lab/health_test.sh
 run "lab cleanup on failure" bash tests/lab/cleanup_test.sh
 run "benchmark smoke run" bash tests/bench_smoke.sh
 echo "suites: $passed passed, $failed failed"

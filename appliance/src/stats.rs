@@ -33,10 +33,12 @@ pub enum Drop {
     ArpIgnored,
     /// ARP, ping or a new flow for a VIP another appliance owns (`cluster.vips: owned`).
     VipNotOwned,
+    /// A new flow of a service whose servers are all down.
+    NoServer,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 15] = [
+    pub const ALL: [Drop; 16] = [
         Drop::Malformed,
         Drop::UnsupportedEthertype,
         Drop::UnsupportedProtocol,
@@ -52,6 +54,7 @@ impl Drop {
         Drop::HandoffFull,
         Drop::ArpIgnored,
         Drop::VipNotOwned,
+        Drop::NoServer,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -72,6 +75,7 @@ impl Drop {
             Drop::HandoffFull => "handoff_full",
             Drop::ArpIgnored => "arp_ignored",
             Drop::VipNotOwned => "vip_not_owned",
+            Drop::NoServer => "no_server",
         }
     }
 }

@@ -470,3 +470,51 @@ fn a_rebuilt_nat_session_replies_through_the_client_hop_and_learns_it_from_the_c
     assert_eq!(w.process(&mut r, 0, 6, false), Verdict::Tx(0));
     assert_eq!(check(&r).unwrap().dst_mac, other_hop);
 }
+
+#[test]
+fn a_server_down_gets_no_new_flows_and_a_new_syn_on_its_tuple_is_placed_afresh() {
+    let (cfg, shared, stats) = setup("[1]", 1000);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let dsr = &cfg.services[0].servers;
+    let syn = |c: u32, port: u16| tcp(ROUTER_MAC, PORT_MAC, client(c), ip("198.18.100.1"), port, 80, SYN, b"");
+    // A flow on the third server (weight 3) ...
+    let mut on_third = None;
+    for c in 0..20u32 {
+        let mut f = syn(c, 1000);
+        assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Tx(0));
+        if check(&f).unwrap().dst_mac == DSR_MACS[2] {
+            on_third = Some(c);
+            break;
+        }
+    }
+    let c = on_third.expect("some flow reached the third server");
+    // ... which then goes down: new flows avoid it, also on both schedulers.
+    shared.set_server_weight(dsr[2], 0);
+    for n in 0..60u32 {
+        let mut f = syn(100 + n, 2000);
+        assert_eq!(w.process(&mut f, 0, 1, false), Verdict::Tx(0));
+        assert_ne!(check(&f).unwrap().dst_mac, DSR_MACS[2]);
+    }
+    for &id in &cfg.services[1].servers[..1] {
+        shared.set_server_weight(id, 0);
+    }
+    for n in 0..60u32 {
+        let mut f = tcp(ROUTER_MAC, PORT_MAC, client(n), ip("198.18.100.2"), 3000, 80, SYN, b"");
+        assert_eq!(w.process(&mut f, 0, 1, false), Verdict::Tx(0));
+        assert_eq!(check(&f).unwrap().dst_mac, NAT_MACS[1], "maglev places around the server down");
+    }
+    // The old flow's packets still go to it (its sessions are kept) ...
+    let mut ack = tcp(ROUTER_MAC, PORT_MAC, client(c), ip("198.18.100.1"), 1000, 80, ACK, b"x");
+    assert_eq!(w.process(&mut ack, 0, 2, false), Verdict::Tx(0));
+    assert_eq!(check(&ack).unwrap().dst_mac, DSR_MACS[2]);
+    // ... but a new SYN on its tuple (the server's reset went straight to
+    // the client) is a new connection, placed on a server that is up.
+    let mut again = syn(c, 1000);
+    assert_eq!(w.process(&mut again, 0, 3, false), Verdict::Tx(0));
+    assert_ne!(check(&again).unwrap().dst_mac, DSR_MACS[2]);
+    // Every server down: a new flow is a counted drop.
+    for &id in dsr {
+        shared.set_server_weight(id, 0);
+    }
+    assert_eq!(w.process(&mut syn(500, 4000), 0, 4, false), Verdict::Drop(Drop::NoServer));
+}

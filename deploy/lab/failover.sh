@@ -88,6 +88,9 @@ lab_up_failover() {
     fi
     ip netns exec "$s" nginx -c "$LAB_DIR/s$n/nginx.conf" &
     LAB_PIDS+=($!)
+    # The load the agent reports (namespaces share /proc/loadavg): 0 until
+    # a test writes another figure.
+    echo 0 > "$LAB_DIR/load$n"
     lab_failover_agent_config "$n" "$LAB_DIR/agent$n.yaml" "$net"
     ip netns exec "$s" "${RINGLB_AGENT:-$ROOT/target/release/ringlb-agent}" run -c "$LAB_DIR/agent$n.yaml" \
       >> "$LAB_DIR/agent$n.log" 2>&1 &
@@ -109,7 +112,8 @@ key_file: $LAB_DIR/cluster.key
 profile: ${LAB_TIMERS:-fast}
 health: { url: "http://$3.1$1:80/index.html", interval_ms: 500, timeout_ms: 400 }
 connection_ports: [80, 81, 82]
-load_report_ms: 1000
+load_report_ms: 500
+load_file: $LAB_DIR/load$1
 status_file: $LAB_DIR/agent$1.status
 AGENT
 }

@@ -102,6 +102,21 @@ pub enum SchedulerKind {
     Wrr,
     /// Maglev consistent hashing of the client endpoint.
     Maglev,
+    /// Smooth weighted round robin with each weight scaled by the load its
+    /// server's agent reports (weight / (1 + load)): seed 001's load-aware
+    /// dispatch. Servers without an agent keep their weight.
+    #[serde(rename = "least_load")]
+    LeastLoad,
+}
+
+impl SchedulerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SchedulerKind::Wrr => "wrr",
+            SchedulerKind::Maglev => "maglev",
+            SchedulerKind::LeastLoad => "least_load",
+        }
+    }
 }
 
 #[derive(Deserialize, Debug)]
@@ -754,7 +769,7 @@ impl Config {
                 s.port,
                 format!("{:?}", s.proto).to_lowercase(),
                 format!("{:?}", s.mode).to_lowercase(),
-                format!("{:?}", s.scheduler).to_lowercase()
+                s.scheduler.name()
             );
             if s.scheduler == SchedulerKind::Maglev {
                 let _ = writeln!(o, "    maglev_table_size: {}", s.maglev_table_size);

@@ -11,6 +11,8 @@
 //!   siblings over the sync transport, resyncs, and first-packet release.
 //! - `vips` (with `cluster.vips: owned`): which VIPs this appliance
 //!   answers for, from the ring's view; gratuitous ARP on taking one.
+//! - `health`: servers whose agent left the ring get no new flows;
+//!   `least_load` weights follow the agents' load reports.
 //! - `rebuild`: a VIP taken has its sessions rebuilt from the servers'
 //!   agents' connection lists.
 //! - `status`: what the control thread knows, for the stats line and the
@@ -18,6 +20,7 @@
 
 pub mod channel;
 pub mod driver;
+pub mod health;
 mod lag;
 pub mod rebuild;
 pub mod records;
@@ -101,6 +104,8 @@ pub struct Control {
     vips: Option<vips::VipOwners>,
     /// With `vips: owned` and servers' agents: sessions rebuilt on a takeover.
     rebuild: Option<rebuild::Rebuild>,
+    /// With servers' agents: their health and load, as weights for new flows.
+    health: Option<health::Health>,
     last_vip_check_ms: u64,
     notes: VecDeque<String>,
     pub counters: ControlCounters,
@@ -164,10 +169,14 @@ impl Control {
             siblings,
             vips,
             rebuild,
+            health: cfg.cluster.as_ref().and_then(|_| health::Health::new(cfg)),
             last_vip_check_ms: 0,
             notes,
             counters: ControlCounters::default(),
         };
+        if let Some(h) = &mut c.health {
+            c.notes.extend(h.apply(&c.shared));
+        }
         c.ring_events(now);
         c.update_vips(now);
         c
@@ -315,6 +324,12 @@ impl Control {
                     if let Some(v) = &mut self.vips {
                         v.on_app(origin, &payload);
                     }
+                    if let Some(h) = &mut self.health {
+                        h.on_app(origin, &payload);
+                        for n in h.apply(&self.shared) {
+                            self.notes.push_back(n);
+                        }
+                    }
                 }
                 RingEvent::Reliable { from, payload } => {
                     r.app_messages += 1;
@@ -334,6 +349,13 @@ impl Control {
         // A non-master's tentative view (version 0, from the Hellos it heard)
         // may lack a member for a moment: siblings follow the master's views.
         if view_changed && r.member.view_version() != 0 && !r.member.is_forming() {
+            if let Some(h) = &mut self.health {
+                let members: Vec<SocketAddrV4> = r.member.member_entries().iter().map(|m| m.addr).collect();
+                h.on_view(&members);
+                for n in h.apply(&self.shared) {
+                    self.notes.push_back(n);
+                }
+            }
             let sibs: Vec<(SocketAddrV4, u64)> = r
                 .member
                 .member_entries()
@@ -387,6 +409,11 @@ impl Control {
                 }
             }
         }
+    }
+
+    /// Each server's health and weight now (None without agents).
+    pub fn health_status(&self) -> Option<Vec<health::ServerHealth>> {
+        self.health.as_ref().map(health::Health::status)
     }
 
     /// Sessions rebuilt from the servers' lists (None without agents).

@@ -171,6 +171,8 @@ pub struct Status {
     pub control: ControlCounters,
     /// Sessions rebuilt from the servers' connection lists (`cluster.vips: owned`).
     pub rebuild: Option<super::rebuild::RebuildStatus>,
+    /// Servers' health and weights now (with servers' agents).
+    pub servers: Option<Vec<super::health::ServerHealth>>,
     pub cluster: Option<ClusterStatus>,
 }
 
@@ -203,6 +205,7 @@ impl Status {
             midflow: Midflow { awaited: s.awaited, await_timeouts: s.await_timeouts, picked: s.midflow_picked },
             control: control.counters,
             rebuild: control.rebuild_status(),
+            servers: control.health_status(),
             cluster: control.cluster_status(),
         }
     }

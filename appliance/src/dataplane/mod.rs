@@ -147,7 +147,7 @@ impl<'a> Worker<'a> {
             .iter()
             .map(|s| match &s.maglev {
                 Some(m) => Scheduler::Maglev(Arc::clone(m)),
-                None => Scheduler::RoundRobin(SmoothWrr::new(&s.weights)),
+                None => Scheduler::RoundRobin(SmoothWrr::new(s.servers.len())),
             })
             .collect();
         let seed = shared.hash_seed;
@@ -354,8 +354,10 @@ impl<'a> Worker<'a> {
         // An existing session: follow it (and tell the siblings of a state change).
         let mut reuse = false;
         match self.table.lookup(key, hash, now_ms, |e| expired(outbox, stats, key, e)) {
-            // A new connection reusing the client port of one that closed: schedule it afresh.
-            Some(e) if syn && e.state == State::Closing => reuse = true,
+            // A new connection reusing the client port of one that closed, or
+            // of one whose server is down (in DSR the server's reset never
+            // passes here, so its session still looks established): schedule it afresh.
+            Some(e) if syn && (e.state == State::Closing || shared.server_weight(e.server) == 0) => reuse = true,
             Some(e) => {
                 if e.touch(now_ms) {
                     // A sibling's session, now carried here: the flow changed
@@ -449,7 +451,9 @@ impl<'a> Worker<'a> {
         if !shared.owns_vip_of(service) {
             return Verdict::Drop(Drop::VipNotOwned);
         }
-        let server = self.pick_server(svc, key, now_ms);
+        let Some(server) = self.pick_server(svc, key, now_ms) else {
+            return Verdict::Drop(Drop::NoServer);
+        };
         let state = if is_tcp { State::SynSeen } else { State::Udp };
         let born = born_at(shared.start_wall_ms + u64::from(now_ms));
         let client_mac = packet::src_mac(frame);
@@ -515,23 +519,28 @@ impl<'a> Worker<'a> {
     /// address and the lock period on the service's Maglev table (the same
     /// on every appliance, so appliances that see a client's first
     /// connections at once agree), and a lock is made and reported.
-    fn pick_server(&mut self, svc: u16, key: &FlowKey, now_ms: u32) -> u16 {
-        let service = &self.shared.services[usize::from(svc)];
+    fn pick_server(&mut self, svc: u16, key: &FlowKey, now_ms: u32) -> Option<u16> {
+        let shared = self.shared;
+        let service = &shared.services[usize::from(svc)];
+        // Weights now: a server down has 0 (`control::health`).
+        let weight = |i: usize| shared.server_weight(service.servers[i]);
         let (Some(life), Some(locks), Some(maglev)) = (service.persistence_ms, &mut self.locks, &service.maglev) else {
-            return service.servers[self.schedulers[usize::from(svc)].pick(key.hash(0))];
+            let i = self.schedulers[usize::from(svc)].pick(key.hash(0), weight)?;
+            return Some(service.servers[i]);
         };
-        if let Some(lock) = locks.get(key.client_ip, svc, now_ms) {
+        if let Some(lock) = locks.get(key.client_ip, svc, now_ms).filter(|l| shared.server_weight(l.server) != 0) {
             self.stats.lock_hits.inc();
-            return lock.server;
+            return Some(lock.server);
         }
-        let period = (self.shared.start_wall_ms + u64::from(now_ms)) / u64::from(life);
-        let server = service.servers[maglev.lookup(mix(u64::from(key.client_ip) ^ (u64::from(svc) << 32), period))];
+        let period = (shared.start_wall_ms + u64::from(now_ms)) / u64::from(life);
+        let placed = mix(u64::from(key.client_ip) ^ (u64::from(svc) << 32), period);
+        let server = service.servers[crate::sched::maglev_pick(maglev, placed, weight)?];
         let lock = LockRecord {
             client_ip: key.client_ip,
             service: svc,
             server,
             remaining_ms: life,
-            rank: self.shared.rank_base | self.id as u64,
+            rank: shared.rank_base | self.id as u64,
         };
         if locks.offer(lock, now_ms) == Offer::Full {
             self.stats.lock_table_full.inc();
@@ -539,7 +548,7 @@ impl<'a> Worker<'a> {
             self.stats.locks_created.inc();
             self.outbox.lock(lock, self.stats);
         }
-        server
+        Some(server)
     }
 
     /// Server → client in NAT mode: the source becomes the VIP again.

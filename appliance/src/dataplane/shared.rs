@@ -8,7 +8,7 @@ use crate::packet::Mac;
 use crate::sched::maglev;
 use crate::session::{mix, FlowKey};
 use rustc_hash::FxHashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::Arc;
 
 /// A next hop's MAC, written by whichever worker hears its ARP and read by
@@ -58,7 +58,6 @@ pub(super) struct ServiceRt {
     pub port: u16,
     pub proto: u8,
     pub mode: Mode,
-    pub weights: Vec<u32>,
     /// Global server ids.
     pub servers: Vec<u16>,
     pub maglev: Option<Arc<maglev::Maglev>>,
@@ -145,6 +144,11 @@ pub struct Shared {
     /// connection lists (a takeover with agents): packets of established
     /// flows that find no session wait for them (`Verdict::Await`).
     vip_rebuilding: Vec<AtomicBool>,
+    /// Per server (global id): its weight for new flows now. The control
+    /// thread sets it (`control::health`): 0 while the server is down,
+    /// scaled by reported load under `least_load`; the configured weight
+    /// otherwise.
+    server_weight: Vec<AtomicU32>,
     /// Gratuitous ARP on taking a VIP.
     pub garp: Garp,
     pub workers: usize,
@@ -209,7 +213,7 @@ impl Shared {
                     port: s.port,
                     proto: s.proto as u8,
                     mode: s.mode,
-                    weights,
+
                     servers: s.servers.clone(),
                     maglev,
                     persistence_ms: s.persistence_ms,
@@ -252,6 +256,7 @@ impl Shared {
             nat_backends,
             vip_slots,
             vip_rebuilding: vip_owned.iter().map(|_| AtomicBool::new(false)).collect(),
+            server_weight: cfg.servers.iter().map(|s| AtomicU32::new(s.weight)).collect(),
             vip_owned,
             garp: cfg.cluster.as_ref().map_or(DEFAULT_GARP, |c| c.garp),
             workers,
@@ -374,6 +379,19 @@ impl Shared {
     pub fn set_vip_rebuilding(&self, ip: u32, rebuilding: bool) {
         if let Some(&slot) = self.vip_slots.get(&ip) {
             self.vip_rebuilding[slot].store(rebuilding, Relaxed);
+        }
+    }
+
+    /// Server `id`'s weight for new flows now (0: down).
+    #[inline]
+    pub fn server_weight(&self, id: u16) -> u32 {
+        self.server_weight.get(usize::from(id)).map_or(0, |w| w.load(Relaxed))
+    }
+
+    /// The control thread's word on server `id` (`control::health`).
+    pub fn set_server_weight(&self, id: u16, weight: u32) {
+        if let Some(w) = self.server_weight.get(usize::from(id)) {
+            w.store(weight, Relaxed);
         }
     }
 

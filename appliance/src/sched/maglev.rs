@@ -8,6 +8,7 @@ pub const DEFAULT_TABLE_SIZE: usize = 65_537;
 
 pub struct Maglev {
     table: Box<[u16]>,
+    servers: usize,
 }
 
 /// Server identity for the permutation: a stable name (e.g. "ip:port"), so
@@ -73,7 +74,7 @@ impl Maglev {
                 }
             }
         }
-        Maglev { table: table.into_boxed_slice() }
+        Maglev { table: table.into_boxed_slice(), servers: backends.len() }
     }
 
     /// The backend index for a flow hash.
@@ -81,6 +82,11 @@ impl Maglev {
     pub fn lookup(&self, flow_hash: u64) -> usize {
         let slot = ((u128::from(flow_hash as u32) * self.table.len() as u128) >> 32) as usize;
         usize::from(self.table[slot])
+    }
+
+    /// How many servers the table spreads over.
+    pub fn servers(&self) -> usize {
+        self.servers
     }
 
     pub fn table(&self) -> &[u16] {

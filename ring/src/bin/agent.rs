@@ -48,6 +48,11 @@ struct AgentConfig {
     connection_ports: Vec<u16>,
     #[serde(default = "second")]
     load_report_ms: u64,
+    /// Where the reported load comes from: a file whose first number is the
+    /// load (an application's own gauge); default /proc/loadavg's 1-minute
+    /// average, which network namespaces on one host share.
+    #[serde(default)]
+    load_file: Option<String>,
     status_file: String,
 }
 
@@ -135,11 +140,12 @@ fn healthy(h: &Health) -> bool {
     false
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
+/// The load to report: the first number of `file` (default /proc/loadavg).
+fn load(file: Option<&str>) -> String {
+    std::fs::read_to_string(file.unwrap_or("/proc/loadavg"))
         .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_default()
+        .and_then(|s| s.split_whitespace().next().filter(|v| v.parse::<f64>().is_ok()).map(str::to_owned))
+        .unwrap_or_else(|| "0".into())
 }
 
 struct Status {
@@ -303,7 +309,7 @@ fn run(cfg: AgentConfig) -> Result<(), String> {
                 status.reader = reader.counters;
                 if last_load.elapsed() >= Duration::from_millis(cfg.load_report_ms) {
                     last_load = Instant::now();
-                    let report = format!("load {} conns {}", loadavg(), conn_count.load(Relaxed));
+                    let report = format!("load {} conns {}", load(cfg.load_file.as_deref()), conn_count.load(Relaxed));
                     status.loads.insert(cfg.listen, report.clone());
                     let _ = m.send_app(driver.now(), Dest::Broadcast, report.into_bytes());
                 }
