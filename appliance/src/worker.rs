@@ -448,6 +448,14 @@ pub fn run(setup: WorkerSetup) -> i32 {
                 let _ = b.push(m);
                 tx[usize::from(n.port)].tx(&mut b) == 1
             });
+            dp.due_probes(now, |p| {
+                let Some(mut m) = pool.alloc() else { return false };
+                let Some(buf) = m.append(packet::MIN_FRAME as u16) else { return false };
+                packet::build_tcp_syn(buf, p.src_mac, p.dst_mac, p.src_ip, p.dst_ip, p.src_port, p.dst_port, p.seq);
+                let mut b: Burst<1> = Burst::default();
+                let _ = b.push(m);
+                tx[usize::from(p.port)].tx(&mut b) == 1
+            });
             dp.due_announcements(now, |i, port, vip| {
                 let Some(mut m) = pool.alloc() else { return false };
                 let Some(buf) = m.append(packet::MIN_FRAME as u16) else { return false };

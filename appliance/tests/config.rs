@@ -271,3 +271,23 @@ fn a_servers_agent_must_be_a_ring_member_and_one_per_machine() {
         .replace("- { ip: 198.18.0.21, port: 443 }", "- { ip: 198.18.0.11, port: 443, agent: \"10.255.0.1:7401\" }");
     assert_has(&err(&two), &["already has agent 10.255.0.2:7400"]);
 }
+
+#[test]
+fn probes_default_like_haproxy_and_are_checked() {
+    let with = |p: &str| {
+        GOOD.replace("    mode: dsr\n    group: web", &format!("    mode: dsr\n    group: web\n    probe: {p}"))
+    };
+    let c = config::parse(&with("{}"), "p.yaml").unwrap();
+    assert_eq!(c.services[0].probe, Some(config::DEFAULT_PROBE));
+    let c = config::parse(&with("{ interval: 300ms, timeout: 250ms, rise: 1, fall: 5 }"), "p.yaml").unwrap();
+    assert_eq!(c.services[0].probe, Some(config::Probe { interval_ms: 300, timeout_ms: 250, rise: 1, fall: 5 }));
+    assert!(c.render().contains("probe: { interval: 300ms, timeout: 250ms, rise: 1, fall: 5 }"), "{}", c.render());
+    let err = |p: &str| config::parse(&with(p), "p.yaml").unwrap_err().to_string();
+    assert_has(
+        &err("{ interval: 1s, timeout: 2s }"),
+        &["p.yaml:", "services[0].probe.timeout: longer than the interval"],
+    );
+    assert_has(&err("{ interval: 10ms }"), &["services[0].probe.interval: between 100ms and 60s"]);
+    assert_has(&err("{ rise: 0 }"), &["services[0].probe.rise: 0 is not between 1 and 100"]);
+    assert_has(&err("{ every: 1s }"), &["every"]);
+}

@@ -518,3 +518,60 @@ fn a_server_down_gets_no_new_flows_and_a_new_syn_on_its_tuple_is_placed_afresh()
     }
     assert_eq!(w.process(&mut syn(500, 4000), 0, 4, false), Verdict::Drop(Drop::NoServer));
 }
+
+#[test]
+fn probes_go_out_as_valid_syns_a_syn_ack_is_answered_with_rst_and_silence_takes_a_server_down() {
+    let yaml = r#"
+eal: { control_core: 0, worker_cores: [1], hugepages: false, memory_mb: 256 }
+ports:
+  - { device: "net_null0", ip: 198.18.0.1/24, mac: "02:00:00:00:00:01" }
+services:
+  - { name: web, vip: 198.18.100.1, port: 80, mode: dsr, group: web, probe: { interval: 100ms, timeout: 50ms, rise: 2, fall: 2 } }
+server_groups:
+  web:
+    - { ip: 198.18.0.11, port: 80, mac: "02:00:00:00:01:01" }
+    - { ip: 198.18.0.12, port: 80, mac: "02:00:00:00:01:02" }
+"#;
+    let cfg = config::parse(yaml, "probe.yaml").unwrap();
+    let shared = Shared::new(&cfg, &[PORT_MAC]);
+    let stats = [WorkerStats::new(cfg.servers.len())];
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let mut sent = Vec::new();
+    for now in 0..=400u32 {
+        let mut due = Vec::new();
+        w.due_probes(now, |p| {
+            let mut buf = [0u8; 60];
+            ringlb::packet::build_tcp_syn(
+                &mut buf, p.src_mac, p.dst_mac, p.src_ip, p.dst_ip, p.src_port, p.dst_port, p.seq,
+            );
+            due.push((buf, p.seq));
+            true
+        });
+        for (buf, seq) in due {
+            let syn = check(&buf).expect("a probe has valid checksums");
+            assert_eq!((syn.flags, syn.dport, syn.src, syn.src_mac), (SYN, 80, ip("198.18.0.1"), PORT_MAC));
+            sent.push((now, syn.dst, syn.sport, seq));
+            // Server .11 answers each probe with a SYN-ACK; .12 is silent.
+            if syn.dst == ip("198.18.0.11") {
+                let mut answer = Vec::new();
+                etherparse::PacketBuilder::ethernet2(DSR_MACS[0], PORT_MAC)
+                    .ipv4(ip("198.18.0.11"), ip("198.18.0.1"), 64)
+                    .tcp(80, syn.sport, 777, 65535)
+                    .syn()
+                    .ack(seq.wrapping_add(1))
+                    .write(&mut answer, &[])
+                    .unwrap();
+                assert_eq!(w.process(&mut answer, 0, now, false), Verdict::Tx(0));
+                let rst = check(&answer).expect("the RST has valid checksums");
+                assert_eq!((rst.flags, rst.dst, rst.dport, rst.dst_mac), (RST, ip("198.18.0.11"), 80, DSR_MACS[0]));
+            }
+        }
+    }
+    let to = |s: &str| sent.iter().filter(|x| x.1 == ip(s)).count();
+    assert!(to("198.18.0.11") >= 4 && to("198.18.0.12") >= 4, "{sent:?}");
+    assert!(shared.server_weight(cfg.services[0].servers[0]) > 0, "the answering server stays up");
+    assert_eq!(shared.server_weight(cfg.services[0].servers[1]), 0, "two silent probes take it down");
+    // A stranger's SYN-ACK to the probe port is not a probe's answer.
+    let mut forged = tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.0.1"), 80, 0xc000, SYN | ACK, b"");
+    assert_eq!(w.process(&mut forged, 0, 500, false), Verdict::Drop(Drop::NoService));
+}

@@ -11,7 +11,10 @@
 #   2. nginx on s2 starts again: the agent re-joins, the time to s2's
 #      weight coming back is printed, and s2 gets new sessions again;
 #   3. least_load (the service on 198.18.100.2): s2's agent reports load 8
-#      instead of 0; s2's share of new sessions drops (shares printed).
+#      instead of 0; s2's share of new sessions drops (shares printed);
+#   4. the service on 198.18.100.3 lists the servers without their agents:
+#      ringlb probes them (TCP SYN every 300 ms, fall 2, rise 2); (1) and
+#      (2) again, detected by the probe.
 # Namespaces, processes and hugepage files are removed on exit, also on failure.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -61,45 +64,52 @@ done
 [ "$(st 'all(x["up"] for x in s["servers"])')" = True ] || fail "not every server's agent joined: $(st 's["servers"]')"
 say "ring formed with the three agents; weights now: $(st '", ".join("{}={}".format(x["server"], x["weight_now"]) for x in s["servers"] if x["server"].startswith("web/"))')"
 
-# 1. Stop nginx on s2 under load.
-load "http://$VIP/index.html" 12 during-stop &
-LOADER=$!
-sleep 4
-stop_ms=$(now_ms)
-kill -QUIT "$(cat "$LAB_DIR/s2/nginx.pid")"
-down_ms=
-for _ in $(seq 1000); do
-  [ "$(server weight_now "$WEB2")" = 0 ] && { down_ms=$(now_ms); break; }
-  sleep 0.01
-done
-[ -n "$down_ms" ] || fail "s2 still takes new flows 10 s after nginx stopped"
-at_down=$(sessions "$WEB2")
-say "nginx on s2 stopped → its agent left the ring and ringlb gave s2 weight 0 after $(( down_ms - stop_ms )) ms (agent check every 500 ms + the ring's detection)"
-wait "$LOADER"
-say "requests across the stop: $(summary during-stop) (those that met s2 between the stop and the detection may fail)"
-load "http://$VIP/index.html" 6 after-detection
-after=$(sessions "$WEB2")
-say "requests after the detection: $(summary after-detection); new sessions to s2 since: $(( after - at_down ))"
-[ "$(lab_json "$LAB_DIR/after-detection.json" 's["failed"] == 0 and s["completed"] > 500')" = True ] \
-  || fail "requests failed after the detection: $(summary after-detection)"
-[ "$after" = "$at_down" ] || fail "s2 got $(( after - at_down )) new sessions while down"
+# outage VIP LABEL HOW: under load on VIP, stop nginx on s2; print the
+# time until ringlb gives server LABEL weight 0 (detected by HOW); then no
+# new session goes to it and no request fails; start nginx again and print
+# the time until LABEL has weight again; it gets new sessions again.
+outage() {
+  local vip=$1 label=$2 how=$3 stop_ms down_ms at_down after start_ms up_ms before
+  load "http://$vip/index.html" 10 "stop-$how" &
+  local loader=$!
+  sleep 3
+  stop_ms=$(now_ms)
+  kill -QUIT "$(cat "$LAB_DIR/s2/nginx.pid")"
+  down_ms=
+  for _ in $(seq 1000); do
+    [ "$(server weight_now "$label")" = 0 ] && { down_ms=$(now_ms); break; }
+    sleep 0.01
+  done
+  [ -n "$down_ms" ] || fail "$label still takes new flows 10 s after nginx stopped"
+  at_down=$(sessions "$label")
+  say "[$how] nginx on s2 stopped → ringlb gave $label weight 0 after $(( down_ms - stop_ms )) ms"
+  wait "$loader"
+  say "[$how] requests across the stop: $(summary "stop-$how") (those that met s2 between the stop and the detection may fail)"
+  load "http://$vip/index.html" 5 "after-$how"
+  after=$(sessions "$label")
+  say "[$how] requests after the detection: $(summary "after-$how"); new sessions to s2 since: $(( after - at_down ))"
+  [ "$(lab_json "$LAB_DIR/after-$how.json" 's["failed"] == 0 and s["completed"] > 500')" = True ] \
+    || fail "requests failed after the detection: $(summary "after-$how")"
+  [ "$after" = "$at_down" ] || fail "s2 got $(( after - at_down )) new sessions while down"
+  start_ms=$(now_ms)
+  ip netns exec "$S2" nginx -c "$LAB_DIR/s2/nginx.conf" &
+  LAB_PIDS+=($!)
+  up_ms=
+  for _ in $(seq 1500); do
+    [ "$(server weight_now "$label")" != 0 ] && { up_ms=$(now_ms); break; }
+    sleep 0.01
+  done
+  [ -n "$up_ms" ] || fail "$label did not come back within 15 s of nginx's start"
+  say "[$how] nginx on s2 started → $label has weight $(server weight_now "$label") again after $(( up_ms - start_ms )) ms"
+  before=$(sessions "$label")
+  load "http://$vip/index.html" 4 "back-$how"
+  say "[$how] requests after the return: $(summary "back-$how"); new sessions to s2: $(( $(sessions "$label") - before ))"
+  [ "$(lab_json "$LAB_DIR/back-$how.json" 's["failed"] == 0')" = True ] || fail "requests failed after s2 came back"
+  [ $(( $(sessions "$label") - before )) -gt 0 ] || fail "s2 gets no traffic after it came back"
+}
 
-# 2. Start it again.
-start_ms=$(now_ms)
-ip netns exec "$S2" nginx -c "$LAB_DIR/s2/nginx.conf" &
-LAB_PIDS+=($!)
-up_ms=
-for _ in $(seq 1500); do
-  [ "$(server weight_now "$WEB2")" != 0 ] && { up_ms=$(now_ms); break; }
-  sleep 0.01
-done
-[ -n "$up_ms" ] || fail "s2 did not come back within 15 s of nginx's start"
-say "nginx on s2 started → its agent re-joined and s2 has weight $(server weight_now "$WEB2") again after $(( up_ms - start_ms )) ms"
-before=$(sessions "$WEB2")
-load "http://$VIP/index.html" 4 back
-say "requests after the return: $(summary back); new sessions to s2: $(( $(sessions "$WEB2") - before ))"
-[ "$(lab_json "$LAB_DIR/back.json" 's["failed"] == 0')" = True ] || fail "requests failed after s2 came back"
-[ $(( $(sessions "$WEB2") - before )) -gt 0 ] || fail "s2 gets no traffic after it came back"
+# 1-2. The agent's check fails: it leaves the ring.
+outage "$VIP" "$WEB2" agent
 
 # 3. least_load: s2 reports a high load.
 shares() {
@@ -127,6 +137,10 @@ high=$(share_of_s2 "$s1")
 for j in ll-idle ll-busy; do
   [ "$(lab_json "$LAB_DIR/$j.json" 's["failed"] == 0')" = True ] || fail "requests failed in $j: $(summary "$j")"
 done
+
+# 4. Servers without an agent: the appliance's own probe.
+[ "$(server checked_by web3/198.18.0.12:80)" = probe ] || fail "web3's servers are not probed: $(st 's["servers"]')"
+outage 198.18.100.3 web3/198.18.0.12:80 probe
 
 lab_stop_appliance 1 || fail "lb1 exited non-zero on SIGTERM"
 grep -q "ringlb stopped cleanly" "$LAB_DIR/lb1.log" || fail "lb1: no clean-shutdown summary"

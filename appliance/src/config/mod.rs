@@ -137,7 +137,42 @@ struct RawService {
     /// first one went to, until the lock times out.
     #[serde(default)]
     persistence: Option<RawPersistence>,
+    /// The appliance's own health probe of the servers without an agent:
+    /// a TCP SYN from the data port (SYN-ACK = a success, then RST).
+    #[serde(default)]
+    probe: Option<RawProbe>,
 }
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    /// Between probes (HAProxy's `inter`).
+    #[serde(default)]
+    interval: Option<Spanned<String>>,
+    /// How long a probe waits for the SYN-ACK.
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
+    /// Successes in a row that bring a server up, failures that take it down.
+    #[serde(default)]
+    rise: Option<Spanned<u32>>,
+    #[serde(default)]
+    fall: Option<Spanned<u32>>,
+}
+
+/// A service's probe of its agent-less servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub interval_ms: u32,
+    pub timeout_ms: u32,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+/// HAProxy's defaults: every 2 s, up after 2 successes, down after 3 failures.
+pub const DEFAULT_PROBE: Probe = Probe { interval_ms: 2000, timeout_ms: 1000, rise: 2, fall: 3 };
+/// Probes use source ports from here on, one per server id below `MAX_PROBED`.
+pub const PROBE_PORT_BASE: u16 = 0xc000;
+pub const MAX_PROBED: usize = 0x4000;
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -279,6 +314,8 @@ pub struct ServiceConfig {
     pub servers: Vec<u16>,
     /// Client-lock lifetime, if the service has persistence.
     pub persistence_ms: Option<u32>,
+    /// The probe of its servers that have no agent.
+    pub probe: Option<Probe>,
 }
 
 /// One member of a service's server group. A machine serving two services
@@ -546,6 +583,41 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
                 sz.value
             }
         };
+        let probe = match &s.probe {
+            None => None,
+            Some(p) => {
+                let key = format!("services[{si}].probe");
+                let d = DEFAULT_PROBE;
+                let interval_ms =
+                    p.interval.as_ref().map_or(Ok(d.interval_ms), |v| duration(cx, v, &format!("{key}.interval")))?;
+                let timeout_ms = p
+                    .timeout
+                    .as_ref()
+                    .map_or(Ok(d.timeout_ms.min(interval_ms)), |v| duration(cx, v, &format!("{key}.timeout")))?;
+                if !(100..=60_000).contains(&interval_ms) {
+                    return Err(
+                        cx.at(p.interval.as_ref().unwrap_or(&s.name), format!("{key}.interval: between 100ms and 60s"))
+                    );
+                }
+                if timeout_ms > interval_ms {
+                    return Err(cx.at(
+                        p.timeout.as_ref().unwrap_or(&s.name),
+                        format!("{key}.timeout: longer than the interval ({interval_ms} ms)"),
+                    ));
+                }
+                let count = |v: &Option<Spanned<u32>>, default: u32, name: &str| match v {
+                    None => Ok(default),
+                    Some(c) if (1..=100).contains(&c.value) => Ok(c.value),
+                    Some(c) => Err(cx.at(c, format!("{key}.{name}: {} is not between 1 and 100", c.value))),
+                };
+                Some(Probe {
+                    interval_ms,
+                    timeout_ms,
+                    rise: count(&p.rise, d.rise, "rise")?,
+                    fall: count(&p.fall, d.fall, "fall")?,
+                })
+            }
+        };
         let persistence_ms = match &s.persistence {
             None => None,
             Some(p) => {
@@ -669,10 +741,14 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
             group: s.group.value.clone(),
             servers: ids,
             persistence_ms,
+            probe,
         });
     }
     if services.len() >= usize::from(u16::MAX) {
         return Err(cx.key("services: too many"));
+    }
+    if services.iter().any(|s| s.probe.is_some()) && servers.len() > MAX_PROBED {
+        return Err(cx.key(format!("services: probes need at most {MAX_PROBED} servers in all (one probe port each)")));
     }
 
     let cap = &raw.sessions.capacity;
@@ -776,6 +852,13 @@ impl Config {
             }
             if let Some(p) = s.persistence_ms {
                 let _ = writeln!(o, "    persistence:\n      timeout: {p}ms");
+            }
+            if let Some(p) = s.probe {
+                let _ = writeln!(
+                    o,
+                    "    probe: {{ interval: {}ms, timeout: {}ms, rise: {}, fall: {} }}",
+                    p.interval_ms, p.timeout_ms, p.rise, p.fall
+                );
             }
             let _ = writeln!(o, "    group: {}\n    servers:", s.group);
             for &id in &s.servers {

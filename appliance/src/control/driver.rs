@@ -135,8 +135,15 @@ impl<'a> Driver<'a> {
                 control.handle_timeout(now);
             }
             self.transmit(control);
+            let mut noted = false;
             while let Some(n) = control.poll_note() {
                 println!("{n}");
+                noted = true;
+            }
+            if noted {
+                // Something changed (a VIP, a server's health): the status
+                // file says so now, not at the next stats interval.
+                self.report(control, opts, false);
             }
             if !opts.stats_interval.is_zero() && self.last_print.elapsed() >= opts.stats_interval {
                 self.report(control, opts, true);

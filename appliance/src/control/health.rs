@@ -7,7 +7,10 @@
 //! server's weight is divided by (1 + the load its agent last reported).
 //!
 //! The result is each server's weight now, which the workers read at every
-//! pick (`Shared::server_weight`).
+//! pick (`Shared::server_weight`). Servers without an agent, of a service
+//! with `probe`, are probed by the appliance itself (worker 0,
+//! `dataplane::probe`); a server down by its probe has weight 0 there, and
+//! this module only reports it.
 
 use crate::config::{Config, SchedulerKind};
 use crate::dataplane::Shared;
@@ -26,12 +29,17 @@ struct Server {
     /// Its agent is in the ring's view (true for servers without one).
     up: bool,
     weight_now: u32,
+    /// Probed by the appliance (no agent, the service has `probe`), and up by it.
+    probed: bool,
+    probe_up: bool,
 }
 
 #[derive(serde::Serialize, Debug, Clone)]
 pub struct ServerHealth {
     pub server: String,
     pub agent: Option<String>,
+    /// "agent", "probe" or "none": what says whether it is up.
+    pub checked_by: &'static str,
     pub up: bool,
     /// The load its agent last reported.
     pub load: Option<f64>,
@@ -56,7 +64,9 @@ pub fn parse_load(payload: &[u8]) -> Option<f64> {
 impl Health {
     /// None when no server names an agent (nothing to follow).
     pub fn new(cfg: &Config) -> Option<Health> {
-        if !cfg.servers.iter().any(|s| s.agent.is_some()) {
+        let probed =
+            |s: &crate::config::ServerConfig| s.agent.is_none() && cfg.services[usize::from(s.service)].probe.is_some();
+        if !cfg.servers.iter().any(|s| s.agent.is_some() || probed(s)) {
             return None;
         }
         let servers = cfg
@@ -73,6 +83,8 @@ impl Health {
                     up: true,
                     // What `Shared` starts with; `apply` scales least_load's.
                     weight_now: s.weight,
+                    probed: probed(s),
+                    probe_up: true,
                 }
             })
             .collect();
@@ -120,6 +132,17 @@ impl Health {
                 s.weight_now = now;
                 shared.set_server_weight(id as u16, now);
             }
+            let probe_up = shared.probe_up(id as u16);
+            if s.probed && probe_up != s.probe_up {
+                s.probe_up = probe_up;
+                if probe_up {
+                    self.ups += 1;
+                    notes.push(format!("health: server {} up again (its probe's SYN-ACKs are back)", s.label));
+                } else {
+                    self.downs += 1;
+                    notes.push(format!("health: server {} down (its probe got no SYN-ACK): no new flows", s.label));
+                }
+            }
         }
         notes
     }
@@ -130,9 +153,16 @@ impl Health {
             .map(|s| ServerHealth {
                 server: s.label.clone(),
                 agent: s.agent.map(|a| a.to_string()),
-                up: s.up,
+                checked_by: if s.agent.is_some() {
+                    "agent"
+                } else if s.probed {
+                    "probe"
+                } else {
+                    "none"
+                },
+                up: s.up && s.probe_up,
                 load: s.agent.and_then(|a| self.loads.get(&a).copied()),
-                weight_now: s.weight_now,
+                weight_now: if s.probe_up { s.weight_now } else { 0 },
             })
             .collect()
     }

@@ -47,6 +47,8 @@ const EVENTS_PER_POLL: usize = 8_192;
 /// VIP ownership is looked at again at least this often (readiness can
 /// change without a ring event: a resync completes).
 const VIP_CHECK_MS: u64 = 50;
+/// Servers' probe verdicts are looked at this often.
+const HEALTH_CHECK_MS: u64 = 50;
 /// Sync retransmission timeout: a LAN round trip is far below it.
 const SYNC_RTO_MS: u64 = 20;
 
@@ -107,6 +109,7 @@ pub struct Control {
     /// With servers' agents: their health and load, as weights for new flows.
     health: Option<health::Health>,
     last_vip_check_ms: u64,
+    last_health_ms: u64,
     notes: VecDeque<String>,
     pub counters: ControlCounters,
 }
@@ -169,8 +172,9 @@ impl Control {
             siblings,
             vips,
             rebuild,
-            health: cfg.cluster.as_ref().and_then(|_| health::Health::new(cfg)),
+            health: health::Health::new(cfg),
             last_vip_check_ms: 0,
+            last_health_ms: 0,
             notes,
             counters: ControlCounters::default(),
         };
@@ -232,6 +236,11 @@ impl Control {
         }
         // Ownership follows the ring, readiness and time (the claim grace).
         self.update_vips(now);
+        // Probes' verdicts (worker 0's) reach the notes and the status.
+        if let Some(h) = self.health.as_mut().filter(|_| now.ms >= self.last_health_ms + HEALTH_CHECK_MS) {
+            self.last_health_ms = now.ms;
+            self.notes.extend(h.apply(&self.shared));
+        }
     }
 
     /// When `handle_timeout` should next run (u64::MAX: nothing is due).
@@ -240,7 +249,8 @@ impl Control {
         let sync = self.siblings.as_ref().map_or(u64::MAX, Siblings::poll_timeout);
         // VIP ownership follows readiness: look again at least this often.
         let vips = self.vips.as_ref().map_or(u64::MAX, |_| self.last_vip_check_ms.saturating_add(VIP_CHECK_MS));
-        ring.min(sync).min(vips)
+        let health = self.health.as_ref().map_or(u64::MAX, |_| self.last_health_ms.saturating_add(HEALTH_CHECK_MS));
+        ring.min(sync).min(vips).min(health)
     }
 
     /// The next datagram to send, and the socket it goes out of.

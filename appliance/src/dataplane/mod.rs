@@ -9,6 +9,7 @@
 //! side of the control channel (events out, commands in, dumps).
 
 mod announce;
+mod probe;
 mod replication;
 mod shared;
 
@@ -65,6 +66,10 @@ pub enum Step {
         svc: u16,
         hash: u64,
     },
+    /// TCP or UDP to the port's own address (not a service): a probe's answer?
+    ToPort {
+        info: L4Info,
+    },
 }
 
 /// One worker's private state.
@@ -89,6 +94,20 @@ pub struct Worker<'a> {
     /// session rebuilt from a server's list replies through it until the
     /// client's own packet shows its hop (behind a router, all clients share it).
     client_hops: Vec<Option<Mac>>,
+    /// Health probes of servers without an agent (worker 0 only).
+    prober: probe::Prober,
+}
+
+/// A health probe to send (`Worker::due_probes`): a TCP SYN.
+pub struct ProbeFrame {
+    pub port: u8,
+    pub src_mac: Mac,
+    pub dst_mac: Mac,
+    pub src_ip: u32,
+    pub dst_ip: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
 }
 
 /// What a sibling needs to know of a session.
@@ -164,6 +183,7 @@ impl<'a> Worker<'a> {
             dump: None,
             announcer: announce::Announcer::new(shared.garp, shared.vip_count()),
             client_hops: vec![None; shared.ports.len()],
+            prober: probe::Prober::new(shared),
         }
     }
 
@@ -223,8 +243,56 @@ impl<'a> Worker<'a> {
                 AddressKind::OtherAppliances => Step::Done(Verdict::Drop(Drop::VipNotOwned)),
                 AddressKind::Foreign => Step::Done(Verdict::Drop(Drop::NoService)),
             },
-            Parsed::L4(info) => self.l4(info, handed_off),
+            Parsed::L4(info) => self.l4(info, handed_off, port.ip),
         }
+    }
+
+    /// A server's answer to a health probe (`probe`): a SYN-ACK is noted
+    /// as the probe's success and answered with a RST; a RST (port closed)
+    /// is taken in silence (the probe fails at its timeout). None: not a probe's.
+    #[inline(never)]
+    fn probe_answer(&self, frame: &mut [u8], info: &L4Info, in_port: u8, our_mac: Mac) -> Option<Verdict> {
+        if info.proto != L4Proto::Tcp || info.dst_port < crate::config::PROBE_PORT_BASE {
+            return None;
+        }
+        let id = usize::from(info.dst_port - crate::config::PROBE_PORT_BASE);
+        let srv = self.shared.servers.get(id)?;
+        if srv.probe.is_none() || srv.ip != info.src_ip || srv.port != info.src_port {
+            return None;
+        }
+        if info.flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) != tcp_flags::SYN | tcp_flags::ACK {
+            return Some(Verdict::Consumed);
+        }
+        let ack =
+            frame.get(info.l4_off + 8..info.l4_off + 12).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        self.shared.probe_answer[id].store(ack.wrapping_sub(1), std::sync::atomic::Ordering::Relaxed);
+        packet::syn_ack_to_rst_in_place(frame, info, our_mac);
+        Some(Verdict::Tx(in_port))
+    }
+
+    /// Calls `send` for each health probe due now (worker 0; see `probe`).
+    /// A probe whose server's MAC is not known yet is not sent: it fails.
+    pub fn due_probes(&mut self, now_ms: u32, mut send: impl FnMut(&ProbeFrame) -> bool) {
+        if self.id != 0 || self.prober.is_idle() {
+            return;
+        }
+        let shared = self.shared;
+        self.prober.due(now_ms, shared, |syn| {
+            let srv = &shared.servers[usize::from(syn.server)];
+            let nb = &shared.neighbors[usize::from(srv.neighbor)];
+            let Some(dst_mac) = nb.mac() else { return false };
+            let port = &shared.ports[usize::from(nb.port)];
+            send(&ProbeFrame {
+                port: nb.port,
+                src_mac: port.mac,
+                dst_mac,
+                src_ip: port.ip,
+                dst_ip: srv.ip,
+                src_port: syn.src_port,
+                dst_port: srv.port,
+                seq: syn.seq,
+            })
+        });
     }
 
     /// Second pass: look the session up (or create it), rewrite, and say
@@ -238,6 +306,10 @@ impl<'a> Worker<'a> {
             }
             Step::Reply { info, svc, hash } => {
                 self.nat_reply(frame, &info, svc, &self.reply_key(&info, svc), hash, now_ms)
+            }
+            Step::ToPort { info } => {
+                let mac = self.shared.ports.get(usize::from(in_port)).map_or([0; 6], |p| p.mac);
+                self.probe_answer(frame, &info, in_port, mac).unwrap_or(Verdict::Drop(Drop::NoService))
             }
         }
     }
@@ -288,7 +360,7 @@ impl<'a> Worker<'a> {
     }
 
     #[inline]
-    fn l4(&mut self, info: L4Info, handed_off: bool) -> Step {
+    fn l4(&mut self, info: L4Info, handed_off: bool, port_ip: u32) -> Step {
         let proto = info.proto as u8;
         if let Some(svc) = self.shared.vips.get(info.dst_ip, info.dst_port, proto) {
             let owner = self.shared.owner(info.src_ip, info.src_port);
@@ -299,6 +371,10 @@ impl<'a> Worker<'a> {
             let hash = self.table.hash(&key);
             self.table.prefetch(hash);
             return Step::Forward { info, svc, hash };
+        }
+        if info.dst_ip == port_ip {
+            // To the port's own address: perhaps a server's answer to a probe.
+            return Step::ToPort { info };
         }
         if let Some(svc) = self.shared.nat_backends.get(info.src_ip, info.src_port, proto) {
             let owner = self.shared.owner(info.dst_ip, info.dst_port);

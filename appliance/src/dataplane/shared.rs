@@ -70,6 +70,9 @@ pub(super) struct ServerRt {
     pub port: u16,
     pub service: u16,
     pub neighbor: u16,
+    /// The appliance probes this server itself (its service has `probe`,
+    /// and it has no agent).
+    pub probe: Option<crate::config::Probe>,
 }
 
 /// (address, port, protocol) → service, for the handful of endpoints an
@@ -149,6 +152,12 @@ pub struct Shared {
     /// scaled by reported load under `least_load`; the configured weight
     /// otherwise.
     server_weight: Vec<AtomicU32>,
+    /// Per server: up by the appliance's own probe (always, unprobed);
+    /// worker 0 decides (`probe`).
+    probe_up: Vec<AtomicBool>,
+    /// Per server: the sequence number of the last probe its SYN-ACK
+    /// answered (whichever worker received it).
+    pub(super) probe_answer: Vec<AtomicU32>,
     /// Gratuitous ARP on taking a VIP.
     pub garp: Garp,
     pub workers: usize,
@@ -249,8 +258,16 @@ impl Shared {
             servers: cfg
                 .servers
                 .iter()
-                .map(|s| ServerRt { ip: s.ip, port: s.port, service: s.service, neighbor: s.neighbor })
+                .map(|s| ServerRt {
+                    ip: s.ip,
+                    port: s.port,
+                    service: s.service,
+                    neighbor: s.neighbor,
+                    probe: cfg.services[usize::from(s.service)].probe.filter(|_| s.agent.is_none()),
+                })
                 .collect(),
+            probe_up: cfg.servers.iter().map(|_| AtomicBool::new(true)).collect(),
+            probe_answer: cfg.servers.iter().map(|_| AtomicU32::new(0)).collect(),
             neighbors,
             vips,
             nat_backends,
@@ -385,7 +402,22 @@ impl Shared {
     /// Server `id`'s weight for new flows now (0: down).
     #[inline]
     pub fn server_weight(&self, id: u16) -> u32 {
-        self.server_weight.get(usize::from(id)).map_or(0, |w| w.load(Relaxed))
+        let i = usize::from(id);
+        match (self.server_weight.get(i), self.probe_up.get(i)) {
+            (Some(w), Some(up)) if up.load(Relaxed) => w.load(Relaxed),
+            _ => 0,
+        }
+    }
+
+    /// Is server `id` up by the appliance's probe (true when not probed)?
+    pub fn probe_up(&self, id: u16) -> bool {
+        self.probe_up.get(usize::from(id)).is_some_and(|u| u.load(Relaxed))
+    }
+
+    pub(super) fn set_probe_up(&self, id: u16, up: bool) {
+        if let Some(u) = self.probe_up.get(usize::from(id)) {
+            u.store(up, Relaxed);
+        }
     }
 
     /// The control thread's word on server `id` (`control::health`).

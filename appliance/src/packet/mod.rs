@@ -308,3 +308,91 @@ pub fn build_arp_request(buf: &mut [u8], our_mac: Mac, our_ip: u32, target_ip: u
 pub fn build_gratuitous_arp(buf: &mut [u8], our_mac: Mac, vip: u32) -> usize {
     build_arp_request(buf, our_mac, vip, vip)
 }
+
+/// The TCP checksum over the IPv4 pseudo-header and `segment` (checksum field zeroed).
+fn tcp_checksum(src: u32, dst: u32, segment: &[u8]) -> u16 {
+    let mut pseudo = [0u8; 12];
+    pseudo[0..4].copy_from_slice(&src.to_be_bytes());
+    pseudo[4..8].copy_from_slice(&dst.to_be_bytes());
+    pseudo[9] = 6;
+    pseudo[10..12].copy_from_slice(&(segment.len() as u16).to_be_bytes());
+    let mut sum = u32::from(!checksum::full(&pseudo));
+    sum += u32::from(!checksum::full(segment));
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Writes a health probe into `buf` (≥ 60 bytes): a TCP SYN from
+/// `src_ip:src_port` to the server, padded to the minimum frame. Returns
+/// the frame length.
+#[allow(clippy::too_many_arguments)]
+pub fn build_tcp_syn(
+    buf: &mut [u8],
+    src_mac: Mac,
+    dst_mac: Mac,
+    src_ip: u32,
+    dst_ip: u32,
+    src_port: u16,
+    dst_port: u16,
+    seq: u32,
+) -> usize {
+    const IP: usize = ETH_HDR;
+    const TCP: usize = ETH_HDR + 20;
+    let frame = &mut buf[..MIN_FRAME];
+    frame.fill(0);
+    set_macs(frame, dst_mac, src_mac);
+    write16(frame, 12, 0x0800);
+    frame[IP] = 0x45;
+    write16(frame, IP + 2, 40);
+    frame[IP + 6] = 0x40; // don't fragment
+    frame[IP + 8] = 64;
+    frame[IP + 9] = 6;
+    frame[IP + 12..IP + 16].copy_from_slice(&src_ip.to_be_bytes());
+    frame[IP + 16..IP + 20].copy_from_slice(&dst_ip.to_be_bytes());
+    let c = checksum::full(&frame[IP..IP + 20]);
+    write16(frame, IP + 10, c);
+    write16(frame, TCP, src_port);
+    write16(frame, TCP + 2, dst_port);
+    frame[TCP + 4..TCP + 8].copy_from_slice(&seq.to_be_bytes());
+    frame[TCP + 12] = 5 << 4;
+    frame[TCP + 13] = tcp_flags::SYN;
+    write16(frame, TCP + 14, 1024);
+    let c = tcp_checksum(src_ip, dst_ip, &frame[TCP..TCP + 20]);
+    write16(frame, TCP + 16, c);
+    MIN_FRAME
+}
+
+/// Turns a server's SYN-ACK to a probe into the RST that ends the probe,
+/// in place: back to the sender, sequence number = the SYN-ACK's
+/// acknowledgement, no options, no data (the IP length shrinks to 40; the
+/// frame's extra bytes are Ethernet padding).
+pub fn syn_ack_to_rst_in_place(frame: &mut [u8], info: &L4Info, our_mac: Mac) {
+    let ip = ETH_HDR;
+    let tcp = info.l4_off;
+    if tcp != ip + 20 || frame.len() < tcp + 20 {
+        return; // IP options: never built by us; parse already checked lengths
+    }
+    let peer_mac = src_mac(frame);
+    set_macs(frame, peer_mac, our_mac);
+    frame[ip + 12..ip + 16].copy_from_slice(&info.dst_ip.to_be_bytes());
+    frame[ip + 16..ip + 20].copy_from_slice(&info.src_ip.to_be_bytes());
+    write16(frame, ip + 2, 40);
+    frame[ip + 8] = 64;
+    write16(frame, ip + 10, 0);
+    let c = checksum::full(&frame[ip..ip + 20]);
+    write16(frame, ip + 10, c);
+    let ack = [frame[tcp + 8], frame[tcp + 9], frame[tcp + 10], frame[tcp + 11]];
+    write16(frame, tcp, info.dst_port);
+    write16(frame, tcp + 2, info.src_port);
+    frame[tcp + 4..tcp + 8].copy_from_slice(&ack);
+    frame[tcp + 8..tcp + 12].fill(0);
+    frame[tcp + 12] = 5 << 4;
+    frame[tcp + 13] = tcp_flags::RST;
+    write16(frame, tcp + 14, 0);
+    write16(frame, tcp + 16, 0);
+    write16(frame, tcp + 18, 0);
+    let c = tcp_checksum(info.dst_ip, info.src_ip, &frame[tcp..tcp + 20]);
+    write16(frame, tcp + 16, c);
+}

@@ -1,0 +1,96 @@
+//! The appliance's own health probe of servers without an agent (worker 0):
+//! every `interval` a TCP SYN from the data port to the server's service
+//! port; a SYN-ACK (whichever worker receives it records its sequence
+//! number in `Shared::probe_answer`, and answers it with a RST) is a
+//! success, no answer within `timeout` a failure. `rise` successes in a
+//! row bring a server up, `fall` failures take it down (HAProxy's `inter`,
+//! `rise`, `fall`); a server down gets no new flows.
+
+use super::shared::Shared;
+use crate::config::{Probe, PROBE_PORT_BASE};
+use std::sync::atomic::Ordering::Relaxed;
+
+struct Probed {
+    server: u16,
+    probe: Probe,
+    next_at: u32,
+    /// The probe in flight: its sequence number and when it went out.
+    in_flight: Option<(u32, u32)>,
+    successes: u32,
+    failures: u32,
+    up: bool,
+}
+
+/// Worker 0's probes, one per probed server.
+pub(super) struct Prober {
+    probed: Vec<Probed>,
+    seq: u32,
+}
+
+/// What `due` asks the caller to send: a SYN to server `server` with `seq`
+/// from source port `src_port`.
+pub struct ProbeSyn {
+    pub server: u16,
+    pub src_port: u16,
+    pub seq: u32,
+}
+
+impl Prober {
+    pub fn new(shared: &Shared) -> Prober {
+        let probed = shared
+            .servers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                Some(Probed {
+                    server: i as u16,
+                    probe: s.probe?,
+                    // Spread the first probes over the first interval.
+                    next_at: (i as u32).wrapping_mul(37) % s.probe?.interval_ms,
+                    in_flight: None,
+                    successes: 0,
+                    failures: 0,
+                    up: true,
+                })
+            })
+            .collect();
+        Prober { probed, seq: 0x5eed }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.probed.is_empty()
+    }
+
+    /// Settles answered or timed-out probes, then calls `send` for each
+    /// probe due now (false: it could not go out, a failure at its timeout).
+    pub fn due(&mut self, now: u32, shared: &Shared, mut send: impl FnMut(ProbeSyn) -> bool) {
+        for p in &mut self.probed {
+            if let Some((seq, at)) = p.in_flight {
+                let answered = shared.probe_answer[usize::from(p.server)].load(Relaxed) == seq;
+                if answered || now.wrapping_sub(at) >= p.probe.timeout_ms {
+                    p.in_flight = None;
+                    if answered {
+                        p.successes += 1;
+                        p.failures = 0;
+                    } else {
+                        p.failures += 1;
+                        p.successes = 0;
+                    }
+                    let up = if p.up { p.failures < p.probe.fall } else { p.successes >= p.probe.rise };
+                    if up != p.up {
+                        p.up = up;
+                        shared.set_probe_up(p.server, up);
+                    }
+                }
+            }
+            if p.in_flight.is_none() && now.wrapping_sub(p.next_at) < u32::MAX / 2 {
+                p.next_at = now.wrapping_add(p.probe.interval_ms);
+                self.seq = self.seq.wrapping_add(0x1_0001);
+                let syn = ProbeSyn { server: p.server, src_port: PROBE_PORT_BASE + p.server, seq: self.seq };
+                // Not sent (no MAC yet, queue full): it times out as a failure.
+                send(syn);
+                p.in_flight = Some((self.seq, now));
+            }
+        }
+    }
+}
