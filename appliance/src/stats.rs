@@ -146,6 +146,9 @@ pub struct WorkerStats {
     /// Mid-flow packets of a Maglev service without a session, forwarded
     /// by the pick (the same on every appliance) with a session made for them.
     pub midflow_picked: Counter,
+    /// Sessions ended with a RST to the client because their server went
+    /// down (`on_server_down: reset`).
+    pub down_resets: Counter,
     pub drops: [Counter; Drop::COUNT],
     /// New sessions per server, indexed by global server id.
     pub server_new_sessions: Box<[Counter]>,
@@ -179,6 +182,7 @@ impl WorkerStats {
             awaited: Counter::default(),
             await_timeouts: Counter::default(),
             midflow_picked: Counter::default(),
+            down_resets: Counter::default(),
             drops: Default::default(),
             server_new_sessions: (0..servers).map(|_| Counter::default()).collect(),
         }
@@ -229,6 +233,7 @@ pub struct Snapshot {
     pub awaited: u64,
     pub await_timeouts: u64,
     pub midflow_picked: u64,
+    pub down_resets: u64,
     pub drops: [u64; Drop::COUNT],
     pub per_server: Vec<u64>,
 }
@@ -263,6 +268,7 @@ impl Snapshot {
             s.awaited += w.awaited.get();
             s.await_timeouts += w.await_timeouts.get();
             s.midflow_picked += w.midflow_picked.get();
+            s.down_resets += w.down_resets.get();
             for (d, c) in s.drops.iter_mut().zip(w.drops.iter()) {
                 *d += c.get();
             }

@@ -575,3 +575,38 @@ server_groups:
     let mut forged = tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.0.1"), 80, 0xc000, SYN | ACK, b"");
     assert_eq!(w.process(&mut forged, 0, 500, false), Verdict::Drop(Drop::NoService));
 }
+
+#[test]
+fn on_server_down_reset_ends_the_session_with_a_rst_to_the_client_and_keep_does_not() {
+    let yaml = |policy: &str| {
+        yaml("[1]", 100).replace(
+            "mode: dsr, scheduler: wrr, group: dsr }",
+            &format!("mode: dsr, scheduler: wrr, group: dsr, on_server_down: {policy} }}"),
+        )
+    };
+    for policy in ["keep", "reset"] {
+        let cfg = config::parse(&yaml(policy), "t.yaml").unwrap();
+        let shared = Shared::new(&cfg, &[PORT_MAC]);
+        let stats = [WorkerStats::new(cfg.servers.len())];
+        let mut w = Worker::new(0, &shared, &stats[0]);
+        let pkt = |flags| tcp(ROUTER_MAC, PORT_MAC, client(4), ip("198.18.100.1"), 4444, 80, flags, b"x");
+        assert_eq!(w.process(&mut pkt(SYN), 0, 0, false), Verdict::Tx(0));
+        for &id in &cfg.services[0].servers {
+            shared.set_server_weight(id, 0);
+        }
+        let mut ack = pkt(ACK);
+        assert_eq!(w.process(&mut ack, 0, 1, false), Verdict::Tx(0));
+        let seen = check(&ack).expect("valid checksums");
+        if policy == "keep" {
+            assert_eq!(seen.flags, ACK, "kept: forwarded to its server");
+            assert!(DSR_MACS.contains(&seen.dst_mac));
+            continue;
+        }
+        assert_eq!(seen.flags, RST, "reset: the client gets a RST");
+        assert_eq!((seen.src, seen.sport, seen.dst, seen.dport), (ip("198.18.100.1"), 80, client(4), 4444));
+        assert_eq!((seen.dst_mac, seen.src_mac), (ROUTER_MAC, PORT_MAC));
+        assert_eq!(stats[0].down_resets.get(), 1);
+        // The session is gone: its next packet has none.
+        assert_eq!(w.process(&mut pkt(ACK), 0, 2, false), Verdict::Drop(Drop::NoSession));
+    }
+}

@@ -7,6 +7,7 @@
 
 pub mod conns;
 pub mod driver;
+pub mod incarnation;
 pub mod keyfile;
 pub mod member;
 pub mod reliable;

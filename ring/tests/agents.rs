@@ -306,7 +306,9 @@ fn connection_query_over_the_ring() {
     let clients: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
 
     let addr = |i: u8| SocketAddrV4::new([127, 0, 0, 20 + i].into(), ring_port);
-    let peers: Vec<String> = (1..=3).map(|i| addr(i).to_string()).collect();
+    // Member 4 is configured but never runs: the forged flood below is sent
+    // from its address by a holder of the key.
+    let peers: Vec<String> = (1..=4).map(|i| addr(i).to_string()).collect();
     let mut agents = Vec::new();
     const SECRET: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
     {
@@ -373,6 +375,31 @@ fn connection_query_over_the_ring() {
         driver.run_for(&mut me, Duration::from_millis(10), |_, _| true);
     }
     driver.run_for(&mut me, Duration::from_millis(500), |_, _| true);
+    let before_forged = std::fs::read_to_string(dir.join("a1.status")).unwrap_or_default();
+    // Then 1,000/s for 2 s with a forged origin (outside the view), each
+    // packet valid (the key, a configured sender, a fresh sequence number).
+    let forger = std::net::UdpSocket::bind(addr(4)).unwrap();
+    let forged_origin = SocketAddrV4::new([127, 0, 0, 99].into(), ring_port);
+    let key = Key::from_secret(SECRET);
+    let mut forged = 0u64;
+    let forged_start = Instant::now();
+    while forged_start.elapsed() < Duration::from_secs(2) {
+        for _ in 0..10 {
+            forged += 1;
+            let msg = ringlb_ring::wire::Msg::App {
+                origin: forged_origin,
+                incarnation: 1,
+                seq: forged,
+                dest: Dest::To(addr(1)),
+                hops_left: 2,
+                payload: format!("conns? {port}").into_bytes(),
+            };
+            let p = ringlb_ring::wire::Packet { sender: addr(4), incarnation: 7, seq: forged, msgs: vec![msg] };
+            let _ = forger.send_to(&ringlb_ring::wire::encode(&p, &addr(1), &key), addr(1));
+        }
+        driver.run_for(&mut me, Duration::from_millis(10), |_, _| true);
+    }
+    driver.run_for(&mut me, Duration::from_millis(500), |_, _| true);
     let proc_status = std::fs::read_to_string(format!("/proc/{}/status", agents[0].id())).unwrap_or_default();
     let field = |k: &str| -> u64 {
         proc_status
@@ -386,7 +413,10 @@ fn connection_query_over_the_ring() {
     let allowed = 20 + 20 * (flood_start.elapsed().as_secs() + 1);
     let agent_status = std::fs::read_to_string(dir.join("a1.status")).unwrap_or_default();
     let questions = agent_status.lines().find(|l| l.starts_with("conns_questions")).unwrap_or("").to_owned();
-    println!("flood of {sent} questions: agent threads={threads} rss={rss_kb} kB; {questions}");
+    let questions_before_forged =
+        before_forged.lines().find(|l| l.starts_with("conns_questions")).unwrap_or("").to_owned();
+    println!("flood of {sent} questions: {questions_before_forged}");
+    println!("then {forged} with a forged origin: agent threads={threads} rss={rss_kb} kB; {questions}");
     for mut a in agents {
         let _ = a.kill();
         let _ = a.wait();
@@ -400,9 +430,14 @@ fn connection_query_over_the_ring() {
     println!("query answer from {}: {got:?}", addr(1));
     assert_eq!(got.len(), 4);
     assert_eq!(got, ss);
-    let count = |k: &str| -> u64 {
-        questions.split_whitespace().find_map(|f| f.strip_prefix(k)).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+    let count_in = |line: &str, k: &str| -> u64 {
+        line.split_whitespace().find_map(|f| f.strip_prefix(k)).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
     };
+    let count = |k: &str| count_in(&questions, k);
+    // Nobody outside the view is answered: every forged question refused,
+    // and not one answer more than before the forged flood.
+    assert!(count("refused_outside_view=") >= forged * 9 / 10, "forged questions not refused: {questions}");
+    assert_eq!(count("answered="), count_in(&questions_before_forged, "answered="), "a forged origin was answered");
     assert!(sent >= 1000, "the flood sent {sent}");
     assert!(count("asked=") >= 1000, "questions not delivered: {questions}");
     assert!(count("answered=") <= allowed, "answers beyond the rate limit ({allowed}): {questions}");

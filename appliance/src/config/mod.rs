@@ -141,6 +141,19 @@ struct RawService {
     /// a TCP SYN from the data port (SYN-ACK = a success, then RST).
     #[serde(default)]
     probe: Option<RawProbe>,
+    /// What happens to the sessions of a server that goes down: keep
+    /// (they go on; the default) or reset (the client's next packet is
+    /// answered with a RST and the session ends).
+    #[serde(default)]
+    on_server_down: OnServerDown,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnServerDown {
+    #[default]
+    Keep,
+    Reset,
 }
 
 #[derive(Deserialize, Debug)]
@@ -316,6 +329,7 @@ pub struct ServiceConfig {
     pub persistence_ms: Option<u32>,
     /// The probe of its servers that have no agent.
     pub probe: Option<Probe>,
+    pub on_server_down: OnServerDown,
 }
 
 /// One member of a service's server group. A machine serving two services
@@ -742,6 +756,7 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
             servers: ids,
             persistence_ms,
             probe,
+            on_server_down: s.on_server_down,
         });
     }
     if services.len() >= usize::from(u16::MAX) {
@@ -853,6 +868,7 @@ impl Config {
             if let Some(p) = s.persistence_ms {
                 let _ = writeln!(o, "    persistence:\n      timeout: {p}ms");
             }
+            let _ = writeln!(o, "    on_server_down: {}", format!("{:?}", s.on_server_down).to_lowercase());
             if let Some(p) = s.probe {
                 let _ = writeln!(
                     o,

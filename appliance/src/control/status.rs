@@ -173,6 +173,8 @@ pub struct Status {
     pub rebuild: Option<super::rebuild::RebuildStatus>,
     /// Servers' health and weights now (with servers' agents).
     pub servers: Option<Vec<super::health::ServerHealth>>,
+    /// Sessions ended with a RST because their server went down.
+    pub down_resets: u64,
     pub cluster: Option<ClusterStatus>,
 }
 
@@ -206,6 +208,7 @@ impl Status {
             control: control.counters,
             rebuild: control.rebuild_status(),
             servers: control.health_status(),
+            down_resets: s.down_resets,
             cluster: control.cluster_status(),
         }
     }

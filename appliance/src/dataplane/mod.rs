@@ -266,7 +266,7 @@ impl<'a> Worker<'a> {
         let ack =
             frame.get(info.l4_off + 8..info.l4_off + 12).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
         self.shared.probe_answer[id].store(ack.wrapping_sub(1), std::sync::atomic::Ordering::Relaxed);
-        packet::syn_ack_to_rst_in_place(frame, info, our_mac);
+        packet::reset_in_place(frame, info, our_mac);
         Some(Verdict::Tx(in_port))
     }
 
@@ -454,6 +454,9 @@ impl<'a> Worker<'a> {
                 if announce_change(before, e.state) {
                     outbox.session(record(key, e), now_ms, stats);
                 }
+                if service.reset_on_down && shared.server_weight(server) == 0 {
+                    return self.reset_client(frame, info, key, hash, in_port);
+                }
                 return self.rewrite_forward(frame, info, service.mode, server, None);
             }
             None if syn || !is_tcp => {}
@@ -498,6 +501,27 @@ impl<'a> Worker<'a> {
         }
         self.stats.midflow_picked.inc();
         self.open_session(frame, info, svc, key, hash, in_port, now_ms, false)
+    }
+
+    /// `on_server_down: reset`: the session's server is down. The session
+    /// ends, and the client's packet is answered with a RST (a TCP packet
+    /// with an ACK; anything else is dropped as `no_server`).
+    #[inline(never)]
+    fn reset_client(&mut self, frame: &mut [u8], info: &L4Info, key: &FlowKey, hash: u64, in_port: u8) -> Verdict {
+        let stats = self.stats;
+        if let Some(e) = self.table.remove_if(key, hash, |_| true) {
+            stats.sessions_active.dec();
+            stats.down_resets.inc();
+            if !e.is_replica() {
+                self.outbox.session_gone(key, e.born, stats);
+            }
+        }
+        let acked = info.proto == L4Proto::Tcp && info.flags & (tcp_flags::ACK | tcp_flags::RST) == tcp_flags::ACK;
+        let Some(port) = self.shared.ports.get(usize::from(in_port)).filter(|_| acked) else {
+            return Verdict::Drop(Drop::NoServer);
+        };
+        packet::reset_in_place(frame, info, port.mac);
+        Verdict::Tx(in_port)
     }
 
     /// A new session for a SYN (any first UDP packet), or a new connection

@@ -63,6 +63,9 @@ pub(super) struct ServiceRt {
     pub maglev: Option<Arc<maglev::Maglev>>,
     /// Client-lock lifetime, if the service has persistence.
     pub persistence_ms: Option<u32>,
+    /// `on_server_down: reset`: a session of a server that is down ends
+    /// with a RST to the client at its next packet.
+    pub reset_on_down: bool,
 }
 
 pub(super) struct ServerRt {
@@ -226,6 +229,7 @@ impl Shared {
                     servers: s.servers.clone(),
                     maglev,
                     persistence_ms: s.persistence_ms,
+                    reset_on_down: s.on_server_down == crate::config::OnServerDown::Reset,
                 }
             })
             .collect();

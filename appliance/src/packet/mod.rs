@@ -364,11 +364,12 @@ pub fn build_tcp_syn(
     MIN_FRAME
 }
 
-/// Turns a server's SYN-ACK to a probe into the RST that ends the probe,
-/// in place: back to the sender, sequence number = the SYN-ACK's
-/// acknowledgement, no options, no data (the IP length shrinks to 40; the
-/// frame's extra bytes are Ethernet padding).
-pub fn syn_ack_to_rst_in_place(frame: &mut [u8], info: &L4Info, our_mac: Mac) {
+/// Turns a received TCP segment that carries an ACK (a server's SYN-ACK to
+/// a probe, a client's packet of a session that ends) into the RST that
+/// answers it, in place: back to the sender, sequence number = the
+/// segment's acknowledgement (RFC 793), no options, no data (the IP length
+/// shrinks to 40; the frame's extra bytes are Ethernet padding).
+pub fn reset_in_place(frame: &mut [u8], info: &L4Info, our_mac: Mac) {
     let ip = ETH_HDR;
     let tcp = info.l4_off;
     if tcp != ip + 20 || frame.len() < tcp + 20 {

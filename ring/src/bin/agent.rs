@@ -54,6 +54,10 @@ struct AgentConfig {
     #[serde(default)]
     load_file: Option<String>,
     status_file: String,
+    /// Where the last incarnation is kept, so a clock stepped back never
+    /// makes a new run look older (default: the status file's path + ".incarnation").
+    #[serde(default)]
+    incarnation_file: String,
 }
 
 #[derive(Deserialize, Clone)]
@@ -97,6 +101,9 @@ fn load_config(path: &str) -> Result<AgentConfig, String> {
             std::path::Path::new(path).parent().map(std::path::Path::to_path_buf).unwrap_or_default()
         });
         cfg.key_file = base.join(&cfg.key_file).display().to_string();
+    }
+    if cfg.incarnation_file.is_empty() {
+        cfg.incarnation_file = format!("{}.incarnation", cfg.status_file);
     }
     cfg.secret = ringlb_ring::keyfile::read(&cfg.key_file).map_err(|e| format!("{path}: key_file: {e}"))?;
     timers(&cfg.profile).ok_or_else(|| format!("{path}: profile: '{}' is not seed or fast", cfg.profile))?;
@@ -226,8 +233,10 @@ impl Status {
     }
 }
 
-fn new_member(cfg: &AgentConfig, driver: &Driver) -> Member {
-    Member::new(
+/// A new run in the ring: its incarnation is persisted (`incarnation_file`).
+fn new_member(cfg: &AgentConfig, driver: &Driver) -> Result<Member, String> {
+    let incarnation = ringlb_ring::incarnation::next(std::path::Path::new(&cfg.incarnation_file), epoch_ms())?;
+    Ok(Member::new(
         Config {
             me: cfg.listen,
             peers: cfg.peers.clone(),
@@ -235,10 +244,10 @@ fn new_member(cfg: &AgentConfig, driver: &Driver) -> Member {
             appliance: false,
             timers: timers(&cfg.profile).unwrap_or(Timers::SEED),
             key: Key::from_secret(&cfg.secret),
-            incarnation: epoch_ms(),
+            incarnation,
         },
         driver.now(),
-    )
+    ))
 }
 
 fn run(cfg: AgentConfig) -> Result<(), String> {
@@ -273,7 +282,7 @@ fn run(cfg: AgentConfig) -> Result<(), String> {
         reader: conns::ReaderCounters::default(),
     };
     let mut last_status = Instant::now() - Duration::from_secs(1);
-    let mut member = healthy_flag.load(Relaxed).then(|| new_member(&cfg, &driver));
+    let mut member = if healthy_flag.load(Relaxed) { Some(new_member(&cfg, &driver)?) } else { None };
     status.event(if member.is_some() { "start: joining".into() } else { "start: unhealthy, not joining".into() });
     let mut last_load = Instant::now();
     loop {
@@ -285,7 +294,7 @@ fn run(cfg: AgentConfig) -> Result<(), String> {
                 status.event("acceptability check failed: left the ring".into());
             }
             (None, true) => {
-                member = Some(new_member(&cfg, &driver));
+                member = Some(new_member(&cfg, &driver)?);
                 status.event("acceptability check passed: re-joining".into());
             }
             _ => {}
