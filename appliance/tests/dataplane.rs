@@ -389,10 +389,30 @@ fn a_maglev_flow_without_session_follows_the_pick_every_appliance_makes() {
     assert_eq!(b.process(&mut ack, 0, 9, false), Verdict::Drop(Drop::NoSession));
 }
 
-#[test]
-fn while_a_vip_is_rebuilt_packets_without_session_wait_for_the_servers_list() {
+/// What a server's list gives a new VIP owner: an established session of
+/// `client(c):cport` to `vip`:80 on `server`, with no client-side hop known.
+fn rebuilt_install(c: u32, cport: u16, vip: &str, server: u16) -> ringlb::control::channel::Command {
     use ringlb::control::channel::{Command, SessionRecord};
     use ringlb::session::{FlowKey, InstallMode, State};
+    let rec = SessionRecord {
+        key: FlowKey {
+            client_ip: u32::from_be_bytes(client(c)),
+            vip: u32::from_be_bytes(ip(vip)),
+            client_port: cport,
+            vport: 80,
+            proto: ringlb::packet::L4Proto::Tcp,
+        },
+        server,
+        state: State::Established,
+        client_port: 0,
+        client_mac: [0; 6],
+        born: 0,
+    };
+    Command::Install { rec, mode: InstallMode::IfAbsent }
+}
+
+#[test]
+fn while_a_vip_is_rebuilt_packets_without_session_wait_for_the_servers_list() {
     let (cfg, shared, stats) = setup("[1]", 1000);
     let mut w = Worker::new(0, &shared, &stats[0]);
     let vip = u32::from_be_bytes(ip("198.18.100.1"));
@@ -406,21 +426,7 @@ fn while_a_vip_is_rebuilt_packets_without_session_wait_for_the_servers_list() {
     assert_eq!(w.process(&mut rst, 0, 0, false), Verdict::Drop(Drop::NoSession));
     // The server's list arrives: the third DSR server holds the connection.
     let server = cfg.services[0].servers[2];
-    let rec = SessionRecord {
-        key: FlowKey {
-            client_ip: u32::from_be_bytes(client(7)),
-            vip,
-            client_port: 4242,
-            vport: 80,
-            proto: ringlb::packet::L4Proto::Tcp,
-        },
-        server,
-        state: State::Established,
-        client_port: 0,
-        client_mac: [0; 6],
-        born: 0,
-    };
-    w.apply(Command::Install { rec, mode: InstallMode::IfAbsent }, 1);
+    w.apply(rebuilt_install(7, 4242, "198.18.100.1", server), 1);
     assert_eq!(w.process(&mut ack, 0, 2, false), Verdict::Tx(0));
     assert_eq!(check(&ack).unwrap().dst_mac, DSR_MACS[2]);
     // Rebuilt and over: an unknown wrr flow is no_session again.
@@ -431,27 +437,11 @@ fn while_a_vip_is_rebuilt_packets_without_session_wait_for_the_servers_list() {
 
 #[test]
 fn a_rebuilt_nat_session_replies_through_the_client_hop_and_learns_it_from_the_client() {
-    use ringlb::control::channel::{Command, SessionRecord};
-    use ringlb::session::{FlowKey, InstallMode, State};
     let (cfg, shared, stats) = setup("[1]", 1000);
     let mut w = Worker::new(0, &shared, &stats[0]);
-    let vip = u32::from_be_bytes(ip("198.18.100.2"));
     let server = cfg.services[1].servers[0];
-    let rebuilt = |cport: u16| SessionRecord {
-        key: FlowKey {
-            client_ip: u32::from_be_bytes(client(3)),
-            vip,
-            client_port: cport,
-            vport: 80,
-            proto: ringlb::packet::L4Proto::Tcp,
-        },
-        server,
-        state: State::Established,
-        client_port: 0,
-        client_mac: [0; 6],
-        born: 0,
-    };
-    w.apply(Command::Install { rec: rebuilt(6000), mode: InstallMode::IfAbsent }, 0);
+    let rebuilt = |cport: u16| rebuilt_install(3, cport, "198.18.100.2", server);
+    w.apply(rebuilt(6000), 0);
     let reply = |cport: u16| tcp(NAT_MACS[0], PORT_MAC, ip("198.18.0.21"), client(3), 8080, cport, ACK, b"data");
     // No client hop known yet: the reply cannot be addressed (counted).
     assert_eq!(w.process(&mut reply(6000), 0, 1, false), Verdict::Drop(Drop::NoNeighbor));
@@ -462,12 +452,19 @@ fn a_rebuilt_nat_session_replies_through_the_client_hop_and_learns_it_from_the_c
     assert_eq!(w.process(&mut r, 0, 3, false), Verdict::Tx(0));
     assert_eq!(check(&r).unwrap().dst_mac, ROUTER_MAC);
     // The client's own packet teaches the session its hop.
-    w.apply(Command::Install { rec: rebuilt(6001), mode: InstallMode::IfAbsent }, 4);
+    w.apply(rebuilt(6001), 4);
     let other_hop = [2, 0, 0, 0, 0, 0x77];
     let mut ack = tcp(other_hop, PORT_MAC, client(3), ip("198.18.100.2"), 6001, 80, ACK, b"x");
     assert_eq!(w.process(&mut ack, 0, 5, false), Verdict::Tx(0));
     let mut r = reply(6001);
     assert_eq!(w.process(&mut r, 0, 6, false), Verdict::Tx(0));
+    assert_eq!(check(&r).unwrap().dst_mac, other_hop);
+    // Learned once: a later packet of the tuple from another MAC (a forger
+    // who knows the tuple) does not redirect the replies.
+    let mut forged = tcp([2, 0, 0, 0, 0, 0x66], PORT_MAC, client(3), ip("198.18.100.2"), 6001, 80, ACK, b"x");
+    assert_eq!(w.process(&mut forged, 0, 7, false), Verdict::Tx(0));
+    let mut r = reply(6001);
+    assert_eq!(w.process(&mut r, 0, 8, false), Verdict::Tx(0));
     assert_eq!(check(&r).unwrap().dst_mac, other_hop);
 }
 
@@ -551,7 +548,19 @@ server_groups:
             let syn = check(&buf).expect("a probe has valid checksums");
             assert_eq!((syn.flags, syn.dport, syn.src, syn.src_mac), (SYN, 80, ip("198.18.0.1"), PORT_MAC));
             sent.push((now, syn.dst, syn.sport, seq));
-            // Server .11 answers each probe with a SYN-ACK; .12 is silent.
+            // Server .11 answers each probe with a SYN-ACK; for .12 only a
+            // forger does, from its address but with a guessed acknowledgement.
+            if syn.dst == ip("198.18.0.12") {
+                let mut forged = Vec::new();
+                etherparse::PacketBuilder::ethernet2(DSR_MACS[1], PORT_MAC)
+                    .ipv4(ip("198.18.0.12"), ip("198.18.0.1"), 64)
+                    .tcp(80, syn.sport, 777, 65535)
+                    .syn()
+                    .ack(seq.wrapping_add(2))
+                    .write(&mut forged, &[])
+                    .unwrap();
+                w.process(&mut forged, 0, now, false);
+            }
             if syn.dst == ip("198.18.0.11") {
                 let mut answer = Vec::new();
                 etherparse::PacketBuilder::ethernet2(DSR_MACS[0], PORT_MAC)
@@ -570,7 +579,11 @@ server_groups:
     let to = |s: &str| sent.iter().filter(|x| x.1 == ip(s)).count();
     assert!(to("198.18.0.11") >= 4 && to("198.18.0.12") >= 4, "{sent:?}");
     assert!(shared.server_weight(cfg.services[0].servers[0]) > 0, "the answering server stays up");
-    assert_eq!(shared.server_weight(cfg.services[0].servers[1]), 0, "two silent probes take it down");
+    assert_eq!(
+        shared.server_weight(cfg.services[0].servers[1]),
+        0,
+        "two unanswered probes take it down, forged answers or not"
+    );
     // A stranger's SYN-ACK to the probe port is not a probe's answer.
     let mut forged = tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.0.1"), 80, 0xc000, SYN | ACK, b"");
     assert_eq!(w.process(&mut forged, 0, 500, false), Verdict::Drop(Drop::NoService));

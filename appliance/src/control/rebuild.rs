@@ -75,11 +75,12 @@ pub struct RebuildStatus {
     pub last: Option<RebuildReport>,
 }
 
-/// One rebuild in progress: the VIPs taken together and the agents asked.
+/// One rebuild in progress: the VIPs taken (together, or while it ran)
+/// and the answers still awaited from each agent.
 struct Round {
     started_ms: u64,
     vips: Vec<u32>,
-    waiting: BTreeSet<SocketAddrV4>,
+    waiting: BTreeMap<SocketAddrV4, u32>,
     asked: usize,
     sessions: u64,
 }
@@ -132,7 +133,8 @@ impl Rebuild {
 
     /// This appliance took `vips`: returns the question for each agent of
     /// their servers that is in the ring (`live`), and marks the VIPs
-    /// rebuilding until they answer. A rebuild still running is ended first.
+    /// rebuilding until they answer. VIPs taken while a rebuild runs join
+    /// it (its agents then owe one answer more).
     pub fn start(
         &mut self,
         vips: &[u32],
@@ -140,7 +142,6 @@ impl Rebuild {
         now: Now,
         shared: &Shared,
     ) -> Vec<(SocketAddrV4, Vec<u8>)> {
-        self.finish(now, shared);
         let mut ports: BTreeMap<SocketAddrV4, BTreeSet<u16>> = BTreeMap::new();
         for s in self.services.iter().filter(|s| vips.contains(&s.vip)) {
             for &(_, _, port, agent) in &s.servers {
@@ -156,13 +157,18 @@ impl Rebuild {
         for &v in vips {
             shared.set_vip_rebuilding(v, true);
         }
-        self.round = Some(Round {
+        let round = self.round.get_or_insert_with(|| Round {
             started_ms: now.ms,
-            vips: vips.to_vec(),
-            waiting: ports.keys().copied().collect(),
-            asked: ports.len(),
+            vips: Vec::new(),
+            waiting: BTreeMap::new(),
+            asked: 0,
             sessions: 0,
         });
+        round.vips.extend_from_slice(vips);
+        round.asked += ports.len();
+        for &a in ports.keys() {
+            *round.waiting.entry(a).or_default() += 1;
+        }
         ports
             .into_iter()
             .map(|(a, p)| {
@@ -183,11 +189,16 @@ impl Rebuild {
         shared: &Shared,
         workers: &mut [WorkerPort],
     ) -> bool {
-        let Some(round) = self.round.as_mut().filter(|r| r.waiting.contains(&from)) else {
+        let Some(round) = self.round.as_mut().filter(|r| r.waiting.contains_key(&from)) else {
             self.status.unasked += 1;
             return false;
         };
-        round.waiting.remove(&from);
+        match round.waiting.get_mut(&from) {
+            Some(n) if *n > 1 => *n -= 1,
+            _ => {
+                round.waiting.remove(&from);
+            }
+        }
         self.status.answers += 1;
         let born = born_at(now.wall_us / 1000 - OLD_NEWS_MS.min(now.wall_us / 1000));
         let text = String::from_utf8_lossy(payload);
@@ -239,7 +250,7 @@ impl Rebuild {
         if !due {
             return None;
         }
-        let late: Vec<String> = self.round.as_ref()?.waiting.iter().map(ToString::to_string).collect();
+        let late: Vec<String> = self.round.as_ref()?.waiting.keys().map(ToString::to_string).collect();
         self.status.timeouts += late.len() as u64;
         self.finish(now, shared);
         Some(format!("rebuild: no answer in {ANSWER_WAIT_MS} ms from {}", late.join(",")))
@@ -274,7 +285,7 @@ impl Rebuild {
         self.status.last = Some(RebuildReport {
             vips: r.vips.iter().map(|&v| Ipv4Addr::from(v).to_string()).collect(),
             asked: r.asked,
-            answered: r.asked - r.waiting.len(),
+            answered: r.asked - r.waiting.values().map(|&n| n as usize).sum::<usize>(),
             sessions: r.sessions,
             ms: now.ms - r.started_ms,
         });
@@ -410,5 +421,22 @@ server_groups:
         // No agent of the VIP's servers in the ring: nothing waits.
         assert!(rb.start(&[v1], &[], now(3000), &shared).is_empty());
         assert!(!shared.vip_rebuilding(v1));
+    }
+
+    #[test]
+    fn a_vip_taken_while_a_rebuild_runs_joins_it_and_waits_for_its_own_answer() {
+        let (mut rb, _, shared, mut w, mut rx) = setup();
+        let (v1, v3) = (ip("198.18.100.1"), ip("198.18.100.3"));
+        assert_eq!(rb.start(&[v1], &[agent(11)], now(0), &shared).len(), 1);
+        assert_eq!(rb.start(&[v3], &[agent(11)], now(100), &shared).len(), 1, "asked again, for v3");
+        assert!(shared.vip_rebuilding(v1) && shared.vip_rebuilding(v3));
+        // The first answer (to the question about v1) is not the last awaited.
+        assert!(!rb.on_answer(agent(11), b"198.18.100.1:80 203.0.113.5:1", now(110), &shared, &mut w));
+        assert!(shared.vip_rebuilding(v3));
+        assert!(rb.on_answer(agent(11), b"198.18.100.3:80 203.0.113.6:2", now(120), &shared, &mut w));
+        assert_eq!(installs(&mut w, &mut rx).len(), 2);
+        assert!(!shared.vip_rebuilding(v1) && !shared.vip_rebuilding(v3));
+        let last = rb.status().last.unwrap();
+        assert_eq!((last.asked, last.answered, last.sessions), (2, 2, 2));
     }
 }

@@ -24,7 +24,10 @@ struct Probed {
 /// Worker 0's probes, one per probed server.
 pub(super) struct Prober {
     probed: Vec<Probed>,
-    seq: u32,
+    /// Probes sent; each probe's sequence number is a keyed hash of it, so
+    /// a spoofed SYN-ACK cannot guess the acknowledgement that counts.
+    sent: u64,
+    key: u64,
 }
 
 /// What `due` asks the caller to send: a SYN to server `server` with `seq`
@@ -54,7 +57,7 @@ impl Prober {
                 })
             })
             .collect();
-        Prober { probed, seq: 0x5eed }
+        Prober { probed, sent: 0, key: shared.hash_seed ^ 0x7072_6f62_6573 }
     }
 
     pub fn is_idle(&self) -> bool {
@@ -85,11 +88,12 @@ impl Prober {
             }
             if p.in_flight.is_none() && now.wrapping_sub(p.next_at) < u32::MAX / 2 {
                 p.next_at = now.wrapping_add(p.probe.interval_ms);
-                self.seq = self.seq.wrapping_add(0x1_0001);
-                let syn = ProbeSyn { server: p.server, src_port: PROBE_PORT_BASE + p.server, seq: self.seq };
+                self.sent += 1;
+                let seq = (crate::session::mix(self.key, self.sent) >> 32) as u32;
+                let syn = ProbeSyn { server: p.server, src_port: PROBE_PORT_BASE + p.server, seq };
                 // Not sent (no MAC yet, queue full): it times out as a failure.
                 send(syn);
-                p.in_flight = Some((self.seq, now));
+                p.in_flight = Some((seq, now));
             }
         }
     }
