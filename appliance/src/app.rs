@@ -9,7 +9,7 @@ use crate::control::Control;
 use crate::dataplane::Shared;
 use crate::dpdk::{handoff_queue, Eal, HandoffRx, HandoffTx, Mempool, Port, RxQueue, TxQueue};
 use crate::session::{Entry, SessionTable};
-use crate::stats::{Drop, Snapshot, WorkerStats};
+use crate::stats::{DropReason, Snapshot, WorkerStats};
 use crate::worker::{self, Clock, WorkerSetup};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -264,7 +264,11 @@ pub fn summary(t: f64, s: &Snapshot, labels: &[String]) -> String {
         "  rx={} tx={} handoff={} arp_replies={} echo_replies={}",
         s.rx, s.tx, s.handoff, s.arp_replies, s.echo_replies
     );
-    let _ = writeln!(o, "  sessions created={} expired={} active={}", s.created, s.expired, s.active);
+    let _ = writeln!(
+        o,
+        "  sessions created={} expired={} active={} evicted={} icmp_errors={} fragments={}",
+        s.created, s.expired, s.active, s.evicted, s.icmp_errors, s.fragments
+    );
     if s.sync_installed + s.sync_updated + s.locks_created + s.deferred > 0 {
         let _ = writeln!(
             o,
@@ -281,7 +285,7 @@ pub fn summary(t: f64, s: &Snapshot, labels: &[String]) -> String {
             s.defer_timeouts
         );
     }
-    let drops: Vec<String> = Drop::ALL
+    let drops: Vec<String> = DropReason::ALL
         .iter()
         .filter(|d| s.drops[**d as usize] > 0)
         .map(|d| format!("{}={}", d.name(), s.drops[*d as usize]))

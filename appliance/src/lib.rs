@@ -6,11 +6,15 @@
 //! (with `cpu`, the only unsafe code), `worker` (the lcore loop), `app`
 //! (setup, control thread, shutdown), `config` (YAML).
 
+#![deny(unsafe_code)]
+
 pub mod app;
 pub mod config;
 pub mod control;
+#[allow(unsafe_code)]
 pub mod cpu;
 pub mod dataplane;
+#[allow(unsafe_code)]
 pub mod dpdk;
 pub mod locks;
 pub mod packet;

@@ -1,5 +1,7 @@
 //! `ringlb`: run the appliance, or check a configuration.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -74,11 +74,24 @@ pub enum State {
     Empty = 0,
     /// TCP: SYN seen, handshake not finished.
     SynSeen,
+    /// TCP: both directions seen (NAT: the server's SYN-ACK and then the
+    /// client's ACK; DSR: the client's data after its handshake ACK).
     Established,
-    /// TCP: FIN or RST seen; kept briefly for the last segments.
+    /// TCP: both sides' FIN or RST seen (NAT only: DSR never sees the
+    /// server's side); kept briefly for the last segments.
     Closing,
     /// UDP: no handshake, idle timeout only.
     Udp,
+    /// TCP, half-open past the SYN: NAT has seen the server's SYN-ACK but
+    /// not the client's ACK after it; DSR has seen the client's ACK but no
+    /// data yet. A spoofer can get this far blind, so it is evictable.
+    Confirming,
+    /// TCP: the client's FIN or RST, not confirmed by the server. A forged
+    /// one must not shorten the session: it keeps the established timeout,
+    /// but a full table may reuse its slot.
+    ClientClosed,
+    /// TCP (NAT): the server's FIN or RST, not confirmed by the client.
+    ServerClosed,
 }
 
 impl State {
@@ -89,8 +102,25 @@ impl State {
             2 => Some(State::Established),
             3 => Some(State::Closing),
             4 => Some(State::Udp),
+            5 => Some(State::Confirming),
+            6 => Some(State::ClientClosed),
+            7 => Some(State::ServerClosed),
             _ => None,
         }
+    }
+
+    /// A full table may evict entries in this state for a new flow: no
+    /// proof yet that both ends are in the connection, or one is leaving it.
+    /// Established and UDP sessions are never evicted.
+    #[inline]
+    pub fn evictable(self) -> bool {
+        matches!(self, State::SynSeen | State::Confirming | State::Closing | State::ClientClosed | State::ServerClosed)
+    }
+
+    /// One side has sent FIN or RST (siblings hear of it).
+    #[inline]
+    pub fn closing(self) -> bool {
+        matches!(self, State::Closing | State::ClientClosed | State::ServerClosed)
     }
 }
 
@@ -141,12 +171,22 @@ impl Timeouts {
             State::Established => self.established_ms,
             State::Closing => self.closing_ms,
             State::Udp => self.udp_ms,
+            // Unconfirmed: never shorter than an established session.
+            State::Confirming | State::ClientClosed | State::ServerClosed => self.established_ms,
             State::Empty => 0,
         }
     }
 }
 
-const STATES: [State; 4] = [State::SynSeen, State::Established, State::Closing, State::Udp];
+const STATES: [State; 7] = [
+    State::SynSeen,
+    State::Established,
+    State::Closing,
+    State::Udp,
+    State::Confirming,
+    State::ClientClosed,
+    State::ServerClosed,
+];
 
 /// How often a busy local entry is refreshed to the siblings: a quarter of
 /// its state's timeout (at most once per sweep cycle).
@@ -171,8 +211,16 @@ pub struct SessionTable {
     prev_cycle_start_ms: u32,
     /// States whose busy local entries this cycle refreshes (bit per state).
     refresh_mask: u8,
+    /// Where the far search for an entry to evict continues (see `evict_for`).
+    evict_cursor: usize,
     seed: u64,
 }
+
+/// A full table looks for an entry to evict this far from the new flow's
+/// home slot first (a flood's half-open entries are everywhere, so the
+/// search ends at once), then this far from a cursor that walks the table.
+const EVICT_NEAR: usize = 32;
+const EVICT_FAR: usize = 1024;
 
 /// What `install` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,6 +299,7 @@ impl SessionTable {
             cycle_start_ms: 0,
             prev_cycle_start_ms: 0,
             refresh_mask: 0,
+            evict_cursor: 0,
             seed,
         }
     }
@@ -465,6 +514,46 @@ impl SessionTable {
             visited += 1;
         }
         expired
+    }
+
+    /// Makes room in a full table for a new flow whose hash is `hash`:
+    /// removes an entry idle past its timeout, or else the idlest evictable
+    /// one (half-open or closing; see `State::evictable`), near the flow's
+    /// home slot first, then from the eviction cursor. Returns the entry
+    /// removed and whether it had expired; None when only established and
+    /// UDP sessions were found.
+    pub fn evict_for(&mut self, hash: u64, now_ms: u32) -> Option<(FlowKey, Entry, bool)> {
+        let near = self.victim(hash as usize & self.mask, EVICT_NEAR, now_ms);
+        let i = near.or_else(|| {
+            let start = self.evict_cursor;
+            self.evict_cursor = (start + EVICT_FAR) & self.mask;
+            self.victim(start, EVICT_FAR, now_ms)
+        })?;
+        let e = self.slots[i];
+        let expired = self.expired(&e, now_ms);
+        self.remove_at(i);
+        Some((FlowKey::unpack(e.key), e, expired))
+    }
+
+    /// The best entry to evict among `n` slots from `start`: the first
+    /// expired one, else the idlest evictable one.
+    fn victim(&self, start: usize, n: usize, now_ms: u32) -> Option<usize> {
+        let mut best: Option<(usize, u32)> = None;
+        for k in 0..n.min(self.slots.len()) {
+            let i = (start + k) & self.mask;
+            let e = &self.slots[i];
+            if e.state == State::Empty {
+                continue;
+            }
+            if self.expired(e, now_ms) {
+                return Some(i);
+            }
+            let idle = now_ms.wrapping_sub(e.last_seen_ms);
+            if e.state.evictable() && best.is_none_or(|(_, b)| idle > b) {
+                best = Some((i, idle));
+            }
+        }
+        best.map(|(i, _)| i)
     }
 
     /// A sweep cycle begins: refresh the states whose refresh period ended

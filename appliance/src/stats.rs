@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Why a packet was not forwarded. Every drop is counted under one of these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Drop {
+pub enum DropReason {
     /// Truncated or inconsistent headers.
     Malformed,
     UnsupportedEthertype,
@@ -35,47 +35,83 @@ pub enum Drop {
     VipNotOwned,
     /// A new flow of a service whose servers are all down.
     NoServer,
+    /// IPv4 version not 4, or header length under 20 bytes.
+    IpHeader,
+    /// IPv4 total length disagrees with the header length or the frame
+    /// (longer than the frame, or a frame longer than the datagram beyond
+    /// Ethernet's minimum-size padding); UDP length ≠ the IP payload.
+    IpLength,
+    IpChecksum,
+    /// TCP flags no stack sends: SYN with FIN or RST, FIN with RST, FIN
+    /// or data without ACK, no flags at all.
+    TcpFlags,
+    /// A NAT server's reply that did not come from the bound server's
+    /// neighbour MAC on its port.
+    SpoofedReply,
+    /// An ARP reply we did not ask for (or not to our address).
+    ArpUnsolicited,
+    /// ARP naming a broadcast, multicast, zero or our own MAC as a sender.
+    ArpBadMac,
+    /// An ICMP error whose quoted packet is truncated or inconsistent, or
+    /// whose checksum is wrong.
+    IcmpMalformed,
 }
 
-impl Drop {
-    pub const ALL: [Drop; 16] = [
-        Drop::Malformed,
-        Drop::UnsupportedEthertype,
-        Drop::UnsupportedProtocol,
-        Drop::Fragment,
-        Drop::NotForUs,
-        Drop::NoService,
-        Drop::NoSession,
-        Drop::TableFull,
-        Drop::NoNeighbor,
-        Drop::TtlExceeded,
-        Drop::MultiSegment,
-        Drop::TxFull,
-        Drop::HandoffFull,
-        Drop::ArpIgnored,
-        Drop::VipNotOwned,
-        Drop::NoServer,
+impl DropReason {
+    pub const ALL: [DropReason; 24] = [
+        DropReason::Malformed,
+        DropReason::UnsupportedEthertype,
+        DropReason::UnsupportedProtocol,
+        DropReason::Fragment,
+        DropReason::NotForUs,
+        DropReason::NoService,
+        DropReason::NoSession,
+        DropReason::TableFull,
+        DropReason::NoNeighbor,
+        DropReason::TtlExceeded,
+        DropReason::MultiSegment,
+        DropReason::TxFull,
+        DropReason::HandoffFull,
+        DropReason::ArpIgnored,
+        DropReason::VipNotOwned,
+        DropReason::NoServer,
+        DropReason::IpHeader,
+        DropReason::IpLength,
+        DropReason::IpChecksum,
+        DropReason::TcpFlags,
+        DropReason::SpoofedReply,
+        DropReason::ArpUnsolicited,
+        DropReason::ArpBadMac,
+        DropReason::IcmpMalformed,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
     pub fn name(self) -> &'static str {
         match self {
-            Drop::Malformed => "malformed",
-            Drop::UnsupportedEthertype => "ethertype",
-            Drop::UnsupportedProtocol => "ip_proto",
-            Drop::Fragment => "fragment",
-            Drop::NotForUs => "not_for_us",
-            Drop::NoService => "no_service",
-            Drop::NoSession => "no_session",
-            Drop::TableFull => "table_full",
-            Drop::NoNeighbor => "no_neighbor",
-            Drop::TtlExceeded => "ttl_exceeded",
-            Drop::MultiSegment => "multi_segment",
-            Drop::TxFull => "tx_full",
-            Drop::HandoffFull => "handoff_full",
-            Drop::ArpIgnored => "arp_ignored",
-            Drop::VipNotOwned => "vip_not_owned",
-            Drop::NoServer => "no_server",
+            DropReason::Malformed => "malformed",
+            DropReason::UnsupportedEthertype => "ethertype",
+            DropReason::UnsupportedProtocol => "ip_proto",
+            DropReason::Fragment => "fragment",
+            DropReason::NotForUs => "not_for_us",
+            DropReason::NoService => "no_service",
+            DropReason::NoSession => "no_session",
+            DropReason::TableFull => "table_full",
+            DropReason::NoNeighbor => "no_neighbor",
+            DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::MultiSegment => "multi_segment",
+            DropReason::TxFull => "tx_full",
+            DropReason::HandoffFull => "handoff_full",
+            DropReason::ArpIgnored => "arp_ignored",
+            DropReason::VipNotOwned => "vip_not_owned",
+            DropReason::NoServer => "no_server",
+            DropReason::IpHeader => "ip_header",
+            DropReason::IpLength => "ip_length",
+            DropReason::IpChecksum => "ip_checksum",
+            DropReason::TcpFlags => "tcp_flags",
+            DropReason::SpoofedReply => "spoofed_reply",
+            DropReason::ArpUnsolicited => "arp_unsolicited",
+            DropReason::ArpBadMac => "arp_bad_mac",
+            DropReason::IcmpMalformed => "icmp_malformed",
         }
     }
 }
@@ -115,6 +151,14 @@ pub struct WorkerStats {
     pub sessions_created: Counter,
     pub sessions_expired: Counter,
     pub sessions_active: Counter,
+    /// Half-open or closing sessions removed to make room for a new flow
+    /// in a full table (established ones are never evicted).
+    pub sessions_evicted: Counter,
+    /// ICMP errors about a session's flow passed to its server.
+    pub icmp_errors_forwarded: Counter,
+    /// Fragments (and datagrams) of `fragments: true` services sent to a
+    /// server by the address hash.
+    pub fragments_forwarded: Counter,
     /// Sibling sync: replicas installed, updated, kept (a resync met a live
     /// update), removed; replicas that carried a local packet (the flow
     /// changed appliance); sibling entries refused (table full).
@@ -149,7 +193,7 @@ pub struct WorkerStats {
     /// Sessions ended with a RST to the client because their server went
     /// down (`on_server_down: reset`).
     pub down_resets: Counter,
-    pub drops: [Counter; Drop::COUNT],
+    pub drops: [Counter; DropReason::COUNT],
     /// New sessions per server, indexed by global server id.
     pub server_new_sessions: Box<[Counter]>,
 }
@@ -165,6 +209,9 @@ impl WorkerStats {
             sessions_created: Counter::default(),
             sessions_expired: Counter::default(),
             sessions_active: Counter::default(),
+            sessions_evicted: Counter::default(),
+            icmp_errors_forwarded: Counter::default(),
+            fragments_forwarded: Counter::default(),
             sync_installed: Counter::default(),
             sync_updated: Counter::default(),
             sync_kept: Counter::default(),
@@ -196,7 +243,7 @@ impl WorkerStats {
     }
 
     #[inline]
-    pub fn drop(&self, why: Drop) {
+    pub fn drop(&self, why: DropReason) {
         self.drops[why as usize].inc();
     }
 
@@ -216,6 +263,9 @@ pub struct Snapshot {
     pub created: u64,
     pub expired: u64,
     pub active: u64,
+    pub evicted: u64,
+    pub icmp_errors: u64,
+    pub fragments: u64,
     pub sync_installed: u64,
     pub sync_updated: u64,
     pub sync_kept: u64,
@@ -234,7 +284,7 @@ pub struct Snapshot {
     pub await_timeouts: u64,
     pub midflow_picked: u64,
     pub down_resets: u64,
-    pub drops: [u64; Drop::COUNT],
+    pub drops: [u64; DropReason::COUNT],
     pub per_server: Vec<u64>,
 }
 
@@ -251,6 +301,9 @@ impl Snapshot {
             s.created += w.sessions_created.get();
             s.expired += w.sessions_expired.get();
             s.active += w.sessions_active.get();
+            s.evicted += w.sessions_evicted.get();
+            s.icmp_errors += w.icmp_errors_forwarded.get();
+            s.fragments += w.fragments_forwarded.get();
             s.sync_installed += w.sync_installed.get();
             s.sync_updated += w.sync_updated.get();
             s.sync_kept += w.sync_kept.get();

@@ -9,7 +9,7 @@ use crate::control::channel::{Command, CommandRx, EventTx};
 use crate::dataplane::{Shared, Verdict, Worker};
 use crate::dpdk::{self, Burst, HandoffRx, HandoffTx, Mbuf, Mempool, RxQueue, TxQueue};
 use crate::packet;
-use crate::stats::{Drop, WorkerStats};
+use crate::stats::{DropReason, WorkerStats};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -154,7 +154,7 @@ impl Awaiting {
                 Verdict::Await if now_ms.wrapping_sub(since) < AWAIT_MS => self.packets.push_back((since, m)),
                 Verdict::Await => {
                     out.stats.await_timeouts.inc();
-                    out.send(Verdict::Drop(Drop::NoSession), m, true);
+                    out.send(Verdict::Drop(DropReason::NoSession), m, true);
                 }
                 v => send_or_hold(v, m, now_ms, out, held, self, true),
             }
@@ -183,7 +183,7 @@ fn send_or_hold(
         }
         Verdict::Await => {
             if let Err(m) = awaiting.hold(now, m, out.stats) {
-                out.send(Verdict::Drop(Drop::NoSession), m, peers_waiting);
+                out.send(Verdict::Drop(DropReason::NoSession), m, peers_waiting);
             }
         }
         v => out.send(v, m, peers_waiting),
@@ -210,7 +210,7 @@ impl Output<'_> {
                     self.flush_tx(p);
                 }
                 if self.tx_burst[p].push(m).is_err() {
-                    self.stats.drop(Drop::TxFull);
+                    self.stats.drop(DropReason::TxFull);
                 }
             }
             Verdict::Handoff(w) => {
@@ -219,13 +219,13 @@ impl Output<'_> {
                 }
                 // Still full: the owner is overloaded; drop this frame, keep the queued ones.
                 if self.handoff[w].push(m).is_err() {
-                    self.stats.drop(Drop::HandoffFull);
+                    self.stats.drop(DropReason::HandoffFull);
                 }
             }
             Verdict::Consumed => {}
             Verdict::Drop(d) => self.stats.drop(d),
             // Frames that wait are taken out before they get here.
-            Verdict::Await => self.stats.drop(Drop::NoSession),
+            Verdict::Await => self.stats.drop(DropReason::NoSession),
             // Deferred frames are taken out before they get here.
             Verdict::Defer { port, .. } => self.send(Verdict::Tx(port), m, peers_waiting),
         }
@@ -235,7 +235,7 @@ impl Output<'_> {
         let sent = self.tx[p].tx(&mut self.tx_burst[p]);
         self.stats.tx.add(sent as u64);
         for _ in self.tx_burst[p].drain() {
-            self.stats.drop(Drop::TxFull);
+            self.stats.drop(DropReason::TxFull);
         }
     }
 
@@ -306,7 +306,7 @@ fn process_burst(
     dp.process_burst(&mut frames[..n], &ports[..n], now, handed_off, &mut verdicts);
     for (m, v) in burst.drain().zip(verdicts) {
         match v {
-            _ if m.segments() != 1 => out.send(Verdict::Drop(Drop::MultiSegment), m, peers_waiting),
+            _ if m.segments() != 1 => out.send(Verdict::Drop(DropReason::MultiSegment), m, peers_waiting),
             v => send_or_hold(v, m, now, out, held, awaiting, peers_waiting),
         }
     }
@@ -486,20 +486,20 @@ pub fn run(setup: WorkerSetup) -> i32 {
     // waiting for a session are dropped (counted).
     held.release(u64::MAX, clock.now_ms(), &mut out);
     for (_, m) in awaiting.packets.drain(..) {
-        out.send(Verdict::Drop(Drop::NoSession), m, true);
+        out.send(Verdict::Drop(DropReason::NoSession), m, true);
     }
     out.flush_all(true);
     // Frames still waiting for a hand-off queue at shutdown are freed, and counted.
     for h in &mut out.handoff {
         for _ in h.drain() {
-            stats.drop(Drop::HandoffFull);
+            stats.drop(DropReason::HandoffFull);
         }
     }
     // Drain what others handed us, so the queues hold no mbufs when freed.
     for queue in &mut inbound {
         while queue.dequeue(&mut burst) > 0 {
             for _ in burst.drain() {
-                stats.drop(Drop::HandoffFull); // handed to us, never processed
+                stats.drop(DropReason::HandoffFull); // handed to us, never processed
             }
         }
     }

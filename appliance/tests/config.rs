@@ -291,3 +291,29 @@ fn probes_default_like_haproxy_and_are_checked() {
     assert_has(&err("{ rise: 0 }"), &["services[0].probe.rise: 0 is not between 1 and 100"]);
     assert_has(&err("{ every: 1s }"), &["every"]);
 }
+
+/// Values that parse but would break later (fast path v2, Build 3).
+#[test]
+fn values_that_would_break_later_are_refused_with_the_limit() {
+    let with = |extra: &str| {
+        let bad = format!("{GOOD}{extra}");
+        config::parse(&bad, "bad.yaml").map(|_| ()).unwrap_err().to_string()
+    };
+    assert_has(&with("arp: { refresh: 200ms }\n"), &["bad.yaml:", "arp.refresh", "200 ms", "1000 ms minimum"]);
+    assert_has(
+        &with("sessions: { capacity: 1073741824 }\n"),
+        &["bad.yaml:", "sessions.capacity", "MiB of session tables", "available"],
+    );
+    assert_has(
+        &reject("{ ip: 198.18.0.21, port: 443 }", "{ ip: 198.18.0.1, port: 443 }"),
+        &["bad.yaml:", "server_groups.api[0]", "198.18.0.1 is the address of ports[0]"],
+    );
+    assert_has(
+        &reject("{ ip: 198.18.0.21, port: 443 }", "{ ip: 198.18.100.1, port: 443 }"),
+        &["bad.yaml:", "198.18.100.1 is the VIP of service 'web'"],
+    );
+    assert_has(
+        &reject("    group: api\n", "    group: api\n    fragments: true\n"),
+        &["bad.yaml:", "'api'.fragments", "protocol: udp, mode: dsr and scheduler: maglev"],
+    );
+}

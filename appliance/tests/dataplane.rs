@@ -7,7 +7,7 @@ use common::*;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use ringlb::config::{self, Config};
 use ringlb::dataplane::{Shared, Verdict, Worker};
-use ringlb::stats::{Drop, WorkerStats};
+use ringlb::stats::{DropReason, WorkerStats};
 
 const PORT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
@@ -105,9 +105,9 @@ fn non_syn_without_session_is_dropped() {
     let (_, shared, stats) = setup("[1]", 100);
     let mut w = Worker::new(0, &shared, &stats[0]);
     let mut f = tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.100.1"), 5555, 80, ACK, b"x");
-    assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Drop(Drop::NoSession));
+    assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Drop(DropReason::NoSession));
     let mut synack = tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.100.1"), 5555, 80, SYN | ACK, b"");
-    assert_eq!(w.process(&mut synack, 0, 0, false), Verdict::Drop(Drop::NoSession));
+    assert_eq!(w.process(&mut synack, 0, 0, false), Verdict::Drop(DropReason::NoSession));
 }
 
 #[test]
@@ -126,7 +126,7 @@ fn nat_rewrites_both_directions_with_valid_checksums() {
         // The other server's answer for this client is not this session's: dropped.
         let other = ["198.18.0.21", "198.18.0.22"][1 - server];
         let mut wrong = tcp(NAT_MACS[1 - server], PORT_MAC, ip(other), client(c), 8080, cport, SYN | ACK, b"");
-        assert_eq!(w.process(&mut wrong, 0, 1, false), Verdict::Drop(Drop::NoSession));
+        assert_eq!(w.process(&mut wrong, 0, 1, false), Verdict::Drop(DropReason::NoSession));
 
         let mut reply =
             tcp(NAT_MACS[server], PORT_MAC, fwd.dst, client(c), 8080, cport, SYN | ACK, b"hello from server");
@@ -148,8 +148,10 @@ fn nat_udp_both_directions_and_zero_checksum_is_kept() {
     let mut w = Worker::new(0, &shared, &stats[0]);
     // The UDP server has no static MAC: nothing is sent until ARP resolves it.
     let mut q = udp(ROUTER_MAC, PORT_MAC, client(9), ip("198.18.100.2"), 4444, 53, b"query");
-    assert_eq!(w.process(&mut q, 0, 0, false), Verdict::Drop(Drop::NoNeighbor));
+    assert_eq!(w.process(&mut q, 0, 0, false), Verdict::Drop(DropReason::NoNeighbor));
     let srv_mac = [2, 0, 0, 0, 3, 1];
+    // Worker 0 asks; only then is a reply learned.
+    w.due_solicits(0, |_, _| true);
     let mut arp_reply = arp_request(srv_mac, ip("198.18.0.31"), ip("198.18.0.1"));
     arp_reply[21] = 2; // opcode: reply
     arp_reply[0..6].copy_from_slice(&PORT_MAC);
@@ -193,9 +195,9 @@ fn answers_arp_and_ping_for_vips_and_own_address() {
         assert_eq!((s.src, s.dst, s.flags, s.dst_mac), (ip(target), ip("198.18.0.50"), 0, asker));
     }
     let mut other = arp_request(asker, ip("198.18.0.50"), ip("198.18.0.77"));
-    assert_eq!(w.process(&mut other, 0, 0, false), Verdict::Drop(Drop::ArpIgnored));
+    assert_eq!(w.process(&mut other, 0, 0, false), Verdict::Drop(DropReason::ArpIgnored));
     let mut ping_other = icmp_echo(asker, PORT_MAC, ip("198.18.0.50"), ip("198.18.0.77"));
-    assert_eq!(w.process(&mut ping_other, 0, 0, false), Verdict::Drop(Drop::NoService));
+    assert_eq!(w.process(&mut ping_other, 0, 0, false), Verdict::Drop(DropReason::NoService));
 }
 
 #[test]
@@ -203,15 +205,21 @@ fn frames_not_for_us_are_counted_drops() {
     let (_, shared, stats) = setup("[1]", 10);
     let mut w = Worker::new(0, &shared, &stats[0]);
     let mut f = tcp(ROUTER_MAC, [2, 9, 9, 9, 9, 9], client(1), ip("198.18.100.1"), 1, 80, SYN, b"");
-    assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Drop(Drop::NotForUs));
+    assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Drop(DropReason::NotForUs));
     let mut f = tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.100.9"), 1, 80, SYN, b"");
-    assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Drop(Drop::NoService));
+    assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Drop(DropReason::NoService));
     let mut f = tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.100.1"), 1, 80, SYN, b"");
     f[14 + 6] = 0x20; // more fragments
-    assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Drop(Drop::Fragment));
+    f[14 + 10..14 + 12].fill(0);
+    let c = inet_checksum(&f[14..34]);
+    f[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Drop(DropReason::Fragment));
     let mut f = tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.100.1"), 1, 80, SYN, b"");
     f.truncate(14 + 20 + 10);
-    assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Drop(Drop::Malformed));
+    assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Drop(DropReason::IpLength));
+    let mut f = tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.100.1"), 1, 80, SYN, b"");
+    f.truncate(14 + 12);
+    assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Drop(DropReason::Malformed));
 }
 
 #[test]
@@ -246,19 +254,33 @@ fn flows_are_handed_to_their_owner_and_both_nat_directions_agree() {
     assert!(owners[0] > 60 && owners[1] > 60, "ownership spread {owners:?}");
 }
 
+/// A close both sides confirmed (NAT sees both) moves to the closing
+/// timer; established sessions stay; an unanswered SYN expires after the
+/// SYN timeout. (A one-sided FIN or RST: tests/strict_input.rs.)
 #[test]
-fn fin_moves_to_close_timer_and_idle_sessions_expire() {
+fn a_confirmed_close_moves_to_the_close_timer_and_idle_sessions_expire() {
     let (cfg, shared, stats) = setup("[1]", 100);
     let mut w = Worker::new(0, &shared, &stats[0]);
-    let send = |w: &mut Worker, c: u32, flags: u8, t: u32| {
-        let mut f = tcp(ROUTER_MAC, PORT_MAC, client(c), ip("198.18.100.1"), 1000 + c as u16, 80, flags, b"");
+    let to_vip = |w: &mut Worker, c: u32, flags: u8, t: u32| {
+        let mut f = tcp(ROUTER_MAC, PORT_MAC, client(c), ip("198.18.100.2"), 1000 + c as u16, 80, flags, b"");
+        let v = w.process(&mut f, 0, t, false);
+        (v, check(&f).map(|s| (s.dst_mac, s.dst)).ok())
+    };
+    let from_server = |w: &mut Worker, to: ([u8; 6], [u8; 4]), c: u32, flags: u8, t: u32| {
+        let mut f = tcp(to.0, PORT_MAC, to.1, client(c), 8080, 1000 + c as u16, flags, b"");
         w.process(&mut f, 0, t, false)
     };
-    assert_eq!(send(&mut w, 1, SYN, 0), Verdict::Tx(0));
-    assert_eq!(send(&mut w, 1, ACK, 10), Verdict::Tx(0));
-    assert_eq!(send(&mut w, 1, FIN | ACK, 20), Verdict::Tx(0));
-    assert_eq!(send(&mut w, 2, SYN, 0), Verdict::Tx(0));
-    assert_eq!(send(&mut w, 2, ACK, 10), Verdict::Tx(0));
+    let mut servers = Vec::new();
+    for c in [1, 2] {
+        let (v, server) = to_vip(&mut w, c, SYN, 0);
+        assert_eq!(v, Verdict::Tx(0));
+        let server = server.unwrap();
+        assert_eq!(from_server(&mut w, server, c, SYN | ACK, 5), Verdict::Tx(0));
+        assert_eq!(to_vip(&mut w, c, ACK, 10).0, Verdict::Tx(0));
+        servers.push(server);
+    }
+    assert_eq!(to_vip(&mut w, 1, FIN | ACK, 20).0, Verdict::Tx(0));
+    assert_eq!(from_server(&mut w, servers[0], 1, FIN | ACK, 20), Verdict::Tx(0));
     // Just past the closing timeout: flow 1 expires, established flow 2 stays.
     let t = 20 + cfg.timeouts.closing_ms + 1;
     for _ in 0..64 {
@@ -266,23 +288,37 @@ fn fin_moves_to_close_timer_and_idle_sessions_expire() {
     }
     assert_eq!(stats[0].sessions_expired.get(), 1);
     assert_eq!(stats[0].sessions_active.get(), 1);
-    assert_eq!(send(&mut w, 1, ACK, t), Verdict::Drop(Drop::NoSession));
-    assert_eq!(send(&mut w, 2, ACK, t), Verdict::Tx(0));
-    // A SYN that is never answered expires after the SYN timeout.
-    assert_eq!(send(&mut w, 3, SYN, t), Verdict::Tx(0));
-    assert_eq!(send(&mut w, 3, ACK, t + cfg.timeouts.syn_ms + 1), Verdict::Drop(Drop::NoSession));
+    // Flow 1's late ACK finds no session (this Maglev service picks it up
+    // mid-flow, which counts); flow 2's finds its own.
+    assert_eq!(to_vip(&mut w, 1, ACK, t).0, Verdict::Tx(0));
+    assert_eq!(stats[0].midflow_picked.get(), 1);
+    assert_eq!(to_vip(&mut w, 2, ACK, t).0, Verdict::Tx(0));
+    assert_eq!(stats[0].midflow_picked.get(), 1);
+    // A SYN that is never answered expires after the SYN timeout (DSR
+    // under wrr: a flow without a session is not picked up mid-flow).
+    let web = |w: &mut Worker, flags: u8, t: u32| {
+        let mut f = tcp(ROUTER_MAC, PORT_MAC, client(3), ip("198.18.100.1"), 1003, 80, flags, b"");
+        w.process(&mut f, 0, t, false)
+    };
+    assert_eq!(web(&mut w, SYN, t), Verdict::Tx(0));
+    assert_eq!(web(&mut w, ACK, t + cfg.timeouts.syn_ms + 1), Verdict::Drop(DropReason::NoSession));
 }
 
+/// A table full of established sessions refuses new flows and keeps
+/// serving the old ones. (Half-open entries are evicted instead:
+/// tests/strict_input.rs.)
 #[test]
 fn full_table_drops_new_flows_and_keeps_old_ones() {
     let (_, shared, stats) = setup("[1]", 50);
     let mut w = Worker::new(0, &shared, &stats[0]);
     for c in 0..50u32 {
-        let mut f = tcp(ROUTER_MAC, PORT_MAC, client(c), ip("198.18.100.1"), 7, 80, SYN, b"");
-        assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Tx(0));
+        for (flags, data) in [(SYN, &b""[..]), (ACK, b""), (ACK | PSH, b"data")] {
+            let mut f = tcp(ROUTER_MAC, PORT_MAC, client(c), ip("198.18.100.1"), 7, 80, flags, data);
+            assert_eq!(w.process(&mut f, 0, 0, false), Verdict::Tx(0));
+        }
     }
     let mut f = tcp(ROUTER_MAC, PORT_MAC, client(99), ip("198.18.100.1"), 7, 80, SYN, b"");
-    assert_eq!(w.process(&mut f, 0, 1, false), Verdict::Drop(Drop::TableFull));
+    assert_eq!(w.process(&mut f, 0, 1, false), Verdict::Drop(DropReason::TableFull));
     let mut f = tcp(ROUTER_MAC, PORT_MAC, client(3), ip("198.18.100.1"), 7, 80, ACK, b"");
     assert_eq!(w.process(&mut f, 0, 1, false), Verdict::Tx(0));
 }
@@ -374,7 +410,7 @@ fn a_maglev_flow_without_session_follows_the_pick_every_appliance_makes() {
         // A reset or a SYN-ACK without a session makes no state anywhere.
         for flags in [RST | ACK, SYN | ACK] {
             let mut f = tcp(ROUTER_MAC, PORT_MAC, client(c), ip("198.18.100.2"), cport, 80, flags, b"");
-            assert_eq!(b.process(&mut f, 0, 1, false), Verdict::Drop(Drop::NoSession));
+            assert_eq!(b.process(&mut f, 0, 1, false), Verdict::Drop(DropReason::NoSession));
         }
         for n in 0..3 {
             let mut ack = tcp(ROUTER_MAC, PORT_MAC, client(c), ip("198.18.100.2"), cport, 80, ACK, b"more");
@@ -386,7 +422,7 @@ fn a_maglev_flow_without_session_follows_the_pick_every_appliance_makes() {
     assert_eq!(b.sessions().count(), 30);
     // A wrr service has no pick to agree on: still no_session.
     let mut ack = tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.100.1"), 999, 80, ACK, b"x");
-    assert_eq!(b.process(&mut ack, 0, 9, false), Verdict::Drop(Drop::NoSession));
+    assert_eq!(b.process(&mut ack, 0, 9, false), Verdict::Drop(DropReason::NoSession));
 }
 
 /// What a server's list gives a new VIP owner: an established session of
@@ -423,7 +459,7 @@ fn while_a_vip_is_rebuilt_packets_without_session_wait_for_the_servers_list() {
     assert_eq!(ack, untouched, "a waiting frame is not rewritten");
     // A reset is never held (nor a flow of a VIP not being rebuilt).
     let mut rst = tcp(ROUTER_MAC, PORT_MAC, client(7), ip("198.18.100.1"), 4243, 80, RST, b"");
-    assert_eq!(w.process(&mut rst, 0, 0, false), Verdict::Drop(Drop::NoSession));
+    assert_eq!(w.process(&mut rst, 0, 0, false), Verdict::Drop(DropReason::NoSession));
     // The server's list arrives: the third DSR server holds the connection.
     let server = cfg.services[0].servers[2];
     w.apply(rebuilt_install(7, 4242, "198.18.100.1", server), 1);
@@ -432,7 +468,7 @@ fn while_a_vip_is_rebuilt_packets_without_session_wait_for_the_servers_list() {
     // Rebuilt and over: an unknown wrr flow is no_session again.
     shared.set_vip_rebuilding(vip, false);
     let mut other = tcp(ROUTER_MAC, PORT_MAC, client(8), ip("198.18.100.1"), 4244, 80, ACK, b"x");
-    assert_eq!(w.process(&mut other, 0, 3, false), Verdict::Drop(Drop::NoSession));
+    assert_eq!(w.process(&mut other, 0, 3, false), Verdict::Drop(DropReason::NoSession));
 }
 
 #[test]
@@ -444,7 +480,7 @@ fn a_rebuilt_nat_session_replies_through_the_client_hop_and_learns_it_from_the_c
     w.apply(rebuilt(6000), 0);
     let reply = |cport: u16| tcp(NAT_MACS[0], PORT_MAC, ip("198.18.0.21"), client(3), 8080, cport, ACK, b"data");
     // No client hop known yet: the reply cannot be addressed (counted).
-    assert_eq!(w.process(&mut reply(6000), 0, 1, false), Verdict::Drop(Drop::NoNeighbor));
+    assert_eq!(w.process(&mut reply(6000), 0, 1, false), Verdict::Drop(DropReason::NoNeighbor));
     // A new flow shows the port's client-side hop: replies go through it.
     let mut syn = tcp(ROUTER_MAC, PORT_MAC, client(9), ip("198.18.100.1"), 7000, 80, SYN, b"");
     assert_eq!(w.process(&mut syn, 0, 2, false), Verdict::Tx(0));
@@ -513,7 +549,7 @@ fn a_server_down_gets_no_new_flows_and_a_new_syn_on_its_tuple_is_placed_afresh()
     for &id in dsr {
         shared.set_server_weight(id, 0);
     }
-    assert_eq!(w.process(&mut syn(500, 4000), 0, 4, false), Verdict::Drop(Drop::NoServer));
+    assert_eq!(w.process(&mut syn(500, 4000), 0, 4, false), Verdict::Drop(DropReason::NoServer));
 }
 
 #[test]
@@ -586,7 +622,7 @@ server_groups:
     );
     // A stranger's SYN-ACK to the probe port is not a probe's answer.
     let mut forged = tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.0.1"), 80, 0xc000, SYN | ACK, b"");
-    assert_eq!(w.process(&mut forged, 0, 500, false), Verdict::Drop(Drop::NoService));
+    assert_eq!(w.process(&mut forged, 0, 500, false), Verdict::Drop(DropReason::NoService));
 }
 
 #[test]
@@ -620,6 +656,6 @@ fn on_server_down_reset_ends_the_session_with_a_rst_to_the_client_and_keep_does_
         assert_eq!((seen.dst_mac, seen.src_mac), (ROUTER_MAC, PORT_MAC));
         assert_eq!(stats[0].down_resets.get(), 1);
         // The session is gone: its next packet has none.
-        assert_eq!(w.process(&mut pkt(ACK), 0, 2, false), Verdict::Drop(Drop::NoSession));
+        assert_eq!(w.process(&mut pkt(ACK), 0, 2, false), Verdict::Drop(DropReason::NoSession));
     }
 }

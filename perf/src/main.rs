@@ -10,6 +10,8 @@
 //! and nftables. Writes
 //! `<out>/<timestamp>.json` and `.md`, and prints the table.
 
+#![forbid(unsafe_code)]
+
 mod configs;
 mod measure;
 mod procs;

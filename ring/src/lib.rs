@@ -5,6 +5,8 @@
 //! sharing its key and peers: the sibling sync transport of seed 001
 //! (`sync`), reliable ordered record streams between appliances.
 
+#![forbid(unsafe_code)]
+
 pub mod conns;
 pub mod driver;
 pub mod incarnation;

@@ -146,6 +146,12 @@ struct RawService {
     /// answered with a RST and the session ends).
     #[serde(default)]
     on_server_down: OnServerDown,
+    /// IPv4 fragments to the VIP (UDP, dsr, maglev only): every datagram,
+    /// fragmented or not, goes to the server a hash of (source,
+    /// destination, protocol) picks, so all fragments of one datagram meet
+    /// at one server. Off: fragments are counted drops.
+    #[serde(default)]
+    fragments: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -186,6 +192,16 @@ pub const DEFAULT_PROBE: Probe = Probe { interval_ms: 2000, timeout_ms: 1000, ri
 /// Probes use source ports from here on, one per server id below `MAX_PROBED`.
 pub const PROBE_PORT_BASE: u16 = 0xc000;
 pub const MAX_PROBED: usize = 0x4000;
+/// `arp.refresh` may not be shorter (each refresh broadcasts a request per server).
+pub const MIN_ARP_REFRESH_MS: u32 = 1000;
+
+/// MemAvailable from /proc/meminfo, if the kernel reports it.
+fn available_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -330,6 +346,8 @@ pub struct ServiceConfig {
     /// The probe of its servers that have no agent.
     pub probe: Option<Probe>,
     pub on_server_down: OnServerDown,
+    /// Fragments accepted, dispatch by address hash (see `RawService::fragments`).
+    pub fragments: bool,
 }
 
 /// One member of a service's server group. A machine serving two services
@@ -632,6 +650,30 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
                 })
             }
         };
+        let fragments = match &s.fragments {
+            Some(f) if f.value => {
+                if proto != L4Proto::Udp || s.mode != Mode::Dsr || s.scheduler != SchedulerKind::Maglev {
+                    return Err(cx.at(
+                        f,
+                        format!(
+                            "services[{si}] '{name}'.fragments: needs protocol: udp, mode: dsr and scheduler: maglev \
+                             (later fragments carry no ports, so every datagram is placed by its addresses alone)"
+                        ),
+                    ));
+                }
+                if let Some(other) = services.iter().find(|o: &&ServiceConfig| o.fragments && o.vip == vip) {
+                    return Err(cx.at(
+                        f,
+                        format!(
+                            "services[{si}] '{name}'.fragments: service '{}' on the same VIP takes its fragments already",
+                            other.name
+                        ),
+                    ));
+                }
+                true
+            }
+            _ => false,
+        };
         let persistence_ms = match &s.persistence {
             None => None,
             Some(p) => {
@@ -665,6 +707,17 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
             }
             if m.port == 0 {
                 return Err(cx.at(&m.ip, format!("{where_}.port: 0 is not a server port")));
+            }
+            if let Some(p) = ports.iter().position(|p| p.ip == ip) {
+                return Err(
+                    cx.at(&m.ip, format!("{where_}: {} is the address of ports[{p}], not a server", m.ip.value))
+                );
+            }
+            if let Some(other) = raw.services.iter().find(|o| u32::from(o.vip.value) == ip) {
+                return Err(cx.at(
+                    &m.ip,
+                    format!("{where_}: {} is the VIP of service '{}', not a server", m.ip.value, other.name.value),
+                ));
             }
             let port = ports.iter().position(|p| p.contains(ip)).ok_or_else(|| {
                 cx.at(
@@ -757,6 +810,7 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
             persistence_ms,
             probe,
             on_server_down: s.on_server_down,
+            fragments,
         });
     }
     if services.len() >= usize::from(u16::MAX) {
@@ -770,6 +824,25 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
     if cap.value == 0 || cap.value > 1 << 30 {
         return Err(cx.at(cap, format!("sessions.capacity: {} must be between 1 and 2^30", cap.value)));
     }
+    // Every table is allocated before the ports start; one that cannot be
+    // is refused here, not met as an allocation failure at start.
+    let n_workers = raw.eal.worker_cores.value.len().max(1);
+    let table_bytes = n_workers as u64
+        * crate::session::SessionTable::slots_for(cap.value.div_ceil(n_workers)) as u64
+        * std::mem::size_of::<crate::session::Entry>() as u64;
+    if let Some(avail) = available_memory_bytes() {
+        if table_bytes > avail {
+            return Err(cx.at(
+                cap,
+                format!(
+                    "sessions.capacity: {} sessions need {} MiB of session tables; this machine has {} MiB available",
+                    cap.value,
+                    table_bytes >> 20,
+                    avail >> 20
+                ),
+            ));
+        }
+    }
     let locks = &raw.sessions.locks;
     if locks.value == 0 || locks.value > 1 << 26 {
         return Err(cx.at(locks, format!("sessions.locks: {} must be between 1 and 2^26", locks.value)));
@@ -782,6 +855,15 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
         udp_ms: duration(cx, &t.udp, "timeouts.udp")?,
     };
     let arp_refresh_ms = duration(cx, &raw.arp.refresh, "arp.refresh")?;
+    if arp_refresh_ms < MIN_ARP_REFRESH_MS {
+        return Err(cx.at(
+            &raw.arp.refresh,
+            format!(
+                "arp.refresh: {arp_refresh_ms} ms is below the {MIN_ARP_REFRESH_MS} ms minimum (each refresh \
+                 broadcasts a request per server, and a reply is learned only within 1 s of it)"
+            ),
+        ));
+    }
     let cluster = raw.cluster.as_ref().map(|c| cluster::validate(c, cx)).transpose()?;
     for (addr, span) in &agents {
         match &cluster {

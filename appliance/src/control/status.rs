@@ -4,7 +4,7 @@
 use super::siblings::Siblings;
 use super::vips::{VipOwners, VipStatus};
 use super::{Control, ControlCounters, PullReport, Ring, SiblingCounters};
-use crate::stats::{Drop, Snapshot};
+use crate::stats::{DropReason, Snapshot};
 use ringlb_ring::member::Counters as RingCounters;
 use ringlb_ring::sync::SyncCounters;
 use ringlb_ring::wire::{CAP_APPLIANCE, CAP_DISPATCH};
@@ -104,6 +104,12 @@ pub struct Sessions {
     pub created: u64,
     pub expired: u64,
     pub active: u64,
+    /// Half-open or closing sessions that made room for a new flow.
+    pub evicted: u64,
+    /// ICMP errors passed to the server of the quoted flow.
+    pub icmp_errors: u64,
+    /// Fragments of `fragments: true` services sent by the address hash.
+    pub fragments: u64,
 }
 
 /// The workers' side of sibling sync and the control queues.
@@ -188,8 +194,15 @@ impl Status {
             arp_replies: s.arp_replies,
             echo_replies: s.echo_replies,
             drops_total: s.drops_total(),
-            drops: Drop::ALL.iter().map(|d| (d.name(), s.drops[*d as usize])).collect(),
-            sessions: Sessions { created: s.created, expired: s.expired, active: s.active },
+            drops: DropReason::ALL.iter().map(|d| (d.name(), s.drops[*d as usize])).collect(),
+            sessions: Sessions {
+                created: s.created,
+                expired: s.expired,
+                active: s.active,
+                evicted: s.evicted,
+                icmp_errors: s.icmp_errors,
+                fragments: s.fragments,
+            },
             per_server: labels.iter().cloned().zip(s.per_server.iter().copied()).collect(),
             replication: Replication {
                 installed: s.sync_installed,

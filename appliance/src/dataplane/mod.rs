@@ -19,10 +19,12 @@ pub use shared::{Neighbor, PortRt, Shared};
 use crate::config::Mode;
 use crate::control::channel::{EventTx, SessionRecord};
 use crate::locks::{LockRecord, LockTable, Offer};
-use crate::packet::{self, tcp_flags, ArpInfo, L4Info, L4Proto, Mac, Parsed, BROADCAST_MAC};
+use crate::packet::{
+    self, tcp_flags, ArpInfo, FragmentInfo, IcmpErrorInfo, L4Info, L4Proto, Mac, Parsed, BROADCAST_MAC,
+};
 use crate::sched::{wrr::SmoothWrr, Scheduler};
 use crate::session::{born_at, mix, Entry, FlowKey, SessionTable, State, Visit};
-use crate::stats::{Drop, WorkerStats};
+use crate::stats::{DropReason, WorkerStats};
 use replication::{Dump, Outbox};
 use std::sync::Arc;
 
@@ -46,7 +48,7 @@ pub enum Verdict {
     Await,
     /// Handled here, nothing to send (e.g. an ARP reply we learned from).
     Consumed,
-    Drop(Drop),
+    Drop(DropReason),
 }
 
 /// What the first pass over a frame found (see [`Worker::classify`]): a
@@ -70,6 +72,13 @@ pub enum Step {
     ToPort {
         info: L4Info,
     },
+    /// An ICMP error to a VIP about a packet of service `svc`'s flow (its
+    /// session key's hash): for the flow's server. Rare, so the frame is
+    /// parsed again then rather than every `Step` carrying the error's fields.
+    IcmpError {
+        svc: u16,
+        hash: u64,
+    },
 }
 
 /// One worker's private state.
@@ -83,7 +92,6 @@ pub struct Worker<'a> {
     pub stats: &'a WorkerStats,
     /// Per neighbour: when we last asked for its MAC (worker 0 only).
     last_solicit_ms: Vec<Option<u32>>,
-    last_reclaim_ms: Option<u32>,
     /// Events to the control thread.
     outbox: Outbox,
     /// A dump in progress (resync for a sibling, or republishing).
@@ -130,7 +138,54 @@ fn record(key: &FlowKey, e: &Entry) -> SessionRecord {
 /// fewer, and no burst of them when a flood of new flows starts sending.
 #[inline]
 fn announce_change(before: State, after: State) -> bool {
-    after != before && after != State::Established
+    after != before && after.closing()
+}
+
+/// A client's packet moves its TCP session on (`nat`: the appliance sees
+/// the server's side too). A FIN or RST only closes the session when the
+/// server's side has closed as well; alone it makes the session
+/// `ClientClosed`, which keeps the established timeout (a forged RST
+/// cannot shorten a live connection) and is undone by the client's data.
+/// DSR sees one side only: its evidence of a real client is data after the
+/// handshake's ACK.
+#[inline]
+fn after_client_packet(state: State, nat: bool, info: &L4Info) -> State {
+    use State::*;
+    if info.flags & tcp_flags::SYN != 0 {
+        return state; // a retransmitted SYN: nothing new
+    }
+    if info.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
+        return match state {
+            ServerClosed | Closing => Closing,
+            SynSeen | Udp => state,
+            _ => ClientClosed,
+        };
+    }
+    match state {
+        SynSeen if !nat => Confirming,
+        Confirming if nat || info.payload_len > 0 => Established,
+        ClientClosed if info.payload_len > 0 => Established,
+        _ => state,
+    }
+}
+
+/// A NAT server's packet moves its TCP session on: its SYN-ACK half-opens
+/// it (the client's ACK completes it); a FIN or RST, as for the client.
+#[inline]
+fn after_server_packet(state: State, info: &L4Info) -> State {
+    use State::*;
+    if info.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
+        return match state {
+            ClientClosed | Closing => Closing,
+            SynSeen | Udp => state,
+            _ => ServerClosed,
+        };
+    }
+    match state {
+        SynSeen if info.flags & tcp_flags::SYN != 0 => Confirming,
+        ServerClosed if info.payload_len > 0 => Established,
+        _ => state,
+    }
 }
 
 /// A session left the table: count it, and tell the siblings if it was ours.
@@ -140,6 +195,25 @@ fn expired(outbox: &mut Outbox, stats: &WorkerStats, key: &FlowKey, e: &Entry) {
     if !e.is_replica() {
         outbox.session_gone(key, e.born, stats);
     }
+}
+
+/// How a new session relates to an entry of its tuple already in the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reuse {
+    /// None there: insert.
+    No,
+    /// Replace it, placing the new connection afresh (its server is down).
+    Repick,
+    /// Replace it with a session in this state, keeping its server (it closed).
+    Keep(u16, State),
+}
+
+/// The session key of the flow an ICMP error quotes: a packet the service
+/// sent from its VIP to the client.
+#[inline]
+fn icmp_key(info: &IcmpErrorInfo) -> FlowKey {
+    let q = &info.quoted;
+    FlowKey { client_ip: q.dst_ip, vip: q.src_ip, client_port: q.dst_port, vport: q.src_port, proto: q.proto }
 }
 
 /// The session key of a client → service packet.
@@ -158,6 +232,14 @@ fn forward_key(info: &L4Info) -> FlowKey {
 const SWEEP_BUDGET: usize = 256;
 /// Unresolved neighbours are asked again this often.
 const UNRESOLVED_RETRY_MS: u32 = 1000;
+/// An ARP reply is learned only this long after our request.
+const ARP_REPLY_WINDOW_MS: u32 = 1000;
+
+/// A MAC no neighbour can have: broadcast, multicast, all zero.
+#[inline]
+fn bad_neighbor_mac(mac: &Mac) -> bool {
+    mac[0] & 1 != 0 || *mac == [0; 6]
+}
 
 impl<'a> Worker<'a> {
     pub fn new(id: usize, shared: &'a Shared, stats: &'a WorkerStats) -> Self {
@@ -178,7 +260,6 @@ impl<'a> Worker<'a> {
             locks: shared.lock_capacity.map(|c| LockTable::new(c, seed ^ id as u64)),
             stats,
             last_solicit_ms: vec![None; shared.neighbors.len()],
-            last_reclaim_ms: None,
             outbox: Outbox::new(shared.sync_events),
             dump: None,
             announcer: announce::Announcer::new(shared.garp, shared.vip_count()),
@@ -218,14 +299,14 @@ impl<'a> Worker<'a> {
     #[inline]
     pub fn classify(&mut self, frame: &mut [u8], in_port: u8, handed_off: bool) -> Step {
         let Some(port) = self.shared.ports.get(usize::from(in_port)) else {
-            return Step::Done(Verdict::Drop(Drop::NotForUs));
+            return Step::Done(Verdict::Drop(DropReason::NotForUs));
         };
         let Some(dst) = packet::dst_mac(frame) else {
-            return Step::Done(Verdict::Drop(Drop::Malformed));
+            return Step::Done(Verdict::Drop(DropReason::Malformed));
         };
         let broadcast = dst == BROADCAST_MAC;
         if dst != port.mac && !broadcast {
-            return Step::Done(Verdict::Drop(Drop::NotForUs));
+            return Step::Done(Verdict::Drop(DropReason::NotForUs));
         }
         let parsed = match packet::parse(frame) {
             Ok(p) => p,
@@ -233,18 +314,104 @@ impl<'a> Worker<'a> {
         };
         match parsed {
             Parsed::Arp(arp) => Step::Done(self.arp(frame, &arp, in_port, port.mac)),
-            _ if broadcast => Step::Done(Verdict::Drop(Drop::NotForUs)),
+            _ if broadcast => Step::Done(Verdict::Drop(DropReason::NotForUs)),
             Parsed::Echo { dst_ip } => match self.shared.address_kind(dst_ip, in_port) {
                 AddressKind::Ours => {
                     packet::echo_reply_in_place(frame, port.mac);
                     self.stats.echo_replies_sent.inc();
                     Step::Done(Verdict::Tx(in_port))
                 }
-                AddressKind::OtherAppliances => Step::Done(Verdict::Drop(Drop::VipNotOwned)),
-                AddressKind::Foreign => Step::Done(Verdict::Drop(Drop::NoService)),
+                AddressKind::OtherAppliances => Step::Done(Verdict::Drop(DropReason::VipNotOwned)),
+                AddressKind::Foreign => Step::Done(Verdict::Drop(DropReason::NoService)),
             },
-            Parsed::L4(info) => self.l4(info, handed_off, port.ip),
+            Parsed::L4(info) => self.l4(frame, info, handed_off, port.ip),
+            Parsed::IcmpError(info) => self.icmp_error(info, handed_off),
+            Parsed::Fragment(info) => Step::Done(self.fragment(frame, &info)),
         }
+    }
+
+    /// An ICMP error about a packet a service sent (from its VIP: a DSR
+    /// server's or a NAT reply), addressed to that VIP: e.g. a router's
+    /// "fragmentation needed" on the way to the client. It belongs to the
+    /// session of the quoted flow (and its worker).
+    #[inline(never)]
+    fn icmp_error(&mut self, info: IcmpErrorInfo, handed_off: bool) -> Step {
+        let q = &info.quoted;
+        let svc = match self.shared.vips.get(q.src_ip, q.src_port, q.proto as u8) {
+            Some(svc) if info.dst_ip == q.src_ip => svc,
+            _ => return Step::Done(Verdict::Drop(DropReason::NoService)),
+        };
+        let key = icmp_key(&info);
+        let owner = self.shared.owner(key.client_ip, key.client_port);
+        if owner != self.id && !handed_off {
+            return Step::Done(Verdict::Handoff(owner));
+        }
+        let hash = self.table.hash(&key);
+        self.table.prefetch(hash);
+        Step::IcmpError { svc, hash }
+    }
+
+    /// An ICMP error's session: it goes to the session's server, unchanged
+    /// but for the MACs (DSR: the server holds the VIP), or translated to
+    /// the server's address and port (NAT). The session's idle clock is
+    /// not touched: an error is not the flow's traffic.
+    #[inline(never)]
+    fn icmp_forward(&mut self, frame: &mut [u8], info: &IcmpErrorInfo, svc: u16, hash: u64, now_ms: u32) -> Verdict {
+        let key = icmp_key(info);
+        let (stats, outbox) = (self.stats, &mut self.outbox);
+        let Some(e) = self.table.lookup(&key, hash, now_ms, |e| expired(outbox, stats, &key, e)) else {
+            return Verdict::Drop(DropReason::NoSession);
+        };
+        let shared = self.shared;
+        let srv = &shared.servers[usize::from(e.server)];
+        let nb = &shared.neighbors[usize::from(srv.neighbor)];
+        let Some(server_mac) = nb.mac() else {
+            return Verdict::Drop(DropReason::NoNeighbor);
+        };
+        let egress_mac = shared.ports[usize::from(nb.port)].mac;
+        match shared.services[usize::from(svc)].mode {
+            Mode::Dsr => packet::rewrite_dsr(frame, server_mac, egress_mac),
+            Mode::Nat if info.ttl <= 1 => return Verdict::Drop(DropReason::TtlExceeded),
+            Mode::Nat => packet::rewrite_icmp_error_nat(frame, info, srv.ip, srv.port, server_mac, egress_mac),
+        }
+        stats.icmp_errors_forwarded.inc();
+        Verdict::Tx(nb.port)
+    }
+
+    /// A fragment to a VIP: forwarded by the address hash when the VIP's
+    /// service for its protocol takes fragments, a counted drop otherwise.
+    #[inline(never)]
+    fn fragment(&mut self, frame: &mut [u8], info: &FragmentInfo) -> Verdict {
+        match self.shared.fragment_vips.get(info.dst_ip, 0, info.proto) {
+            Some(svc) => self.by_address(frame, svc, info.src_ip, info.dst_ip),
+            None => Verdict::Drop(DropReason::Fragment),
+        }
+    }
+
+    /// `fragments: true` services keep no sessions: every datagram,
+    /// fragment or not, goes to the server the service's Maglev table picks
+    /// for a hash of (source, destination, protocol), unkeyed so every
+    /// worker and appliance agrees and all of one datagram's fragments meet.
+    #[inline(never)]
+    fn by_address(&mut self, frame: &mut [u8], svc: u16, src_ip: u32, dst_ip: u32) -> Verdict {
+        let shared = self.shared;
+        let service = &shared.services[usize::from(svc)];
+        if !shared.owns_vip_of(service) {
+            return Verdict::Drop(DropReason::VipNotOwned);
+        }
+        let Some(maglev) = &service.maglev else {
+            return Verdict::Drop(DropReason::NoServer); // `ringlb check` requires maglev
+        };
+        let h = mix((u64::from(src_ip) << 32) | u64::from(dst_ip), u64::from(service.proto));
+        let weight = |i: usize| shared.server_weight(service.servers[i]);
+        let Some(i) = crate::sched::maglev_pick(maglev, h, weight) else {
+            return Verdict::Drop(DropReason::NoServer);
+        };
+        let verdict = self.rewrite_forward(frame, None, Mode::Dsr, service.servers[i], None);
+        if matches!(verdict, Verdict::Tx(_)) {
+            self.stats.fragments_forwarded.inc();
+        }
+        verdict
     }
 
     /// A server's answer to a health probe (`probe`): a SYN-ACK is noted
@@ -305,11 +472,15 @@ impl<'a> Worker<'a> {
                 self.forward(frame, &info, svc, &forward_key(&info), hash, in_port, now_ms)
             }
             Step::Reply { info, svc, hash } => {
-                self.nat_reply(frame, &info, svc, &self.reply_key(&info, svc), hash, now_ms)
+                self.nat_reply(frame, &info, svc, &self.reply_key(&info, svc), hash, in_port, now_ms)
             }
+            Step::IcmpError { svc, hash } => match packet::parse(frame) {
+                Ok(Parsed::IcmpError(info)) => self.icmp_forward(frame, &info, svc, hash, now_ms),
+                _ => Verdict::Drop(DropReason::Malformed), // classified as one a moment ago
+            },
             Step::ToPort { info } => {
                 let mac = self.shared.ports.get(usize::from(in_port)).map_or([0; 6], |p| p.mac);
-                self.probe_answer(frame, &info, in_port, mac).unwrap_or(Verdict::Drop(Drop::NoService))
+                self.probe_answer(frame, &info, in_port, mac).unwrap_or(Verdict::Drop(DropReason::NoService))
             }
         }
     }
@@ -338,31 +509,43 @@ impl<'a> Worker<'a> {
     }
 
     fn arp(&mut self, frame: &mut [u8], arp: &ArpInfo, in_port: u8, our_mac: Mac) -> Verdict {
-        // Learn from any ARP a known next hop sends, request or reply.
-        for n in &self.shared.neighbors {
-            if n.ip == arp.sender_ip && n.port == in_port {
-                n.learn(arp.sender_mac);
-            }
+        if bad_neighbor_mac(&arp.sender_mac) || arp.sender_mac == our_mac || packet::src_mac(frame) != arp.sender_mac {
+            return Verdict::Drop(DropReason::ArpBadMac);
         }
         let kind = self.shared.address_kind(arp.target_ip, in_port);
+        if !arp.is_request {
+            // Learned only as the answer to our own request, to our port's
+            // address: an unsolicited reply (ARP poisoning) changes nothing.
+            let port_ip = self.shared.ports.get(usize::from(in_port)).map_or(0, |p| p.ip);
+            let mut learned = false;
+            if arp.target_ip == port_ip {
+                for n in &self.shared.neighbors {
+                    if n.ip == arp.sender_ip && n.port == in_port {
+                        learned |= n.learn_reply(arp.sender_mac);
+                    }
+                }
+            }
+            return if learned { Verdict::Consumed } else { Verdict::Drop(DropReason::ArpUnsolicited) };
+        }
         if arp.is_request && kind == AddressKind::OtherAppliances {
             // A standby stays silent for the VIPs it does not own.
-            Verdict::Drop(Drop::VipNotOwned)
+            Verdict::Drop(DropReason::VipNotOwned)
         } else if arp.is_request && kind == AddressKind::Ours {
             packet::arp_reply_in_place(frame, arp, our_mac);
             self.stats.arp_replies_sent.inc();
             Verdict::Tx(in_port)
-        } else if arp.is_request {
-            Verdict::Drop(Drop::ArpIgnored)
         } else {
-            Verdict::Consumed
+            Verdict::Drop(DropReason::ArpIgnored)
         }
     }
 
     #[inline]
-    fn l4(&mut self, info: L4Info, handed_off: bool, port_ip: u32) -> Step {
+    fn l4(&mut self, frame: &mut [u8], info: L4Info, handed_off: bool, port_ip: u32) -> Step {
         let proto = info.proto as u8;
         if let Some(svc) = self.shared.vips.get(info.dst_ip, info.dst_port, proto) {
+            if self.shared.services[usize::from(svc)].fragments {
+                return Step::Done(self.by_address(frame, svc, info.src_ip, info.dst_ip));
+            }
             let owner = self.shared.owner(info.src_ip, info.src_port);
             if owner != self.id && !handed_off {
                 return Step::Done(Verdict::Handoff(owner));
@@ -386,7 +569,7 @@ impl<'a> Worker<'a> {
             self.table.prefetch(hash);
             return Step::Reply { info, svc, hash };
         }
-        Step::Done(Verdict::Drop(Drop::NoService))
+        Step::Done(Verdict::Drop(DropReason::NoService))
     }
 
     /// The session key of a NAT reply: the flow as its client sent it.
@@ -419,21 +602,31 @@ impl<'a> Worker<'a> {
         let service = &shared.services[usize::from(svc)];
         if service.mode == Mode::Nat && info.ttl <= 1 {
             // Checked before any session is created for it.
-            return Verdict::Drop(Drop::TtlExceeded);
+            return Verdict::Drop(DropReason::TtlExceeded);
         }
         let is_tcp = info.proto == L4Proto::Tcp;
         let syn = is_tcp && info.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
-        let closing = is_tcp && info.flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
+        let nat = service.mode == Mode::Nat;
         let stats = self.stats;
         let outbox = &mut self.outbox;
 
         // An existing session: follow it (and tell the siblings of a state change).
-        let mut reuse = false;
+        let mut reuse = Reuse::No;
         match self.table.lookup(key, hash, now_ms, |e| expired(outbox, stats, key, e)) {
-            // A new connection reusing the client port of one that closed, or
-            // of one whose server is down (in DSR the server's reset never
-            // passes here, so its session still looks established): schedule it afresh.
-            Some(e) if syn && (e.state == State::Closing || shared.server_weight(e.server) == 0) => reuse = true,
+            // A SYN on the tuple of a session whose server is down (in DSR
+            // the server's reset never passes here, so its session still
+            // looks established): a new connection, scheduled afresh.
+            Some(e) if syn && shared.server_weight(e.server) == 0 => reuse = Reuse::Repick,
+            // A new connection reusing the client port of one that closed:
+            // a new session (siblings order a tuple's connections by birth),
+            // on the same server, so a forged RST + SYN cannot move a live
+            // connection. After a one-sided close it starts `Confirming`,
+            // which keeps the established timeout: the forged pair cannot
+            // shorten the real connection's life either.
+            Some(e) if syn && e.state.closing() => {
+                let state = if e.state == State::Closing { State::SynSeen } else { State::Confirming };
+                reuse = Reuse::Keep(e.server, state);
+            }
             Some(e) => {
                 if e.touch(now_ms) {
                     // A sibling's session, now carried here: the flow changed
@@ -443,10 +636,8 @@ impl<'a> Worker<'a> {
                     e.learn_client_hop(in_port, packet::src_mac(frame));
                 }
                 let before = e.state;
-                if closing {
-                    e.state = State::Closing;
-                } else if e.state == State::SynSeen && !syn {
-                    e.state = State::Established;
+                if is_tcp {
+                    e.state = after_client_packet(before, nat, info);
                 }
                 let server = e.server;
                 // Siblings hear of a close; a completed handshake they need
@@ -457,7 +648,7 @@ impl<'a> Worker<'a> {
                 if service.reset_on_down && shared.server_weight(server) == 0 {
                     return self.reset_client(frame, info, key, hash, in_port);
                 }
-                return self.rewrite_forward(frame, info, service.mode, server, None);
+                return self.rewrite_forward(frame, Some(info), service.mode, server, None);
             }
             None if syn || !is_tcp => {}
             None => return self.midflow(frame, info, svc, key, hash, in_port, now_ms),
@@ -491,16 +682,16 @@ impl<'a> Worker<'a> {
         // Not from a SYN (a lone SYN-ACK to a VIP is nobody's handshake) nor
         // from a reset: those never make state.
         if !shared.owns_vip_of(service) || info.flags & (tcp_flags::SYN | tcp_flags::RST) != 0 {
-            return Verdict::Drop(Drop::NoSession);
+            return Verdict::Drop(DropReason::NoSession);
         }
         if shared.rebuilding_vip_of(service) {
             return Verdict::Await;
         }
         if service.maglev.is_none() || service.persistence_ms.is_some() {
-            return Verdict::Drop(Drop::NoSession);
+            return Verdict::Drop(DropReason::NoSession);
         }
         self.stats.midflow_picked.inc();
-        self.open_session(frame, info, svc, key, hash, in_port, now_ms, false)
+        self.open_session(frame, info, svc, key, hash, in_port, now_ms, Reuse::No)
     }
 
     /// `on_server_down: reset`: the session's server is down. The session
@@ -518,7 +709,7 @@ impl<'a> Worker<'a> {
         }
         let acked = info.proto == L4Proto::Tcp && info.flags & (tcp_flags::ACK | tcp_flags::RST) == tcp_flags::ACK;
         let Some(port) = self.shared.ports.get(usize::from(in_port)).filter(|_| acked) else {
-            return Verdict::Drop(Drop::NoServer);
+            return Verdict::Drop(DropReason::NoServer);
         };
         packet::reset_in_place(frame, info, port.mac);
         Verdict::Tx(in_port)
@@ -538,7 +729,7 @@ impl<'a> Worker<'a> {
         hash: u64,
         in_port: u8,
         now_ms: u32,
-        reuse: bool,
+        reuse: Reuse,
     ) -> Verdict {
         let shared = self.shared;
         let service = &shared.services[usize::from(svc)];
@@ -549,64 +740,89 @@ impl<'a> Worker<'a> {
         // the sessions it has (`forward`), so flows it carried before the VIP
         // moved, or that reach it through a stale ARP cache, keep working.
         if !shared.owns_vip_of(service) {
-            return Verdict::Drop(Drop::VipNotOwned);
+            return Verdict::Drop(DropReason::VipNotOwned);
         }
-        let Some(server) = self.pick_server(svc, key, now_ms) else {
-            return Verdict::Drop(Drop::NoServer);
+        let picked = match reuse {
+            Reuse::Keep(server, _) => Some(server),
+            Reuse::No | Reuse::Repick => self.pick_server(svc, key, now_ms),
         };
-        let state = if is_tcp { State::SynSeen } else { State::Udp };
+        let Some(server) = picked else {
+            return Verdict::Drop(DropReason::NoServer);
+        };
+        let state = match reuse {
+            Reuse::Keep(_, state) => state,
+            _ if is_tcp => State::SynSeen,
+            _ => State::Udp,
+        };
         let born = born_at(shared.start_wall_ms + u64::from(now_ms));
         let client_mac = packet::src_mac(frame);
         if let Some(hop) = self.client_hops.get_mut(usize::from(in_port)) {
             *hop = Some(client_mac);
         }
         let entry = Entry::new(now_ms, server, born, state, in_port, client_mac);
-        if reuse {
+        let reused = reuse != Reuse::No;
+        if reused {
             if let Some(e) = self.table.lookup(key, hash, now_ms, |_| ()) {
                 e.renew(entry);
             }
         } else if self.table.insert(key, hash, entry).is_err() {
-            // Full: reclaim idle entries (at most once per millisecond, so
-            // a SYN flood against a full table stays cheap), then refuse.
-            if self.last_reclaim_ms != Some(now_ms) {
-                self.last_reclaim_ms = Some(now_ms);
-                let outbox = &mut self.outbox;
-                self.table.sweep(now_ms, SWEEP_BUDGET * 4, |visit, k, e| {
-                    if visit == Visit::Expired {
-                        expired(outbox, stats, k, e);
-                    }
-                    false
-                });
-            }
-            if self.table.insert(key, hash, entry).is_err() {
-                return Verdict::Drop(Drop::TableFull);
+            // Full: make room from an expired, half-open or closing entry
+            // (never an established one), or refuse the new flow.
+            if !self.evict_for(hash, now_ms) || self.table.insert(key, hash, entry).is_err() {
+                return Verdict::Drop(DropReason::TableFull);
             }
         }
-        if !reuse {
+        if !reused {
             stats.sessions_active.inc();
         }
         stats.sessions_created.inc();
         stats.server_new_sessions[usize::from(server)].inc();
         // Siblings learn of it; with defer on, its first packet waits for them.
         let tag = self.outbox.session(record(key, &entry), now_ms, stats).filter(|_| shared.defer_active());
-        self.rewrite_forward(frame, info, service.mode, server, tag)
+        self.rewrite_forward(frame, Some(info), service.mode, server, tag)
+    }
+
+    /// A full table: removes one expired or evictable entry to make room
+    /// (`SessionTable::evict_for`) and accounts for it. False: none found.
+    #[inline(never)]
+    fn evict_for(&mut self, hash: u64, now_ms: u32) -> bool {
+        let Some((key, e, was_expired)) = self.table.evict_for(hash, now_ms) else {
+            return false;
+        };
+        if was_expired {
+            expired(&mut self.outbox, self.stats, &key, &e);
+        } else {
+            self.stats.sessions_evicted.inc();
+            self.stats.sessions_active.dec();
+            if !e.is_replica() {
+                self.outbox.session_gone(&key, e.born, self.stats);
+            }
+        }
+        true
     }
 
     /// Rewrites a client packet for `server` and says where it goes (held
     /// for the siblings when `defer` carries its tag).
     #[inline]
-    fn rewrite_forward(&self, frame: &mut [u8], info: &L4Info, mode: Mode, server: u16, defer: Option<u64>) -> Verdict {
+    fn rewrite_forward(
+        &self,
+        frame: &mut [u8],
+        info: Option<&L4Info>,
+        mode: Mode,
+        server: u16,
+        defer: Option<u64>,
+    ) -> Verdict {
         let srv = &self.shared.servers[usize::from(server)];
         let nb = &self.shared.neighbors[usize::from(srv.neighbor)];
         let Some(server_mac) = nb.mac() else {
-            return Verdict::Drop(Drop::NoNeighbor);
+            return Verdict::Drop(DropReason::NoNeighbor);
         };
         let egress_mac = self.shared.ports[usize::from(nb.port)].mac;
-        match mode {
-            Mode::Dsr => packet::rewrite_dsr(frame, server_mac, egress_mac),
-            Mode::Nat => {
+        match (mode, info) {
+            (Mode::Nat, Some(info)) => {
                 packet::rewrite_nat_forward(frame, info, srv.ip, srv.port, server_mac, egress_mac);
             }
+            _ => packet::rewrite_dsr(frame, server_mac, egress_mac),
         }
         match defer {
             Some(tag) => Verdict::Defer { port: nb.port, tag },
@@ -653,6 +869,7 @@ impl<'a> Worker<'a> {
 
     /// Server → client in NAT mode: the source becomes the VIP again.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn nat_reply(
         &mut self,
         frame: &mut [u8],
@@ -660,31 +877,35 @@ impl<'a> Worker<'a> {
         svc: u16,
         key: &FlowKey,
         hash: u64,
+        in_port: u8,
         now_ms: u32,
     ) -> Verdict {
         let service = &self.shared.services[usize::from(svc)];
         let stats = self.stats;
         let outbox = &mut self.outbox;
         let Some(e) = self.table.lookup(key, hash, now_ms, |e| expired(outbox, stats, key, e)) else {
-            return Verdict::Drop(Drop::NoSession);
+            return Verdict::Drop(DropReason::NoSession);
         };
         let srv = &self.shared.servers[usize::from(e.server)];
         if srv.ip != info.src_ip || srv.port != info.src_port {
             // A reply from a server this client's session is not bound to.
-            return Verdict::Drop(Drop::NoSession);
+            return Verdict::Drop(DropReason::NoSession);
+        }
+        // From the bound server's next hop, on its port: anything else is
+        // forged (addresses are easy to spoof, the link it came by less so).
+        let nb = &self.shared.neighbors[usize::from(srv.neighbor)];
+        if nb.port != in_port || nb.mac() != Some(packet::src_mac(frame)) {
+            return Verdict::Drop(DropReason::SpoofedReply);
         }
         if info.ttl <= 1 {
-            return Verdict::Drop(Drop::TtlExceeded);
+            return Verdict::Drop(DropReason::TtlExceeded);
         }
         if e.touch(now_ms) {
             stats.sync_adopted.inc();
         }
         let before = e.state;
-        if info.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
-            e.state = State::Closing;
-        } else if e.state == State::SynSeen && info.proto == L4Proto::Tcp {
-            // The server answered; the session stays bound even if the client's ACK is slow.
-            e.state = State::Established;
+        if info.proto == L4Proto::Tcp {
+            e.state = after_server_packet(before, info);
         }
         let out_port = e.client_port();
         let mut client_mac = e.client_hop_mac;
@@ -692,7 +913,7 @@ impl<'a> Worker<'a> {
             // Rebuilt from a server's list, the client not heard yet.
             match self.client_hops.get(usize::from(out_port)).copied().flatten() {
                 Some(hop) => client_mac = hop,
-                None => return Verdict::Drop(Drop::NoNeighbor),
+                None => return Verdict::Drop(DropReason::NoNeighbor),
             }
         }
         if announce_change(before, e.state) {
@@ -748,10 +969,14 @@ impl<'a> Worker<'a> {
             if n.is_static {
                 continue;
             }
+            let since = self.last_solicit_ms[i].map(|t| now_ms.wrapping_sub(t));
+            if n.is_asked() && since.is_none_or(|d| d >= ARP_REPLY_WINDOW_MS) {
+                n.set_asked(false);
+            }
             let interval = if n.mac().is_some() { self.shared.arp_refresh_ms } else { UNRESOLVED_RETRY_MS };
-            let due = self.last_solicit_ms[i].is_none_or(|t| now_ms.wrapping_sub(t) >= interval);
-            if due && send(n, &self.shared.ports[usize::from(n.port)]) {
+            if since.is_none_or(|d| d >= interval) && send(n, &self.shared.ports[usize::from(n.port)]) {
                 self.last_solicit_ms[i] = Some(now_ms);
+                n.set_asked(true);
             }
         }
     }

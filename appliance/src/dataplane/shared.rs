@@ -18,6 +18,10 @@ pub struct Neighbor {
     pub port: u8,
     mac: AtomicU64,
     pub is_static: bool,
+    /// Our ARP request for it is out and unanswered (worker 0 sets it when
+    /// it asks and clears it after `ARP_REPLY_WINDOW_MS`): the only time a
+    /// reply is learned, so an unsolicited reply cannot redirect a server.
+    asked: AtomicBool,
 }
 
 impl Neighbor {
@@ -30,11 +34,25 @@ impl Neighbor {
         let b = v.to_be_bytes();
         Some([b[2], b[3], b[4], b[5], b[6], b[7]])
     }
+    /// Learns `mac` from an ARP reply, if we asked (a static MAC never
+    /// changes). Returns whether the reply was one we asked for.
     #[inline]
-    pub fn learn(&self, mac: Mac) {
-        if !self.is_static {
-            self.mac.store(Self::encode(mac), Relaxed);
+    pub fn learn_reply(&self, mac: Mac) -> bool {
+        if self.is_static || !self.asked.load(Relaxed) {
+            return false;
         }
+        self.asked.store(false, Relaxed);
+        self.mac.store(Self::encode(mac), Relaxed);
+        true
+    }
+
+    /// Our request went out (`asked`) or its reply window closed (`!asked`).
+    pub(super) fn set_asked(&self, asked: bool) {
+        self.asked.store(asked, Relaxed);
+    }
+
+    pub(super) fn is_asked(&self) -> bool {
+        self.asked.load(Relaxed)
     }
 
     /// The atomic's representation: bit 48 marks "resolved".
@@ -63,6 +81,8 @@ pub(super) struct ServiceRt {
     pub maglev: Option<Arc<maglev::Maglev>>,
     /// Client-lock lifetime, if the service has persistence.
     pub persistence_ms: Option<u32>,
+    /// `fragments: true`: every datagram goes by the address hash (`Worker::by_address`).
+    pub fragments: bool,
     /// `on_server_down: reset`: a session of a server that is down ends
     /// with a RST to the client at its next packet.
     pub reset_on_down: bool,
@@ -140,6 +160,8 @@ pub struct Shared {
     pub(super) vips: EndpointMap,
     /// (server IP, port, proto) → NAT service, to recognise replies.
     pub(super) nat_backends: EndpointMap,
+    /// (VIP, 0, proto) → the service that takes the VIP's fragments.
+    pub(super) fragment_vips: EndpointMap,
     /// VIP → its slot in `vip_owned`.
     vip_slots: FxHashMap<u32, usize>,
     /// Per distinct VIP (ascending address): does this appliance answer
@@ -229,14 +251,19 @@ impl Shared {
                     servers: s.servers.clone(),
                     maglev,
                     persistence_ms: s.persistence_ms,
+                    fragments: s.fragments,
                     reset_on_down: s.on_server_down == crate::config::OnServerDown::Reset,
                 }
             })
             .collect();
         let mut vips = EndpointMap::default();
         let mut nat_backends = EndpointMap::default();
+        let mut fragment_vips = EndpointMap::default();
         for (i, s) in cfg.services.iter().enumerate() {
             vips.insert(s.vip, s.port, s.proto as u8, i as u16);
+            if s.fragments {
+                fragment_vips.insert(s.vip, 0, s.proto as u8, i as u16);
+            }
             if s.mode == Mode::Nat {
                 for &id in &s.servers {
                     let sv = &cfg.servers[usize::from(id)];
@@ -252,6 +279,7 @@ impl Shared {
                 port: n.port,
                 mac: AtomicU64::new(n.static_mac.map_or(0, Neighbor::encode)),
                 is_static: n.static_mac.is_some(),
+                asked: AtomicBool::new(false),
             })
             .collect();
         let workers = cfg.eal.worker_cores.len();
@@ -275,6 +303,7 @@ impl Shared {
             neighbors,
             vips,
             nat_backends,
+            fragment_vips,
             vip_slots,
             vip_rebuilding: vip_owned.iter().map(|_| AtomicBool::new(false)).collect(),
             server_weight: cfg.servers.iter().map(|s| AtomicU32::new(s.weight)).collect(),

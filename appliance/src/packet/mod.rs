@@ -7,11 +7,8 @@
 
 pub mod checksum;
 
-use crate::stats::Drop;
-use smoltcp::wire::{
-    ArpHardware, ArpOperation, ArpPacket, EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv4Packet, IpProtocol,
-    Ipv4Packet, TcpPacket, UdpPacket,
-};
+use crate::stats::DropReason;
+use smoltcp::wire::{ArpHardware, ArpOperation, ArpPacket, EthernetFrame, EthernetProtocol};
 
 pub const ETH_HDR: usize = 14;
 pub const ARP_FRAME_LEN: usize = ETH_HDR + 28;
@@ -48,6 +45,45 @@ pub struct L4Info {
     /// TCP flags byte (0 for UDP).
     pub flags: u8,
     pub ttl: u8,
+    /// Bytes of payload after the TCP or UDP header.
+    pub payload_len: u16,
+}
+
+/// The flow an ICMP error quotes: the header of a packet that went out
+/// (so its source is our side: a VIP, for errors about a service's packets).
+#[derive(Clone, Copy, Debug)]
+pub struct QuotedFlow {
+    pub proto: L4Proto,
+    pub src_ip: u32,
+    pub dst_ip: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+/// A validated ICMP error (destination unreachable, time exceeded,
+/// parameter problem) with the offsets a translation needs.
+#[derive(Clone, Copy, Debug)]
+pub struct IcmpErrorInfo {
+    /// Offset of the ICMP header in the frame.
+    pub icmp_off: u16,
+    pub src_ip: u32,
+    pub dst_ip: u32,
+    pub ttl: u8,
+    /// Bytes of the quoted packet present (its IP header and ≥ 8 more).
+    pub quote_len: u16,
+    pub quoted_ihl: u8,
+    pub quoted: QuotedFlow,
+}
+
+/// A fragment of an IPv4 datagram (first or later).
+#[derive(Clone, Copy, Debug)]
+pub struct FragmentInfo {
+    pub src_ip: u32,
+    pub dst_ip: u32,
+    pub proto: u8,
+    pub ttl: u8,
+    /// The first fragment (offset 0, more fragments follow).
+    pub first: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -66,6 +102,8 @@ pub enum Parsed {
         dst_ip: u32,
     },
     L4(L4Info),
+    IcmpError(IcmpErrorInfo),
+    Fragment(FragmentInfo),
 }
 
 #[inline]
@@ -83,30 +121,31 @@ pub fn src_mac(frame: &[u8]) -> Mac {
 }
 
 /// Classifies a frame. Anything that is not well-formed ARP, ICMP echo
-/// request, or unfragmented TCP/UDP over IPv4 is a drop with its reason.
+/// request or error, TCP/UDP over IPv4, or an IPv4 fragment is a drop with
+/// its reason.
 #[inline]
-pub fn parse(frame: &[u8]) -> Result<Parsed, Drop> {
-    let eth = EthernetFrame::new_checked(frame).map_err(|_| Drop::Malformed)?;
+pub fn parse(frame: &[u8]) -> Result<Parsed, DropReason> {
+    let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Malformed)?;
     match eth.ethertype() {
         EthernetProtocol::Arp => parse_arp(eth.payload()),
-        EthernetProtocol::Ipv4 => parse_ipv4(eth.payload()),
-        _ => Err(Drop::UnsupportedEthertype),
+        EthernetProtocol::Ipv4 => parse_ipv4(eth.payload(), frame.len()),
+        _ => Err(DropReason::UnsupportedEthertype),
     }
 }
 
-fn parse_arp(buf: &[u8]) -> Result<Parsed, Drop> {
-    let arp = ArpPacket::new_checked(buf).map_err(|_| Drop::Malformed)?;
+fn parse_arp(buf: &[u8]) -> Result<Parsed, DropReason> {
+    let arp = ArpPacket::new_checked(buf).map_err(|_| DropReason::Malformed)?;
     if arp.hardware_type() != ArpHardware::Ethernet
         || arp.protocol_type() != EthernetProtocol::Ipv4
         || arp.hardware_len() != 6
         || arp.protocol_len() != 4
     {
-        return Err(Drop::Malformed);
+        return Err(DropReason::Malformed);
     }
     let is_request = match arp.operation() {
         ArpOperation::Request => true,
         ArpOperation::Reply => false,
-        _ => return Err(Drop::Malformed),
+        _ => return Err(DropReason::Malformed),
     };
     let ip = |s: &[u8]| u32::from_be_bytes([s[0], s[1], s[2], s[3]]);
     let mut sender_mac = [0u8; 6];
@@ -119,59 +158,211 @@ fn parse_arp(buf: &[u8]) -> Result<Parsed, Drop> {
     }))
 }
 
+/// Named offsets inside an IPv4 header (RFC 791).
+mod ipv4 {
+    pub const VER_IHL: usize = 0;
+    pub const TOTAL_LEN: usize = 2;
+    pub const FRAG: usize = 6;
+    pub const TTL: usize = 8;
+    pub const PROTO: usize = 9;
+    pub const CHECKSUM: usize = 10;
+    pub const SRC: usize = 12;
+    pub const DST: usize = 16;
+    pub const MIN_LEN: usize = 20;
+    /// More-fragments flag and fragment offset, within the FRAG word.
+    pub const MF_OFFSET_MASK: u16 = 0x3fff;
+    pub const OFFSET_MASK: u16 = 0x1fff;
+}
+
+/// Named offsets inside TCP and UDP headers.
+mod l4 {
+    pub const SRC_PORT: usize = 0;
+    pub const DST_PORT: usize = 2;
+    pub const TCP_SEQ: usize = 4;
+    pub const TCP_ACK: usize = 8;
+    pub const TCP_DATA_OFF: usize = 12;
+    pub const TCP_FLAGS: usize = 13;
+    pub const TCP_CHECKSUM: usize = 16;
+    pub const TCP_MIN_LEN: usize = 20;
+    pub const UDP_LEN: usize = 4;
+    pub const UDP_CHECKSUM: usize = 6;
+    pub const UDP_LEN_MIN: usize = 8;
+}
+
+/// ICMP error types whose quoted packet names a flow (RFC 792).
+mod icmp {
+    pub const DEST_UNREACHABLE: u8 = 3;
+    pub const TIME_EXCEEDED: u8 = 11;
+    pub const PARAMETER_PROBLEM: u8 = 12;
+    pub const ECHO_REQUEST: u8 = 8;
+    pub const HDR_LEN: usize = 8;
+    pub const CHECKSUM: usize = 2;
+}
+
 #[inline]
-fn parse_ipv4(buf: &[u8]) -> Result<Parsed, Drop> {
-    // new_checked validates version-independent lengths: header length within
-    // the buffer, total length ≥ header length and ≤ buffer.
-    let ip = Ipv4Packet::new_checked(buf).map_err(|_| Drop::Malformed)?;
-    // smoltcp checks lengths, not that the header is at least the 20 fixed bytes.
-    if buf[0] >> 4 != 4 || ip.header_len() < 20 {
-        return Err(Drop::Malformed);
+fn be16(b: &[u8], off: usize) -> u16 {
+    u16::from_be_bytes([b[off], b[off + 1]])
+}
+
+#[inline]
+fn be32(b: &[u8], off: usize) -> u32 {
+    u32::from_be_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+
+/// Whether a TCP segment's flags are a combination real stacks send:
+/// a SYN carries neither FIN nor RST; FIN and RST never come together;
+/// without ACK only a SYN or a bare RST is valid (FIN and data always
+/// acknowledge). Scans (null, FIN, Xmas) and forged combinations fail.
+#[inline]
+pub fn tcp_flags_valid(flags: u8) -> bool {
+    use tcp_flags::*;
+    const PSH: u8 = 0x08;
+    const URG: u8 = 0x20;
+    if flags & SYN != 0 {
+        return flags & (FIN | RST) == 0;
     }
-    if ip.more_frags() || ip.frag_offset() != 0 {
-        return Err(Drop::Fragment);
+    if flags & ACK == 0 {
+        return flags & (FIN | RST | PSH | URG) == RST;
     }
-    let src_ip = u32::from(ip.src_addr());
-    let dst_ip = u32::from(ip.dst_addr());
-    let l4_off = ETH_HDR + usize::from(ip.header_len());
-    let payload = ip.payload();
-    match ip.next_header() {
-        IpProtocol::Tcp => {
-            let tcp = TcpPacket::new_checked(payload).map_err(|_| Drop::Malformed)?;
+    flags & (FIN | RST) != FIN | RST
+}
+
+/// Validates an IPv4 header: version, header length, total length against
+/// the frame, and the header checksum. Returns (header length, total length).
+#[inline]
+fn check_ipv4(buf: &[u8], frame_len: usize) -> Result<(usize, usize), DropReason> {
+    if buf.len() < ipv4::MIN_LEN {
+        return Err(DropReason::Malformed);
+    }
+    let ihl = usize::from(buf[ipv4::VER_IHL] & 0x0f) * 4;
+    if buf[ipv4::VER_IHL] >> 4 != 4 || ihl < ipv4::MIN_LEN {
+        return Err(DropReason::IpHeader);
+    }
+    let total = usize::from(be16(buf, ipv4::TOTAL_LEN));
+    // The datagram fits in the frame, and what follows it can only be the
+    // padding that brings a short frame up to Ethernet's minimum.
+    if total < ihl || total > buf.len() || (total < buf.len() && frame_len > MIN_FRAME) {
+        return Err(DropReason::IpLength);
+    }
+    if !checksum::sums_to_ones(&buf[..ihl]) {
+        return Err(DropReason::IpChecksum);
+    }
+    Ok((ihl, total))
+}
+
+#[inline]
+fn parse_ipv4(buf: &[u8], frame_len: usize) -> Result<Parsed, DropReason> {
+    let (ihl, total) = check_ipv4(buf, frame_len)?;
+    let src_ip = be32(buf, ipv4::SRC);
+    let dst_ip = be32(buf, ipv4::DST);
+    let ttl = buf[ipv4::TTL];
+    let proto = buf[ipv4::PROTO];
+    let l4_off = ETH_HDR + ihl;
+    let payload = &buf[ihl..total];
+    if be16(buf, ipv4::FRAG) & ipv4::MF_OFFSET_MASK != 0 {
+        return Ok(Parsed::Fragment(FragmentInfo {
+            src_ip,
+            dst_ip,
+            proto,
+            ttl,
+            first: be16(buf, ipv4::FRAG) & ipv4::OFFSET_MASK == 0,
+        }));
+    }
+    match proto {
+        6 => {
+            if payload.len() < l4::TCP_MIN_LEN {
+                return Err(DropReason::Malformed);
+            }
+            let data_off = usize::from(payload[l4::TCP_DATA_OFF] >> 4) * 4;
+            if data_off < l4::TCP_MIN_LEN || data_off > payload.len() {
+                return Err(DropReason::Malformed);
+            }
+            let flags = payload[l4::TCP_FLAGS];
+            if !tcp_flags_valid(flags) {
+                return Err(DropReason::TcpFlags);
+            }
             Ok(Parsed::L4(L4Info {
                 l4_off,
                 proto: L4Proto::Tcp,
                 src_ip,
                 dst_ip,
-                src_port: tcp.src_port(),
-                dst_port: tcp.dst_port(),
-                flags: payload[13],
-                ttl: ip.hop_limit(),
+                src_port: be16(payload, l4::SRC_PORT),
+                dst_port: be16(payload, l4::DST_PORT),
+                flags,
+                ttl,
+                payload_len: (payload.len() - data_off) as u16,
             }))
         }
-        IpProtocol::Udp => {
-            let udp = UdpPacket::new_checked(payload).map_err(|_| Drop::Malformed)?;
+        17 => {
+            if payload.len() < l4::UDP_LEN_MIN {
+                return Err(DropReason::Malformed);
+            }
+            if usize::from(be16(payload, l4::UDP_LEN)) != payload.len() {
+                return Err(DropReason::IpLength);
+            }
             Ok(Parsed::L4(L4Info {
                 l4_off,
                 proto: L4Proto::Udp,
                 src_ip,
                 dst_ip,
-                src_port: udp.src_port(),
-                dst_port: udp.dst_port(),
+                src_port: be16(payload, l4::SRC_PORT),
+                dst_port: be16(payload, l4::DST_PORT),
                 flags: 0,
-                ttl: ip.hop_limit(),
+                ttl,
+                payload_len: (payload.len() - l4::UDP_LEN_MIN) as u16,
             }))
         }
-        IpProtocol::Icmp => {
-            let icmp = Icmpv4Packet::new_checked(payload).map_err(|_| Drop::Malformed)?;
-            if icmp.msg_type() == Icmpv4Message::EchoRequest {
-                Ok(Parsed::Echo { dst_ip })
-            } else {
-                Err(Drop::UnsupportedProtocol)
-            }
-        }
-        _ => Err(Drop::UnsupportedProtocol),
+        1 => parse_icmp(payload, src_ip, dst_ip, l4_off, ttl),
+        _ => Err(DropReason::UnsupportedProtocol),
     }
+}
+
+/// An ICMP message: an echo request, or an error quoting a TCP or UDP
+/// packet (its IP header and at least the 8 bytes that hold the ports).
+#[inline(never)]
+fn parse_icmp(msg: &[u8], src_ip: u32, dst_ip: u32, icmp_off: usize, ttl: u8) -> Result<Parsed, DropReason> {
+    if msg.len() < icmp::HDR_LEN {
+        return Err(DropReason::Malformed);
+    }
+    match msg[0] {
+        icmp::ECHO_REQUEST => return Ok(Parsed::Echo { dst_ip }),
+        icmp::DEST_UNREACHABLE | icmp::TIME_EXCEEDED | icmp::PARAMETER_PROBLEM => {}
+        _ => return Err(DropReason::UnsupportedProtocol),
+    }
+    if checksum::full(msg) != 0 {
+        return Err(DropReason::IcmpMalformed);
+    }
+    let quote = &msg[icmp::HDR_LEN..];
+    if quote.len() < ipv4::MIN_LEN {
+        return Err(DropReason::IcmpMalformed);
+    }
+    let ihl = usize::from(quote[ipv4::VER_IHL] & 0x0f) * 4;
+    let proto = match quote[ipv4::PROTO] {
+        6 => L4Proto::Tcp,
+        17 => L4Proto::Udp,
+        _ => return Err(DropReason::IcmpMalformed),
+    };
+    // The quote is of a first (or whole) datagram: later fragments carry no ports.
+    let later_fragment = be16(quote, ipv4::FRAG) & ipv4::OFFSET_MASK != 0;
+    if quote[ipv4::VER_IHL] >> 4 != 4 || ihl < ipv4::MIN_LEN || quote.len() < ihl + 8 || later_fragment {
+        return Err(DropReason::IcmpMalformed);
+    }
+    let ports = &quote[ihl..];
+    Ok(Parsed::IcmpError(IcmpErrorInfo {
+        icmp_off: icmp_off as u16,
+        src_ip,
+        dst_ip,
+        ttl,
+        quote_len: quote.len() as u16,
+        quoted_ihl: ihl as u8,
+        quoted: QuotedFlow {
+            proto,
+            src_ip: be32(quote, ipv4::SRC),
+            dst_ip: be32(quote, ipv4::DST),
+            src_port: be16(ports, l4::SRC_PORT),
+            dst_port: be16(ports, l4::DST_PORT),
+        },
+    }))
 }
 
 #[inline]
@@ -191,8 +382,8 @@ pub fn rewrite_dsr(frame: &mut [u8], server_mac: Mac, egress_mac: Mac) {
 fn l4_check_off(info: &L4Info) -> usize {
     info.l4_off
         + match info.proto {
-            L4Proto::Tcp => 16,
-            L4Proto::Udp => 6,
+            L4Proto::Tcp => l4::TCP_CHECKSUM,
+            L4Proto::Udp => l4::UDP_CHECKSUM,
         }
 }
 
@@ -210,12 +401,12 @@ fn write16(frame: &mut [u8], off: usize, v: u16) {
 /// and the matching L4 port, updating IP and L4 checksums incrementally.
 fn rewrite_endpoint(frame: &mut [u8], info: &L4Info, is_dst: bool, new_ip: u32, new_port: u16) {
     let (addr_off, old_ip, port_off, old_port) = if is_dst {
-        (ETH_HDR + 16, info.dst_ip, info.l4_off + 2, info.dst_port)
+        (ETH_HDR + ipv4::DST, info.dst_ip, info.l4_off + l4::DST_PORT, info.dst_port)
     } else {
-        (ETH_HDR + 12, info.src_ip, info.l4_off, info.src_port)
+        (ETH_HDR + ipv4::SRC, info.src_ip, info.l4_off + l4::SRC_PORT, info.src_port)
     };
-    let ip_check = read16(frame, ETH_HDR + 10);
-    write16(frame, ETH_HDR + 10, checksum::update32(ip_check, old_ip, new_ip));
+    let ip_check = read16(frame, ETH_HDR + ipv4::CHECKSUM);
+    write16(frame, ETH_HDR + ipv4::CHECKSUM, checksum::update32(ip_check, old_ip, new_ip));
     frame[addr_off..addr_off + 4].copy_from_slice(&new_ip.to_be_bytes());
 
     // The L4 checksum covers the pseudo-header (addresses) and the ports.
@@ -231,12 +422,12 @@ fn rewrite_endpoint(frame: &mut [u8], info: &L4Info, is_dst: bool, new_ip: u32, 
 
 /// Decrements the TTL with its checksum update; the caller has checked ttl > 1.
 fn decrement_ttl(frame: &mut [u8]) {
-    let off = ETH_HDR + 8;
+    let off = ETH_HDR + ipv4::TTL;
     let old = read16(frame, off);
     frame[off] -= 1;
     let new = read16(frame, off);
-    let c = read16(frame, ETH_HDR + 10);
-    write16(frame, ETH_HDR + 10, checksum::update16(c, old, new));
+    let c = read16(frame, ETH_HDR + ipv4::CHECKSUM);
+    write16(frame, ETH_HDR + ipv4::CHECKSUM, checksum::update16(c, old, new));
 }
 
 /// L4/3 forward: client → server. Destination address (and port) become the server's.
@@ -268,7 +459,7 @@ pub fn arp_reply_in_place(frame: &mut [u8], info: &ArpInfo, our_mac: Mac) {
 pub fn echo_reply_in_place(frame: &mut [u8], our_mac: Mac) {
     let peer_mac = src_mac(frame);
     set_macs(frame, peer_mac, our_mac);
-    let (src, dst) = (ETH_HDR + 12, ETH_HDR + 16);
+    let (src, dst) = (ETH_HDR + ipv4::SRC, ETH_HDR + ipv4::DST);
     for i in 0..4 {
         frame.swap(src + i, dst + i);
     }
@@ -344,23 +535,23 @@ pub fn build_tcp_syn(
     frame.fill(0);
     set_macs(frame, dst_mac, src_mac);
     write16(frame, 12, 0x0800);
-    frame[IP] = 0x45;
-    write16(frame, IP + 2, 40);
-    frame[IP + 6] = 0x40; // don't fragment
-    frame[IP + 8] = 64;
-    frame[IP + 9] = 6;
-    frame[IP + 12..IP + 16].copy_from_slice(&src_ip.to_be_bytes());
-    frame[IP + 16..IP + 20].copy_from_slice(&dst_ip.to_be_bytes());
+    frame[IP + ipv4::VER_IHL] = 0x45;
+    write16(frame, IP + ipv4::TOTAL_LEN, 40);
+    frame[IP + ipv4::FRAG] = 0x40; // don't fragment
+    frame[IP + ipv4::TTL] = 64;
+    frame[IP + ipv4::PROTO] = 6;
+    frame[IP + ipv4::SRC..IP + ipv4::SRC + 4].copy_from_slice(&src_ip.to_be_bytes());
+    frame[IP + ipv4::DST..IP + ipv4::DST + 4].copy_from_slice(&dst_ip.to_be_bytes());
     let c = checksum::full(&frame[IP..IP + 20]);
-    write16(frame, IP + 10, c);
-    write16(frame, TCP, src_port);
-    write16(frame, TCP + 2, dst_port);
-    frame[TCP + 4..TCP + 8].copy_from_slice(&seq.to_be_bytes());
-    frame[TCP + 12] = 5 << 4;
-    frame[TCP + 13] = tcp_flags::SYN;
+    write16(frame, IP + ipv4::CHECKSUM, c);
+    write16(frame, TCP + l4::SRC_PORT, src_port);
+    write16(frame, TCP + l4::DST_PORT, dst_port);
+    frame[TCP + l4::TCP_SEQ..TCP + l4::TCP_SEQ + 4].copy_from_slice(&seq.to_be_bytes());
+    frame[TCP + l4::TCP_DATA_OFF] = 5 << 4;
+    frame[TCP + l4::TCP_FLAGS] = tcp_flags::SYN;
     write16(frame, TCP + 14, 1024);
     let c = tcp_checksum(src_ip, dst_ip, &frame[TCP..TCP + 20]);
-    write16(frame, TCP + 16, c);
+    write16(frame, TCP + l4::TCP_CHECKSUM, c);
     MIN_FRAME
 }
 
@@ -377,23 +568,82 @@ pub fn reset_in_place(frame: &mut [u8], info: &L4Info, our_mac: Mac) {
     }
     let peer_mac = src_mac(frame);
     set_macs(frame, peer_mac, our_mac);
-    frame[ip + 12..ip + 16].copy_from_slice(&info.dst_ip.to_be_bytes());
-    frame[ip + 16..ip + 20].copy_from_slice(&info.src_ip.to_be_bytes());
-    write16(frame, ip + 2, 40);
-    frame[ip + 8] = 64;
-    write16(frame, ip + 10, 0);
+    frame[ip + ipv4::SRC..ip + ipv4::SRC + 4].copy_from_slice(&info.dst_ip.to_be_bytes());
+    frame[ip + ipv4::DST..ip + ipv4::DST + 4].copy_from_slice(&info.src_ip.to_be_bytes());
+    write16(frame, ip + ipv4::TOTAL_LEN, 40);
+    frame[ip + ipv4::TTL] = 64;
+    write16(frame, ip + ipv4::CHECKSUM, 0);
     let c = checksum::full(&frame[ip..ip + 20]);
-    write16(frame, ip + 10, c);
-    let ack = [frame[tcp + 8], frame[tcp + 9], frame[tcp + 10], frame[tcp + 11]];
-    write16(frame, tcp, info.dst_port);
-    write16(frame, tcp + 2, info.src_port);
-    frame[tcp + 4..tcp + 8].copy_from_slice(&ack);
-    frame[tcp + 8..tcp + 12].fill(0);
-    frame[tcp + 12] = 5 << 4;
-    frame[tcp + 13] = tcp_flags::RST;
-    write16(frame, tcp + 14, 0);
-    write16(frame, tcp + 16, 0);
-    write16(frame, tcp + 18, 0);
+    write16(frame, ip + ipv4::CHECKSUM, c);
+    let ack = be32(frame, tcp + l4::TCP_ACK).to_be_bytes();
+    write16(frame, tcp + l4::SRC_PORT, info.dst_port);
+    write16(frame, tcp + l4::DST_PORT, info.src_port);
+    frame[tcp + l4::TCP_SEQ..tcp + l4::TCP_SEQ + 4].copy_from_slice(&ack);
+    frame[tcp + l4::TCP_ACK..tcp + l4::TCP_ACK + 4].fill(0);
+    frame[tcp + l4::TCP_DATA_OFF] = 5 << 4;
+    frame[tcp + l4::TCP_FLAGS] = tcp_flags::RST;
+    frame[tcp + l4::TCP_FLAGS + 1..tcp + l4::TCP_MIN_LEN].fill(0); // window, checksum, urgent
     let c = tcp_checksum(info.dst_ip, info.src_ip, &frame[tcp..tcp + 20]);
-    write16(frame, tcp + 16, c);
+    write16(frame, tcp + l4::TCP_CHECKSUM, c);
+}
+
+/// Writes the 16-bit word at `off` and folds the change into the checksum
+/// at `check_off` (which covers the word).
+fn write16_covered(frame: &mut [u8], off: usize, new: u16, check_off: usize) {
+    let old = read16(frame, off);
+    let c = read16(frame, check_off);
+    write16(frame, check_off, checksum::update16(c, old, new));
+    write16(frame, off, new);
+}
+
+/// NAT for an ICMP error about a service's packet (sent to the VIP by a
+/// router on the way to the client, quoting the packet the client was
+/// sent): it goes to the server, as if the server's own packet had caused
+/// it. The outer destination, the quoted source address and port become
+/// the server's; the outer IP, quoted IP, quoted TCP/UDP (when the quote
+/// holds its checksum) and ICMP checksums are updated incrementally; the
+/// TTL drops by one.
+pub fn rewrite_icmp_error_nat(
+    frame: &mut [u8],
+    info: &IcmpErrorInfo,
+    server_ip: u32,
+    server_port: u16,
+    dst: Mac,
+    src: Mac,
+) {
+    let outer_check = ETH_HDR + ipv4::CHECKSUM;
+    write16_covered(frame, ETH_HDR + ipv4::DST, (server_ip >> 16) as u16, outer_check);
+    write16_covered(frame, ETH_HDR + ipv4::DST + 2, server_ip as u16, outer_check);
+    decrement_ttl(frame);
+
+    let icmp_off = usize::from(info.icmp_off);
+    let icmp_check = icmp_off + icmp::CHECKSUM;
+    let quote = icmp_off + icmp::HDR_LEN;
+    let q = &info.quoted;
+    // Every word changed inside the quote changes the ICMP checksum too.
+    let set = |frame: &mut [u8], off: usize, new: u16| write16_covered(frame, off, new, icmp_check);
+    // Quoted IP source, with the quoted header's own checksum.
+    let q_ip_check = quote + ipv4::CHECKSUM;
+    for (word, new) in [(0, (server_ip >> 16) as u16), (2, server_ip as u16)] {
+        let off = quote + ipv4::SRC + word;
+        let old = read16(frame, off);
+        let c = read16(frame, q_ip_check);
+        set(frame, q_ip_check, checksum::update16(c, old, new));
+        set(frame, off, new);
+    }
+    // Quoted L4 checksum (pseudo-header source and port), if quoted.
+    let l4 = quote + usize::from(info.quoted_ihl);
+    let q_l4_check = l4 + if q.proto == L4Proto::Tcp { l4::TCP_CHECKSUM } else { l4::UDP_CHECKSUM };
+    if q_l4_check + 2 <= quote + usize::from(info.quote_len) {
+        let c = read16(frame, q_l4_check);
+        let c = match q.proto {
+            L4Proto::Tcp => checksum::update16(checksum::update32(c, q.src_ip, server_ip), q.src_port, server_port),
+            L4Proto::Udp => {
+                checksum::update_udp16(checksum::update_udp32(c, q.src_ip, server_ip), q.src_port, server_port)
+            }
+        };
+        set(frame, q_l4_check, c);
+    }
+    set(frame, l4 + l4::SRC_PORT, server_port);
+    set_macs(frame, dst, src);
 }

@@ -156,3 +156,88 @@ pub fn check(frame: &[u8]) -> Result<Seen, String> {
     };
     Ok(Seen { src_mac: eth.source(), dst_mac: eth.destination(), src, dst, sport, dport, flags, ttl: h.ttl(), payload })
 }
+
+/// The Internet checksum of `data` (RFC 1071), written here from the RFC
+/// so tests do not trust the code under test: 0 over a header that
+/// carries its checksum means the header is intact.
+pub fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An ARP reply from `src` to `dst`.
+pub fn arp_reply(src_mac: [u8; 6], src_ip: [u8; 4], dst_mac: [u8; 6], dst_ip: [u8; 4]) -> Vec<u8> {
+    let mut v = dst_mac.to_vec();
+    v.extend_from_slice(&src_mac);
+    v.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+    v.extend_from_slice(&src_mac);
+    v.extend_from_slice(&src_ip);
+    v.extend_from_slice(&dst_mac);
+    v.extend_from_slice(&dst_ip);
+    v.resize(60, 0);
+    v
+}
+
+/// An Ethernet + IPv4 frame around `payload` with the given protocol and
+/// fragment word (flags and offset), header checksum set.
+pub fn ipv4_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    frag: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut v = dst_mac.to_vec();
+    v.extend_from_slice(&src_mac);
+    v.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + payload.len()) as u16;
+    let mut h = [0u8; 20];
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&total.to_be_bytes());
+    h[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+    h[6..8].copy_from_slice(&frag.to_be_bytes());
+    h[8] = 64;
+    h[9] = proto;
+    h[12..16].copy_from_slice(&src);
+    h[16..20].copy_from_slice(&dst);
+    let c = inet_checksum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    v.extend_from_slice(&h);
+    v.extend_from_slice(payload);
+    if v.len() < 60 {
+        v.resize(60, 0);
+    }
+    v
+}
+
+/// An ICMP error (`icmp_type`, `code`) from `router` to `dst`, quoting
+/// `quoted` (an IP packet, truncated as the caller chose).
+pub fn icmp_error(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    router: [u8; 4],
+    dst: [u8; 4],
+    icmp_type: u8,
+    code: u8,
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut m = vec![icmp_type, code, 0, 0, 0, 0, 0x05, 0xdc]; // next-hop MTU 1500
+    m.extend_from_slice(quoted);
+    let c = inet_checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv4_frame(src_mac, dst_mac, router, dst, 1, 0, &m)
+}
+
+/// Replaces the TCP flags byte of a frame built by `tcp` (no IP options).
+pub fn with_tcp_flags(mut frame: Vec<u8>, flags: u8) -> Vec<u8> {
+    frame[14 + 20 + 13] = flags;
+    frame
+}

@@ -5,6 +5,8 @@
 //!
 //!   ringlb-fastpath [SESSIONS] [PACKETS]     (defaults 1000 and 1048576)
 
+#![forbid(unsafe_code)]
+
 use ringlb::config;
 use ringlb::dataplane::{Shared, Verdict, Worker};
 use ringlb::stats::WorkerStats;

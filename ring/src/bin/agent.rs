@@ -9,6 +9,8 @@
 //! reliable layer, and leaves the ring while its acceptability check (an HTTP
 //! GET to a local URL) fails, re-joining once it passes (B10).
 
+#![forbid(unsafe_code)]
+
 use ringlb_ring::conns;
 use ringlb_ring::driver::Driver;
 use ringlb_ring::member::{Config, Event, Member, Timers};
