@@ -168,6 +168,11 @@ pub fn ringlb_yaml(
         sessions,
         mbufs,
     );
+    // Server replies are accepted only on the port of the server's subnet
+    // (from its MAC): the reply run replays them into the data port, so
+    // there the data port is on the servers' subnet (listed first, it is
+    // the one their replies are expected on).
+    let text = if tag == "nat-reply" { text.replacen("ip: 198.18.0.1/24", "ip: 198.18.1.2/24", 1) } else { text };
     write_config(dir, &format!("{tag}-{sessions}.yaml"), &text)
 }
 

@@ -232,6 +232,8 @@ fn forward_key(info: &L4Info) -> FlowKey {
 const SWEEP_BUDGET: usize = 256;
 /// Unresolved neighbours are asked again this often.
 const UNRESOLVED_RETRY_MS: u32 = 1000;
+/// A SYN this soon after a one-sided close keeps the session's server.
+const KEEP_AFTER_CLOSE_MS: u32 = 1000;
 /// An ARP reply is learned only this long after our request.
 const ARP_REPLY_WINDOW_MS: u32 = 1000;
 
@@ -617,15 +619,23 @@ impl<'a> Worker<'a> {
             // the server's reset never passes here, so its session still
             // looks established): a new connection, scheduled afresh.
             Some(e) if syn && shared.server_weight(e.server) == 0 => reuse = Reuse::Repick,
-            // A new connection reusing the client port of one that closed:
-            // a new session (siblings order a tuple's connections by birth),
-            // on the same server, so a forged RST + SYN cannot move a live
-            // connection. After a one-sided close it starts `Confirming`,
-            // which keeps the established timeout: the forged pair cannot
-            // shorten the real connection's life either.
+            // A new connection reusing the client port of one that closed
+            // on both sides: scheduled afresh.
+            Some(e) if syn && e.state == State::Closing => reuse = Reuse::Repick,
+            // A SYN right after a one-sided FIN or RST: a new connection of
+            // the tuple (siblings order a tuple's connections by birth), on
+            // the same server, so a forged RST + SYN pair cannot move a live
+            // connection; it starts `Confirming`, which keeps the
+            // established timeout, so the pair cannot shorten its life
+            // either. Later, the port is being reused: scheduled afresh (a
+            // client that reuses ports quickly would otherwise stay on one
+            // server whatever the weights say).
             Some(e) if syn && e.state.closing() => {
-                let state = if e.state == State::Closing { State::SynSeen } else { State::Confirming };
-                reuse = Reuse::Keep(e.server, state);
+                reuse = if now_ms.wrapping_sub(e.last_seen_ms) <= KEEP_AFTER_CLOSE_MS {
+                    Reuse::Keep(e.server, State::Confirming)
+                } else {
+                    Reuse::Repick
+                };
             }
             Some(e) => {
                 if e.touch(now_ms) {
