@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all setup build test demo bench lint fmt clean install
+.PHONY: all setup build test demo bench fuzz lint fmt clean install
 
 all: build
 
@@ -20,6 +20,11 @@ test: build
 
 demo: build
 	bash deploy/demo.sh
+
+# FUZZ_SECONDS per target (default 300); see fuzz/run.sh.
+FUZZ_SECONDS ?= 300
+fuzz: setup
+	bash fuzz/run.sh $(FUZZ_SECONDS)
 
 # BENCH_ARGS, e.g. BENCH_ARGS="--sessions 1000,1000000 --lab 0"; see ringlb-bench --help.
 bench: build
@@ -48,3 +53,4 @@ fmt:
 
 clean:
 	cargo clean
+	rm -rf fuzz/target

@@ -7,6 +7,7 @@
 #        with sync off, sessions rebuilt from the servers' agents; health: servers whose
 #        agent leaves the ring get no new flows, least_load follows load reports
 #   3. a smoke run of the benchmark harness (well-formed results only)
+#   4. coverage-guided fuzzing, 20 s per target (`make fuzz` runs longer)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
@@ -30,5 +31,6 @@ run "lab failover NAT, sync off, cold standby (sessions rebuilt from the agents)
 run "lab health (agent leaves the ring: no new flows; least_load shares)" bash tests/lab/health_test.sh
 run "lab cleanup on failure" bash tests/lab/cleanup_test.sh
 run "benchmark smoke run" bash tests/bench_smoke.sh
+run "fuzzing, 20 s per target (packet path, ring and sync wire, YAML)" bash fuzz/run.sh 20
 echo "suites: $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -195,6 +195,26 @@ pub const MAX_PROBED: usize = 0x4000;
 /// `arp.refresh` may not be shorter (each refresh broadcasts a request per server).
 pub const MIN_ARP_REFRESH_MS: u32 = 1000;
 
+/// `s` as a YAML double-quoted scalar: backslash, quote and every control
+/// character escaped (YAML's escapes, not Rust's `{:?}` ones).
+fn yaml_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => o.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() || c == '\u{feff}' || c == '\u{2028}' || c == '\u{2029}' || c == '\u{85}' => {
+                o.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
 /// MemAvailable from /proc/meminfo, if the kernel reports it.
 fn available_memory_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -910,6 +930,8 @@ fn mac_str(m: &Mac) -> String {
 
 impl Config {
     /// The effective configuration, defaults filled in, as `ringlb check` prints it.
+    /// The effective configuration as YAML that parses back to the same
+    /// configuration (`ringlb check` prints it).
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut o = String::new();
@@ -925,19 +947,24 @@ impl Config {
         if let Some(m) = e.mbufs {
             let _ = writeln!(o, "  mbufs: {m}");
         }
-        let _ = writeln!(o, "  extra_args: {:?}", e.extra_args);
+        let args: Vec<String> = e.extra_args.iter().map(|a| yaml_str(a)).collect();
+        let _ = writeln!(o, "  extra_args: [{}]", args.join(", "));
         let _ = writeln!(o, "  idle: {}", format!("{:?}", e.idle).to_lowercase());
         let _ = writeln!(o, "ports:");
         for p in &self.ports {
-            let _ = writeln!(o, "  - device: \"{}\"\n    ip: {}/{}", p.device, ip(p.ip), p.prefix_len);
-            let _ = writeln!(o, "    mac: {}", p.mac.map_or("(from device)".into(), |m| mac_str(&m)));
+            let _ = writeln!(o, "  - device: {}\n    ip: {}/{}", yaml_str(&p.device), ip(p.ip), p.prefix_len);
+            match p.mac {
+                Some(m) => writeln!(o, "    mac: \"{}\"", mac_str(&m)),
+                None => writeln!(o, "    # mac: the device's own"),
+            }
+            .ok();
         }
         let _ = writeln!(o, "services:");
         for s in &self.services {
             let _ = writeln!(
                 o,
                 "  - name: {}\n    vip: {}\n    port: {}\n    protocol: {}\n    mode: {}\n    scheduler: {}",
-                s.name,
+                yaml_str(&s.name),
                 ip(s.vip),
                 s.port,
                 format!("{:?}", s.proto).to_lowercase(),
@@ -958,19 +985,34 @@ impl Config {
                     p.interval_ms, p.timeout_ms, p.rise, p.fall
                 );
             }
-            let _ = writeln!(o, "    group: {}\n    servers:", s.group);
+            if s.fragments {
+                let _ = writeln!(o, "    fragments: true");
+            }
+            let _ = writeln!(o, "    group: {}", yaml_str(&s.group));
+        }
+        // Each group once, as its first service resolved it; what the
+        // resolution found (ARP or static MAC, the port) as comments, so the
+        // output is itself a valid configuration.
+        let _ = writeln!(o, "server_groups:");
+        let mut groups_done: Vec<&str> = Vec::new();
+        for s in &self.services {
+            if groups_done.contains(&s.group.as_str()) {
+                continue;
+            }
+            groups_done.push(&s.group);
+            let _ = writeln!(o, "  {}:", yaml_str(&s.group));
             for &id in &s.servers {
                 let sv = &self.servers[usize::from(id)];
                 let n = &self.neighbors[usize::from(sv.neighbor)];
-                let mac = n.static_mac.map_or_else(|| "arp".into(), |m| mac_str(&m));
-                let agent = sv.agent.map_or(String::new(), |a| format!(", agent: {a}"));
+                let mac = n.static_mac.map_or(String::new(), |m| format!(", mac: \"{}\"", mac_str(&m)));
+                let agent = sv.agent.map_or(String::new(), |a| format!(", agent: \"{a}\""));
+                let how = if n.static_mac.is_some() { "static MAC" } else { "MAC by ARP" };
                 let _ = writeln!(
                     o,
-                    "      - {{ ip: {}, port: {}, weight: {}, mac: {}, via_port: {}{agent} }}",
+                    "    - {{ ip: {}, port: {}, weight: {}{mac}{agent} }}  # {how}, via ports[{}]",
                     ip(sv.ip),
                     sv.port,
                     sv.weight,
-                    mac,
                     n.port
                 );
             }
@@ -990,7 +1032,7 @@ impl Config {
                  vips: {}\n  preempt: {}\n  garp: {{ count: {}, interval: {}ms }}",
                 c.address,
                 members.join(", "),
-                c.key_file,
+                yaml_str(&c.key_file),
                 c.timers_name,
                 c.sync,
                 c.defer_ms.map_or("off".into(), |ms| format!("{ms}ms")),

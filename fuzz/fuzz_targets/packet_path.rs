@@ -1,0 +1,92 @@
+//! The per-packet path (`Worker::process`) with a session table and every
+//! kind of service (DSR, NAT TCP and UDP, fragments, persistence), fed a
+//! sequence of frames: each record is a control byte (bit 0: the port,
+//! bit 1: handed off by another worker, bit 2: the harness sets the IPv4
+//! header and ICMP checksums right, so mutations get past them; bits 3–7:
+//! how far the clock moves, in 100 ms steps, so timeouts are reached), a
+//! length byte and the frame. When the clock moves the worker sweeps and
+//! asks for ARP, as its lcore loop does. Nothing may panic, and the
+//! counters stay consistent.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ringlb::dataplane::{Shared, Verdict, Worker};
+use ringlb::stats::WorkerStats;
+use std::sync::OnceLock;
+
+const CAPACITY: u64 = 256;
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let yaml = include_str!("../seeds/config_yaml/two_modes.yaml");
+        let cfg = ringlb::config::parse(yaml, "two_modes.yaml").expect("built-in config");
+        Shared::new(&cfg, &[[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]])
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let shared = shared();
+    let stats = WorkerStats::new(16);
+    let mut w = Worker::new(0, shared, &stats);
+    let mut now: u32 = 0;
+    let mut rest = data;
+    while let [ctl, len, tail @ ..] = rest {
+        let n = usize::from(*len).min(tail.len());
+        let (frame, tail) = tail.split_at(n);
+        rest = tail;
+        let advance = u32::from(ctl >> 3) * 100;
+        now = now.wrapping_add(advance);
+        if advance > 0 {
+            w.due_solicits(now, |_, _| true);
+        }
+        let mut buf = frame.to_vec();
+        if ctl & 4 != 0 {
+            fix_checksums(&mut buf);
+        }
+        let v = w.process(&mut buf, ctl & 1, now, ctl & 2 != 0);
+        if let Verdict::Tx(port) | Verdict::Defer { port, .. } = v {
+            assert!(usize::from(port) < shared.ports.len(), "sent out of a port that does not exist");
+        }
+        if advance > 0 {
+            w.sweep(now);
+        }
+        let active = stats.sessions_active.get();
+        assert!(active <= CAPACITY, "{active} sessions in a table of {CAPACITY}");
+        // Every session that ended or is active was created once; renewals
+        // (a new connection of a tuple, in place) are created but not added.
+        let ended = stats.sessions_expired.get() + stats.sessions_evicted.get() + stats.down_resets.get();
+        assert!(stats.sessions_created.get() >= active + ended, "sessions counted out of thin air");
+    }
+});
+
+/// RFC 1071 checksum, written here (not the code under test's).
+fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sets the IPv4 header checksum of an Ethernet + IPv4 frame, and the ICMP
+/// checksum when it carries ICMP, wherever the lengths allow.
+fn fix_checksums(f: &mut [u8]) {
+    if f.len() < 34 || f[12..14] != [0x08, 0x00] {
+        return;
+    }
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    if ihl < 20 || f.len() < 14 + ihl {
+        return;
+    }
+    f[24..26].fill(0);
+    let c = inet_checksum(&f[14..14 + ihl]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+    if f[23] == 1 && total >= ihl + 4 && f.len() >= 14 + total {
+        let icmp = 14 + ihl;
+        f[icmp + 2..icmp + 4].fill(0);
+        let c = inet_checksum(&f[icmp..14 + total]);
+        f[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
+    }
+}
