@@ -303,6 +303,10 @@ impl<'a> Worker<'a> {
         let Some(port) = self.shared.ports.get(usize::from(in_port)) else {
             return Step::Done(Verdict::Drop(DropReason::NotForUs));
         };
+        // Most frames: unicast to us, TCP or UDP over plain IPv4.
+        if let Some(info) = packet::parse_common(frame, &port.mac) {
+            return self.l4(frame, info, handed_off, port.ip);
+        }
         let Some(dst) = packet::dst_mac(frame) else {
             return Step::Done(Verdict::Drop(DropReason::Malformed));
         };
@@ -432,8 +436,9 @@ impl<'a> Worker<'a> {
         if info.flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) != tcp_flags::SYN | tcp_flags::ACK {
             return Some(Verdict::Consumed);
         }
-        let ack =
-            frame.get(info.l4_off + 8..info.l4_off + 12).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let ack = frame
+            .get(usize::from(info.l4_off) + 8..usize::from(info.l4_off) + 12)
+            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
         self.shared.probe_answer[id].store(ack.wrapping_sub(1), std::sync::atomic::Ordering::Relaxed);
         packet::reset_in_place(frame, info, our_mac);
         Some(Verdict::Tx(in_port))
