@@ -127,8 +127,9 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
     let mut macs = Vec::new();
     // Per port: its rx and tx queue handles, handed out to workers below.
     let mut port_queues: Vec<PortQueues> = Vec::new();
-    for (i, (&port, &(rxq, txq))) in ports.iter().zip(&queues).enumerate() {
-        let (rx, tx) = port.configure(rxq, txq, RX_DESC, &pool).map_err(|e| format!("ports[{i}]: {e}"))?;
+    let mut configured = Vec::new();
+    for (i, (port, &(rxq, txq))) in ports.into_iter().zip(&queues).enumerate() {
+        let (port, rx, tx) = port.configure(rxq, txq, RX_DESC, &pool).map_err(|e| format!("ports[{i}]: {e}"))?;
         port_queues.push((rx.into_iter().map(Some).collect(), tx.into_iter().map(Some).collect()));
         let mac = match cfg.ports[i].mac {
             Some(m) => m,
@@ -137,19 +138,21 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
         println!(
             "port {i}: {} (dpdk port {}) mac {} ip {}/{} rx queues {rxq} tx queues {txq}",
             cfg.ports[i].device,
-            port.0,
+            port.id(),
             fmt_mac(&mac),
             std::net::Ipv4Addr::from(cfg.ports[i].ip),
             cfg.ports[i].prefix_len
         );
         macs.push(mac);
+        configured.push(port);
     }
+    let ports = configured;
 
     let shared = Arc::new(Shared::new(cfg, &macs));
     let stats: Arc<Vec<WorkerStats>> = Arc::new((0..workers).map(|_| WorkerStats::new(cfg.servers.len())).collect());
-    let mut port_index = vec![0xffu8; ports.iter().map(|p| usize::from(p.0)).max().unwrap_or(0) + 1];
+    let mut port_index = vec![0xffu8; ports.iter().map(|p| usize::from(p.id())).max().unwrap_or(0) + 1];
     for (i, p) in ports.iter().enumerate() {
-        port_index[usize::from(p.0)] = i as u8;
+        port_index[usize::from(p.id())] = i as u8;
     }
     // senders[from][to] and receivers[to][from] are the two ends of one hand-off queue.
     let mut senders: Vec<Vec<Option<HandoffTx>>> = (0..workers).map(|_| (0..workers).map(|_| None).collect()).collect();

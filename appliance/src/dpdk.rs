@@ -116,7 +116,7 @@ impl Eal {
     /// Waits for every lcore to return, then stops and closes `ports`
     /// (net_pcap flushes its output files here). Waiting first is what makes
     /// closing safe: queue handles live only on worker lcores.
-    pub fn stop_ports(&self, ports: &[Port]) {
+    pub fn stop_ports(&self, ports: &[ConfiguredPort]) {
         self.wait_all();
         for p in ports {
             // SAFETY: no lcore is running, so no queue of the port is in use.
@@ -313,11 +313,29 @@ pub struct PortInfo {
     pub driver: &'static str,
 }
 
-/// An Ethernet device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Port(pub u16);
+/// An Ethernet device, not configured yet. Not `Clone`: `configure`
+/// consumes it, so a port cannot be configured twice, and only the
+/// [`ConfiguredPort`] it returns can start it.
+///
+/// ```compile_fail
+/// fn twice(port: ringlb::dpdk::Port, pool: &ringlb::dpdk::Mempool) {
+///     let _ = port.configure(1, 1, 512, pool);
+///     let _ = port.configure(1, 1, 512, pool); // use of moved value
+/// }
+/// ```
+#[derive(Debug, PartialEq, Eq)]
+pub struct Port(u16);
+
+/// A port whose queues are set up (by [`Port::configure`]): it can start.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfiguredPort(u16);
 
 impl Port {
+    /// DPDK's port id.
+    pub fn id(&self) -> u16 {
+        self.0
+    }
+
     /// Finds a port by the name DPDK gave it (vdev name or PCI address).
     pub fn by_name(name: &str) -> Result<Port, DpdkError> {
         let c = CString::new(name).map_err(|_| DpdkError("port name contains NUL".into()))?;
@@ -328,7 +346,7 @@ impl Port {
         Ok(Port(id))
     }
 
-    pub fn info(self) -> Result<PortInfo, DpdkError> {
+    pub fn info(&self) -> Result<PortInfo, DpdkError> {
         let mut info = sys::rte_eth_dev_info::default();
         // SAFETY: valid out-pointer.
         check(unsafe { sys::rte_eth_dev_info_get(self.0, &mut info) }, "rte_eth_dev_info_get")?;
@@ -341,22 +359,24 @@ impl Port {
         Ok(PortInfo { max_rx_queues: info.max_rx_queues, max_tx_queues: info.max_tx_queues, driver })
     }
 
-    pub fn socket(self) -> i32 {
+    pub fn socket(&self) -> i32 {
         // SAFETY: plain getter.
         unsafe { sys::rte_eth_dev_socket_id(self.0) }.max(0)
     }
 
     /// Configures `rxq` receive and `txq` transmit queues with `desc`
     /// descriptors each, RSS over all that the device supports when rxq > 1.
-    /// Returns the only handles to those queues: a DPDK queue must be used by
-    /// one thread at a time, and owning its handle is what guarantees that.
+    /// Returns the port, now startable, and the only handles to those
+    /// queues: a DPDK queue must be used by one thread at a time, and
+    /// owning its handle is what guarantees that.
+    #[allow(clippy::type_complexity)]
     pub fn configure(
         self,
         rxq: u16,
         txq: u16,
         desc: u16,
         pool: &Mempool,
-    ) -> Result<(Vec<RxQueue>, Vec<TxQueue>), DpdkError> {
+    ) -> Result<(ConfiguredPort, Vec<RxQueue>, Vec<TxQueue>), DpdkError> {
         let mut info = sys::rte_eth_dev_info::default();
         // SAFETY: valid out-pointer.
         check(unsafe { sys::rte_eth_dev_info_get(self.0, &mut info) }, "rte_eth_dev_info_get")?;
@@ -380,10 +400,17 @@ impl Port {
         }
         let rx = (0..rxq).map(|queue| RxQueue { port: self.0, queue }).collect();
         let tx = (0..txq).map(|queue| TxQueue { port: self.0, queue }).collect();
-        Ok((rx, tx))
+        Ok((ConfiguredPort(self.0), rx, tx))
+    }
+}
+
+impl ConfiguredPort {
+    /// DPDK's port id.
+    pub fn id(&self) -> u16 {
+        self.0
     }
 
-    pub fn start(self) -> Result<(), DpdkError> {
+    pub fn start(&self) -> Result<(), DpdkError> {
         // SAFETY: configured port.
         check(unsafe { sys::rte_eth_dev_start(self.0) }, &format!("starting port {}", self.0))?;
         // Promiscuous so a configured MAC different from the device's still
@@ -393,7 +420,7 @@ impl Port {
         Ok(())
     }
 
-    pub fn mac(self) -> Result<[u8; 6], DpdkError> {
+    pub fn mac(&self) -> Result<[u8; 6], DpdkError> {
         let mut a = sys::rte_ether_addr::default();
         // SAFETY: valid out-pointer.
         check(unsafe { sys::rte_eth_macaddr_get(self.0, &mut a) }, "rte_eth_macaddr_get")?;

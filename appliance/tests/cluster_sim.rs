@@ -4,8 +4,6 @@
 //! and reorders datagrams. Frames go through the workers as on the wire;
 //! only DPDK and sockets are missing. Deterministic: every run is a seed.
 
-mod common;
-use common::*;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use ringlb::config::{self, Config};
 use ringlb::control::channel::{worker_channel, Command, CommandRx, QUEUE_LEN};
@@ -13,13 +11,12 @@ use ringlb::control::{sync_address, Channel, Control, Now};
 use ringlb::dataplane::{Shared, Verdict, Worker};
 use ringlb::session::{FlowKey, State};
 use ringlb::stats::{DropReason, Snapshot, WorkerStats};
+use ringlb_testkit::*;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
-const PORT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
 const WORKERS: usize = 2;
 
 fn web_mac(i: usize) -> [u8; 6] {

@@ -1,16 +1,13 @@
 //! The per-packet path (`Worker::process`) driven with real frames, without
 //! DPDK. Every rewritten frame is re-parsed and its checksums recomputed by
-//! etherparse (tests/common), independently of ringlb's incremental updates.
+//! etherparse (ringlb-testkit), independently of ringlb's incremental updates.
 
-mod common;
-use common::*;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use ringlb::config::{self, Config};
 use ringlb::dataplane::{Shared, Verdict, Worker};
 use ringlb::stats::{DropReason, WorkerStats};
+use ringlb_testkit::*;
 
-const PORT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 const DSR_MACS: [[u8; 6]; 3] = [[2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 1, 2], [2, 0, 0, 0, 1, 3]];
 const NAT_MACS: [[u8; 6]; 2] = [[2, 0, 0, 0, 2, 1], [2, 0, 0, 0, 2, 2]];
 
@@ -587,25 +584,15 @@ server_groups:
             // Server .11 answers each probe with a SYN-ACK; for .12 only a
             // forger does, from its address but with a guessed acknowledgement.
             if syn.dst == ip("198.18.0.12") {
-                let mut forged = Vec::new();
-                etherparse::PacketBuilder::ethernet2(DSR_MACS[1], PORT_MAC)
-                    .ipv4(ip("198.18.0.12"), ip("198.18.0.1"), 64)
-                    .tcp(80, syn.sport, 777, 65535)
-                    .syn()
-                    .ack(seq.wrapping_add(2))
-                    .write(&mut forged, &[])
-                    .unwrap();
+                let (from, to) = (ip("198.18.0.12"), ip("198.18.0.1"));
+                let ack = Some(seq.wrapping_add(2));
+                let mut forged = tcp_seq(DSR_MACS[1], PORT_MAC, from, to, (80, syn.sport), 777, ack, 65535, SYN, &[]);
                 w.process(&mut forged, 0, now, false);
             }
             if syn.dst == ip("198.18.0.11") {
-                let mut answer = Vec::new();
-                etherparse::PacketBuilder::ethernet2(DSR_MACS[0], PORT_MAC)
-                    .ipv4(ip("198.18.0.11"), ip("198.18.0.1"), 64)
-                    .tcp(80, syn.sport, 777, 65535)
-                    .syn()
-                    .ack(seq.wrapping_add(1))
-                    .write(&mut answer, &[])
-                    .unwrap();
+                let (from, to) = (ip("198.18.0.11"), ip("198.18.0.1"));
+                let ack = Some(seq.wrapping_add(1));
+                let mut answer = tcp_seq(DSR_MACS[0], PORT_MAC, from, to, (80, syn.sport), 777, ack, 65535, SYN, &[]);
                 assert_eq!(w.process(&mut answer, 0, now, false), Verdict::Tx(0));
                 let rst = check(&answer).expect("the RST has valid checksums");
                 assert_eq!((rst.flags, rst.dst, rst.dport, rst.dst_mac), (RST, ip("198.18.0.11"), 80, DSR_MACS[0]));

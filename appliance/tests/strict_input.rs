@@ -1,18 +1,14 @@
 //! Hostile input at the per-packet path (`Worker::process`), one forged
 //! case per test: each must end as a counted drop with its own reason, or
 //! leave sessions and neighbours as they were. Frames are built by the
-//! test kit (tests/common), not by the code under test.
+//! test kit (ringlb-testkit), not by the code under test.
 
-mod common;
-use common::*;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use ringlb::config;
 use ringlb::dataplane::{Shared, Verdict, Worker};
 use ringlb::stats::WorkerStats;
+use ringlb_testkit::*;
 
-const PORT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const PORT2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 const DSR_MACS: [[u8; 6]; 3] = [[2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 1, 2], [2, 0, 0, 0, 1, 3]];
 const NAT_MACS: [[u8; 6]; 2] = [[2, 0, 0, 0, 2, 1], [2, 0, 0, 0, 2, 2]];
 const DSR_VIP: &str = "198.18.100.1";

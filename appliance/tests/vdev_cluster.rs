@@ -4,15 +4,12 @@
 //! restarted appliance pulls them back from its sibling. Read through each
 //! process's status file (JSON), not its prose.
 
-mod common;
-use common::*;
 use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
+use ringlb_testkit::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const PORT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 const FLOWS: u32 = 3_000;
 
 const CONFIG: &str = r#"

@@ -3,17 +3,14 @@
 //! flows, garbage, ARP and ping) is replayed into the port; the frames the
 //! appliance transmits are written to another pcap and checked one by one.
 
-mod common;
-use common::*;
 use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
+use ringlb_testkit::*;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const PORT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 const DSR_FLOWS: u32 = 10_000;
 const NAT_FLOWS: u32 = 4_000;
 const UNKNOWN: u32 = 1_000;

@@ -132,11 +132,9 @@ fn main() {
     }
 }
 
-/// The median of a few measurements (the upper middle one of an even count).
+/// The median of a few measurements (one definition for the whole bench: `measure::median`).
 fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
+    measure::median(&mut v.to_vec())
 }
 
 /// A scratch directory for pcaps and configs, removed when dropped.

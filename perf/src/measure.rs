@@ -202,9 +202,11 @@ pub fn ringlb_gated(
     Ok(r)
 }
 
-/// The median of per-interval rates: a moment when the shared host takes
-/// the core away moves the mean of a short window, not its median.
-fn median(v: &mut [f64]) -> f64 {
+/// The median (the mean of the two middle values of an even count). Used
+/// for per-interval rates, where a moment when the shared host takes the
+/// core away moves the mean of a short window, not its median, and for the
+/// rounds of a run.
+pub fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() {
         return 0.0;
     }

@@ -1,10 +1,10 @@
 //! Benchmark inputs as pcap files: the SYNs that open N sessions (the
 //! warm-up), data packets sampled from those flows (replayed forever by
 //! net_pcap `infinite_rx=1`), and the servers' NAT replies to them.
-//! Frames are built by etherparse, so every checksum is valid.
+//! Frames are built by the test kit (etherparse), so every checksum is valid.
 
-use etherparse::PacketBuilder;
 use pcap_file::pcap::{PcapPacket, PcapWriter};
+use ringlb_testkit::{tcp_seq, PSH, SYN};
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::Path;
@@ -13,10 +13,9 @@ use std::time::Duration;
 /// Addressing shared by the generator and the configurations it feeds.
 pub const VIP: [u8; 4] = [198, 18, 100, 1];
 pub const VPORT: u16 = 80;
-/// Destination MAC of client-side frames: the appliance's data/warm port.
-pub const PORT_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
-/// Source MAC of client-side frames: the router in front of the appliance.
-pub const ROUTER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfe];
+/// Client-side frames go from the router to the appliance's data/warm port
+/// (the test kit's addressing, shared with the appliance tests).
+pub use ringlb_testkit::{PORT_MAC, ROUTER_MAC};
 /// Payload that pads a TCP/IPv4 frame to the 60-byte Ethernet minimum.
 const PAD: [u8; 6] = *b"ringlb";
 
@@ -80,13 +79,10 @@ impl Writer {
     /// One client → VIP frame of flow `i`.
     pub fn client_frame(&mut self, i: u32, kind: Kind) -> std::io::Result<()> {
         let (ip, port) = client(i);
-        let b = PacketBuilder::ethernet2(ROUTER_MAC, PORT_MAC).ipv4(ip, VIP, 64);
-        let b = match kind {
-            Kind::Syn => b.tcp(port, VPORT, 1000, 64240).syn(),
-            Kind::Data => b.tcp(port, VPORT, 1001, 502).ack(5001).psh(),
+        self.frame = match kind {
+            Kind::Syn => tcp_seq(ROUTER_MAC, PORT_MAC, ip, VIP, (port, VPORT), 1000, None, 64240, SYN, &PAD),
+            Kind::Data => tcp_seq(ROUTER_MAC, PORT_MAC, ip, VIP, (port, VPORT), 1001, Some(5001), 502, PSH, &PAD),
         };
-        self.frame.clear();
-        b.write(&mut self.frame, &PAD).map_err(std::io::Error::other)?;
         self.write()
     }
 
@@ -94,9 +90,7 @@ impl Writer {
     /// server sees it), to the appliance's MAC on the server side.
     pub fn reply_frame(&mut self, i: u32, server: ([u8; 4], u16), server_mac: [u8; 6]) -> std::io::Result<()> {
         let (ip, port) = client(i);
-        let b = PacketBuilder::ethernet2(server_mac, PORT_MAC).ipv4(server.0, ip, 64).tcp(server.1, port, 5001, 502);
-        self.frame.clear();
-        b.ack(1007).psh().write(&mut self.frame, &PAD).map_err(std::io::Error::other)?;
+        self.frame = tcp_seq(server_mac, PORT_MAC, server.0, ip, (server.1, port), 5001, Some(1007), 502, PSH, &PAD);
         self.write()
     }
 

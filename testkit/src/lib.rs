@@ -1,8 +1,15 @@
-//! Test helpers: frames are built and checked with etherparse, a crate
-//! independent of the smoltcp views and checksum code under test.
-#![allow(dead_code)]
+//! Frames for tests and benchmarks, built and checked with etherparse and
+//! checksums written here: independent of the appliance's packet code.
+#![forbid(unsafe_code)]
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+
+/// The appliance port's MAC in tests and benchmarks (port 0).
+pub const PORT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// A second appliance port's MAC.
+pub const PORT2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+/// The router in front of the appliance: the source of client frames.
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
@@ -47,6 +54,42 @@ pub fn tcp(
     }
     let mut v = Vec::new();
     b.write(&mut v, payload).unwrap();
+    v
+}
+
+/// A TCP segment with explicit sequence and acknowledgement numbers and
+/// window (`ack` None: no ACK flag), for generated traffic.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_seq(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    ports: (u16, u16),
+    seq: u32,
+    ack: Option<u32>,
+    window: u16,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, dst, 64).tcp(ports.0, ports.1, seq, window);
+    if let Some(a) = ack {
+        b = b.ack(a);
+    }
+    if flags & SYN != 0 {
+        b = b.syn();
+    }
+    if flags & FIN != 0 {
+        b = b.fin();
+    }
+    if flags & RST != 0 {
+        b = b.rst();
+    }
+    if flags & PSH != 0 {
+        b = b.psh();
+    }
+    let mut v = Vec::new();
+    b.write(&mut v, payload).expect("a frame etherparse can write");
     v
 }
 
