@@ -16,8 +16,7 @@ use std::sync::Arc;
 
 pub use crate::control::driver::Options as RunOptions;
 
-const RX_DESC: u16 = 1024;
-const HANDOFF_QUEUE_LEN: u32 = 8192;
+use crate::config::{HANDOFF_QUEUE_LEN, MBUF_HEADROOM, PORT_QUEUE_DESC as RX_DESC};
 
 /// One port's queue handles; each is taken by exactly one worker.
 type PortQueues = (Vec<Option<RxQueue>>, Vec<Option<TxQueue>>);
@@ -121,7 +120,7 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
         .collect::<Result<_, String>>()?;
     let mbufs: u32 = queues.iter().map(|&(r, t)| u32::from(r + t) * u32::from(RX_DESC)).sum::<u32>()
         + (workers * (workers - 1)) as u32 * HANDOFF_QUEUE_LEN
-        + 8192;
+        + MBUF_HEADROOM as u32;
     let mbufs = mbufs.max(cfg.eal.mbufs.unwrap_or(0));
     let pool = Arc::new(Mempool::new("ringlb_mbufs", mbufs, 256, socket).map_err(|e| e.to_string())?);
     let mut macs = Vec::new();
@@ -165,6 +164,19 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
             receivers[to].push(rx);
         }
     }
+    // Every worker's tables, before any worker or port starts: memory the
+    // machine does not have is an error here, not an abort later.
+    let mut tables = Vec::new();
+    for id in 0..workers {
+        match crate::dataplane::Tables::allocate(&shared, id) {
+            Ok(t) => tables.push(t),
+            Err(e) => {
+                eal.stop_ports(&ports);
+                return Err(format!("worker {id}: {e} (sessions.capacity {})", cfg.session_capacity));
+            }
+        }
+    }
+    let mut tables = tables.into_iter();
     let clock = Clock::new(eal.tsc_hz());
     let worker_quit = Arc::new(AtomicBool::new(false));
     let mut control_ports = Vec::new();
@@ -190,6 +202,7 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
             commands,
             events,
             idle: cfg.eal.idle,
+            tables: tables.next().expect("one table set per worker"),
         };
         if let Err(e) = eal.launch(id as u32 + 1, move || worker::run(setup)) {
             // Stop the workers already running before EAL is torn down.

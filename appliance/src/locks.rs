@@ -67,16 +67,17 @@ fn alive(expires_ms: u32, now_ms: u32) -> bool {
 
 impl LockTable {
     pub fn new(capacity: usize, seed: u64) -> LockTable {
+        Self::try_new(capacity, seed).expect("memory for the lock table")
+    }
+
+    /// As [`LockTable::new`], but a refused allocation is an error.
+    pub fn try_new(capacity: usize, seed: u64) -> Result<LockTable, String> {
         let capacity = capacity.max(1);
         let slots = (capacity + capacity / 3).next_power_of_two().max(8);
-        LockTable {
-            slots: vec![EMPTY; slots].into_boxed_slice(),
-            mask: slots - 1,
-            len: 0,
-            max_len: capacity,
-            seed,
-            sweep_cursor: 0,
-        }
+        let mut v = Vec::new();
+        v.try_reserve_exact(slots).map_err(|e| format!("cannot allocate a lock table of {slots} slots: {e}"))?;
+        v.resize(slots, EMPTY);
+        Ok(LockTable { slots: v.into_boxed_slice(), mask: slots - 1, len: 0, max_len: capacity, seed, sweep_cursor: 0 })
     }
 
     pub fn len(&self) -> usize {

@@ -272,9 +272,21 @@ impl SessionTable {
     /// covers two sweep cycles plus half its timeout, the longest its origin
     /// can go between two refreshes of a busy entry.
     pub fn new(capacity: usize, timeouts: Timeouts, seed: u64, sweep_slots_per_ms: usize) -> Self {
+        Self::try_new(capacity, timeouts, seed, sweep_slots_per_ms).expect("memory for the session table")
+    }
+
+    /// As [`SessionTable::new`], but a table the allocator refuses is an
+    /// error (naming its size), not an abort.
+    pub fn try_new(capacity: usize, timeouts: Timeouts, seed: u64, sweep_slots_per_ms: usize) -> Result<Self, String> {
         let capacity = capacity.max(1);
         let slots = Self::slots_for(capacity);
-        let mut v = Vec::with_capacity(slots);
+        let mut v = Vec::new();
+        v.try_reserve_exact(slots).map_err(|e| {
+            format!(
+                "cannot allocate a session table of {slots} slots ({} MiB): {e}",
+                (slots * std::mem::size_of::<Entry>()) >> 20
+            )
+        })?;
         crate::cpu::advise_hugepages(v.spare_capacity_mut());
         v.resize(slots, EMPTY);
         let cycle_ms = (slots / sweep_slots_per_ms.max(1)) as u32;
@@ -288,7 +300,7 @@ impl SessionTable {
             let r = if s == State::SynSeen { timeouts.established_ms } else { t };
             limits[s as usize | 8] = r.saturating_add(r / 2).saturating_add(2 * cycle_ms).min(u32::MAX / 4);
         }
-        SessionTable {
+        Ok(SessionTable {
             slots: v.into_boxed_slice(),
             mask: slots - 1,
             len: 0,
@@ -301,7 +313,7 @@ impl SessionTable {
             refresh_mask: 0,
             evict_cursor: 0,
             seed,
-        }
+        })
     }
 
     /// Slots allocated for `capacity` sessions (each `size_of::<Entry>()` bytes).

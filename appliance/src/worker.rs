@@ -81,6 +81,8 @@ pub struct WorkerSetup {
     pub commands: CommandRx,
     pub events: EventTx,
     pub idle: IdleMode,
+    /// Session and lock tables, allocated before the ports start.
+    pub tables: crate::dataplane::Tables,
 }
 
 /// First packets of new sessions, held until the siblings have the session
@@ -358,9 +360,10 @@ pub fn run(setup: WorkerSetup) -> i32 {
         mut commands,
         events,
         idle,
+        tables,
     } = setup;
     let stats = &stats[id];
-    let mut dp = Worker::new(id, &shared, stats);
+    let mut dp = Worker::with_tables(id, &shared, stats, tables);
     dp.connect(events);
     let mut held = Held::new(shared.defer_ms.unwrap_or(0));
     let mut awaiting = Awaiting::new();

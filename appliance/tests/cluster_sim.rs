@@ -24,7 +24,7 @@ fn web_mac(i: usize) -> [u8; 6] {
 }
 
 const CONFIG: &str = r#"
-eal: { control_core: 0, worker_cores: [1, 2], hugepages: false, memory_mb: 64 }
+eal: { control_core: 0, worker_cores: [1, 2], hugepages: false, memory_mb: 128 }
 ports:
   - { device: "net_null0", ip: 198.18.0.1/24, mac: "02:00:00:00:00:01" }
 services:

@@ -312,6 +312,16 @@ fn values_that_would_break_later_are_refused_with_the_limit() {
         &reject("{ ip: 198.18.0.21, port: 443 }", "{ ip: 198.18.100.1, port: 443 }"),
         &["bad.yaml:", "198.18.100.1 is the VIP of service 'web'"],
     );
+    let many: String = (100..161).map(|i| format!("    - {{ ip: 198.18.0.{i}, port: 443 }}\n")).collect();
+    let big = GOOD
+        .replacen("    scheduler: maglev\n", "    scheduler: maglev\n    maglev_table_size: 16777259\n", 1)
+        .replacen("    - { ip: 198.18.0.21, port: 443 }\n", &many, 1);
+    let m = config::parse(&big, "bad.yaml").map(|_| ()).unwrap_err().to_string();
+    assert_has(&m, &["bad.yaml:", "maglev_table_size: 16777259 slots × 61 servers", "1000000000 limit"]);
+    assert_has(
+        &reject("  worker_cores: [1]\n", "  worker_cores: [1, 2, 3, 4, 5, 6, 7, 8]\n  memory_mb: 64\n"),
+        &["eal.memory_mb: 64 MiB cannot hold", "8 workers", "hand-off rings"],
+    );
     assert_has(
         &reject("    group: api\n", "    group: api\n    fragments: true\n"),
         &["bad.yaml:", "'api'.fragments", "protocol: udp, mode: dsr and scheduler: maglev"],

@@ -192,6 +192,16 @@ pub const DEFAULT_PROBE: Probe = Probe { interval_ms: 2000, timeout_ms: 1000, ri
 /// Probes use source ports from here on, one per server id below `MAX_PROBED`.
 pub const PROBE_PORT_BASE: u16 = 0xc000;
 pub const MAX_PROBED: usize = 0x4000;
+/// Descriptors per DPDK queue (`app`: every rx and tx queue of every port).
+pub const PORT_QUEUE_DESC: u16 = 1024;
+/// Frames one worker → worker hand-off ring holds.
+pub const HANDOFF_QUEUE_LEN: u32 = 8192;
+/// Packet buffers beyond queues and rings (mempool caches, control frames).
+pub const MBUF_HEADROOM: u64 = 8192;
+/// Hugepage memory one mbuf takes with DPDK's default data room.
+pub const MBUF_BYTES: u64 = 2432;
+/// A Maglev table build may take this many steps (slots × servers).
+pub const MAGLEV_BUILD_LIMIT: u64 = 1_000_000_000;
 /// `arp.refresh` may not be shorter (each refresh broadcasts a request per server).
 pub const MIN_ARP_REFRESH_MS: u32 = 1000;
 
@@ -570,6 +580,24 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
         ports.push(port);
     }
 
+    // The packet buffers the appliance will ask for (`app`: every queue's
+    // descriptors, every hand-off ring, headroom) must fit in `memory_mb`.
+    if let Some(mb) = raw.eal.memory_mb {
+        let w = raw.eal.worker_cores.value.len() as u64;
+        let queues = raw.ports.len() as u64 * 2 * w * u64::from(PORT_QUEUE_DESC);
+        let handoff = w * w.saturating_sub(1) * u64::from(HANDOFF_QUEUE_LEN);
+        let mbufs = (queues + handoff + MBUF_HEADROOM).max(raw.eal.mbufs.as_ref().map_or(0, |m| u64::from(m.value)));
+        let need_mb = (mbufs * MBUF_BYTES).div_ceil(1 << 20);
+        if need_mb > u64::from(mb) {
+            return Err(cx.key(format!(
+                "eal.memory_mb: {mb} MiB cannot hold the {mbufs} packet buffers ({need_mb} MiB) that {w} workers \
+                 on {} ports need ({queues} for queues, {handoff} for hand-off rings between workers); \
+                 raise memory_mb or use fewer workers",
+                raw.ports.len()
+            )));
+        }
+    }
+
     // Services and their servers
     if raw.services.is_empty() {
         return Err(cx.key("services: at least one service is needed"));
@@ -635,6 +663,20 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
                 sz.value
             }
         };
+        // Building the table takes up to one turn check per server per slot.
+        let build_steps = maglev_table_size as u64 * group.len() as u64;
+        if s.scheduler == SchedulerKind::Maglev && build_steps > MAGLEV_BUILD_LIMIT {
+            let msg = format!(
+                "services[{si}].maglev_table_size: {maglev_table_size} slots × {} servers = {build_steps} build \
+                     steps, over the {MAGLEV_BUILD_LIMIT} limit (the build visits every server for every slot); \
+                     use a smaller table or a smaller group",
+                group.len()
+            );
+            return Err(match &s.maglev_table_size {
+                Some(sz) => cx.at(sz, msg),
+                None => cx.at(&s.group, msg),
+            });
+        }
         let probe = match &s.probe {
             None => None,
             Some(p) => {

@@ -243,8 +243,33 @@ fn bad_neighbor_mac(mac: &Mac) -> bool {
     mac[0] & 1 != 0 || *mac == [0; 6]
 }
 
+/// A worker's tables, allocated up front (`Tables::allocate`) so that a
+/// machine without the memory for them fails with a message before any
+/// port starts, rather than aborting in a worker.
+pub struct Tables {
+    sessions: SessionTable,
+    locks: Option<LockTable>,
+}
+
+impl Tables {
+    pub fn allocate(shared: &Shared, id: usize) -> Result<Tables, String> {
+        let seed = shared.hash_seed;
+        Ok(Tables {
+            sessions: SessionTable::try_new(shared.session_capacity_per_worker, shared.timeouts, seed, SWEEP_BUDGET)?,
+            locks: shared.lock_capacity.map(|c| LockTable::try_new(c, seed ^ id as u64)).transpose()?,
+        })
+    }
+}
+
 impl<'a> Worker<'a> {
+    /// A worker with freshly allocated tables (tests, fuzzing, benchmarks;
+    /// `ringlb run` allocates them first, see [`Tables`]).
     pub fn new(id: usize, shared: &'a Shared, stats: &'a WorkerStats) -> Self {
+        let tables = Tables::allocate(shared, id).expect("memory for the worker's tables");
+        Self::with_tables(id, shared, stats, tables)
+    }
+
+    pub fn with_tables(id: usize, shared: &'a Shared, stats: &'a WorkerStats, tables: Tables) -> Self {
         let schedulers = shared
             .services
             .iter()
@@ -253,13 +278,12 @@ impl<'a> Worker<'a> {
                 None => Scheduler::RoundRobin(SmoothWrr::new(s.servers.len())),
             })
             .collect();
-        let seed = shared.hash_seed;
         Worker {
             id,
             shared,
-            table: SessionTable::new(shared.session_capacity_per_worker, shared.timeouts, seed, SWEEP_BUDGET),
+            table: tables.sessions,
             schedulers,
-            locks: shared.lock_capacity.map(|c| LockTable::new(c, seed ^ id as u64)),
+            locks: tables.locks,
             stats,
             last_solicit_ms: vec![None; shared.neighbors.len()],
             outbox: Outbox::new(shared.sync_events),
