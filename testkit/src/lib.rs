@@ -36,25 +36,9 @@ pub fn tcp(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, dst, 64).tcp(sport, dport, 1000, 65535);
-    if flags & SYN != 0 {
-        b = b.syn();
-    }
-    if flags & ACK != 0 {
-        b = b.ack(5000);
-    }
-    if flags & FIN != 0 {
-        b = b.fin();
-    }
-    if flags & RST != 0 {
-        b = b.rst();
-    }
-    if flags & PSH != 0 {
-        b = b.psh();
-    }
-    let mut v = Vec::new();
-    b.write(&mut v, payload).unwrap();
-    v
+    // Sequence 1000, acknowledgement 5000 when ACK is set, a full window.
+    let ack = (flags & ACK != 0).then_some(5000);
+    tcp_seq(src_mac, dst_mac, src, dst, (sport, dport), 1000, ack, 65535, flags, payload)
 }
 
 /// A TCP segment with explicit sequence and acknowledgement numbers and
