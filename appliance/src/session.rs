@@ -25,34 +25,33 @@ pub struct FlowKey {
 impl FlowKey {
     /// The inverse of [`FlowKey::pack`].
     pub fn unpack(p: u128) -> FlowKey {
-        FlowKey {
-            client_ip: (p >> 96) as u32,
-            vip: (p >> 64) as u32,
-            client_port: (p >> 48) as u16,
-            vport: (p >> 32) as u16,
-            proto: if p as u8 == L4Proto::Udp as u8 { L4Proto::Udp } else { L4Proto::Tcp },
-        }
+        let (client_ip, vip, client_port, vport, proto) = crate::packet::wire_parts(p);
+        let proto = if proto == L4Proto::Udp as u8 { L4Proto::Udp } else { L4Proto::Tcp };
+        FlowKey { client_ip, vip, client_port, vport, proto }
     }
 
-    /// Packs the key into one u128 so comparison is a single wide compare.
+    /// Packs the key into one u128 so comparison is a single wide compare,
+    /// in the wire's layout (`packet::wire_key`): a client packet's key is
+    /// then two loads from its frame.
     #[inline]
     pub fn pack(&self) -> u128 {
-        (u128::from(self.client_ip) << 96)
-            | (u128::from(self.vip) << 64)
-            | (u128::from(self.client_port) << 48)
-            | (u128::from(self.vport) << 32)
-            | (self.proto as u128)
+        let (c, v) = (self.client_ip.to_be_bytes(), self.vip.to_be_bytes());
+        let (cp, vp) = (self.client_port.to_be_bytes(), self.vport.to_be_bytes());
+        let ips = u64::from_ne_bytes([c[0], c[1], c[2], c[3], v[0], v[1], v[2], v[3]]);
+        let ports = u32::from_ne_bytes([cp[0], cp[1], vp[0], vp[1]]);
+        crate::packet::wire_key(ips, ports, self.proto as u8)
     }
 
-    /// The flow's hash under `seed`. Session tables use a random per-process
-    /// seed (no one can aim flows at one probe run); 0 gives a hash every
-    /// appliance agrees on (Maglev).
+    /// The flow's hash under `seed`; 0 gives a hash every appliance agrees
+    /// on (Maglev). Session tables hash with their own secret seeds
+    /// (`SessionTable::hash`).
     #[inline]
     pub fn hash(&self, seed: u64) -> u64 {
         hash_packed(self.pack(), seed)
     }
 }
 
+/// The hash of a packed key (what [`FlowKey::hash`] gives).
 #[inline]
 fn hash_packed(p: u128, seed: u64) -> u64 {
     mix(p as u64 ^ seed, (p >> 64) as u64)
@@ -213,7 +212,8 @@ pub struct SessionTable {
     refresh_mask: u8,
     /// Where the far search for an entry to evict continues (see `evict_for`).
     evict_cursor: usize,
-    seed: u64,
+    /// Secret per-table seeds of the slot hash (see `SessionTable::hash_packed`).
+    seeds: (u64, u64),
 }
 
 /// A full table looks for an entry to evict this far from the new flow's
@@ -312,7 +312,7 @@ impl SessionTable {
             prev_cycle_start_ms: 0,
             refresh_mask: 0,
             evict_cursor: 0,
-            seed,
+            seeds: (mix(seed, 1), mix(seed, 2)),
         })
     }
 
@@ -434,6 +434,29 @@ impl SessionTable {
         }
     }
 
+    /// The entry of a busy local flow, for the established flow's short
+    /// way (`dataplane::lean`): present, within its idle timeout and not a
+    /// replica. Anything else is None, and the caller takes the long way
+    /// (`lookup`), which expires, adopts and accounts.
+    #[inline]
+    pub fn local_live(&mut self, packed: u128, hash: u64, now_ms: u32) -> Option<&mut Entry> {
+        let mut i = hash as usize & self.mask;
+        loop {
+            let e = self.slots.get(i)?;
+            if e.key == packed && e.state != State::Empty {
+                let idle = now_ms.wrapping_sub(e.last_seen_ms);
+                if idle > self.limits[usize::from(e.state as u8)] || e.port_flags & REPLICA != 0 {
+                    return None;
+                }
+                return self.slots.get_mut(i);
+            }
+            if e.state == State::Empty {
+                return None;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
     /// Inserts a new entry for `key` (which must not be present).
     #[inline]
     pub fn insert(&mut self, key: &FlowKey, hash: u64, entry: Entry) -> Result<&mut Entry, TableFull> {
@@ -472,7 +495,7 @@ impl SessionTable {
 
     #[inline]
     fn home(&self, e: &Entry) -> usize {
-        hash_packed(e.key, self.seed) as usize & self.mask
+        self.hash_packed(e.key) as usize & self.mask
     }
 
     /// Starts loading the slots a lookup of `hash` probes first: its home
@@ -480,15 +503,35 @@ impl SessionTable {
     /// probe runs end there, so the lookup then finds its entry in cache.
     #[inline]
     pub fn prefetch(&self, hash: u64) {
-        let i = hash as usize & self.mask;
-        crate::cpu::prefetch(&self.slots[i]);
-        crate::cpu::prefetch(&self.slots[(i + 2) & self.mask]);
+        // A prefetch never faults: addresses need no bounds checks, and one
+        // past the table's end is merely wasted.
+        let first = self.slots.as_ptr().wrapping_add(hash as usize & self.mask);
+        crate::cpu::prefetch_addr(first.cast());
+        crate::cpu::prefetch_addr(first.wrapping_add(2).cast());
+    }
+
+    /// Small enough to stay in the CPU's caches (≤ 1 MiB, a common L2):
+    /// prefetching its slots a burst ahead buys nothing then.
+    #[inline]
+    pub fn fits_in_cache(&self) -> bool {
+        std::mem::size_of_val(&*self.slots) <= 1 << 20
     }
 
     /// The hash lookups and inserts must be given for `key`.
     #[inline]
     pub fn hash(&self, key: &FlowKey) -> u64 {
-        key.hash(self.seed)
+        self.hash_packed(key.pack())
+    }
+
+    /// The same, for a packed key: one 64×64→128-bit multiply of its two
+    /// halves, each masked by a secret seed, folded (wyhash's last step).
+    /// Nobody who does not know the seeds can aim flows at one probe run
+    /// (with a known seed, an address that zeroes one factor would send
+    /// every port of it to one slot).
+    #[inline]
+    pub fn hash_packed(&self, packed: u128) -> u64 {
+        let m = u128::from(packed as u64 ^ self.seeds.0).wrapping_mul(u128::from((packed >> 64) as u64 ^ self.seeds.1));
+        (m as u64) ^ ((m >> 64) as u64)
     }
 
     /// Visits up to `budget` slots from the sweep cursor: removes the idle
@@ -625,6 +668,13 @@ impl Entry {
     #[inline]
     pub fn is_replica(&self) -> bool {
         self.port_flags & REPLICA != 0
+    }
+
+    /// A packet of this local entry's flow (see `SessionTable::local_live`).
+    #[inline]
+    pub fn touch_local(&mut self, now_ms: u32) {
+        self.last_seen_ms = now_ms;
+        self.port_flags |= TOUCHED;
     }
 
     /// A local packet used this entry: it is ours now (a replica is

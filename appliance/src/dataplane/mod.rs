@@ -9,6 +9,7 @@
 //! side of the control channel (events out, commands in, dumps).
 
 mod announce;
+mod lean;
 mod probe;
 mod replication;
 mod shared;
@@ -328,8 +329,8 @@ impl<'a> Worker<'a> {
             return Step::Done(Verdict::Drop(DropReason::NotForUs));
         };
         // Most frames: unicast to us, TCP or UDP over plain IPv4.
-        if let Some(info) = packet::parse_common(frame, &port.mac) {
-            return self.l4(frame, info, handed_off, port.ip);
+        if let Some(common) = packet::parse_common(frame, &port.mac) {
+            return self.l4(frame, common.info(), handed_off, port.ip);
         }
         let Some(dst) = packet::dst_mac(frame) else {
             return Step::Done(Verdict::Drop(DropReason::Malformed));
@@ -368,7 +369,7 @@ impl<'a> Worker<'a> {
     fn icmp_error(&mut self, info: IcmpErrorInfo, handed_off: bool) -> Step {
         let q = &info.quoted;
         let svc = match self.shared.vips.get(q.src_ip, q.src_port, q.proto as u8) {
-            Some(svc) if info.dst_ip == q.src_ip => svc,
+            Some(v) if info.dst_ip == q.src_ip => v.svc,
             _ => return Step::Done(Verdict::Drop(DropReason::NoService)),
         };
         let key = icmp_key(&info);
@@ -516,29 +517,6 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// A burst in two passes: classify every frame (each classification
-    /// prefetches the flow's session slot), then finish each, so the burst's
-    /// session-table cache misses are in flight together instead of one after
-    /// another. `frames[i]` arrived on `ports[i]`; its verdict goes to
-    /// `verdicts[i]`. At most N frames are processed.
-    #[inline]
-    pub fn process_burst<const N: usize>(
-        &mut self,
-        frames: &mut [&mut [u8]],
-        ports: &[u8],
-        now_ms: u32,
-        handed_off: bool,
-        verdicts: &mut [Verdict; N],
-    ) {
-        let mut steps = [Step::Done(Verdict::Consumed); N];
-        for ((frame, &port), step) in frames.iter_mut().zip(ports).zip(&mut steps) {
-            *step = self.classify(frame, port, handed_off);
-        }
-        for (((frame, &port), step), verdict) in frames.iter_mut().zip(ports).zip(steps).zip(verdicts) {
-            *verdict = self.finish(frame, step, port, now_ms);
-        }
-    }
-
     fn arp(&mut self, frame: &mut [u8], arp: &ArpInfo, in_port: u8, our_mac: Mac) -> Verdict {
         if bad_neighbor_mac(&arp.sender_mac) || arp.sender_mac == our_mac || packet::src_mac(frame) != arp.sender_mac {
             return Verdict::Drop(DropReason::ArpBadMac);
@@ -573,7 +551,7 @@ impl<'a> Worker<'a> {
     #[inline]
     fn l4(&mut self, frame: &mut [u8], info: L4Info, handed_off: bool, port_ip: u32) -> Step {
         let proto = info.proto as u8;
-        if let Some(svc) = self.shared.vips.get(info.dst_ip, info.dst_port, proto) {
+        if let Some(svc) = self.shared.vips.get(info.dst_ip, info.dst_port, proto).map(|v| v.svc) {
             if self.shared.services[usize::from(svc)].fragments {
                 return Step::Done(self.by_address(frame, svc, info.src_ip, info.dst_ip));
             }

@@ -11,12 +11,18 @@ use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::Arc;
 
-/// A next hop's MAC, written by whichever worker hears its ARP and read by
-/// all: 0 = unresolved, else bit 48 set plus the 48-bit address.
+/// A next hop, and its MAC once known: written by whichever worker hears
+/// its ARP reply, read by all.
 pub struct Neighbor {
     pub ip: u32,
     pub port: u8,
-    mac: AtomicU64,
+    /// The first 8 bytes of an Ethernet header to it as the wire holds them
+    /// (its MAC, then the first two bytes of its port's), as one native
+    /// value; 0 while its MAC is unknown. One load and one store put it in
+    /// a frame.
+    head: AtomicU64,
+    /// The port's MAC (the header's source).
+    port_mac: Mac,
     pub is_static: bool,
     /// Our ARP request for it is out and unanswered (worker 0 sets it when
     /// it asks and clears it after `ARP_REPLY_WINDOW_MS`): the only time a
@@ -25,15 +31,46 @@ pub struct Neighbor {
 }
 
 impl Neighbor {
+    fn new(ip: u32, port: u8, port_mac: Mac, static_mac: Option<Mac>) -> Neighbor {
+        let n = Neighbor {
+            ip,
+            port,
+            head: AtomicU64::new(0),
+            port_mac,
+            is_static: static_mac.is_some(),
+            asked: AtomicBool::new(false),
+        };
+        if let Some(mac) = static_mac {
+            n.head.store(n.encode(mac), Relaxed);
+        }
+        n
+    }
+
     #[inline]
     pub fn mac(&self) -> Option<Mac> {
-        let v = self.mac.load(Relaxed);
+        let v = self.head.load(Relaxed);
         if v == 0 {
             return None;
         }
-        let b = v.to_be_bytes();
-        Some([b[2], b[3], b[4], b[5], b[6], b[7]])
+        let b = v.to_ne_bytes();
+        Some([b[0], b[1], b[2], b[3], b[4], b[5]])
     }
+
+    /// Writes the Ethernet addresses of a frame to it, from its port. False
+    /// (and nothing written) while its MAC is unknown.
+    #[inline(always)]
+    pub fn address(&self, frame: &mut [u8]) -> bool {
+        let v = self.head.load(Relaxed);
+        match frame.first_chunk_mut::<12>() {
+            Some(h) if v != 0 => {
+                h[0..8].copy_from_slice(&v.to_ne_bytes());
+                h[8..12].copy_from_slice(&self.port_mac[2..]);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Learns `mac` from an ARP reply, if we asked (a static MAC never
     /// changes). Returns whether the reply was one we asked for.
     #[inline]
@@ -42,7 +79,7 @@ impl Neighbor {
             return false;
         }
         self.asked.store(false, Relaxed);
-        self.mac.store(Self::encode(mac), Relaxed);
+        self.head.store(self.encode(mac), Relaxed);
         true
     }
 
@@ -55,12 +92,14 @@ impl Neighbor {
         self.asked.load(Relaxed)
     }
 
-    /// The atomic's representation: bit 48 marks "resolved".
-    fn encode(mac: Mac) -> u64 {
-        let mut b = [0u8; 8];
-        b[1] = 1;
-        b[2..].copy_from_slice(&mac);
-        u64::from_be_bytes(b)
+    /// The `head` for `mac` (0, "unknown", for the all-zero MAC, which no
+    /// neighbour has: ARP never learns it).
+    fn encode(&self, mac: Mac) -> u64 {
+        if mac == [0; 6] {
+            return 0;
+        }
+        let p = self.port_mac;
+        u64::from_ne_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], p[0], p[1]])
     }
 }
 
@@ -98,45 +137,101 @@ pub(super) struct ServerRt {
     pub probe: Option<crate::config::Probe>,
 }
 
-/// (address, port, protocol) → service, for the handful of endpoints an
-/// appliance serves. Keys are packed into one u64 and kept sorted: a short
-/// linear scan (binary search when there are many) costs less per packet
-/// than hashing the tuple.
-#[derive(Default)]
-pub(super) struct EndpointMap {
-    keys: Vec<u64>,
-    services: Vec<u16>,
+/// (address, port, protocol) → a service's entry, for the handful of
+/// endpoints an appliance serves: a small open-addressed table (linear
+/// probing, at most half full, built before the workers start), so a lookup
+/// is one multiply and, nearly always, one compare. Keys are in the wire's
+/// byte order ([`EndpointMap::wire_key`]), so the per-packet path builds
+/// them from the frame's bytes without swapping them.
+pub(super) struct EndpointMap<V> {
+    /// (key, value); key 0 marks an empty slot (a key carries its protocol
+    /// number, never 0).
+    slots: Vec<(u64, V)>,
+    len: usize,
 }
 
-impl EndpointMap {
-    const SCAN_LIMIT: usize = 16;
+impl<V> Default for EndpointMap<V> {
+    fn default() -> Self {
+        EndpointMap { slots: Vec::new(), len: 0 }
+    }
+}
 
-    fn pack(ip: u32, port: u16, proto: u8) -> u64 {
-        (u64::from(ip) << 24) | (u64::from(port) << 8) | u64::from(proto)
+impl<V: Copy + Default> EndpointMap<V> {
+    /// The key of an endpoint given as the wire holds it: the address's and
+    /// the port's bytes as native loads (`packet::Common::dst_wire`).
+    #[inline(always)]
+    pub fn wire_key(ip_wire: u32, port_wire: u16, proto: u8) -> u64 {
+        u64::from(ip_wire) | (u64::from(port_wire) << 32) | (u64::from(proto) << 48)
     }
 
-    /// Adds or replaces an endpoint's service.
-    fn insert(&mut self, ip: u32, port: u16, proto: u8, service: u16) {
-        let k = Self::pack(ip, port, proto);
-        match self.keys.binary_search(&k) {
-            Ok(i) => self.services[i] = service,
-            Err(i) => {
-                self.keys.insert(i, k);
-                self.services.insert(i, service);
+    fn key(ip: u32, port: u16, proto: u8) -> u64 {
+        Self::wire_key(u32::from_ne_bytes(ip.to_be_bytes()), u16::from_ne_bytes(port.to_be_bytes()), proto)
+    }
+
+    #[inline(always)]
+    fn home(k: u64, slots: usize) -> usize {
+        (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & slots.wrapping_sub(1)
+    }
+
+    /// Adds or replaces an endpoint's value.
+    fn insert(&mut self, ip: u32, port: u16, proto: u8, value: V) {
+        if (self.len + 1) * 2 > self.slots.len() {
+            let grown = vec![(0, V::default()); (self.slots.len() * 2).max(8)];
+            let old = std::mem::replace(&mut self.slots, grown);
+            self.len = 0;
+            for (k, v) in old.into_iter().filter(|&(k, _)| k != 0) {
+                self.put(k, v);
             }
         }
+        self.put(Self::key(ip, port, proto), value);
     }
 
-    #[inline]
-    pub fn get(&self, ip: u32, port: u16, proto: u8) -> Option<u16> {
-        let k = Self::pack(ip, port, proto);
-        let i = if self.keys.len() <= Self::SCAN_LIMIT {
-            self.keys.iter().position(|&x| x == k)
-        } else {
-            self.keys.binary_search(&k).ok()
-        };
-        i.map(|i| self.services[i])
+    fn put(&mut self, k: u64, value: V) {
+        let mask = self.slots.len() - 1;
+        let mut i = Self::home(k, self.slots.len());
+        while self.slots[i].0 != 0 && self.slots[i].0 != k {
+            i = (i + 1) & mask;
+        }
+        if self.slots[i].0 == 0 {
+            self.len += 1;
+        }
+        self.slots[i] = (k, value);
     }
+
+    /// The value at (address, port, protocol), in host byte order.
+    #[inline]
+    pub fn get(&self, ip: u32, port: u16, proto: u8) -> Option<V> {
+        self.get_wire(Self::key(ip, port, proto))
+    }
+
+    /// The value at a [`EndpointMap::wire_key`].
+    #[inline(always)]
+    pub fn get_wire(&self, k: u64) -> Option<V> {
+        let mut i = Self::home(k, self.slots.len());
+        loop {
+            // Ends: the table always has an empty slot.
+            let &(key, value) = self.slots.get(i)?;
+            if key == k {
+                return Some(value);
+            }
+            if key == 0 {
+                return None;
+            }
+            i = (i + 1) & (self.slots.len() - 1);
+        }
+    }
+}
+
+/// A VIP endpoint's service, with what the per-packet path decides by it
+/// before it looks at the service itself.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub(super) struct VipEntry {
+    pub svc: u16,
+    /// `fragments: true`: every datagram goes by the address hash.
+    pub by_address: bool,
+    /// DSR without `on_server_down: reset`: a packet of an established
+    /// session needs nothing of the service but the session's server.
+    pub short_way: bool,
 }
 
 /// An address an ARP request or ping asks about, as this appliance sees it.
@@ -157,11 +252,11 @@ pub struct Shared {
     pub(super) servers: Vec<ServerRt>,
     pub neighbors: Vec<Neighbor>,
     /// (VIP, port, proto) → service.
-    pub(super) vips: EndpointMap,
+    pub(super) vips: EndpointMap<VipEntry>,
     /// (server IP, port, proto) → NAT service, to recognise replies.
-    pub(super) nat_backends: EndpointMap,
+    pub(super) nat_backends: EndpointMap<u16>,
     /// (VIP, 0, proto) → the service that takes the VIP's fragments.
-    pub(super) fragment_vips: EndpointMap,
+    pub(super) fragment_vips: EndpointMap<u16>,
     /// VIP → its slot in `vip_owned`.
     vip_slots: FxHashMap<u32, usize>,
     /// Per distinct VIP (ascending address): does this appliance answer
@@ -260,7 +355,9 @@ impl Shared {
         let mut nat_backends = EndpointMap::default();
         let mut fragment_vips = EndpointMap::default();
         for (i, s) in cfg.services.iter().enumerate() {
-            vips.insert(s.vip, s.port, s.proto as u8, i as u16);
+            let short_way = s.mode == Mode::Dsr && s.on_server_down != crate::config::OnServerDown::Reset;
+            let entry = VipEntry { svc: i as u16, by_address: s.fragments, short_way };
+            vips.insert(s.vip, s.port, s.proto as u8, entry);
             if s.fragments {
                 fragment_vips.insert(s.vip, 0, s.proto as u8, i as u16);
             }
@@ -274,12 +371,9 @@ impl Shared {
         let neighbors = cfg
             .neighbors
             .iter()
-            .map(|n| Neighbor {
-                ip: n.ip,
-                port: n.port,
-                mac: AtomicU64::new(n.static_mac.map_or(0, Neighbor::encode)),
-                is_static: n.static_mac.is_some(),
-                asked: AtomicBool::new(false),
+            .map(|n| {
+                let port_mac = port_macs.get(usize::from(n.port)).copied().unwrap_or([0; 6]);
+                Neighbor::new(n.ip, n.port, port_mac, n.static_mac)
             })
             .collect();
         let workers = cfg.eal.worker_cores.len();
@@ -360,7 +454,7 @@ impl Shared {
 
     /// The service at (VIP, port, protocol).
     pub fn service_at(&self, vip: u32, port: u16, proto: u8) -> Option<u16> {
-        self.vips.get(vip, port, proto)
+        self.vips.get(vip, port, proto).map(|v| v.svc)
     }
 
     /// The global id of `service`'s server at (ip, port).
@@ -410,6 +504,12 @@ impl Shared {
             Some(_) => AddressKind::OtherAppliances,
             None => AddressKind::Foreign,
         }
+    }
+
+    /// Server `id`'s next hop (the server itself on its subnet).
+    #[inline(always)]
+    pub(super) fn next_hop(&self, id: u16) -> Option<&Neighbor> {
+        self.neighbors.get(usize::from(self.servers.get(usize::from(id))?.neighbor))
     }
 
     /// Does this appliance take new flows for the service's VIP?
@@ -492,8 +592,9 @@ mod tests {
     use super::EndpointMap;
 
     #[test]
-    fn endpoint_map_finds_replaces_and_misses_with_scan_and_search() {
-        for n in [3u32, 100] {
+    fn endpoint_map_finds_replaces_and_misses_small_and_large() {
+        assert_eq!(EndpointMap::<u16>::default().get(0xc612_6400, 80, 6), None, "empty");
+        for n in [1u32, 3, 100, 5000] {
             let mut m = EndpointMap::default();
             for i in 0..n {
                 m.insert(0xc612_6400 + i, 80, 6, i as u16);
@@ -506,6 +607,10 @@ mod tests {
                 assert_eq!(m.get(0xc612_6400 + i, 80, 17), None, "other protocol");
             }
             assert_eq!(m.get(0xc612_6400 + n, 80, 6), None);
+            // The wire's byte order finds the same entry.
+            let wire =
+                EndpointMap::<u16>::wire_key(u32::from_ne_bytes([198, 18, 100, 2]), u16::from_ne_bytes([0, 80]), 6);
+            assert_eq!(m.get_wire(wire), (n > 2).then_some(2));
         }
     }
 }

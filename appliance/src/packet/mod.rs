@@ -123,9 +123,92 @@ pub fn src_mac(frame: &[u8]) -> Mac {
     m
 }
 
-/// Classifies a frame. Anything that is not well-formed ARP, ICMP echo
-/// request or error, TCP/UDP over IPv4, or an IPv4 fragment is a drop with
-/// its reason.
+/// What [`parse_common`] reads of a common frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Common {
+    /// Addresses, ports and protocol as the frame holds them (see [`wire_key`]).
+    pub tuple: u128,
+    /// TCP flags byte (0 for UDP).
+    pub flags: u8,
+    pub ttl: u8,
+    /// Bytes of payload after the TCP or UDP header.
+    pub payload_len: u16,
+}
+
+/// Where a common frame's TCP or UDP header starts (IPv4 without options).
+pub const COMMON_L4_OFF: u8 = (ETH_HDR + ipv4::MIN_LEN) as u8;
+
+impl Common {
+    /// The destination, as `(address, port, protocol number)`.
+    #[inline(always)]
+    pub fn dst(&self) -> (u32, u16, u8) {
+        let (_, dst_ip, _, dst_port, proto) = wire_parts(self.tuple);
+        (dst_ip, dst_port, proto)
+    }
+
+    /// The destination as the wire holds it: `(address, port, protocol
+    /// number)`, the address's and port's bytes as native loads.
+    #[inline(always)]
+    pub fn dst_wire(&self) -> (u32, u16, u8) {
+        let ips = ((self.tuple >> 64) as u64).to_ne_bytes();
+        let ports = (self.tuple as u32).to_ne_bytes();
+        (
+            u32::from_ne_bytes([ips[4], ips[5], ips[6], ips[7]]),
+            u16::from_ne_bytes([ports[2], ports[3]]),
+            (self.tuple >> 32) as u8,
+        )
+    }
+
+    /// The source, as `(address, port)`.
+    #[inline(always)]
+    pub fn src(&self) -> (u32, u16) {
+        let (src_ip, _, src_port, _, _) = wire_parts(self.tuple);
+        (src_ip, src_port)
+    }
+
+    #[inline]
+    pub fn info(&self) -> L4Info {
+        let (src_ip, dst_ip, src_port, dst_port, proto) = wire_parts(self.tuple);
+        L4Info {
+            l4_off: COMMON_L4_OFF,
+            proto: if proto == 17 { L4Proto::Udp } else { L4Proto::Tcp },
+            src_ip,
+            dst_ip,
+            src_port,
+            dst_port,
+            flags: self.flags,
+            ttl: self.ttl,
+            payload_len: self.payload_len,
+        }
+    }
+}
+
+/// A flow's (source address, destination address, source port,
+/// destination port, protocol number) in one u128, laid out as the wire
+/// carries them: `ips` is a native load of the two addresses' 8 bytes,
+/// `ports` of the two ports' 4. A frame's tuple is then two loads and no
+/// byte swaps; it is never 0 (the protocol is not). Session keys use it
+/// (`session::FlowKey::pack`).
+#[inline(always)]
+pub fn wire_key(ips: u64, ports: u32, proto: u8) -> u128 {
+    (u128::from(ips) << 64) | (u128::from(proto) << 32) | u128::from(ports)
+}
+
+/// The inverse of [`wire_key`], in host order: (source address,
+/// destination address, source port, destination port, protocol number).
+#[inline(always)]
+pub fn wire_parts(t: u128) -> (u32, u32, u16, u16, u8) {
+    let ips = ((t >> 64) as u64).to_ne_bytes();
+    let ports = (t as u32).to_ne_bytes();
+    (
+        u32::from_be_bytes([ips[0], ips[1], ips[2], ips[3]]),
+        u32::from_be_bytes([ips[4], ips[5], ips[6], ips[7]]),
+        u16::from_be_bytes([ports[0], ports[1]]),
+        u16::from_be_bytes([ports[2], ports[3]]),
+        (t >> 32) as u8,
+    )
+}
+
 /// The common frame, checked at fixed offsets with no bounds checks after
 /// the first: Ethernet to `our_mac`, IPv4 without options, not a fragment,
 /// TCP or UDP. Exactly the checks of [`parse`] for such a frame (the two
@@ -133,7 +216,7 @@ pub fn src_mac(frame: &[u8]) -> Mac {
 /// anything else, or anything wrong with it, which [`parse`] then sorts
 /// out (and names the drop).
 #[inline(always)]
-pub fn parse_common(frame: &[u8], our_mac: &Mac) -> Option<L4Info> {
+pub fn parse_common(frame: &[u8], our_mac: &Mac) -> Option<Common> {
     const IP: usize = ETH_HDR;
     const L4: usize = ETH_HDR + ipv4::MIN_LEN;
     // Long enough for a UDP header (8) is checked first; TCP needs 20.
@@ -154,38 +237,30 @@ pub fn parse_common(frame: &[u8], our_mac: &Mac) -> Option<L4Info> {
         return None;
     }
     let payload = total - ipv4::MIN_LEN;
-    let (proto, flags, payload_len) = match h[IP + ipv4::PROTO] {
+    let proto = h[IP + ipv4::PROTO];
+    let (flags, payload_len) = match proto {
         6 => {
             let t: &[u8; L4 + l4::TCP_MIN_LEN] = frame.first_chunk()?;
             let data_off = usize::from(t[L4 + l4::TCP_DATA_OFF] >> 4) * 4;
             let flags = t[L4 + l4::TCP_FLAGS];
-            if payload < l4::TCP_MIN_LEN || data_off < l4::TCP_MIN_LEN || data_off > payload || !tcp_flags_valid(flags)
-            {
+            // (data_off ≥ 20 and ≤ payload: the payload holds a whole TCP header.)
+            if data_off < l4::TCP_MIN_LEN || data_off > payload || !tcp_flags_valid(flags) {
                 return None;
             }
-            (L4Proto::Tcp, flags, payload - data_off)
+            (flags, payload - data_off)
         }
         17 => {
             let udp_len = usize::from(u16::from_be_bytes([h[L4 + l4::UDP_LEN], h[L4 + l4::UDP_LEN + 1]]));
             if udp_len != payload {
                 return None;
             }
-            (L4Proto::Udp, 0, payload - l4::UDP_LEN_MIN)
+            (0, payload - l4::UDP_LEN_MIN)
         }
         _ => return None,
     };
-    let be32 = |o: usize| u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
-    Some(L4Info {
-        l4_off: L4 as u8,
-        proto,
-        src_ip: be32(IP + ipv4::SRC),
-        dst_ip: be32(IP + ipv4::DST),
-        src_port: u16::from_be_bytes([h[L4 + l4::SRC_PORT], h[L4 + l4::SRC_PORT + 1]]),
-        dst_port: u16::from_be_bytes([h[L4 + l4::DST_PORT], h[L4 + l4::DST_PORT + 1]]),
-        flags,
-        ttl: h[IP + ipv4::TTL],
-        payload_len: payload_len as u16,
-    })
+    let ips = u64::from_ne_bytes(*h[IP + ipv4::SRC..].first_chunk()?);
+    let ports = u32::from_ne_bytes(*h[L4 + l4::SRC_PORT..].first_chunk()?);
+    Some(Common { tuple: wire_key(ips, ports, proto), flags, ttl: h[IP + ipv4::TTL], payload_len: payload_len as u16 })
 }
 
 /// Every frame [`parse_common`] does not take: the rare kinds (ARP, ICMP,
@@ -285,6 +360,21 @@ fn be32(b: &[u8], off: usize) -> u32 {
 /// acknowledge). Scans (null, FIN, Xmas) and forged combinations fail.
 #[inline]
 pub fn tcp_flags_valid(flags: u8) -> bool {
+    TCP_FLAGS_VALID[usize::from(flags)]
+}
+
+/// [`tcp_flags_valid`] for every flags byte: one load on the per-packet path.
+static TCP_FLAGS_VALID: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut f = 0;
+    while f < 256 {
+        t[f] = flags_valid(f as u8);
+        f += 1;
+    }
+    t
+};
+
+const fn flags_valid(flags: u8) -> bool {
     use tcp_flags::*;
     const PSH: u8 = 0x08;
     const URG: u8 = 0x20;
@@ -441,10 +531,12 @@ fn parse_icmp(msg: &[u8], src_ip: u32, dst_ip: u32, icmp_off: usize, ttl: u8) ->
     }))
 }
 
-#[inline]
+#[inline(always)]
 fn set_macs(frame: &mut [u8], dst: Mac, src: Mac) {
-    frame[0..6].copy_from_slice(&dst);
-    frame[6..12].copy_from_slice(&src);
+    if let Some(h) = frame.first_chunk_mut::<12>() {
+        h[0..6].copy_from_slice(&dst);
+        h[6..12].copy_from_slice(&src);
+    }
 }
 
 /// L4/2 (direct server return): only the MAC addresses change.
@@ -781,7 +873,7 @@ mod tests {
                     }
                 }
             }
-            let fast = parse_common(&f, &OURS);
+            let fast = parse_common(&f, &OURS).map(|c| c.info());
             let slow = parse(&f);
             if let Some(info) = fast {
                 taken += 1;
