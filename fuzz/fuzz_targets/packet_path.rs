@@ -7,6 +7,11 @@
 //! length byte and the frame. When the clock moves the worker sweeps and
 //! asks for ARP, as its lcore loop does. Nothing may panic, and the
 //! counters stay consistent.
+//!
+//! A second worker, on its own copy of the configuration, takes the same
+//! frames in bursts (`Worker::process_burst`, the lean lane the lcores
+//! run; bursts end where the clock moves): every frame must get the same
+//! verdict and bytes from both.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -16,19 +21,62 @@ use std::sync::OnceLock;
 
 const CAPACITY: u64 = 256;
 
-fn shared() -> &'static Shared {
-    static SHARED: OnceLock<Shared> = OnceLock::new();
+const BURST: usize = 32;
+
+/// The configuration's shared state, twice (one per worker: ARP learning
+/// changes it), with one hash seed.
+fn shared() -> &'static [Shared; 2] {
+    static SHARED: OnceLock<[Shared; 2]> = OnceLock::new();
     SHARED.get_or_init(|| {
         let yaml = include_str!("../seeds/config_yaml/two_modes.yaml");
         let cfg = ringlb::config::parse(yaml, "two_modes.yaml").expect("built-in config");
-        Shared::new(&cfg, &[[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]])
+        let one = || Shared::new(&cfg, &[[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]]).with_hash_seed(0x5eed);
+        [one(), one()]
     })
 }
 
+/// Frames waiting for the burst worker, with what the single one made of them.
+#[derive(Default)]
+struct Pending {
+    input: Vec<Vec<u8>>,
+    expected: Vec<(Verdict, Vec<u8>)>,
+    ports: Vec<u8>,
+    handed_off: Vec<bool>,
+}
+
+impl Pending {
+    /// Runs the pending frames through `w` in bursts of frames with the same
+    /// hand-off flag (as the lcore loop does) and compares.
+    fn flush(&mut self, w: &mut Worker, now: u32) {
+        let mut start = 0;
+        while start < self.input.len() {
+            let h = self.handed_off[start];
+            let mut end = start;
+            while end < self.input.len() && end - start < BURST && self.handed_off[end] == h {
+                end += 1;
+            }
+            let mut frames: Vec<Vec<u8>> = self.input[start..end].to_vec();
+            let mut slices: Vec<&mut [u8]> = frames.iter_mut().map(|f| f.as_mut_slice()).collect();
+            let mut verdicts = [Verdict::Consumed; BURST];
+            w.process_burst(&mut slices, &self.ports[start..end], now, h, &mut verdicts);
+            for (i, frame) in frames.iter().enumerate() {
+                let (v, bytes) = &self.expected[start + i];
+                assert_eq!(verdicts[i], *v, "burst and single verdicts differ: {:02x?}", self.input[start + i]);
+                assert_eq!(frame, bytes, "burst and single bytes differ: {:02x?}", self.input[start + i]);
+            }
+            start = end;
+        }
+        *self = Pending::default();
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
-    let shared = shared();
+    let [shared, shared_b] = shared();
     let stats = WorkerStats::new(16);
     let mut w = Worker::new(0, shared, &stats);
+    let stats_b = WorkerStats::new(16);
+    let mut b = Worker::new(0, shared_b, &stats_b);
+    let mut pending = Pending::default();
     let mut now: u32 = 0;
     let mut rest = data;
     while let [ctl, len, tail @ ..] = rest {
@@ -36,20 +84,32 @@ fuzz_target!(|data: &[u8]| {
         let (frame, tail) = tail.split_at(n);
         rest = tail;
         let advance = u32::from(ctl >> 3) * 100;
+        if advance > 0 {
+            pending.flush(&mut b, now);
+        }
         now = now.wrapping_add(advance);
         if advance > 0 {
             w.due_solicits(now, |_, _| true);
+            b.due_solicits(now, |_, _| true);
         }
         let mut buf = frame.to_vec();
         if ctl & 4 != 0 {
             fix_checksums(&mut buf);
         }
+        let input = buf.clone();
         let v = w.process(&mut buf, ctl & 1, now, ctl & 2 != 0);
+        pending.input.push(input);
+        pending.expected.push((v, buf));
+        pending.ports.push(ctl & 1);
+        pending.handed_off.push(ctl & 2 != 0);
         if let Verdict::Tx(port) | Verdict::Defer { port, .. } = v {
             assert!(usize::from(port) < shared.ports.len(), "sent out of a port that does not exist");
         }
         if advance > 0 {
+            // The frame the clock moved for, then the sweep: the same for both.
+            pending.flush(&mut b, now);
             w.sweep(now);
+            b.sweep(now);
         }
         let active = stats.sessions_active.get();
         assert!(active <= CAPACITY, "{active} sessions in a table of {CAPACITY}");
@@ -58,6 +118,7 @@ fuzz_target!(|data: &[u8]| {
         let ended = stats.sessions_expired.get() + stats.sessions_evicted.get() + stats.down_resets.get();
         assert!(stats.sessions_created.get() >= active + ended, "sessions counted out of thin air");
     }
+    pending.flush(&mut b, now);
 });
 
 /// RFC 1071 checksum, written here (not the code under test's).

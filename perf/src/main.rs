@@ -204,6 +204,21 @@ fn run(o: &Options) -> Result<PathBuf, String> {
     let _hugepages = Hugepages::reserve(u64::from(pool) * 2432 * 5 / 4 + (256 << 20))?;
     let one = Testpmd { bin: &o.testpmd, lcores: "0@0,1@1".into(), cores: 1, mbufs: pool };
 
+    println!("== instructions per packet (callgrind on ringlb-fastpath)");
+    let fastpath = o.ringlb.with_file_name("ringlb-fastpath");
+    for sessions in [1_000, 100_000] {
+        match measure::instructions(&fastpath, sessions, 100_000) {
+            Ok(i) => {
+                println!(
+                    "   {sessions} sessions: {:.0} per packet in Worker::process_burst, {:.0} with the harness's frame copy",
+                    i.worker, i.with_harness
+                );
+                rep.instructions.push(i);
+            }
+            Err(e) => println!("   {sessions} sessions: not measured: {e}"),
+        }
+    }
+
     for &n in &o.sessions {
         println!("== {n} sessions ({} round(s), medians)", o.rounds);
         let files = configs::generate(dir, n, o.data_packets, 1).map_err(|e| format!("generating pcaps: {e}"))?;

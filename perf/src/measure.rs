@@ -202,6 +202,38 @@ pub fn ringlb_gated(
     Ok(r)
 }
 
+/// Instructions per packet of `ringlb-fastpath SESSIONS PACKETS` under
+/// callgrind: its `worker_burst` (the worker alone) and its `run_bursts`
+/// (with the harness's frame copy), each divided by the data packets. The
+/// warm-up that establishes every session is not counted.
+pub fn instructions(fastpath: &Path, sessions: u32, packets: u32) -> Result<crate::report::Instructions, String> {
+    let count = |function: &str| -> Result<f64, String> {
+        let out_file = std::env::temp_dir().join(format!("ringlb-callgrind-{}-{function}", std::process::id()));
+        let out = Command::new("valgrind")
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out_file.display()))
+            .arg(format!("--toggle-collect=*{function}*"))
+            .arg(fastpath)
+            .args([sessions.to_string(), packets.to_string()])
+            .output()
+            .map_err(|e| format!("valgrind: {e} (apt-get install valgrind)"))?;
+        let _ = std::fs::remove_file(&out_file);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            return Err(format!("valgrind {}: {}", fastpath.display(), err.lines().last().unwrap_or("")));
+        }
+        let collected =
+            err.lines().find_map(|l| after(l, "Collected : ")).ok_or("no 'Collected' line from callgrind")?;
+        Ok(collected as f64 / f64::from(packets))
+    };
+    Ok(crate::report::Instructions {
+        sessions,
+        packets,
+        worker: count("worker_burst")?,
+        with_harness: count("run_bursts")?,
+    })
+}
+
 /// The median (the mean of the two middle values of an even count). Used
 /// for per-interval rates, where a moment when the shared host takes the
 /// core away moves the mean of a short window, not its median, and for the

@@ -59,6 +59,18 @@ impl Row {
     }
 }
 
+/// Instructions per packet on the per-packet path alone (callgrind counts
+/// them exactly, where timings on a shared machine are noise).
+#[derive(Serialize, Clone)]
+pub struct Instructions {
+    pub sessions: u32,
+    pub packets: u32,
+    /// `Worker::process_burst` alone.
+    pub worker: f64,
+    /// With `ringlb-fastpath`'s own frame copy (what a PMD's receive does).
+    pub with_harness: f64,
+}
+
 #[derive(Serialize)]
 pub struct NewConnections {
     pub syns: u32,
@@ -90,6 +102,7 @@ pub struct Report {
     pub params: serde_json::Value,
     pub references: Vec<Reference>,
     pub rows: Vec<Row>,
+    pub instructions: Vec<Instructions>,
     pub new_connections: Option<NewConnections>,
     /// Process memory growth per session between the smallest and largest run.
     pub process_bytes_per_session: Option<f64>,
@@ -134,6 +147,7 @@ impl Report {
             }),
             references: Vec::new(),
             rows: Vec::new(),
+            instructions: Vec::new(),
             new_connections: None,
             process_bytes_per_session: None,
             sync: None,
@@ -198,7 +212,9 @@ impl Report {
             value,
             met: value.map(ok),
         };
+        let per_packet = self.instructions.iter().find(|i| i.sessions == 1000).map(|i| i.worker);
         self.targets = vec![
+            t("instructions per packet, established DSR at 1k sessions", "<= 150", per_packet, |v| v <= 150.0),
             t("DSR at 1M sessions / testpmd io", ">= 0.60", ratio("dsr"), |v| v >= 0.60),
             t("NAT forward at 1M sessions / testpmd io", ">= 0.50", ratio("nat-forward"), |v| v >= 0.50),
             t("NAT reply at 1M sessions / testpmd io (replies)", ">= 0.50", ratio("nat-reply"), |v| v >= 0.50),
@@ -256,6 +272,13 @@ impl Report {
             .map(|r| format!("{} sessions/{}w {} {:.2}", r.sessions, r.workers, r.mode, r.mpps))
             .collect();
         let _ = writeln!(o, "testpmd (Mpps): {}", refs.join("; "));
+        for i in &self.instructions {
+            let _ = writeln!(
+                o,
+                "instructions per packet (callgrind, ringlb-fastpath {} {}): {:.0} in Worker::process_burst, {:.0} with the harness's frame copy",
+                i.sessions, i.packets, i.worker, i.with_harness
+            );
+        }
         if let Some(n) = &self.new_connections {
             let _ = writeln!(
                 o,

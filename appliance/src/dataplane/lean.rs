@@ -12,7 +12,6 @@
 //! which knows every case. Both ways give the same verdict: the short one
 //! only skips the checks that cannot apply.
 
-use super::shared::{EndpointMap, VipEntry};
 use super::{forward_key, Step, Verdict, Worker};
 use crate::packet::{self, tcp_flags, Common, L4Info};
 use crate::session::State;
@@ -29,7 +28,9 @@ enum Kind {
     Forward,
     /// Client → DSR service that decides nothing per packet beyond the
     /// session (`VipEntry::short_way`).
-    ShortWay,
+    ShortDsr,
+    /// Client → NAT service, likewise.
+    ShortNat,
     /// NAT server → client.
     Reply,
 }
@@ -114,7 +115,9 @@ impl Worker<'_> {
         verdict: &mut Verdict,
     ) {
         match look.kind {
-            Kind::ShortWay => self.finish_short(frame, look, port, now_ms, verdict),
+            Kind::ShortDsr => self.finish_short_dsr(frame, look, port, now_ms, verdict),
+            Kind::ShortNat => self.finish_short_nat(frame, look, port, now_ms, verdict),
+            Kind::Reply => self.finish_reply(frame, look, port, now_ms, verdict),
             Kind::Done => {}
             _ => *verdict = self.finish_general(frame, look, port, now_ms, handed_off),
         }
@@ -129,7 +132,7 @@ impl Worker<'_> {
                 let key = self.reply_key(&info, look.svc);
                 self.nat_reply(frame, &info, look.svc, &key, look.hash, port, now_ms)
             }
-            Kind::Forward | Kind::ShortWay => {
+            Kind::Forward | Kind::ShortDsr | Kind::ShortNat => {
                 let info = look.info();
                 self.forward(frame, &info, look.svc, &forward_key(&info), look.hash, port, now_ms)
             }
@@ -154,11 +157,14 @@ impl Worker<'_> {
         let shared = self.shared;
         let port = shared.ports.get(usize::from(in_port))?;
         let c = packet::parse_common(frame, &port.mac)?;
-        let (dst_ip, dst_port, proto) = c.dst_wire();
-        let (svc, kind, hash) = match shared.vips.get_wire(EndpointMap::<VipEntry>::wire_key(dst_ip, dst_port, proto)) {
+        let (svc, kind, hash) = match shared.vips.get_wire(c.dst_key()) {
             Some(vip) if vip.by_address || !(handed_off || self.owns(&c)) => return None,
             Some(vip) => {
-                let kind = if vip.short_way { Kind::ShortWay } else { Kind::Forward };
+                let kind = match (vip.short_way, vip.nat) {
+                    (false, _) => Kind::Forward,
+                    (true, false) => Kind::ShortDsr,
+                    (true, true) => Kind::ShortNat,
+                };
                 (vip.svc, kind, self.table.hash_packed(c.tuple))
             }
             None => {
@@ -212,11 +218,11 @@ impl Worker<'_> {
         }
     }
 
-    /// Pass two for a client's packet of a `short_way` service: the short
-    /// way when its session is busy, local and unchanged by it (see the
-    /// module text); the long way otherwise.
+    /// Pass two for a client's packet of a DSR `short_way` service: the
+    /// short way when its session is busy, local and unchanged by it (see
+    /// the module text); the long way otherwise.
     #[inline(always)]
-    fn finish_short(&mut self, frame: &mut [u8], look: &Look, in_port: u8, now_ms: u32, verdict: &mut Verdict) {
+    fn finish_short_dsr(&mut self, frame: &mut [u8], look: &Look, in_port: u8, now_ms: u32, verdict: &mut Verdict) {
         if look.flags & STATE_FLAGS == 0 {
             if let Some(e) = self.table.local_live(look.tuple, look.hash, now_ms) {
                 if matches!(e.state, State::Established | State::Udp) {
@@ -226,6 +232,66 @@ impl Worker<'_> {
                         *verdict = Verdict::Tx(hop.port);
                         return;
                     }
+                }
+            }
+        }
+        *verdict = self.finish_general(frame, look, in_port, now_ms, false);
+    }
+
+    /// The same for a NAT `short_way` service: the destination becomes the
+    /// session's server, the TTL drops by one.
+    #[inline(always)]
+    fn finish_short_nat(&mut self, frame: &mut [u8], look: &Look, in_port: u8, now_ms: u32, verdict: &mut Verdict) {
+        if look.flags & STATE_FLAGS == 0 && look.ttl > 1 {
+            if let Some(e) = self.table.local_live(look.tuple, look.hash, now_ms) {
+                if matches!(e.state, State::Established | State::Udp) {
+                    let shared = self.shared;
+                    let server = shared.servers.get(usize::from(e.server));
+                    let hop = shared
+                        .next_hop(e.server)
+                        .and_then(|hop| Some((hop.port, hop.mac()?, shared.ports.get(usize::from(hop.port))?.mac)));
+                    if let (Some(srv), Some((port, server_mac, egress_mac))) = (server, hop) {
+                        e.touch_local(now_ms);
+                        packet::rewrite_nat_forward(frame, &look.info(), srv.ip, srv.port, server_mac, egress_mac);
+                        *verdict = Verdict::Tx(port);
+                        return;
+                    }
+                }
+            }
+        }
+        *verdict = self.finish_general(frame, look, in_port, now_ms, false);
+    }
+
+    /// Pass two for a NAT server's reply: the short way when its session is
+    /// busy, local, unchanged by it and bound to this server on this port
+    /// and MAC; the long way (`Worker::nat_reply`, which names the drop)
+    /// otherwise.
+    #[inline(always)]
+    fn finish_reply(&mut self, frame: &mut [u8], look: &Look, in_port: u8, now_ms: u32, verdict: &mut Verdict) {
+        if look.flags & STATE_FLAGS == 0 && look.ttl > 1 {
+            let info = look.info();
+            let shared = self.shared;
+            let service = &shared.services[usize::from(look.svc)];
+            let key = self.reply_key(&info, look.svc);
+            if let Some(e) = self.table.local_live(key.pack(), look.hash, now_ms) {
+                let from_bound_server = shared
+                    .servers
+                    .get(usize::from(e.server))
+                    .is_some_and(|srv| srv.ip == info.src_ip && srv.port == info.src_port)
+                    && shared
+                        .next_hop(e.server)
+                        .is_some_and(|hop| hop.port == in_port && hop.mac() == Some(packet::src_mac(frame)));
+                let out = shared.ports.get(usize::from(e.client_port()));
+                if let (true, Some(out), true) = (
+                    matches!(e.state, State::Established | State::Udp) && from_bound_server,
+                    out,
+                    e.client_hop_mac != [0; 6],
+                ) {
+                    e.touch_local(now_ms);
+                    let port = e.client_port();
+                    packet::rewrite_nat_reply(frame, &info, service.vip, service.port, e.client_hop_mac, out.mac);
+                    *verdict = Verdict::Tx(port);
+                    return;
                 }
             }
         }

@@ -140,9 +140,9 @@ pub(super) struct ServerRt {
 /// (address, port, protocol) → a service's entry, for the handful of
 /// endpoints an appliance serves: a small open-addressed table (linear
 /// probing, at most half full, built before the workers start), so a lookup
-/// is one multiply and, nearly always, one compare. Keys are in the wire's
-/// byte order ([`EndpointMap::wire_key`]), so the per-packet path builds
-/// them from the frame's bytes without swapping them.
+/// is one multiply and, nearly always, one compare. Keys are
+/// `packet::dst_key`s, which the per-packet path takes out of a frame's
+/// tuple without swapping bytes.
 pub(super) struct EndpointMap<V> {
     /// (key, value); key 0 marks an empty slot (a key carries its protocol
     /// number, never 0).
@@ -157,15 +157,8 @@ impl<V> Default for EndpointMap<V> {
 }
 
 impl<V: Copy + Default> EndpointMap<V> {
-    /// The key of an endpoint given as the wire holds it: the address's and
-    /// the port's bytes as native loads (`packet::Common::dst_wire`).
-    #[inline(always)]
-    pub fn wire_key(ip_wire: u32, port_wire: u16, proto: u8) -> u64 {
-        u64::from(ip_wire) | (u64::from(port_wire) << 32) | (u64::from(proto) << 48)
-    }
-
     fn key(ip: u32, port: u16, proto: u8) -> u64 {
-        Self::wire_key(u32::from_ne_bytes(ip.to_be_bytes()), u16::from_ne_bytes(port.to_be_bytes()), proto)
+        crate::packet::endpoint_key(ip, port, proto)
     }
 
     #[inline(always)]
@@ -204,7 +197,7 @@ impl<V: Copy + Default> EndpointMap<V> {
         self.get_wire(Self::key(ip, port, proto))
     }
 
-    /// The value at a [`EndpointMap::wire_key`].
+    /// The value at a `packet::dst_key`.
     #[inline(always)]
     pub fn get_wire(&self, k: u64) -> Option<V> {
         let mut i = Self::home(k, self.slots.len());
@@ -229,9 +222,11 @@ pub(super) struct VipEntry {
     pub svc: u16,
     /// `fragments: true`: every datagram goes by the address hash.
     pub by_address: bool,
-    /// DSR without `on_server_down: reset`: a packet of an established
-    /// session needs nothing of the service but the session's server.
+    /// Without `on_server_down: reset`, a packet of an established session
+    /// needs nothing of the service beyond its mode and the session's
+    /// server: it may take the short way (`dataplane::lean`).
     pub short_way: bool,
+    pub nat: bool,
 }
 
 /// An address an ARP request or ping asks about, as this appliance sees it.
@@ -355,8 +350,8 @@ impl Shared {
         let mut nat_backends = EndpointMap::default();
         let mut fragment_vips = EndpointMap::default();
         for (i, s) in cfg.services.iter().enumerate() {
-            let short_way = s.mode == Mode::Dsr && s.on_server_down != crate::config::OnServerDown::Reset;
-            let entry = VipEntry { svc: i as u16, by_address: s.fragments, short_way };
+            let short_way = s.on_server_down != crate::config::OnServerDown::Reset;
+            let entry = VipEntry { svc: i as u16, by_address: s.fragments, short_way, nat: s.mode == Mode::Nat };
             vips.insert(s.vip, s.port, s.proto as u8, entry);
             if s.fragments {
                 fragment_vips.insert(s.vip, 0, s.proto as u8, i as u16);
@@ -506,6 +501,14 @@ impl Shared {
         }
     }
 
+    /// The same, with `seed` for the random per-process hash seed (flow
+    /// owners, session table slots): for tests and fuzzing that compare two
+    /// workers, which must place flows alike.
+    pub fn with_hash_seed(mut self, seed: u64) -> Shared {
+        self.hash_seed = seed;
+        self
+    }
+
     /// Server `id`'s next hop (the server itself on its subnet).
     #[inline(always)]
     pub(super) fn next_hop(&self, id: u16) -> Option<&Neighbor> {
@@ -608,9 +611,10 @@ mod tests {
             }
             assert_eq!(m.get(0xc612_6400 + n, 80, 6), None);
             // The wire's byte order finds the same entry.
-            let wire =
-                EndpointMap::<u16>::wire_key(u32::from_ne_bytes([198, 18, 100, 2]), u16::from_ne_bytes([0, 80]), 6);
-            assert_eq!(m.get_wire(wire), (n > 2).then_some(2));
+            // A frame's tuple finds the same entry.
+            let ips = u64::from_ne_bytes([203, 0, 113, 7, 198, 18, 100, 2]);
+            let tuple = crate::packet::wire_key(ips, u32::from_ne_bytes([0x9c, 0x40, 0, 80]), 6);
+            assert_eq!(m.get_wire(crate::packet::dst_key(tuple)), (n > 2).then_some(2));
         }
     }
 }

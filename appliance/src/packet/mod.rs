@@ -146,17 +146,10 @@ impl Common {
         (dst_ip, dst_port, proto)
     }
 
-    /// The destination as the wire holds it: `(address, port, protocol
-    /// number)`, the address's and port's bytes as native loads.
+    /// The destination (address, port, protocol) as one value: see [`dst_key`].
     #[inline(always)]
-    pub fn dst_wire(&self) -> (u32, u16, u8) {
-        let ips = ((self.tuple >> 64) as u64).to_ne_bytes();
-        let ports = (self.tuple as u32).to_ne_bytes();
-        (
-            u32::from_ne_bytes([ips[4], ips[5], ips[6], ips[7]]),
-            u16::from_ne_bytes([ports[2], ports[3]]),
-            (self.tuple >> 32) as u8,
-        )
+    pub fn dst_key(&self) -> u64 {
+        dst_key(self.tuple)
     }
 
     /// The source, as `(address, port)`.
@@ -192,6 +185,30 @@ impl Common {
 #[inline(always)]
 pub fn wire_key(ips: u64, ports: u32, proto: u8) -> u128 {
     (u128::from(ips) << 64) | (u128::from(proto) << 32) | u128::from(ports)
+}
+
+/// A tuple's destination (address, port, protocol) as one u64, its bits
+/// taken out of the tuple as they lie (no byte swaps): how VIPs are looked
+/// up. For an endpoint given in host order, see [`endpoint_key`].
+#[inline(always)]
+pub fn dst_key(tuple: u128) -> u64 {
+    let (ips, ports) = ((tuple >> 64) as u64, tuple as u32);
+    let proto = (tuple >> 32) as u8;
+    // Which half holds the destination depends on the byte order of the
+    // native loads the tuple was made of.
+    let (ip, port) =
+        if cfg!(target_endian = "little") { (ips >> 32, ports >> 16) } else { (ips & 0xffff_ffff, ports & 0xffff) };
+    (ip << 32) | (u64::from(proto) << 16) | u64::from(port)
+}
+
+/// The [`dst_key`] of an endpoint given in host order.
+pub fn endpoint_key(ip: u32, port: u16, proto: u8) -> u64 {
+    let (a, p) = (ip.to_be_bytes(), port.to_be_bytes());
+    dst_key(wire_key(
+        u64::from_ne_bytes([0, 0, 0, 0, a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([0, 0, p[0], p[1]]),
+        proto,
+    ))
 }
 
 /// The inverse of [`wire_key`], in host order: (source address,
