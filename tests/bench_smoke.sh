@@ -49,7 +49,11 @@ for k in ("dsr_sync_off_mpps", "dsr_sync_on_mpps", "on_off_ratio"):
     num(s[k], f"sync {k}")
 for k in ("reliable_records_per_s", "sync_records_per_s"):
     num(s["transports"][k], f"transports {k}")
-assert len(r["targets"]) == 10 and all({"name", "target", "value", "met"} <= t.keys() for t in r["targets"])
+assert [i["sessions"] for i in r["instructions"]] == [1000, 100000], r["instructions"]
+for i in r["instructions"]:
+    num(i["worker"], f"instructions per packet at {i['sessions']} sessions")
+    assert i["with_harness"] > i["worker"], i
+assert len(r["targets"]) == 11 and all({"name", "target", "value", "met"} <= t.keys() for t in r["targets"])
 print(f"bench-smoke: {len(r['rows'])} rows, {len(r['references'])} testpmd references, "
       f"e.g. dsr {r['rows'][0]['mpps']:.2f} Mpps = {r['rows'][0]['ratio']:.2f} of testpmd io")
 PY
