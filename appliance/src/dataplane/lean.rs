@@ -274,13 +274,9 @@ impl Worker<'_> {
             let service = &shared.services[usize::from(look.svc)];
             let key = self.reply_key(&info, look.svc);
             if let Some(e) = self.table.local_live(key.pack(), look.hash, now_ms) {
-                let from_bound_server = shared
-                    .servers
-                    .get(usize::from(e.server))
-                    .is_some_and(|srv| srv.ip == info.src_ip && srv.port == info.src_port)
-                    && shared
-                        .next_hop(e.server)
-                        .is_some_and(|hop| hop.port == in_port && hop.mac() == Some(packet::src_mac(frame)));
+                let from = (info.src_ip, info.src_port);
+                let from_bound_server =
+                    shared.reply_source_check(e.server, from, in_port, packet::src_mac(frame)).is_ok();
                 let out = shared.ports.get(usize::from(e.client_port()));
                 if let (true, Some(out), true) = (
                     matches!(e.state, State::Established | State::Udp) && from_bound_server,

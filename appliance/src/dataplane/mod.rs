@@ -903,16 +903,9 @@ impl<'a> Worker<'a> {
         let Some(e) = self.table.lookup(key, hash, now_ms, |e| expired(outbox, stats, key, e)) else {
             return Verdict::Drop(DropReason::NoSession);
         };
-        let srv = &self.shared.servers[usize::from(e.server)];
-        if srv.ip != info.src_ip || srv.port != info.src_port {
-            // A reply from a server this client's session is not bound to.
-            return Verdict::Drop(DropReason::NoSession);
-        }
-        // From the bound server's next hop, on its port: anything else is
-        // forged (addresses are easy to spoof, the link it came by less so).
-        let nb = &self.shared.neighbors[usize::from(srv.neighbor)];
-        if nb.port != in_port || nb.mac() != Some(packet::src_mac(frame)) {
-            return Verdict::Drop(DropReason::SpoofedReply);
+        let from = (info.src_ip, info.src_port);
+        if let Err(reason) = self.shared.reply_source_check(e.server, from, in_port, packet::src_mac(frame)) {
+            return Verdict::Drop(reason);
         }
         if info.ttl <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);

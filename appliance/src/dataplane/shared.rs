@@ -7,6 +7,7 @@ use crate::config::{Config, Garp, Mode, SchedulerKind, VipMode, DEFAULT_GARP};
 use crate::packet::Mac;
 use crate::sched::maglev;
 use crate::session::{mix, FlowKey};
+use crate::stats::DropReason;
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::Arc;
@@ -513,6 +514,31 @@ impl Shared {
     #[inline(always)]
     pub(super) fn next_hop(&self, id: u16) -> Option<&Neighbor> {
         self.neighbors.get(usize::from(self.servers.get(usize::from(id))?.neighbor))
+    }
+
+    /// Whether a NAT reply (its source address and port, the port it came
+    /// in on and its source MAC) comes from server `id` itself: Err names
+    /// the drop. Addresses are easy to spoof, the link a frame came by less
+    /// so; the long way and the short way of a reply both ask this.
+    #[inline(always)]
+    pub(super) fn reply_source_check(
+        &self,
+        id: u16,
+        src: (u32, u16),
+        in_port: u8,
+        src_mac: Mac,
+    ) -> Result<(), DropReason> {
+        let Some(srv) = self.servers.get(usize::from(id)) else {
+            return Err(DropReason::NoSession);
+        };
+        if (srv.ip, srv.port) != src {
+            // A reply from a server this client's session is not bound to.
+            return Err(DropReason::NoSession);
+        }
+        match self.neighbors.get(usize::from(srv.neighbor)) {
+            Some(hop) if hop.port == in_port && hop.mac() == Some(src_mac) => Ok(()),
+            _ => Err(DropReason::SpoofedReply),
+        }
     }
 
     /// Does this appliance take new flows for the service's VIP?
