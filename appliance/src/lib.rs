@@ -4,7 +4,8 @@
 //! (per-worker flow table), `sched` (server selection), `dataplane` (the
 //! per-packet decision), `cpu` (prefetch and huge-page hints) and `dpdk`
 //! (with `cpu`, the only unsafe code), `worker` (the lcore loop), `app`
-//! (setup, control thread, shutdown), `config` (YAML).
+//! (setup, control thread, shutdown), `config` (YAML), `l7` (content-based
+//! dispatch: SYN cookies, request gathering, rules, splicing).
 
 #![deny(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod cpu;
 pub mod dataplane;
 #[allow(unsafe_code)]
 pub mod dpdk;
+pub mod l7;
 pub mod locks;
 pub mod packet;
 pub mod sched;

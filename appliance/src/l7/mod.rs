@@ -1,0 +1,14 @@
+//! Content-based dispatch (service mode `l7`), its building blocks:
+//!
+//! - `cookie`: the SYN cookies the appliance answers a client's SYN with,
+//!   so that no state exists until the client proves it saw the answer;
+//! - `request`: gathering the client's request head across segments, and
+//!   parsing it (httparse);
+//! - `rules`: which server group a request goes to;
+//! - `splice`: once the appliance has opened the server's side, the
+//!   sequence-number translation that joins the two halves.
+
+pub mod cookie;
+pub mod request;
+pub mod rules;
+pub mod splice;
