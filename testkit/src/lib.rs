@@ -268,3 +268,38 @@ pub fn with_tcp_flags(mut frame: Vec<u8>, flags: u8) -> Vec<u8> {
     frame[14 + 20 + 13] = flags;
     frame
 }
+
+/// A TCP frame built by `tcp`/`tcp_seq` (no IP options) with `options`
+/// (a multiple of 4 bytes) inserted after its TCP header: data offset, IP
+/// total length and both checksums set again (with this kit's own sum).
+pub fn with_tcp_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
+    const L4: usize = 14 + 20;
+    assert!(options.len() % 4 == 0 && options.len() <= 40, "TCP options: a multiple of 4, at most 40");
+    let hdr = usize::from(frame[L4 + 12] >> 4) * 4;
+    let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    let mut f = frame[..L4 + hdr].to_vec();
+    f.extend_from_slice(options);
+    f.extend_from_slice(&frame[L4 + hdr..14 + total]);
+    f[L4 + 12] = (((hdr + options.len()) / 4) as u8) << 4;
+    reseal_tcp(&mut f);
+    f
+}
+
+/// Sets a TCP frame's IP total length (to the frame's length) and both
+/// checksums from scratch, with this kit's own sum: for tests that edit
+/// a segment's fields by hand.
+pub fn reseal_tcp(f: &mut [u8]) {
+    const L4: usize = 14 + 20;
+    let total = (f.len() - 14) as u16;
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    f[24..26].fill(0);
+    let c = inet_checksum(&f[14..L4]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    let mut pseudo = f[26..L4].to_vec();
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&((f.len() - L4) as u16).to_be_bytes());
+    f[L4 + 16..L4 + 18].fill(0);
+    pseudo.extend_from_slice(&f[L4..]);
+    let c = inet_checksum(&pseudo);
+    f[L4 + 16..L4 + 18].copy_from_slice(&c.to_be_bytes());
+}

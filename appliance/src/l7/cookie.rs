@@ -22,8 +22,9 @@ use std::hash::Hasher;
 /// will send more than the client can take.
 pub const MSS_TABLE: [u16; 8] = [536, 1200, 1300, 1360, 1400, 1440, 1452, 1460];
 
-/// A slice lasts 2^16 ms (65.5 s); a cookie is good in its own slice and
-/// the next, so for 65 to 131 s.
+/// A slice lasts 2^16 ms (65.5 s) of wall-clock time (Unix epoch, so
+/// siblings that share a VIP agree on it); a cookie is good in its own
+/// slice and the next, so for 65 to 131 s.
 const SLICE_SHIFT: u32 = 16;
 
 /// Window scale shifts go up to 14 (RFC 7323); the field's 15 says "none".
@@ -76,31 +77,32 @@ impl CookieJar {
     }
 
     /// The ISN of the SYN-ACK that answers a SYN of `flow` with sequence
-    /// number `client_isn` and options `opts`, at `now_ms`.
-    pub fn make(&self, flow: &CookieFlow, client_isn: u32, opts: &SynOptions, now_ms: u32) -> u32 {
-        let slice = now_ms >> SLICE_SHIFT;
+    /// number `client_isn` and options `opts`, at wall-clock time `wall_ms`
+    /// (milliseconds since the Unix epoch).
+    pub fn make(&self, flow: &CookieFlow, client_isn: u32, opts: &SynOptions, wall_ms: u64) -> u32 {
+        let slice = slice_of(wall_ms);
         let fields = encode_fields(slice, opts);
         fields | (self.mac(flow, client_isn, slice, fields) & MAC_MASK)
     }
 
     /// Checks the cookie an ACK returns (its acknowledgement number minus
     /// one) for `flow` whose client's ISN is `client_isn` (the ACK's
-    /// sequence number minus one), and gives back the SYN's options.
+    /// sequence number minus one), at wall-clock time `wall_ms`, and gives
+    /// back the SYN's options.
     pub fn check(
         &self,
         flow: &CookieFlow,
         client_isn: u32,
         cookie: u32,
-        now_ms: u32,
+        wall_ms: u64,
     ) -> Result<SynOptions, CookieError> {
-        let now_slice = now_ms >> SLICE_SHIFT;
+        let now_slice = slice_of(wall_ms);
         // The whole slice number is the latest one with the cookie's low 2 bits.
         let age = now_slice.wrapping_sub(cookie >> 30) & 3;
         if age > 1 {
             return Err(CookieError::Stale);
         }
-        // Slice numbers count modulo 2^16, as the millisecond clock wraps.
-        let slice = now_slice.wrapping_sub(age) & 0xffff;
+        let slice = now_slice.wrapping_sub(age);
         let fields = cookie & !MAC_MASK;
         if self.mac(flow, client_isn, slice, fields) & MAC_MASK != cookie & MAC_MASK {
             return Err(CookieError::Forged);
@@ -109,16 +111,23 @@ impl CookieJar {
     }
 
     fn mac(&self, flow: &CookieFlow, client_isn: u32, slice: u32, fields: u32) -> u32 {
+        // Fixed bytes in network order: every CPU makes the same MAC.
+        let mut input = [0u8; 24];
+        for (at, v) in [(0, flow.client_ip), (4, flow.vip), (12, client_isn), (16, slice), (20, fields)] {
+            input[at..at + 4].copy_from_slice(&v.to_be_bytes());
+        }
+        input[8..10].copy_from_slice(&flow.client_port.to_be_bytes());
+        input[10..12].copy_from_slice(&flow.vport.to_be_bytes());
         let mut h = SipHasher13::new_with_keys(self.key.0, self.key.1);
-        h.write_u32(flow.client_ip);
-        h.write_u32(flow.vip);
-        h.write_u16(flow.client_port);
-        h.write_u16(flow.vport);
-        h.write_u32(client_isn);
-        h.write_u32(slice);
-        h.write_u32(fields);
+        h.write(&input);
         h.finish() as u32
     }
+}
+
+/// The slice a wall-clock time falls in (its number wraps after 2^32
+/// slices, 8,900 years).
+fn slice_of(wall_ms: u64) -> u32 {
+    (wall_ms >> SLICE_SHIFT) as u32
 }
 
 /// The cookie's upper 10 bits: slice (2), MSS index (3), window scale (4), SACK (1).
@@ -143,7 +152,9 @@ mod tests {
 
     const FLOW: CookieFlow = CookieFlow { client_ip: 0x0a00_0001, client_port: 40000, vip: 0xc612_6401, vport: 80 };
     const OPTS: SynOptions = SynOptions { mss: 1460, wscale: Some(7), sack_permitted: true };
-    const NOW: u32 = 5 << SLICE_SHIFT | 1234;
+    /// Early December 2026, 1,234 ms into a slice.
+    const NOW: u64 = (1_796_000_000_000 >> SLICE_SHIFT << SLICE_SHIFT) + 1234;
+    const SLICE: u64 = 1 << SLICE_SHIFT;
 
     fn jar() -> CookieJar {
         CookieJar::new((0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210))
@@ -160,7 +171,7 @@ mod tests {
             let c = jar().make(&FLOW, 777, &opts, NOW);
             assert_eq!(jar().check(&FLOW, 777, c, NOW), Ok(opts));
             // Good for the rest of its slice and the whole next one.
-            assert_eq!(jar().check(&FLOW, 777, c, NOW + (2 << SLICE_SHIFT) - 1235), Ok(opts));
+            assert_eq!(jar().check(&FLOW, 777, c, NOW + 2 * SLICE - 1235), Ok(opts));
         }
     }
 
@@ -183,12 +194,12 @@ mod tests {
     #[test]
     fn a_stale_cookie_is_refused() {
         let c = jar().make(&FLOW, 777, &OPTS, NOW);
-        for later in 2..6u32 {
-            assert!(jar().check(&FLOW, 777, c, NOW + (later << SLICE_SHIFT)).is_err(), "{later} slices later");
+        for later in 2..6 {
+            assert!(jar().check(&FLOW, 777, c, NOW + later * SLICE).is_err(), "{later} slices later");
         }
-        assert_eq!(jar().check(&FLOW, 777, c, NOW + (2 << SLICE_SHIFT)), Err(CookieError::Stale));
+        assert_eq!(jar().check(&FLOW, 777, c, NOW + 2 * SLICE), Err(CookieError::Stale));
         // From a slice that has not begun.
-        assert_eq!(jar().check(&FLOW, 777, c, NOW - (1 << SLICE_SHIFT)), Err(CookieError::Stale));
+        assert_eq!(jar().check(&FLOW, 777, c, NOW - SLICE), Err(CookieError::Stale));
     }
 
     #[test]
@@ -212,15 +223,33 @@ mod tests {
 
     #[test]
     fn blind_guesses_almost_never_pass() {
-        let passed = (0..1u32 << 20).filter(|&guess| jar().check(&FLOW, 777, guess, NOW).is_ok()).count();
-        // 2^20 guesses at 1 in 2^22 (those with a live slice) expect well under 1.
+        // Guesses in the live slice, so only the MAC can refuse them.
+        let slice_bits = (slice_of(NOW) & 3) << 30;
+        let passed = (0..1u32 << 20).filter(|&guess| jar().check(&FLOW, 777, slice_bits | guess, NOW).is_ok()).count();
+        // 2^20 guesses at 1 in 2^22 each expect 0.25 passes.
         assert!(passed <= 2, "{passed} of 2^20 guessed cookies passed");
     }
 
     #[test]
-    fn slices_wrap_with_the_millisecond_clock() {
-        let late = u32::MAX - 10;
+    fn slice_numbers_wrap() {
+        let late = (u64::from(u32::MAX) << SLICE_SHIFT) + 10;
         let c = jar().make(&FLOW, 9, &OPTS, late);
-        assert_eq!(jar().check(&FLOW, 9, c, late.wrapping_add(1 << SLICE_SHIFT)), Ok(OPTS));
+        assert_eq!(jar().check(&FLOW, 9, c, late + SLICE), Ok(OPTS));
+    }
+
+    /// The MAC is over fixed bytes, not the CPU's: this value holds on any
+    /// machine (and changes if the input's layout does).
+    #[test]
+    fn a_cookie_is_the_same_on_every_cpu() {
+        let slice = slice_of(NOW);
+        let fields = (slice & 3) << 30 | 7 << 27 | 7 << 23 | 1 << 22; // MSS 1460, scale 7, SACK
+        let mut input = vec![10, 0, 0, 1, 198, 18, 100, 1, 0x9c, 0x40, 0, 80, 0, 0, 0x03, 0x09];
+        input.extend_from_slice(&slice.to_be_bytes());
+        input.extend_from_slice(&fields.to_be_bytes());
+        let mut h = SipHasher13::new_with_keys(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210);
+        h.write(&input);
+        let want = fields | (h.finish() as u32 & MAC_MASK);
+        assert_eq!(jar().make(&FLOW, 777, &OPTS, NOW), want);
+        assert_eq!(want, 0x7bc3_31d8, "SipHash-1-3 of those bytes under that key");
     }
 }

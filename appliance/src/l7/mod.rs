@@ -5,10 +5,15 @@
 //! - `request`: gathering the client's request head across segments, and
 //!   parsing it (httparse);
 //! - `rules`: which server group a request goes to;
+//! - `tcpopt`: a handshake's TCP options, read and written;
+//! - `segment`: segments the appliance writes itself (the SYN-ACK with
+//!   its cookie, in the SYN's place);
 //! - `splice`: once the appliance has opened the server's side, the
 //!   sequence-number translation that joins the two halves.
 
 pub mod cookie;
 pub mod request;
 pub mod rules;
+pub mod segment;
 pub mod splice;
+pub mod tcpopt;

@@ -9,6 +9,8 @@
 //! acknowledgement number, and the edges of its SACK blocks (which
 //! acknowledge the server's bytes), lose it. Every change updates the TCP
 //! checksum incrementally (RFC 1624); addresses and ports are NAT's job.
+//! When the server scales its window by another shift than the one the
+//! appliance offered the client, its windows are rescaled on the way.
 
 use crate::packet::checksum;
 
@@ -17,6 +19,7 @@ const SEQ: usize = 4;
 const ACK: usize = 8;
 const DATA_OFF: usize = 12;
 const FLAGS: usize = 13;
+const WINDOW: usize = 14;
 const CHECKSUM: usize = 16;
 const MIN_LEN: usize = 20;
 const ACK_FLAG: u8 = 0x10;
@@ -63,6 +66,25 @@ pub fn client_to_server(tcp: &mut [u8], delta: u32) -> Result<(), SpliceError> {
             write32_updating_checksum(tcp, off, v.wrapping_sub(delta));
         }
     }
+    Ok(())
+}
+
+/// Rewrites a segment's window for a receiver that scales windows by a
+/// different shift than the sender meant: the field's value times
+/// 2^`shift` (sender's scale minus receiver's; negative divides, rounding
+/// down, so the window is never overstated), at most 65,535.
+pub fn rescale_window(tcp: &mut [u8], shift: i8) -> Result<(), SpliceError> {
+    header_len(tcp)?;
+    if shift == 0 {
+        return Ok(());
+    }
+    let old = u16::from_be_bytes([tcp[WINDOW], tcp[WINDOW + 1]]);
+    let bytes = u64::from(old);
+    let new = if shift > 0 { bytes << shift.min(30) } else { bytes >> (-shift).min(30) };
+    let new = new.min(0xffff) as u16;
+    tcp[WINDOW..WINDOW + 2].copy_from_slice(&new.to_be_bytes());
+    let check = u16::from_be_bytes([tcp[CHECKSUM], tcp[CHECKSUM + 1]]);
+    tcp[CHECKSUM..CHECKSUM + 2].copy_from_slice(&checksum::update16(check, old, new).to_be_bytes());
     Ok(())
 }
 
@@ -134,40 +156,11 @@ fn read16(b: &[u8], at: usize) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringlb_testkit::{check, ip, tcp_seq};
+    use ringlb_testkit::{check, ip, reseal_tcp, tcp_seq, with_tcp_options};
 
     const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
     const ETH_IP: usize = 14 + 20;
-
-    /// A client segment with SACK blocks, built by hand around the test
-    /// kit's frame (whose checksums the test kit computes itself).
-    fn with_options(frame: Vec<u8>, options: &[u8]) -> Vec<u8> {
-        assert!(options.len().is_multiple_of(4));
-        let mut f = frame[..ETH_IP + MIN_LEN].to_vec();
-        f.extend_from_slice(options);
-        f.extend_from_slice(&frame[ETH_IP + MIN_LEN..]);
-        f[ETH_IP + DATA_OFF] = (((MIN_LEN + options.len()) / 4) as u8) << 4;
-        let total = (f.len() - 14) as u16;
-        f[16..18].copy_from_slice(&total.to_be_bytes());
-        reseal(&mut f);
-        f
-    }
-
-    /// Recomputes the IPv4 and TCP checksums from scratch (the test kit's
-    /// own one's-complement sum, not the appliance's).
-    fn reseal(f: &mut [u8]) {
-        f[24..26].fill(0);
-        let c = ringlb_testkit::inet_checksum(&f[14..34]);
-        f[24..26].copy_from_slice(&c.to_be_bytes());
-        let mut pseudo = f[26..34].to_vec();
-        pseudo.extend_from_slice(&[0, 6]);
-        pseudo.extend_from_slice(&((f.len() - ETH_IP) as u16).to_be_bytes());
-        f[ETH_IP + CHECKSUM..ETH_IP + CHECKSUM + 2].fill(0);
-        pseudo.extend_from_slice(&f[ETH_IP..]);
-        let c = ringlb_testkit::inet_checksum(&pseudo);
-        f[ETH_IP + CHECKSUM..ETH_IP + CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
-    }
 
     fn segment(seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
         tcp_seq(MAC_A, MAC_B, ip("10.0.0.1"), ip("198.18.100.1"), (40000, 80), seq, Some(ack), 502, 0x18, payload)
@@ -208,7 +201,7 @@ mod tests {
         let edges = [0x10, 0x20, 0x28, 0x2c];
         for lead_nops in [2, 1, 3] {
             // 2 NOPs: the edges are 4-aligned; 1 or 3: they straddle words.
-            let mut f = with_options(segment(7, 0x05, b"x"), &sack_option(&edges, lead_nops));
+            let mut f = with_tcp_options(&segment(7, 0x05, b"x"), &sack_option(&edges, lead_nops));
             client_to_server(&mut f[ETH_IP..], delta).unwrap();
             check(&f).expect("checksums hold");
             assert_eq!(read32(&f[ETH_IP..], SEQ), 7, "the client's own numbers stay");
@@ -221,7 +214,7 @@ mod tests {
 
     #[test]
     fn a_translation_there_and_back_is_the_identity() {
-        let mut f = with_options(segment(0xdead_beef, 0xffff_ffff, b"abc"), &sack_option(&[1, 2], 2));
+        let mut f = with_tcp_options(&segment(0xdead_beef, 0xffff_ffff, b"abc"), &sack_option(&[1, 2], 2));
         let orig = f.clone();
         client_to_server(&mut f[ETH_IP..], 0x1234_5678).unwrap();
         client_to_server(&mut f[ETH_IP..], 0u32.wrapping_sub(0x1234_5678)).unwrap();
@@ -229,10 +222,21 @@ mod tests {
     }
 
     #[test]
+    fn windows_are_rescaled_without_overstating_them() {
+        let window = |f: &[u8]| u16::from_be_bytes([f[ETH_IP + WINDOW], f[ETH_IP + WINDOW + 1]]);
+        for (shift, want) in [(0, 502), (2, 2008), (8, 0xffff), (-3, 62), (-9, 0), (-40, 0), (40, 0xffff)] {
+            let mut f = segment(1, 2, b"data");
+            rescale_window(&mut f[ETH_IP..], shift).unwrap();
+            check(&f).expect("checksums hold");
+            assert_eq!(window(&f), want, "502 scaled by 2^{shift}");
+        }
+    }
+
+    #[test]
     fn without_the_ack_flag_the_ack_field_is_not_touched() {
         let mut f = segment(5, 0x99, b"");
         f[ETH_IP + FLAGS] = 0x02; // a bare SYN
-        reseal(&mut f);
+        reseal_tcp(&mut f);
         client_to_server(&mut f[ETH_IP..], 0x10).unwrap();
         assert_eq!(read32(&f[ETH_IP..], ACK), 0x99);
         check(&f).expect("checksums hold");
@@ -247,7 +251,7 @@ mod tests {
             vec![OPT_NOP, OPT_NOP, OPT_NOP, 8],                          // a kind without its length
             [sack_option(&[1, 2], 2), sack_option(&[3, 4], 2)].concat(), // two SACKs
         ] {
-            let mut f = with_options(segment(5, 0x99, b""), &options);
+            let mut f = with_tcp_options(&segment(5, 0x99, b""), &options);
             let before = f.clone();
             assert_eq!(client_to_server(&mut f[ETH_IP..], 0x10), Err(SpliceError::BadOptions), "{options:?}");
             assert_eq!(f, before);
