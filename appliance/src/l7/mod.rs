@@ -5,6 +5,9 @@
 //! - `request`: gathering the client's request head across segments, and
 //!   parsing it (httparse);
 //! - `rules`: which server group a request goes to;
+//! - `response`: a server's response head (status for error redirect;
+//!   whether a download can resume elsewhere, the request that resumes
+//!   it, and the check of the answer);
 //! - `tcpopt`: a handshake's TCP options, read and written;
 //! - `segment`: segments the appliance writes itself (the SYN-ACK with
 //!   its cookie, in the SYN's place);
@@ -13,6 +16,7 @@
 
 pub mod cookie;
 pub mod request;
+pub mod response;
 pub mod rules;
 pub mod segment;
 pub mod splice;
