@@ -11,9 +11,12 @@
 //! - `tcpopt`: a handshake's TCP options, read and written;
 //! - `segment`: segments the appliance writes itself (the SYN-ACK with
 //!   its cookie, in the SYN's place);
+//! - `conn`: one proxied connection's handshake with its server (replay
+//!   the client's SYN, fix the sequence delta, join the halves), without I/O;
 //! - `splice`: once the appliance has opened the server's side, the
 //!   sequence-number translation that joins the two halves.
 
+pub mod conn;
 pub mod cookie;
 pub mod request;
 pub mod response;
