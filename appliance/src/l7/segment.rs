@@ -1,7 +1,10 @@
 //! Segments the appliance writes itself. The SYN-ACK that carries a
 //! cookie is built in the place of the client's SYN (same buffer, never
 //! longer: see `tcpopt::write`), so answering a SYN flood allocates
-//! nothing. Headers are small, so their checksums are computed whole.
+//! nothing. The segments a proxied connection sends of its own (the
+//! replayed SYN, ACKs, window updates, RSTs: `conn::Emit`) are built
+//! whole by `build`. Headers are small, so their checksums are computed
+//! whole.
 
 use super::cookie::SynOptions;
 use super::tcpopt;
@@ -89,6 +92,63 @@ pub fn synack_in_place(frame: &mut [u8], port_mac: Mac, cookie: u32, p: &SynAckP
     Ok(len)
 }
 
+/// A TCP segment the appliance sends of its own (no payload): a replayed
+/// SYN, an ACK, a window update, a RST.
+#[derive(Clone, Copy, Debug)]
+pub struct Outgoing<'a> {
+    pub src_mac: Mac,
+    pub dst_mac: Mac,
+    /// (address, port), host order.
+    pub src: (u32, u16),
+    pub dst: (u32, u16),
+    pub seq: u32,
+    /// With the ACK flag when Some.
+    pub ack: Option<u32>,
+    /// SYN, RST, FIN bits (ACK follows `ack`).
+    pub flags: u8,
+    pub window: u16,
+    /// A multiple of 4 bytes, at most 40 (`tcpopt::write`).
+    pub options: &'a [u8],
+}
+
+/// The longest frame `build` writes: Ethernet, IPv4, TCP with 40 bytes of options.
+pub const MAX_BUILT: usize = TCP + 60;
+
+/// Writes `seg` as a whole frame into `out`; returns its length. Short
+/// frames are padded to Ethernet's 60-byte minimum.
+pub fn build(out: &mut [u8; MAX_BUILT], seg: &Outgoing) -> usize {
+    let opts = &seg.options[..seg.options.len().min(40) & !3];
+    let tcp_len = 20 + opts.len();
+    let len = TCP + tcp_len;
+    out.fill(0);
+    out[0..6].copy_from_slice(&seg.dst_mac);
+    out[6..12].copy_from_slice(&seg.src_mac);
+    out[12..14].copy_from_slice(&[0x08, 0x00]);
+    let (src, dst) = (seg.src.0.to_be_bytes(), seg.dst.0.to_be_bytes());
+    let ip = &mut out[IP..TCP];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
+    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let c = checksum::full(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let t = &mut out[TCP..len];
+    t[0..2].copy_from_slice(&seg.src.1.to_be_bytes());
+    t[2..4].copy_from_slice(&seg.dst.1.to_be_bytes());
+    t[4..8].copy_from_slice(&seg.seq.to_be_bytes());
+    t[8..12].copy_from_slice(&seg.ack.unwrap_or(0).to_be_bytes());
+    t[12] = ((tcp_len / 4) as u8) << 4;
+    t[13] = (seg.flags & !ACK) | if seg.ack.is_some() { ACK } else { 0 };
+    t[14..16].copy_from_slice(&seg.window.to_be_bytes());
+    t[20..].copy_from_slice(opts);
+    let c = tcp_checksum(&src, &dst, t);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    len.max(60)
+}
+
 /// The options a SYN-ACK's client will use: what it offered, as the
 /// cookie can carry them, and window scaling only if both sides offer it.
 pub fn agreed(offered: &SynOptions, our_wscale: Option<u8>) -> SynOptions {
@@ -136,7 +196,7 @@ fn copy2(b: &[u8], at: usize) -> [u8; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringlb_testkit::{check, ip, tcp_seq, with_tcp_options, PORT_MAC, ROUTER_MAC, SYN as T_SYN};
+    use ringlb_testkit::{check, ip, tcp_seq, with_tcp_options, PORT_MAC, ROUTER_MAC, RST as RST_FLAG, SYN as T_SYN};
 
     const LINUX_OPTIONS: [u8; 20] = [2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7];
     const PARAMS: SynAckParams = SynAckParams { mss: 1460, wscale: Some(7), window: 16384 };
@@ -189,6 +249,39 @@ mod tests {
             assert_eq!(answered.opts.wscale.is_some(), offered.opts.wscale.is_some(), "{options:?}");
             assert_eq!(answered.opts.sack_permitted, offered.opts.sack_permitted, "{options:?}");
             assert_eq!(agreed(&offered.opts, PARAMS.wscale).wscale, offered.opts.wscale);
+        }
+    }
+
+    #[test]
+    fn built_segments_are_valid_frames_with_the_numbers_asked_for() {
+        let (block, n) =
+            tcpopt::write(Some(1460), &SynOptions { mss: 1460, wscale: Some(7), sack_permitted: true }, Some(7));
+        let syn = Outgoing {
+            src_mac: PORT_MAC,
+            dst_mac: ROUTER_MAC,
+            src: (0x0a00_0007, 40001),
+            dst: (0xc612_000b, 80),
+            seq: 0xffff_ffff,
+            ack: None,
+            flags: SYN,
+            window: 64240,
+            options: &block[..n],
+        };
+        let rst = Outgoing { flags: RST_FLAG, options: &[], ack: None, seq: 5, ..syn };
+        let update = Outgoing { flags: 0, options: &[], ack: Some(0), seq: 0xffff_fff1, window: 501, ..syn };
+        for (seg, flags) in [(syn, SYN), (rst, RST_FLAG), (update, ACK)] {
+            let mut out = [0u8; MAX_BUILT];
+            let len = build(&mut out, &seg);
+            let seen = check(&out[..len]).expect("checksums hold");
+            assert_eq!((seen.src, seen.dst), (ip("10.0.0.7"), ip("198.18.0.11")));
+            assert_eq!((seen.sport, seen.dport, seen.flags), (40001, 80, flags));
+            assert_eq!((seen.src_mac, seen.dst_mac), (PORT_MAC, ROUTER_MAC));
+            assert_eq!(be32(&out, TCP + 4), seg.seq);
+            assert_eq!(be32(&out, TCP + 8), seg.ack.unwrap_or(0));
+            assert_eq!(u16::from_be_bytes([out[TCP + 14], out[TCP + 15]]), seg.window);
+            assert!(seen.payload.is_empty() && len >= 60);
+            let offered = tcpopt::read(tcp_header(&out[..len]).unwrap()).unwrap();
+            assert_eq!(offered.mss_present, !seg.options.is_empty());
         }
     }
 
