@@ -13,6 +13,8 @@
 //!   its cookie, in the SYN's place);
 //! - `conn`: one proxied connection's handshake with its server (replay
 //!   the client's SYN, fix the sequence delta, join the halves), without I/O;
+//! - `table`: a worker's proxied connections, in a slab and an index
+//!   allocated at start;
 //! - `splice`: once the appliance has opened the server's side, the
 //!   sequence-number translation that joins the two halves.
 
@@ -23,4 +25,5 @@ pub mod response;
 pub mod rules;
 pub mod segment;
 pub mod splice;
+pub mod table;
 pub mod tcpopt;
