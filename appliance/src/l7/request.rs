@@ -119,6 +119,48 @@ impl RequestBuf {
     }
 }
 
+/// A worker's request buffers, made at start: a connection takes one at
+/// its first data byte and gives it back once its request is bound (or it
+/// ends). When all are taken, a new request waits (its bytes are not
+/// acknowledged, so the client sends them again).
+pub struct RequestPool {
+    bufs: Box<[RequestBuf]>,
+    free: Vec<u32>,
+}
+
+/// A buffer taken from a pool: its number there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufId(u32);
+
+impl RequestPool {
+    pub fn new(count: usize) -> RequestPool {
+        let count = count.min(u32::MAX as usize);
+        RequestPool { bufs: (0..count).map(|_| RequestBuf::new(0)).collect(), free: (0..count as u32).rev().collect() }
+    }
+
+    /// A buffer for a request whose first byte is `next_seq`, if one is free.
+    pub fn take(&mut self, next_seq: u32) -> Option<BufId> {
+        let id = self.free.pop()?;
+        self.bufs[id as usize].reset(next_seq);
+        Some(BufId(id))
+    }
+
+    /// Gives a buffer back. (An id is given back once: the connection that
+    /// took it forgets it.)
+    pub fn give(&mut self, id: BufId) {
+        debug_assert!(!self.free.contains(&id.0), "buffer {} given back twice", id.0);
+        self.free.push(id.0);
+    }
+
+    pub fn get_mut(&mut self, id: BufId) -> &mut RequestBuf {
+        &mut self.bufs[id.0 as usize]
+    }
+
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+}
+
 /// Parses a request head with httparse, into headers kept on the stack.
 pub fn parse_head(bytes: &[u8]) -> Head<'_> {
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -207,6 +249,21 @@ mod tests {
         assert_eq!(parse_head(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"), Head::Invalid);
         let many: Vec<u8> = [&b"GET / HTTP/1.1\r\n"[..], &b"X: y\r\n".repeat(MAX_HEADERS + 1), b"\r\n"].concat();
         assert_eq!(parse_head(&many), Head::Invalid, "more headers than MAX_HEADERS");
+    }
+
+    #[test]
+    fn a_pool_lends_each_buffer_once_and_clean() {
+        let mut pool = RequestPool::new(2);
+        let a = pool.take(10).unwrap();
+        assert_eq!(pool.get_mut(a).gather(10, b"GET /"), Gathered::Took(5));
+        let b = pool.take(20).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(pool.take(30), None, "all lent");
+        pool.give(a);
+        let c = pool.take(40).unwrap();
+        let taken = pool.get_mut(c);
+        assert_eq!((taken.bytes(), taken.next_seq()), (&b""[..], 40), "taken clean");
+        assert_eq!(pool.available(), 0);
     }
 
     #[test]
