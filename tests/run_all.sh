@@ -31,6 +31,6 @@ run "lab failover NAT, sync off, cold standby (sessions rebuilt from the agents)
 run "lab health (agent leaves the ring: no new flows; least_load shares)" bash tests/lab/health_test.sh
 run "lab cleanup on failure" bash tests/lab/cleanup_test.sh
 run "benchmark smoke run" bash tests/bench_smoke.sh
-run "fuzzing, 20 s per target (packet path, ring and sync wire, YAML)" bash fuzz/run.sh 20
+run "fuzzing, 20 s per target (packet path, ring and sync wire, YAML, L7 decoders)" bash fuzz/run.sh 20
 echo "suites: $passed passed, $failed failed"
 [ "$failed" = 0 ]
