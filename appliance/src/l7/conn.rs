@@ -15,11 +15,7 @@
 //! Sequence numbers compare modulo 2^32.
 
 use super::cookie::SynOptions;
-
-pub const FIN: u8 = 0x01;
-pub const SYN: u8 = 0x02;
-pub const RST: u8 = 0x04;
-pub const ACK: u8 = 0x10;
+pub use crate::packet::tcp_flags::{ACK, FIN, RST, SYN};
 
 /// How long the server has to answer a replayed SYN before it is sent
 /// again, and how many times it is sent in all.

@@ -14,8 +14,7 @@ const ETH: usize = 14;
 const IP: usize = ETH;
 const TCP: usize = ETH + 20;
 
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
+use crate::packet::tcp_flags::{ACK, SYN};
 
 /// What the appliance's SYN-ACK says besides the cookie.
 #[derive(Clone, Copy, Debug)]

@@ -22,12 +22,8 @@ const FLAGS: usize = 13;
 const WINDOW: usize = 14;
 const CHECKSUM: usize = 16;
 const MIN_LEN: usize = 20;
-const ACK_FLAG: u8 = 0x10;
-
-/// TCP option kinds (RFC 9293, RFC 2018).
-const OPT_END: u8 = 0;
-const OPT_NOP: u8 = 1;
-const OPT_SACK: u8 = 5;
+use super::tcpopt::{OPT_END, OPT_NOP, OPT_SACK};
+use crate::packet::tcp_flags::ACK as ACK_FLAG;
 
 /// Why a segment could not be translated (a counted drop: it would reach
 /// the other side with numbers that mean nothing there).

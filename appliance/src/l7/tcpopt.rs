@@ -4,11 +4,13 @@
 
 use super::cookie::SynOptions;
 
-const OPT_END: u8 = 0;
-const OPT_NOP: u8 = 1;
+/// TCP option kinds (RFC 9293, RFC 7323, RFC 2018).
+pub(super) const OPT_END: u8 = 0;
+pub(super) const OPT_NOP: u8 = 1;
 const OPT_MSS: u8 = 2;
 const OPT_WSCALE: u8 = 3;
 const OPT_SACK_PERMITTED: u8 = 4;
+pub(super) const OPT_SACK: u8 = 5;
 const OPT_TIMESTAMPS: u8 = 8;
 
 /// The MSS a SYN without the option implies (RFC 9293, 3.7.1).
