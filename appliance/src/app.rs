@@ -285,6 +285,13 @@ pub fn summary(t: f64, s: &Snapshot, labels: &[String]) -> String {
         "  sessions created={} expired={} active={} evicted={} icmp_errors={} fragments={}",
         s.created, s.expired, s.active, s.evicted, s.icmp_errors, s.fragments
     );
+    if s.syn_cookies_sent > 0 {
+        let _ = writeln!(
+            o,
+            "  syn_proxy cookies_sent={} opened={} joined={} failed={} active={} emit_full={}",
+            s.syn_cookies_sent, s.proxy_opened, s.proxy_joined, s.proxy_failed, s.proxy_active, s.proxy_emit_full
+        );
+    }
     if s.sync_installed + s.sync_updated + s.locks_created + s.deferred > 0 {
         let _ = writeln!(
             o,

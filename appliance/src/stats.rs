@@ -55,10 +55,20 @@ pub enum DropReason {
     /// An ICMP error whose quoted packet is truncated or inconsistent, or
     /// whose checksum is wrong.
     IcmpMalformed,
+    /// A `syn_proxy` ACK whose cookie is older than the cookies' lifetime.
+    CookieStale,
+    /// A `syn_proxy` ACK without a connection whose cookie does not check
+    /// (forged, altered, or a SYN-ACK that never came from us).
+    CookieForged,
+    /// A valid cookie found its worker's proxied-connection table full.
+    ProxyFull,
+    /// A segment a proxied connection does not accept as it stands: a
+    /// server's SYN-ACK for another handshake, a blind RST, a SYN mid-connection.
+    ProxyRefused,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 24] = [
+    pub const ALL: [DropReason; 28] = [
         DropReason::Malformed,
         DropReason::UnsupportedEthertype,
         DropReason::UnsupportedProtocol,
@@ -83,6 +93,10 @@ impl DropReason {
         DropReason::ArpUnsolicited,
         DropReason::ArpBadMac,
         DropReason::IcmpMalformed,
+        DropReason::CookieStale,
+        DropReason::CookieForged,
+        DropReason::ProxyFull,
+        DropReason::ProxyRefused,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -112,6 +126,10 @@ impl DropReason {
             DropReason::ArpUnsolicited => "arp_unsolicited",
             DropReason::ArpBadMac => "arp_bad_mac",
             DropReason::IcmpMalformed => "icmp_malformed",
+            DropReason::CookieStale => "cookie_stale",
+            DropReason::CookieForged => "cookie_forged",
+            DropReason::ProxyFull => "proxy_full",
+            DropReason::ProxyRefused => "proxy_refused",
         }
     }
 }
@@ -193,6 +211,17 @@ pub struct WorkerStats {
     /// Sessions ended with a RST to the client because their server went
     /// down (`on_server_down: reset`).
     pub down_resets: Counter,
+    /// `syn_proxy`: SYNs answered with a cookie; connections opened by a
+    /// valid one (the server's side then opened); joined (the server
+    /// answered); failed (the server refused or never answered: the
+    /// client got a RST); open now; frames of the appliance's own that
+    /// found no room in the queue (their timer sends them again).
+    pub syn_cookies_sent: Counter,
+    pub proxy_opened: Counter,
+    pub proxy_joined: Counter,
+    pub proxy_failed: Counter,
+    pub proxy_active: Counter,
+    pub proxy_emit_full: Counter,
     pub drops: [Counter; DropReason::COUNT],
     /// New sessions per server, indexed by global server id.
     pub server_new_sessions: Box<[Counter]>,
@@ -230,6 +259,12 @@ impl WorkerStats {
             await_timeouts: Counter::default(),
             midflow_picked: Counter::default(),
             down_resets: Counter::default(),
+            syn_cookies_sent: Counter::default(),
+            proxy_opened: Counter::default(),
+            proxy_joined: Counter::default(),
+            proxy_failed: Counter::default(),
+            proxy_active: Counter::default(),
+            proxy_emit_full: Counter::default(),
             drops: Default::default(),
             server_new_sessions: (0..servers).map(|_| Counter::default()).collect(),
         }
@@ -284,6 +319,12 @@ pub struct Snapshot {
     pub await_timeouts: u64,
     pub midflow_picked: u64,
     pub down_resets: u64,
+    pub syn_cookies_sent: u64,
+    pub proxy_opened: u64,
+    pub proxy_joined: u64,
+    pub proxy_failed: u64,
+    pub proxy_active: u64,
+    pub proxy_emit_full: u64,
     pub drops: [u64; DropReason::COUNT],
     pub per_server: Vec<u64>,
 }
@@ -322,6 +363,12 @@ impl Snapshot {
             s.await_timeouts += w.await_timeouts.get();
             s.midflow_picked += w.midflow_picked.get();
             s.down_resets += w.down_resets.get();
+            s.syn_cookies_sent += w.syn_cookies_sent.get();
+            s.proxy_opened += w.proxy_opened.get();
+            s.proxy_joined += w.proxy_joined.get();
+            s.proxy_failed += w.proxy_failed.get();
+            s.proxy_active += w.proxy_active.get();
+            s.proxy_emit_full += w.proxy_emit_full.get();
             for (d, c) in s.drops.iter_mut().zip(w.drops.iter()) {
                 *d += c.get();
             }

@@ -314,6 +314,19 @@ fn process_burst(
     }
 }
 
+/// Sends the frames the data plane wrote of its own (`Worker::drain_frames`:
+/// a proxied connection's replayed SYN, ACKs, window updates, RSTs) with
+/// the burst's frames.
+fn send_own_frames(dp: &mut Worker, pool: &Mempool, out: &mut Output, peers_waiting: bool) {
+    dp.drain_frames(|port, bytes| {
+        let Some(mut m) = pool.alloc() else { return false };
+        let Some(buf) = u16::try_from(bytes.len()).ok().and_then(|n| m.append(n)) else { return false };
+        buf.copy_from_slice(bytes);
+        out.send(Verdict::Tx(port), m, peers_waiting);
+        true
+    });
+}
+
 /// Applies up to `COMMANDS_PER_LOOP` commands, a prefetched burst at a
 /// time (sibling installs land in a table far larger than the cache).
 /// Releases of held packets only raise `released`. Returns how many.
@@ -432,6 +445,7 @@ pub fn run(setup: WorkerSetup) -> i32 {
         if !held.packets.is_empty() {
             held.release(released, now, &mut out);
         }
+        send_own_frames(&mut dp, &pool, &mut out, peers_waiting);
         out.flush_all(peers_waiting);
 
         // Once per millisecond: expire a slice of sessions; worker 0 also
@@ -442,6 +456,9 @@ pub fn run(setup: WorkerSetup) -> i32 {
                 awaiting.retry(&mut dp, &port_index, now, &mut out, &mut held);
             }
             dp.sweep(now);
+            // What the sweep's timers sent (replayed SYNs, RSTs).
+            send_own_frames(&mut dp, &pool, &mut out, peers_waiting);
+            out.flush_all(peers_waiting);
             let tx = &mut out.tx;
             dp.due_solicits(now, |n, port| {
                 let Some(mut m) = pool.alloc() else { return false };

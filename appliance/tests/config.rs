@@ -372,3 +372,31 @@ fn odd_strings_render_as_yaml_that_parses_back() {
     assert_eq!(again.services[0].name, cfg.services[0].name);
     assert_eq!(again.render(), once);
 }
+
+#[test]
+fn syn_proxy_is_refused_where_sequence_numbers_cannot_be_shifted() {
+    // DSR: the server's replies bypass the appliance.
+    assert_has(
+        &reject("    mode: dsr\n    group: web", "    mode: dsr\n    syn_proxy: true\n    group: web"),
+        &["bad.yaml:13:16", "services[0] 'web'.syn_proxy", "mode: nat", "bypass"],
+    );
+    // UDP has no handshake to answer.
+    assert_has(
+        &reject("    mode: nat\n", "    mode: nat\n    protocol: udp\n    syn_proxy: true\n"),
+        &["bad.yaml:", "services[1] 'api'.syn_proxy", "protocol: tcp"],
+    );
+    assert_has(
+        &reject("  worker_cores: [1]\n", "  worker_cores: [1]\nsessions: { capacity: 1000, proxied: 0 }\n"),
+        &["bad.yaml:", "sessions.proxied: 0"],
+    );
+}
+
+#[test]
+fn syn_proxy_on_nat_is_accepted_and_rendered_back() {
+    let text = GOOD.replacen("    mode: nat\n", "    mode: nat\n    syn_proxy: true\n", 1);
+    let c = config::parse(&text, "good.yaml").unwrap();
+    assert!(c.services[1].syn_proxy && !c.services[0].syn_proxy);
+    assert_eq!(c.proxied_capacity, 1 << 16);
+    let again = config::parse(&c.render(), "rendered.yaml").unwrap();
+    assert!(again.services[1].syn_proxy, "render lost syn_proxy:\n{}", c.render());
+}

@@ -152,6 +152,12 @@ struct RawService {
     /// at one server. Off: fragments are counted drops.
     #[serde(default)]
     fragments: Option<Spanned<bool>>,
+    /// SYN-flood protection (`nat` over TCP only): the appliance answers
+    /// each SYN itself with a SYN cookie and keeps no state until the
+    /// client's ACK returns a valid one; only then is the server's side
+    /// opened, and the two halves are joined by sequence-number translation.
+    #[serde(default)]
+    syn_proxy: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -273,6 +279,13 @@ struct RawSessions {
     /// Client locks each worker can hold (services with persistence).
     #[serde(default = "default_locks")]
     locks: Spanned<usize>,
+    /// Connections the `syn_proxy` services can hold at once (all workers).
+    #[serde(default = "default_proxied")]
+    proxied: Spanned<usize>,
+}
+
+fn default_proxied() -> Spanned<usize> {
+    unspanned(1 << 16)
 }
 
 fn default_locks() -> Spanned<usize> {
@@ -281,7 +294,7 @@ fn default_locks() -> Spanned<usize> {
 
 impl Default for RawSessions {
     fn default() -> Self {
-        RawSessions { capacity: unspanned(1 << 20), locks: default_locks() }
+        RawSessions { capacity: unspanned(1 << 20), locks: default_locks(), proxied: default_proxied() }
     }
 }
 
@@ -378,6 +391,8 @@ pub struct ServiceConfig {
     pub on_server_down: OnServerDown,
     /// Fragments accepted, dispatch by address hash (see `RawService::fragments`).
     pub fragments: bool,
+    /// SYN cookies in front of the servers (see `RawService::syn_proxy`).
+    pub syn_proxy: bool,
 }
 
 /// One member of a service's server group. A machine serving two services
@@ -411,6 +426,8 @@ pub struct Config {
     pub session_capacity: usize,
     /// Client locks per worker (allocated only when a service has persistence).
     pub lock_capacity: usize,
+    /// Proxied connections per appliance (allocated only when a service has `syn_proxy`).
+    pub proxied_capacity: usize,
     pub timeouts: Timeouts,
     pub arp_refresh_ms: u32,
     pub cluster: Option<ClusterConfig>,
@@ -736,6 +753,22 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
             }
             _ => false,
         };
+        let syn_proxy = match &s.syn_proxy {
+            Some(f) if f.value => {
+                if s.mode != Mode::Nat || proto != L4Proto::Tcp {
+                    return Err(cx.at(
+                        f,
+                        format!(
+                            "services[{si}] '{name}'.syn_proxy: needs mode: nat and protocol: tcp (a dsr server's \
+                             replies bypass the appliance, so their sequence numbers cannot be shifted to match \
+                             the cookie)"
+                        ),
+                    ));
+                }
+                true
+            }
+            _ => false,
+        };
         let persistence_ms = match &s.persistence {
             None => None,
             Some(p) => {
@@ -873,6 +906,7 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
             probe,
             on_server_down: s.on_server_down,
             fragments,
+            syn_proxy,
         });
     }
     if services.len() >= usize::from(u16::MAX) {
@@ -908,6 +942,10 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
     let locks = &raw.sessions.locks;
     if locks.value == 0 || locks.value > 1 << 26 {
         return Err(cx.at(locks, format!("sessions.locks: {} must be between 1 and 2^26", locks.value)));
+    }
+    let proxied = &raw.sessions.proxied;
+    if proxied.value == 0 || proxied.value > 1 << 24 {
+        return Err(cx.at(proxied, format!("sessions.proxied: {} must be between 1 and 2^24", proxied.value)));
     }
     let t = &raw.timeouts;
     let timeouts = Timeouts {
@@ -956,6 +994,7 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
         neighbors,
         session_capacity: cap.value,
         lock_capacity: locks.value,
+        proxied_capacity: proxied.value,
         timeouts,
         arp_refresh_ms,
         cluster,
@@ -1030,6 +1069,9 @@ impl Config {
             if s.fragments {
                 let _ = writeln!(o, "    fragments: true");
             }
+            if s.syn_proxy {
+                let _ = writeln!(o, "    syn_proxy: true");
+            }
             let _ = writeln!(o, "    group: {}", yaml_str(&s.group));
         }
         // Each group once, as its first service resolved it; what the
@@ -1060,7 +1102,11 @@ impl Config {
             }
         }
         let t = &self.timeouts;
-        let _ = writeln!(o, "sessions:\n  capacity: {}\n  locks: {}", self.session_capacity, self.lock_capacity);
+        let _ = writeln!(
+            o,
+            "sessions:\n  capacity: {}\n  locks: {}\n  proxied: {}",
+            self.session_capacity, self.lock_capacity, self.proxied_capacity
+        );
         let _ = writeln!(
             o,
             "timeouts:\n  syn: {}ms\n  established: {}ms\n  closing: {}ms\n  udp: {}ms\narp:\n  refresh: {}ms",

@@ -427,6 +427,11 @@ impl Control {
     }
 
     /// Sessions rebuilt from the servers' lists (None without agents).
+    /// Whether a service answers SYNs with cookies (the status shows their counters).
+    pub fn has_syn_proxy(&self) -> bool {
+        self.shared.has_syn_proxy()
+    }
+
     pub fn rebuild_status(&self) -> Option<rebuild::RebuildStatus> {
         self.rebuild.as_ref().map(rebuild::Rebuild::status)
     }

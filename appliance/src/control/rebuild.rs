@@ -113,7 +113,9 @@ impl Rebuild {
         let services = cfg
             .services
             .iter()
-            .filter(|s| s.proto == L4Proto::Tcp)
+            // A proxied connection's sequence delta is nowhere in a
+            // server's list: `syn_proxy` services are not rebuilt.
+            .filter(|s| s.proto == L4Proto::Tcp && !s.syn_proxy)
             .map(|s| Service {
                 vip: s.vip,
                 vport: s.port,

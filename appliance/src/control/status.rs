@@ -144,6 +144,23 @@ pub struct Defer {
     pub full: u64,
 }
 
+/// `syn_proxy` services' connections.
+#[derive(Serialize, Debug)]
+pub struct SynProxy {
+    /// SYNs answered with a cookie.
+    pub cookies_sent: u64,
+    /// Valid cookies returned: the server's side opened.
+    pub opened: u64,
+    /// The server answered: the halves joined.
+    pub joined: u64,
+    /// The server refused or never answered: the client was reset.
+    pub failed: u64,
+    /// Proxied connections held now.
+    pub active: u64,
+    /// The appliance's own frames that found the queue full (sent again by their timer).
+    pub emit_full: u64,
+}
+
 /// Packets of established flows that met no session (a flow that began on
 /// a failed appliance).
 #[derive(Serialize, Debug)]
@@ -181,6 +198,8 @@ pub struct Status {
     pub servers: Option<Vec<super::health::ServerHealth>>,
     /// Sessions ended with a RST because their server went down.
     pub down_resets: u64,
+    /// `syn_proxy` services (None when there are none).
+    pub syn_proxy: Option<SynProxy>,
     pub cluster: Option<ClusterStatus>,
 }
 
@@ -222,6 +241,14 @@ impl Status {
             rebuild: control.rebuild_status(),
             servers: control.health_status(),
             down_resets: s.down_resets,
+            syn_proxy: control.has_syn_proxy().then_some(SynProxy {
+                cookies_sent: s.syn_cookies_sent,
+                opened: s.proxy_opened,
+                joined: s.proxy_joined,
+                failed: s.proxy_failed,
+                active: s.proxy_active,
+                emit_full: s.proxy_emit_full,
+            }),
             cluster: control.cluster_status(),
         }
     }

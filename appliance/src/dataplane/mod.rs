@@ -11,6 +11,7 @@
 mod announce;
 mod lean;
 mod probe;
+mod proxy;
 mod replication;
 mod shared;
 
@@ -105,6 +106,10 @@ pub struct Worker<'a> {
     client_hops: Vec<Option<Mac>>,
     /// Health probes of servers without an agent (worker 0 only).
     prober: probe::Prober,
+    /// `syn_proxy` connections (only when a service has it).
+    proxied: Option<proxy::ProxyTable>,
+    /// Frames of the appliance's own waiting to be sent (`drain_frames`).
+    emits: proxy::Emits,
 }
 
 /// A health probe to send (`Worker::due_probes`): a TCP SYN.
@@ -250,6 +255,7 @@ fn bad_neighbor_mac(mac: &Mac) -> bool {
 pub struct Tables {
     sessions: SessionTable,
     locks: Option<LockTable>,
+    proxied: Option<proxy::ProxyTable>,
 }
 
 impl Tables {
@@ -258,6 +264,7 @@ impl Tables {
         Ok(Tables {
             sessions: SessionTable::try_new(shared.session_capacity_per_worker, shared.timeouts, seed, SWEEP_BUDGET)?,
             locks: shared.lock_capacity.map(|c| LockTable::try_new(c, seed ^ id as u64)).transpose()?,
+            proxied: shared.proxied_capacity.map(proxy::ProxyTable::try_new).transpose()?,
         })
     }
 }
@@ -292,6 +299,8 @@ impl<'a> Worker<'a> {
             announcer: announce::Announcer::new(shared.garp, shared.vip_count()),
             client_hops: vec![None; shared.ports.len()],
             prober: probe::Prober::new(shared),
+            proxied: tables.proxied,
+            emits: proxy::Emits::new(),
         }
     }
 
@@ -613,6 +622,9 @@ impl<'a> Worker<'a> {
             // Checked before any session is created for it.
             return Verdict::Drop(DropReason::TtlExceeded);
         }
+        if service.syn_proxy {
+            return self.proxy_client(frame, info, svc, key, hash, in_port, now_ms);
+        }
         let is_tcp = info.proto == L4Proto::Tcp;
         let syn = is_tcp && info.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
         let nat = service.mode == Mode::Nat;
@@ -898,6 +910,9 @@ impl<'a> Worker<'a> {
         now_ms: u32,
     ) -> Verdict {
         let service = &self.shared.services[usize::from(svc)];
+        if service.syn_proxy {
+            return self.proxy_server(frame, info, svc, key, hash, in_port, now_ms);
+        }
         let stats = self.stats;
         let outbox = &mut self.outbox;
         let Some(e) = self.table.lookup(key, hash, now_ms, |e| expired(outbox, stats, key, e)) else {
@@ -949,6 +964,7 @@ impl<'a> Worker<'a> {
         if let Some(locks) = &mut self.locks {
             locks.sweep(now_ms, SWEEP_BUDGET);
         }
+        self.proxy_sweep(now_ms);
         self.dump_step(now_ms);
     }
 

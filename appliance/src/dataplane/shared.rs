@@ -4,6 +4,7 @@
 //! the cluster facts the workers need.
 
 use crate::config::{Config, Garp, Mode, SchedulerKind, VipMode, DEFAULT_GARP};
+use crate::l7::cookie::CookieJar;
 use crate::packet::Mac;
 use crate::sched::maglev;
 use crate::session::{mix, FlowKey};
@@ -126,6 +127,9 @@ pub(super) struct ServiceRt {
     /// `on_server_down: reset`: a session of a server that is down ends
     /// with a RST to the client at its next packet.
     pub reset_on_down: bool,
+    /// `syn_proxy: true`: SYNs are answered with cookies, connections are
+    /// proxied (`dataplane::proxy`), not kept in the session table.
+    pub syn_proxy: bool,
 }
 
 pub(super) struct ServerRt {
@@ -281,6 +285,12 @@ pub struct Shared {
     pub session_capacity_per_worker: usize,
     /// Client locks per worker; None when no service has persistence.
     pub lock_capacity: Option<usize>,
+    /// Proxied connections per worker; None when no service has `syn_proxy`.
+    pub proxied_capacity: Option<usize>,
+    /// Makes and checks the SYN cookies of `syn_proxy` services. Its key
+    /// comes from the cluster key, so siblings check each other's cookies;
+    /// a standalone appliance draws one at start.
+    pub(super) cookies: CookieJar,
     pub arp_refresh_ms: u32,
     /// Random per process: keys the owner and session-table hashes.
     pub(super) hash_seed: u64,
@@ -344,6 +354,7 @@ impl Shared {
                     persistence_ms: s.persistence_ms,
                     fragments: s.fragments,
                     reset_on_down: s.on_server_down == crate::config::OnServerDown::Reset,
+                    syn_proxy: s.syn_proxy,
                 }
             })
             .collect();
@@ -351,7 +362,8 @@ impl Shared {
         let mut nat_backends = EndpointMap::default();
         let mut fragment_vips = EndpointMap::default();
         for (i, s) in cfg.services.iter().enumerate() {
-            let short_way = s.on_server_down != crate::config::OnServerDown::Reset;
+            // Proxied services' packets go the long way, which knows them.
+            let short_way = s.on_server_down != crate::config::OnServerDown::Reset && !s.syn_proxy;
             let entry = VipEntry { svc: i as u16, by_address: s.fragments, short_way, nat: s.mode == Mode::Nat };
             vips.insert(s.vip, s.port, s.proto as u8, entry);
             if s.fragments {
@@ -403,6 +415,12 @@ impl Shared {
             timeouts: cfg.timeouts,
             session_capacity_per_worker: cfg.session_capacity.div_ceil(workers),
             lock_capacity: cfg.services.iter().any(|s| s.persistence_ms.is_some()).then_some(cfg.lock_capacity),
+            proxied_capacity: cfg
+                .services
+                .iter()
+                .any(|s| s.syn_proxy)
+                .then_some(cfg.proxied_capacity.div_ceil(workers)),
+            cookies: CookieJar::new(cookie_key(cluster.map(|c| c.secret.0.as_str()))),
             arp_refresh_ms: cfg.arp_refresh_ms,
             hash_seed: {
                 use std::hash::{BuildHasher, Hasher};
@@ -417,6 +435,11 @@ impl Shared {
             defer_ms: cluster.and_then(|c| c.defer_ms),
             ports_up: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a service answers SYNs with cookies.
+    pub fn has_syn_proxy(&self) -> bool {
+        self.proxied_capacity.is_some()
     }
 
     /// Workers poll and send on the ports only once they are started.
@@ -612,6 +635,41 @@ impl Shared {
     pub fn set_vip_owned(&self, ip: u32, owned: bool) {
         if let Some(&slot) = self.vip_slots.get(&ip) {
             self.vip_owned[slot].1.store(owned, Relaxed);
+        }
+    }
+}
+
+/// The SYN-cookie key: derived from the cluster's shared secret (a cookie
+/// made by one sibling checks on another, which the trunk may pick for
+/// the ACK), or 16 random bytes for a standalone appliance.
+fn cookie_key(cluster_secret: Option<&str>) -> (u64, u64) {
+    use std::hash::Hasher;
+    match cluster_secret {
+        Some(secret) => {
+            let half = |label: &[u8]| {
+                let mut h = siphasher::sip::SipHasher13::new_with_keys(0x7379_6e63_6f6f_6b69, 0x72696e676c62);
+                h.write(label);
+                h.write(secret.as_bytes());
+                h.finish()
+            };
+            (half(b"ringlb syn cookie key 0"), half(b"ringlb syn cookie key 1"))
+        }
+        None => {
+            let mut b = [0u8; 16];
+            let random =
+                std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+            if random.is_err() {
+                // No /dev/urandom: std's per-process random hasher keys.
+                use std::hash::BuildHasher;
+                let r = std::collections::hash_map::RandomState::new();
+                b[..8].copy_from_slice(&r.build_hasher().finish().to_le_bytes());
+                b[8..].copy_from_slice(&r.hash_one(1u8).to_le_bytes());
+            }
+            let (lo, hi) = b.split_at(8);
+            (
+                u64::from_le_bytes(lo.try_into().unwrap_or_default()),
+                u64::from_le_bytes(hi.try_into().unwrap_or_default()),
+            )
         }
     }
 }

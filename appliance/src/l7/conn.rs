@@ -33,7 +33,7 @@ pub struct Seg {
     pub payload_len: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum State {
     /// The SYN is replayed to the server; its SYN-ACK is awaited.
     Connecting,
@@ -45,6 +45,7 @@ pub enum State {
     /// entry goes after the closing timeout without traffic.
     Closing,
     /// The handshake failed and both sides were told: nothing passes.
+    #[default]
     Closed,
 }
 
@@ -84,8 +85,9 @@ pub enum Refused {
     Unexpected,
 }
 
-/// One connection's handshake state.
-#[derive(Clone, Copy, Debug)]
+/// One connection's handshake state (the default is a closed one, a
+/// table's free entry).
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Conn {
     pub state: State,
     /// The appliance's ISN toward the client.

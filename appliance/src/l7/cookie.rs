@@ -35,7 +35,7 @@ const MAC_BITS: u32 = 22;
 const MAC_MASK: u32 = (1 << MAC_BITS) - 1;
 
 /// What a client's SYN offered that must survive until its ACK.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SynOptions {
     /// Maximum segment size (one of [`MSS_TABLE`] after a round trip).
     pub mss: u16,

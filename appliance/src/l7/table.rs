@@ -31,23 +31,40 @@ pub struct ConnTable<T> {
 
 impl<T: Copy + Default> ConnTable<T> {
     /// Room for `capacity` connections; the index is at most half full.
+    /// Panics without the memory (tests; the appliance uses `try_new`).
     pub fn new(capacity: usize) -> ConnTable<T> {
+        Self::try_new(capacity).expect("memory for the connection table")
+    }
+
+    /// As `new`, but a machine without the memory gets an error naming
+    /// the size, not an abort (tables are made before the ports start).
+    pub fn try_new(capacity: usize) -> Result<ConnTable<T>, String> {
         let capacity = capacity.clamp(1, u32::MAX as usize - 1);
         let slots = (capacity * 2).next_power_of_two();
-        ConnTable {
-            index: vec![0; slots].into_boxed_slice(),
+        let bytes = slots * 8 + capacity * (16 + 8 + 4 + 4 + std::mem::size_of::<T>());
+        let too_big = |_| format!("cannot allocate {} MiB for {capacity} proxied connections", bytes.div_ceil(1 << 20));
+        let mut free = Vec::new();
+        free.try_reserve_exact(capacity).map_err(too_big)?;
+        free.extend((0..capacity as u32).rev());
+        Ok(ConnTable {
+            index: filled(slots, 0).map_err(too_big)?,
             mask: slots - 1,
-            keys: vec![0; capacity].into_boxed_slice(),
-            hashes: vec![0; capacity].into_boxed_slice(),
-            entries: vec![T::default(); capacity].into_boxed_slice(),
-            last_seen_ms: vec![0; capacity].into_boxed_slice(),
-            free: (0..capacity as u32).rev().collect(),
+            keys: filled(capacity, 0).map_err(too_big)?,
+            hashes: filled(capacity, 0).map_err(too_big)?,
+            entries: filled(capacity, T::default()).map_err(too_big)?,
+            last_seen_ms: filled(capacity, 0).map_err(too_big)?,
+            free,
             sweep_at: 0,
-        }
+        })
     }
 
     pub fn len(&self) -> usize {
         self.keys.len() - self.free.len()
+    }
+
+    /// How many connections it can hold.
+    pub fn capacity(&self) -> usize {
+        self.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -95,6 +112,14 @@ impl<T: Copy + Default> ConnTable<T> {
     /// and removes those idle longer than `idle_limit(entry)` ms. Returns
     /// how many went.
     pub fn sweep(&mut self, now_ms: u32, budget: usize, mut idle_limit: impl FnMut(&T) -> u32) -> usize {
+        self.visit(budget, |_, value, last_seen_ms| now_ms.wrapping_sub(last_seen_ms) <= idle_limit(value))
+    }
+
+    /// Visits up to `budget` entries from where the last visit stopped,
+    /// giving each its key, value (to change: timers) and when it was last
+    /// touched; an entry for which `keep` says false is removed. Returns
+    /// how many were removed.
+    pub fn visit(&mut self, budget: usize, mut keep: impl FnMut(u128, &mut T, u32) -> bool) -> usize {
         let mut removed = 0;
         for _ in 0..budget.min(self.keys.len()) {
             let entry = self.sweep_at;
@@ -102,7 +127,7 @@ impl<T: Copy + Default> ConnTable<T> {
             if self.keys[entry] == 0 {
                 continue; // free
             }
-            if now_ms.wrapping_sub(self.last_seen_ms[entry]) > idle_limit(&self.entries[entry]) {
+            if !keep(self.keys[entry], &mut self.entries[entry], self.last_seen_ms[entry]) {
                 if let Some((slot, _)) = self.find(self.keys[entry], self.hashes[entry]) {
                     self.unlink(slot, entry);
                     removed += 1;
@@ -154,6 +179,14 @@ impl<T: Copy + Default> ConnTable<T> {
 /// The tag is the hash's top 32 bits; the home slot is taken from the
 /// tag's top bits, so the index can find a slot's home from the tag alone
 /// (backward-shift delete needs it).
+/// `n` copies of `v`, or the allocator's refusal.
+fn filled<V: Clone>(n: usize, v: V) -> Result<Box<[V]>, std::collections::TryReserveError> {
+    let mut b = Vec::new();
+    b.try_reserve_exact(n)?;
+    b.resize(n, v);
+    Ok(b.into_boxed_slice())
+}
+
 fn tag(hash: u64) -> u64 {
     hash >> 32
 }

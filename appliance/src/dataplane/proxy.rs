@@ -1,0 +1,476 @@
+//! `syn_proxy: true` services: the worker's side of the SYN proxy.
+//!
+//! A client's SYN is answered in its place with a SYN-ACK whose ISN is a
+//! cookie and whose window is 0, and nothing is kept. When the client's
+//! ACK returns a valid cookie, the connection is made (`l7::conn`): the
+//! server is picked as for a NAT session, the client's SYN is replayed to
+//! it (the client's own ISN and options, from the cookie), and once the
+//! server answers, the appliance ACKs it and opens the client's window.
+//! From then on each segment is NAT-rewritten as in `nat` mode and its
+//! sequence numbers are translated (`l7::splice`): the server's shifted
+//! by the delta between the cookie and its ISN, acknowledgements and SACK
+//! blocks shifted back; windows are rescaled where the two sides' window
+//! scales differ.
+//!
+//! Proxied connections live in their own table (`l7::table`), not in the
+//! session table: they are not synced to siblings nor rebuilt from the
+//! servers' lists. Frames the appliance sends of its own (the replayed
+//! SYN, ACKs, window updates, RSTs) wait in `Emits` until the worker loop
+//! sends them (`Worker::drain_frames`).
+
+use super::{Verdict, Worker};
+use crate::l7::conn::{Action, Conn, Emit, Seg, State};
+use crate::l7::cookie::{CookieError, CookieFlow};
+use crate::l7::segment::{self, Outgoing, SynAckParams, MAX_BUILT};
+use crate::l7::{splice, table::ConnTable, tcpopt};
+use crate::packet::{self, tcp_flags, L4Info, Mac};
+use crate::session::FlowKey;
+use crate::stats::DropReason;
+
+/// The MSS the appliance announces to clients: an Ethernet MTU's.
+const PROXY_MSS: u16 = 1460;
+/// The window scale the appliance offers clients (Linux's usual choice,
+/// so against Linux servers windows pass unchanged).
+const PROXY_WSCALE: u8 = 7;
+/// The window of a replayed SYN (its real window follows with the client's next segment).
+const REPLAYED_SYN_WINDOW: u16 = 65_535;
+/// Frames of the appliance's own one worker queues between sends.
+const EMIT_CAPACITY: usize = 256;
+
+/// One proxied connection as a worker keeps it.
+#[derive(Clone, Copy, Default)]
+pub struct Proxied {
+    conn: Conn,
+    /// Global server id.
+    server: u16,
+    /// The port toward the client, and the client's next hop there.
+    client_port: u8,
+    client_mac: Mac,
+    /// The window of the client's cookie ACK (in its own scale), for the
+    /// ACK that completes the server's handshake.
+    client_window: u16,
+    /// Window rescaling, sender's scale minus receiver's (see `splice::rescale_window`).
+    shift_to_client: i8,
+    shift_to_server: i8,
+}
+
+/// The proxied-connection table of one worker.
+pub type ProxyTable = ConnTable<Proxied>;
+
+/// Frames built and waiting to be sent: a fixed ring, no allocation.
+pub struct Emits {
+    frames: Box<[[u8; MAX_BUILT]]>,
+    meta: Box<[(u8, u8)]>,
+    len: usize,
+}
+
+impl Emits {
+    pub fn new() -> Emits {
+        Emits {
+            frames: vec![[0; MAX_BUILT]; EMIT_CAPACITY].into_boxed_slice(),
+            meta: vec![(0, 0); EMIT_CAPACITY].into_boxed_slice(),
+            len: 0,
+        }
+    }
+
+    /// Room for one more frame: its buffer, or None when full.
+    fn slot(&mut self) -> Option<&mut [u8; MAX_BUILT]> {
+        self.frames.get_mut(self.len)
+    }
+
+    fn commit(&mut self, port: u8, len: usize) {
+        self.meta[self.len] = (port, len as u8);
+        self.len += 1;
+    }
+}
+
+/// The sequence, acknowledgement and window of a TCP segment (`info`'s),
+/// as the connection's state machine reads them.
+fn seg_of(frame: &[u8], info: &L4Info) -> Option<Seg> {
+    let t = frame.get(usize::from(info.l4_off)..usize::from(info.l4_off) + 20)?;
+    let be32 = |at: usize| u32::from_be_bytes([t[at], t[at + 1], t[at + 2], t[at + 3]]);
+    Some(Seg {
+        seq: be32(4),
+        ack: be32(8),
+        flags: info.flags,
+        window: u16::from_be_bytes([t[14], t[15]]),
+        payload_len: u32::from(info.payload_len),
+    })
+}
+
+fn flow_of(key: &FlowKey) -> CookieFlow {
+    CookieFlow { client_ip: key.client_ip, client_port: key.client_port, vip: key.vip, vport: key.vport }
+}
+
+impl Worker<'_> {
+    /// A client's segment to a `syn_proxy` service.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn proxy_client(
+        &mut self,
+        frame: &mut [u8],
+        info: &L4Info,
+        svc: u16,
+        key: &FlowKey,
+        hash: u64,
+        in_port: u8,
+        now_ms: u32,
+    ) -> Verdict {
+        let Some(seg) = seg_of(frame, info) else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        let syn = info.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+        let Some(table) = self.proxied.as_mut() else {
+            return Verdict::Drop(DropReason::NoSession); // not allocated: no proxied service
+        };
+        if let Some(p) = table.get_mut(key.pack(), hash, now_ms) {
+            if !(syn && matches!(p.conn.state, State::Closing | State::Closed)) {
+                let (action, emit) = p.conn.on_client(&seg);
+                let p = *p;
+                if let Some(e) = emit {
+                    self.emit(&p, key, e);
+                }
+                return match action {
+                    Action::Forward => self.splice_to_server(frame, info, &p),
+                    Action::Consume => Verdict::Consumed,
+                    Action::Drop(_) => Verdict::Drop(DropReason::ProxyRefused),
+                };
+            }
+            // A new connection of the tuple after the last one closed.
+            table.remove(key.pack(), hash);
+            self.stats.proxy_active.dec();
+        }
+        if syn {
+            return self.answer_syn(frame, svc, key, in_port, now_ms);
+        }
+        if info.flags & (tcp_flags::ACK | tcp_flags::RST) != tcp_flags::ACK {
+            return Verdict::Drop(DropReason::NoSession);
+        }
+        self.open_proxied(frame, info, &seg, svc, key, hash, in_port, now_ms)
+    }
+
+    /// A SYN: the SYN-ACK with the cookie, written in its place. Nothing is kept.
+    fn answer_syn(&mut self, frame: &mut [u8], svc: u16, key: &FlowKey, in_port: u8, now_ms: u32) -> Verdict {
+        let shared = self.shared;
+        let service = &shared.services[usize::from(svc)];
+        if !shared.owns_vip_of(service) {
+            return Verdict::Drop(DropReason::VipNotOwned);
+        }
+        if service.servers.iter().all(|&s| shared.server_weight(s) == 0) {
+            // No cookie for a connection no server could take.
+            return Verdict::Drop(DropReason::NoServer);
+        }
+        let Some(port) = shared.ports.get(usize::from(in_port)) else {
+            return Verdict::Drop(DropReason::NotForUs);
+        };
+        let Ok((isn, offered)) = segment::read_syn(frame) else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        let opts = segment::agreed(&offered.opts, Some(PROXY_WSCALE));
+        let cookie = shared.cookies.make(&flow_of(key), isn, &opts, self.wall_ms(now_ms));
+        let params = SynAckParams { mss: PROXY_MSS, wscale: Some(PROXY_WSCALE), window: 0 };
+        match segment::synack_in_place(frame, port.mac, cookie, &params) {
+            Ok(len) => {
+                // The SYN's extra bytes become zero padding after the datagram.
+                if let Some(tail) = frame.get_mut(len..) {
+                    tail.fill(0);
+                }
+                self.stats.syn_cookies_sent.inc();
+                Verdict::Tx(in_port)
+            }
+            Err(_) => Verdict::Drop(DropReason::Malformed),
+        }
+    }
+
+    /// An ACK without a connection: if it returns a valid cookie, the
+    /// connection is made and the client's SYN replayed to a server.
+    #[allow(clippy::too_many_arguments)]
+    fn open_proxied(
+        &mut self,
+        frame: &mut [u8],
+        info: &L4Info,
+        seg: &Seg,
+        svc: u16,
+        key: &FlowKey,
+        hash: u64,
+        in_port: u8,
+        now_ms: u32,
+    ) -> Verdict {
+        let shared = self.shared;
+        let cookie = seg.ack.wrapping_sub(1);
+        let isn = seg.seq.wrapping_sub(1);
+        let opts = match shared.cookies.check(&flow_of(key), isn, cookie, self.wall_ms(now_ms)) {
+            Ok(opts) => opts,
+            Err(CookieError::Stale) => return Verdict::Drop(DropReason::CookieStale),
+            Err(CookieError::Forged) => return Verdict::Drop(DropReason::CookieForged),
+        };
+        if !shared.owns_vip_of(&shared.services[usize::from(svc)]) {
+            return Verdict::Drop(DropReason::VipNotOwned);
+        }
+        let Some(server) = self.pick_server(svc, key, now_ms) else {
+            return self.refuse_in_place(frame, info, in_port);
+        };
+        let our_wscale = opts.wscale.map(|_| PROXY_WSCALE);
+        let (conn, syn) = Conn::open(seg, cookie, opts, our_wscale, now_ms);
+        let p = Proxied {
+            conn,
+            server,
+            client_port: in_port,
+            client_mac: packet::src_mac(frame),
+            client_window: seg.window,
+            shift_to_client: 0,
+            shift_to_server: 0,
+        };
+        let Some(table) = self.proxied.as_mut() else {
+            return Verdict::Drop(DropReason::NoSession);
+        };
+        if table.insert(key.pack(), hash, p, now_ms).is_err() {
+            self.stats.drop(DropReason::ProxyFull);
+            return self.refuse_in_place(frame, info, in_port);
+        }
+        self.stats.proxy_opened.inc();
+        self.stats.proxy_active.inc();
+        self.stats.server_new_sessions[usize::from(server)].inc();
+        self.emit(&p, key, syn);
+        Verdict::Consumed
+    }
+
+    /// The client's ACK proved its cookie but no connection can be made:
+    /// it is answered with a RST, so the client knows at once.
+    fn refuse_in_place(&mut self, frame: &mut [u8], info: &L4Info, in_port: u8) -> Verdict {
+        self.stats.proxy_failed.inc();
+        let Some(port) = self.shared.ports.get(usize::from(in_port)) else {
+            return Verdict::Drop(DropReason::NoServer);
+        };
+        packet::reset_in_place(frame, info, port.mac);
+        Verdict::Tx(in_port)
+    }
+
+    /// A server's segment of a `syn_proxy` service (`key`: its client's flow).
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn proxy_server(
+        &mut self,
+        frame: &mut [u8],
+        info: &L4Info,
+        svc: u16,
+        key: &FlowKey,
+        hash: u64,
+        in_port: u8,
+        now_ms: u32,
+    ) -> Verdict {
+        let shared = self.shared;
+        let Some(seg) = seg_of(frame, info) else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        let Some(p) = self.proxied.as_mut().and_then(|t| t.get_mut(key.pack(), hash, now_ms)) else {
+            return Verdict::Drop(DropReason::NoSession);
+        };
+        if let Err(reason) =
+            shared.reply_source_check(p.server, (info.src_ip, info.src_port), in_port, packet::src_mac(frame))
+        {
+            return Verdict::Drop(reason);
+        }
+        if info.ttl <= 1 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        let before = p.conn.state;
+        let (action, emits) = p.conn.on_server(&seg);
+        if before == State::Connecting {
+            match p.conn.state {
+                State::Spliced => {
+                    let offered = tcp_header(frame, info).and_then(|h| tcpopt::read(h).ok());
+                    (p.shift_to_client, p.shift_to_server) = window_shifts(p, offered.and_then(|o| o.opts.wscale));
+                    self.stats.proxy_joined.inc();
+                }
+                State::Closed => self.stats.proxy_failed.inc(),
+                _ => {}
+            }
+        }
+        let p = *p;
+        for e in emits.into_iter().flatten() {
+            self.emit(&p, key, e);
+        }
+        match action {
+            Action::Forward => self.splice_to_client(frame, info, svc, &p),
+            Action::Consume => Verdict::Consumed,
+            Action::Drop(_) => Verdict::Drop(DropReason::ProxyRefused),
+        }
+    }
+
+    /// A client's segment of a joined connection, on its way to the server.
+    fn splice_to_server(&self, frame: &mut [u8], info: &L4Info, p: &Proxied) -> Verdict {
+        let shared = self.shared;
+        let srv = &shared.servers[usize::from(p.server)];
+        let nb = &shared.neighbors[usize::from(srv.neighbor)];
+        let Some(server_mac) = nb.mac() else {
+            return Verdict::Drop(DropReason::NoNeighbor);
+        };
+        let tcp = usize::from(info.l4_off);
+        let translated = frame.get_mut(tcp..).map(|t| {
+            splice::client_to_server(t, p.conn.delta).and_then(|()| splice::rescale_window(t, p.shift_to_server))
+        });
+        if !matches!(translated, Some(Ok(()))) {
+            return Verdict::Drop(DropReason::Malformed);
+        }
+        let egress_mac = shared.ports[usize::from(nb.port)].mac;
+        packet::rewrite_nat_forward(frame, info, srv.ip, srv.port, server_mac, egress_mac);
+        Verdict::Tx(nb.port)
+    }
+
+    /// A server's segment of a joined connection, on its way to the client.
+    fn splice_to_client(&self, frame: &mut [u8], info: &L4Info, svc: u16, p: &Proxied) -> Verdict {
+        let shared = self.shared;
+        let service = &shared.services[usize::from(svc)];
+        let Some(out) = shared.ports.get(usize::from(p.client_port)) else {
+            return Verdict::Drop(DropReason::NoNeighbor);
+        };
+        let tcp = usize::from(info.l4_off);
+        let translated = frame.get_mut(tcp..).map(|t| {
+            splice::server_to_client(t, p.conn.delta).and_then(|()| splice::rescale_window(t, p.shift_to_client))
+        });
+        if !matches!(translated, Some(Ok(()))) {
+            return Verdict::Drop(DropReason::Malformed);
+        }
+        packet::rewrite_nat_reply(frame, info, service.vip, service.port, p.client_mac, out.mac);
+        Verdict::Tx(p.client_port)
+    }
+
+    /// Builds one of the connection's own segments into the queue.
+    fn emit(&mut self, p: &Proxied, key: &FlowKey, e: Emit) {
+        let shared = self.shared;
+        let srv = &shared.servers[usize::from(p.server)];
+        let nb = &shared.neighbors[usize::from(srv.neighbor)];
+        let client = (key.client_ip, key.client_port);
+        let server = (srv.ip, srv.port);
+        let service = (key.vip, key.vport);
+        let (block, n) = match e {
+            Emit::SynToServer { opts, .. } => tcpopt::write(Some(opts.mss), &opts, opts.wscale),
+            _ => ([0; 12], 0),
+        };
+        let options = &block[..n];
+        // Toward the server: from the client's address, out of the server's port.
+        let to_server = |seq, ack, flags, window| {
+            let src_mac = shared.ports.get(usize::from(nb.port))?.mac;
+            let dst_mac = nb.mac()?;
+            Some((nb.port, Outgoing { src_mac, dst_mac, src: client, dst: server, seq, ack, flags, window, options }))
+        };
+        // Toward the client: from the service, out of the client's port.
+        let to_client = |seq, ack, flags, window| {
+            let src_mac = shared.ports.get(usize::from(p.client_port))?.mac;
+            let (dst_mac, options) = (p.client_mac, &[][..]);
+            Some((
+                p.client_port,
+                Outgoing { src_mac, dst_mac, src: service, dst: client, seq, ack, flags, window, options },
+            ))
+        };
+        let frame = match e {
+            Emit::SynToServer { isn, .. } => to_server(isn, None, tcp_flags::SYN, REPLAYED_SYN_WINDOW),
+            Emit::AckToServer { seq, ack } => {
+                to_server(seq, Some(ack), 0, rescaled(p.client_window, p.shift_to_server))
+            }
+            Emit::RstToServer { seq } => to_server(seq, None, tcp_flags::RST, 0),
+            Emit::WindowToClient { seq, ack, window } => to_client(seq, Some(ack), 0, window),
+            Emit::RstToClient { seq } => to_client(seq, None, tcp_flags::RST, 0),
+        };
+        // A server whose MAC is not known yet: the SYN goes again on its timer.
+        let Some((port, out)) = frame else { return };
+        match self.emits.slot() {
+            Some(buf) => {
+                let len = segment::build(buf, &out);
+                self.emits.commit(port, len);
+            }
+            None => self.stats.proxy_emit_full.inc(),
+        }
+    }
+
+    /// Hands each queued frame of the appliance's own to `send(port,
+    /// frame)`, in order; the queue is empty afterwards. A frame `send`
+    /// cannot take is lost (counted; the connection's timer or the peer's
+    /// retransmission brings it again).
+    pub fn drain_frames(&mut self, mut send: impl FnMut(u8, &[u8]) -> bool) {
+        for i in 0..self.emits.len {
+            let (port, len) = self.emits.meta[i];
+            if !send(port, &self.emits.frames[i][..usize::from(len)]) {
+                self.stats.proxy_emit_full.inc();
+            }
+        }
+        self.emits.len = 0;
+    }
+
+    /// Timers of the proxied connections, a slice per call: replayed SYNs
+    /// sent again, handshakes given up, idle connections removed.
+    pub(super) fn proxy_sweep(&mut self, now_ms: u32) {
+        let Some(mut table) = self.proxied.take() else { return };
+        let timeouts = self.shared.timeouts;
+        let budget = (table.capacity() / 64).max(256);
+        let mut due = [(0u128, Proxied::default(), Emit::RstToServer { seq: 0 }); 32];
+        let mut n_due = 0;
+        let (stats, mut failed) = (self.stats, 0u64);
+        let removed = table.visit(budget, |key, p, last_seen_ms| {
+            let idle = now_ms.wrapping_sub(last_seen_ms);
+            match p.conn.state {
+                State::Connecting => {
+                    if n_due == due.len() {
+                        return true; // the next visit takes it
+                    }
+                    if let Some(e) = p.conn.on_timer(now_ms) {
+                        failed += u64::from(p.conn.state == State::Closed);
+                        due[n_due] = (key, *p, e);
+                        n_due += 1;
+                    }
+                    true
+                }
+                State::Spliced => idle <= timeouts.established_ms,
+                State::Closing | State::Closed => idle <= timeouts.closing_ms,
+            }
+        });
+        stats.proxy_failed.add(failed);
+        for _ in 0..removed {
+            stats.proxy_active.dec();
+        }
+        self.proxied = Some(table);
+        for (key, p, e) in &due[..n_due] {
+            self.emit(p, &FlowKey::unpack(*key), *e);
+        }
+    }
+
+    /// Wall-clock milliseconds now (cookies are cut in wall-clock slices,
+    /// so that siblings and restarts agree on them).
+    #[inline]
+    fn wall_ms(&self, now_ms: u32) -> u64 {
+        self.shared.start_wall_ms + u64::from(now_ms)
+    }
+}
+
+/// The window rescaling of a joined connection: (server → client, client →
+/// server), each the sender's scale minus the receiver's. `server_wscale`
+/// is what the server's SYN-ACK offered.
+fn window_shifts(p: &Proxied, server_wscale: Option<u8>) -> (i8, i8) {
+    let Some(client_wscale) = p.conn.opts.wscale else {
+        return (0, 0); // nobody scales
+    };
+    let ours = p.conn.our_wscale.unwrap_or(0) as i8;
+    match server_wscale {
+        // Both scale; the server reads the client's windows with the
+        // client's own scale (the replayed SYN offered it).
+        Some(s) => (s.min(14) as i8 - ours, 0),
+        // The server declined: its windows are unscaled, and it reads the
+        // client's unscaled.
+        None => (-ours, client_wscale as i8),
+    }
+}
+
+/// `window` as a receiver with `shift` less scale reads it (at most 65,535).
+fn rescaled(window: u16, shift: i8) -> u16 {
+    let w = u64::from(window);
+    let v = if shift >= 0 { w << shift.min(30) } else { w >> (-shift).min(30) };
+    v.min(0xffff) as u16
+}
+
+/// The TCP header of `info`'s segment, options included.
+fn tcp_header<'f>(frame: &'f [u8], info: &L4Info) -> Option<&'f [u8]> {
+    let t = frame.get(usize::from(info.l4_off)..)?;
+    let len = usize::from(t.get(12)? >> 4) * 4;
+    t.get(..len).filter(|_| len >= 20)
+}

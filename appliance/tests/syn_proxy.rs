@@ -1,0 +1,280 @@
+//! `syn_proxy: true` NAT services, whole exchanges through `Worker::process`
+//! and the frames the worker writes of its own (`Worker::drain_frames`).
+//! Every frame out is re-parsed and its checksums recomputed by
+//! etherparse (ringlb-testkit), independently of ringlb's incremental
+//! updates; sequence numbers are chosen to cross 2^32 on both sides.
+
+use ringlb::config;
+use ringlb::dataplane::{Shared, Verdict, Worker};
+use ringlb::stats::{DropReason, WorkerStats};
+use ringlb_testkit::*;
+
+const S1_MAC: [u8; 6] = [2, 0, 0, 0, 2, 1];
+const S2_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
+const VIP: &str = "198.18.100.2";
+const CLIENT: &str = "203.0.113.7";
+/// What Linux offers in a SYN: MSS 1460, SACK-permitted, timestamps, NOP, window scale 7.
+const LINUX_SYN_OPTIONS: [u8; 20] = [2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7];
+/// A server's SYN-ACK answer to the replayed SYN: MSS 1460, NOP NOP SACK-permitted, NOP window scale 7.
+const SERVER_SYNACK_OPTIONS: [u8; 12] = [2, 4, 5, 180, 1, 1, 4, 2, 1, 3, 3, 7];
+const CLIENT_ISN: u32 = 0xffff_fff0;
+const SERVER_ISN: u32 = 0xffff_fffa;
+
+fn setup() -> (Shared, Vec<WorkerStats>) {
+    let yaml = format!(
+        r#"
+eal: {{ control_core: 0, worker_cores: [1], hugepages: false, memory_mb: 256 }}
+ports:
+  - {{ device: "net_null0", ip: 198.18.0.1/24, mac: "02:00:00:00:00:01" }}
+services:
+  - {{ name: api, vip: {VIP}, port: 80, mode: nat, syn_proxy: true, group: nat }}
+server_groups:
+  nat:
+    - {{ ip: 198.18.0.21, port: 8080, mac: "02:00:00:00:02:01" }}
+    - {{ ip: 198.18.0.22, port: 8080, mac: "02:00:00:00:02:02", weight: 0 }}
+sessions: {{ capacity: 1000, proxied: 100 }}
+timeouts: {{ syn: 2s, established: 60s, closing: 5s, udp: 10s }}
+"#
+    );
+    let cfg = config::parse(&yaml, "test.yaml").unwrap();
+    let shared = Shared::new(&cfg, &[PORT_MAC]);
+    (shared, vec![WorkerStats::new(cfg.servers.len())])
+}
+
+fn be32(f: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]])
+}
+const TCP: usize = 14 + 20;
+fn seq(f: &[u8]) -> u32 {
+    be32(f, TCP + 4)
+}
+fn ack(f: &[u8]) -> u32 {
+    be32(f, TCP + 8)
+}
+fn window(f: &[u8]) -> u16 {
+    u16::from_be_bytes([f[TCP + 14], f[TCP + 15]])
+}
+fn options(f: &[u8]) -> Vec<u8> {
+    f[TCP + 20..TCP + usize::from(f[TCP + 12] >> 4) * 4].to_vec()
+}
+
+/// A client segment to the VIP.
+fn from_client(seq: u32, ack: Option<u32>, flags: u8, payload: &[u8]) -> Vec<u8> {
+    tcp_seq(ROUTER_MAC, PORT_MAC, ip(CLIENT), ip(VIP), (40000, 80), seq, ack, 502, flags, payload)
+}
+
+/// A server segment to the client (as the server sees the flow).
+fn from_server(mac: [u8; 6], seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+    tcp_seq(mac, PORT_MAC, ip("198.18.0.21"), ip(CLIENT), (8080, 40000), seq, Some(ack), 64240, flags, payload)
+}
+
+/// The frames the worker wrote of its own since the last call.
+fn own_frames(w: &mut Worker) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    w.drain_frames(|port, f| {
+        out.push((port, f.to_vec()));
+        true
+    });
+    out
+}
+
+/// Client SYN → cookie SYN-ACK; returns the cookie.
+fn handshake_with_cookie(w: &mut Worker, now: u32) -> u32 {
+    let mut syn = with_tcp_options(&from_client(CLIENT_ISN, None, SYN, b""), &LINUX_SYN_OPTIONS);
+    assert_eq!(w.process(&mut syn, 0, now, false), Verdict::Tx(0));
+    let seen = check(&syn).expect("a valid SYN-ACK");
+    assert_eq!((seen.src, seen.dst, seen.sport, seen.dport), (ip(VIP), ip(CLIENT), 80, 40000));
+    assert_eq!((seen.src_mac, seen.dst_mac, seen.flags), (PORT_MAC, ROUTER_MAC, SYN | ACK));
+    assert_eq!(ack(&syn), CLIENT_ISN.wrapping_add(1));
+    assert_eq!(window(&syn), 0, "no data before the server's side is open");
+    // MSS, window scale 7 and SACK-permitted answered; timestamps declined.
+    assert_eq!(options(&syn), [2, 4, 5, 180, 1, 3, 3, 7, 1, 1, 4, 2]);
+    seq(&syn)
+}
+
+#[test]
+fn a_proxied_connection_is_joined_and_spliced_across_the_wrap() {
+    let (shared, stats) = setup();
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let cookie = handshake_with_cookie(&mut w, 10);
+    assert!(own_frames(&mut w).is_empty());
+    assert_eq!(stats[0].proxy_active.get(), 0, "a SYN leaves no state");
+    assert_eq!(handshake_with_cookie(&mut w, 11), cookie, "a retransmitted SYN gets the same cookie");
+
+    // A forged ACK (not our cookie) opens nothing.
+    let mut forged = from_client(CLIENT_ISN.wrapping_add(1), Some(cookie.wrapping_add(2)), ACK, b"");
+    assert_eq!(w.process(&mut forged, 0, 12, false), Verdict::Drop(DropReason::CookieForged));
+    assert!(own_frames(&mut w).is_empty());
+
+    // The client's ACK proves the cookie: its SYN is replayed to the server.
+    let mut ack1 = from_client(CLIENT_ISN.wrapping_add(1), Some(cookie.wrapping_add(1)), ACK, b"");
+    assert_eq!(w.process(&mut ack1, 0, 13, false), Verdict::Consumed);
+    let frames = own_frames(&mut w);
+    assert_eq!(frames.len(), 1, "the replayed SYN");
+    let (port, syn) = &frames[0];
+    let s = check(syn).expect("a valid replayed SYN");
+    assert_eq!(*port, 0);
+    assert_eq!((s.src_mac, s.dst_mac, s.flags), (PORT_MAC, S1_MAC, SYN));
+    assert_eq!((s.src, s.dst, s.sport, s.dport), (ip(CLIENT), ip("198.18.0.21"), 40000, 8080));
+    assert_eq!(seq(syn), CLIENT_ISN, "the client's own ISN");
+    assert_eq!(options(syn), [2, 4, 5, 180, 1, 3, 3, 7, 1, 1, 4, 2], "the client's MSS, scale and SACK");
+    assert_eq!(stats[0].proxy_opened.get(), 1);
+
+    // Meanwhile the client's window probe waits; forged and spoofed SYN-ACKs are refused.
+    let mut probe = from_client(CLIENT_ISN, Some(cookie.wrapping_add(1)), ACK, b"");
+    assert_eq!(w.process(&mut probe, 0, 14, false), Verdict::Consumed);
+    let mut wrong_ack = from_server(S1_MAC, SERVER_ISN, CLIENT_ISN.wrapping_add(7), SYN | ACK, b"");
+    assert_eq!(w.process(&mut wrong_ack, 0, 15, false), Verdict::Drop(DropReason::ProxyRefused));
+    let mut spoofed = from_server(S2_MAC, SERVER_ISN, CLIENT_ISN.wrapping_add(1), SYN | ACK, b"");
+    assert_eq!(w.process(&mut spoofed, 0, 15, false), Verdict::Drop(DropReason::SpoofedReply));
+    assert!(own_frames(&mut w).is_empty());
+
+    // The server answers: the appliance ACKs it and opens the client's window.
+    let mut synack = with_tcp_options(
+        &from_server(S1_MAC, SERVER_ISN, CLIENT_ISN.wrapping_add(1), SYN | ACK, b""),
+        &SERVER_SYNACK_OPTIONS,
+    );
+    assert_eq!(w.process(&mut synack, 0, 16, false), Verdict::Consumed);
+    let frames = own_frames(&mut w);
+    assert_eq!(frames.len(), 2, "ACK to the server, window update to the client");
+    let (to_server, to_client) = (&frames[0].1, &frames[1].1);
+    let s = check(to_server).expect("a valid ACK");
+    assert_eq!((s.dst, s.dport, s.flags, s.dst_mac), (ip("198.18.0.21"), 8080, ACK, S1_MAC));
+    assert_eq!(
+        (seq(to_server), ack(to_server), window(to_server)),
+        (CLIENT_ISN.wrapping_add(1), SERVER_ISN.wrapping_add(1), 502)
+    );
+    let c = check(to_client).expect("a valid window update");
+    assert_eq!((c.src, c.sport, c.dst, c.flags, c.dst_mac), (ip(VIP), 80, ip(CLIENT), ACK, ROUTER_MAC));
+    assert_eq!((seq(to_client), ack(to_client)), (cookie.wrapping_add(1), CLIENT_ISN.wrapping_add(1)));
+    assert_eq!(window(to_client), 64240 >> 7, "the server's window in the scale the client reads");
+    assert_eq!(stats[0].proxy_joined.get(), 1);
+
+    // Data both ways, its sequence numbers crossing 2^32 on each side.
+    let request = b"GET /0123456789abcdef HTTP/1.1\r\n\r\n";
+    let mut data = from_client(CLIENT_ISN.wrapping_add(1), Some(cookie.wrapping_add(1)), ACK | PSH, request);
+    assert_eq!(w.process(&mut data, 0, 17, false), Verdict::Tx(0));
+    let s = check(&data).expect("valid after translation");
+    assert_eq!((s.dst, s.dport, s.dst_mac, s.payload.as_slice()), (ip("198.18.0.21"), 8080, S1_MAC, &request[..]));
+    assert_eq!((seq(&data), ack(&data)), (CLIENT_ISN.wrapping_add(1), SERVER_ISN.wrapping_add(1)));
+    let after_request = CLIENT_ISN.wrapping_add(1).wrapping_add(request.len() as u32);
+
+    let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let mut reply = from_server(S1_MAC, SERVER_ISN.wrapping_add(1), after_request, ACK | PSH, response);
+    assert_eq!(w.process(&mut reply, 0, 18, false), Verdict::Tx(0));
+    let c = check(&reply).expect("valid after translation");
+    assert_eq!((c.src, c.sport, c.dst, c.dport, c.dst_mac), (ip(VIP), 80, ip(CLIENT), 40000, ROUTER_MAC));
+    assert_eq!(c.payload.as_slice(), &response[..]);
+    assert_eq!((seq(&reply), ack(&reply)), (cookie.wrapping_add(1), after_request));
+    assert_eq!(window(&reply), 64240, "equal scales: the window passes unchanged");
+
+    // The client's ACK and SACK block (in the cookie's space) reach the server in its own.
+    let edge = |n: u32| cookie.wrapping_add(1).wrapping_add(n);
+    let mut sack = [1u8, 1, 5, 10, 0, 0, 0, 0, 0, 0, 0, 0];
+    sack[4..8].copy_from_slice(&edge(20).to_be_bytes());
+    sack[8..12].copy_from_slice(&edge(30).to_be_bytes());
+    let mut client_ack = with_tcp_options(&from_client(after_request, Some(edge(10)), ACK, b""), &sack);
+    assert_eq!(w.process(&mut client_ack, 0, 19, false), Verdict::Tx(0));
+    check(&client_ack).expect("valid after translation");
+    let server_edge = |n: u32| SERVER_ISN.wrapping_add(1).wrapping_add(n);
+    assert_eq!(ack(&client_ack), server_edge(10));
+    let o = options(&client_ack);
+    assert_eq!((be32(&o, 4), be32(&o, 8)), (server_edge(20), server_edge(30)));
+
+    // FIN both ways passes through.
+    let mut fin = from_client(after_request, Some(edge(response.len() as u32)), FIN | ACK, b"");
+    assert_eq!(w.process(&mut fin, 0, 20, false), Verdict::Tx(0));
+    assert_eq!(check(&fin).unwrap().flags, FIN | ACK);
+    let mut fin =
+        from_server(S1_MAC, server_edge(response.len() as u32), after_request.wrapping_add(1), FIN | ACK, b"");
+    assert_eq!(w.process(&mut fin, 0, 21, false), Verdict::Tx(0));
+    assert_eq!(seq(&fin), edge(response.len() as u32));
+    assert_eq!(stats[0].proxy_active.get(), 1);
+    assert!(own_frames(&mut w).is_empty());
+}
+
+#[test]
+fn a_server_that_never_answers_gets_the_syn_again_then_the_client_is_reset() {
+    let (shared, stats) = setup();
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let cookie = handshake_with_cookie(&mut w, 0);
+    let mut ack1 = from_client(CLIENT_ISN.wrapping_add(1), Some(cookie.wrapping_add(1)), ACK, b"");
+    assert_eq!(w.process(&mut ack1, 0, 0, false), Verdict::Consumed);
+    assert_eq!(own_frames(&mut w).len(), 1);
+    let mut syns = 1;
+    let mut reset = None;
+    for now in (10..2000).step_by(10) {
+        w.sweep(now);
+        for (_, f) in own_frames(&mut w) {
+            let s = check(&f).expect("valid");
+            if s.flags == SYN {
+                assert_eq!(seq(&f), CLIENT_ISN);
+                syns += 1;
+            } else {
+                assert_eq!((s.flags, s.dst, s.sport), (RST, ip(CLIENT), 80));
+                reset.get_or_insert((now, seq(&f)));
+            }
+        }
+    }
+    assert_eq!(syns, 4, "the SYN is sent 4 times in all");
+    let (when, rst_seq) = reset.expect("the client is reset");
+    assert!((750..=1100).contains(&when), "reset at {when} ms");
+    assert_eq!(rst_seq, cookie.wrapping_add(1), "at the client's next expected sequence number");
+    assert_eq!(stats[0].proxy_failed.get(), 1);
+    // The failed connection goes after the closing timeout.
+    w.sweep(10_000);
+    assert_eq!(stats[0].proxy_active.get(), 0);
+}
+
+#[test]
+fn a_server_refusing_the_replayed_syn_resets_the_client_and_a_new_syn_starts_afresh() {
+    let (shared, stats) = setup();
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let cookie = handshake_with_cookie(&mut w, 0);
+    let mut ack1 = from_client(CLIENT_ISN.wrapping_add(1), Some(cookie.wrapping_add(1)), ACK, b"");
+    assert_eq!(w.process(&mut ack1, 0, 0, false), Verdict::Consumed);
+    own_frames(&mut w);
+    let mut refused = from_server(S1_MAC, 0, CLIENT_ISN.wrapping_add(1), RST | ACK, b"");
+    assert_eq!(w.process(&mut refused, 0, 1, false), Verdict::Consumed);
+    let frames = own_frames(&mut w);
+    assert_eq!(frames.len(), 1);
+    let c = check(&frames[0].1).expect("valid");
+    assert_eq!((c.flags, c.dst, seq(&frames[0].1)), (RST, ip(CLIENT), cookie.wrapping_add(1)));
+    assert_eq!(stats[0].proxy_failed.get(), 1);
+    // The client tries again on the same port: a new cookie answers.
+    assert_eq!(handshake_with_cookie(&mut w, 2), cookie);
+    assert_eq!(stats[0].proxy_active.get(), 0, "the failed connection made room");
+}
+
+#[test]
+fn acks_without_a_valid_cookie_open_nothing() {
+    let (shared, stats) = setup();
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    // Blind ACKs, as a flood of spoofed ones would be: each refused, as
+    // stale (its slice bits name no live slice) or forged.
+    for i in 0..1000u32 {
+        let mut f = from_client(i.wrapping_mul(2_654_435_761), Some(i.wrapping_mul(40503)), ACK, b"");
+        let v = w.process(&mut f, 0, 0, false);
+        assert!(matches!(v, Verdict::Drop(DropReason::CookieForged | DropReason::CookieStale)), "{v:?}");
+    }
+    // A RST without a connection is nobody's.
+    let mut rst = from_client(1, None, RST, b"");
+    assert_eq!(w.process(&mut rst, 0, 0, false), Verdict::Drop(DropReason::NoSession));
+    // The cookie of another client port does not open this one.
+    let cookie = handshake_with_cookie(&mut w, 0);
+    let mut other = tcp_seq(
+        ROUTER_MAC,
+        PORT_MAC,
+        ip(CLIENT),
+        ip(VIP),
+        (40001, 80),
+        CLIENT_ISN.wrapping_add(1),
+        Some(cookie.wrapping_add(1)),
+        502,
+        ACK,
+        b"",
+    );
+    assert_eq!(w.process(&mut other, 0, 1, false), Verdict::Drop(DropReason::CookieForged));
+    assert!(own_frames(&mut w).is_empty());
+    assert_eq!(stats[0].proxy_active.get(), 0);
+}
