@@ -21,6 +21,7 @@ run "cargo test (unit, dataplane, config, vdev)" cargo test --workspace -- --tes
 run "deploy scripts and install" bash tests/deploy_test.sh
 run "lab DSR" bash tests/lab/lab_test.sh dsr
 run "lab NAT" bash tests/lab/lab_test.sh nat
+run "lab SYN proxy" bash tests/lab/lab_test.sh syn-proxy
 run "lab cluster NAT (3 appliances behind a trunk)" bash tests/lab/cluster_test.sh nat
 run "lab cluster DSR (3 appliances behind a trunk)" bash tests/lab/cluster_test.sh dsr
 run "lab failover DSR (2 appliances, one VIP, kill -9 and return)" bash tests/lab/failover_test.sh dsr preempt

@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Lab test: real kernel TCP clients (ab, curl) and real nginx servers in
 # network namespaces, through the real ringlb on net_af_packet ports.
-#   tests/lab/lab_test.sh dsr|nat
+#   tests/lab/lab_test.sh dsr|nat|syn-proxy
 # Checks: ≥ 2,000 requests over 50 concurrent connections with 0 errors,
 # each server's share within ±15% of its weight share (from nginx's own
 # access logs), a 64 MiB download whose sha256 matches, a clean appliance
-# shutdown, and no hugepage files or namespaces left behind.
+# shutdown, and no hugepage files or namespaces left behind. syn-proxy (the
+# nat topology, deploy/lab/syn-proxy.yaml) also runs keep-alive requests,
+# shows window scaling in effect on the client's connection, and checks
+# that every connection went through a cookie.
 set -euo pipefail
-MODE=${1:?usage: lab_test.sh dsr|nat}
+MODE=${1:?usage: lab_test.sh dsr|nat|syn-proxy}
+case $MODE in
+  dsr|nat) TOPOLOGY=$MODE ;;
+  syn-proxy) TOPOLOGY=nat ;;
+  *) echo "lab_test.sh: unknown mode '$MODE'" >&2; exit 2 ;;
+esac
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 RINGLB=${RINGLB:-$ROOT/target/release/ringlb}
 LAB=${LAB:-"rlb$$x$RANDOM"}
@@ -26,7 +34,7 @@ cleanup() {
 trap cleanup EXIT
 
 lab_hugepages
-lab_up "$MODE"
+lab_up "$TOPOLOGY"
 lab_start_ringlb "$ROOT/deploy/lab/$MODE.yaml" "$LAB_DIR/ringlb.log" --stats-interval 1
 lab_wait_ready || fail "VIP $VIP not answering within 30 s"
 # Test hook for tests/lab/cleanup_test.sh: fail with everything running.
@@ -61,9 +69,38 @@ sys.exit(0 if ok else 1)
 PY
 done
 
+# 2b. SYN proxy: keep-alive requests over the spliced connections too.
+if [ "$MODE" = syn-proxy ]; then
+  ip netns exec "$C" ab -q -k -n "$REQUESTS" -c "$CONCURRENCY" -s 20 "http://$VIP/index.html" > "$LAB_DIR/abk.txt" 2>&1 || fail "ab -k failed: $(tail -5 "$LAB_DIR/abk.txt")"
+  complete=$(awk '/^Complete requests:/ {print $3}' "$LAB_DIR/abk.txt")
+  failed=$(awk '/^Failed requests:/ {print $3}' "$LAB_DIR/abk.txt")
+  non2xx=$(awk '/^Non-2xx responses:/ {print $3}' "$LAB_DIR/abk.txt")
+  keepalive=$(awk '/^Keep-Alive requests:/ {print $3}' "$LAB_DIR/abk.txt")
+  echo "lab-$MODE: ab -k $REQUESTS requests, concurrency $CONCURRENCY: complete=$complete failed=$failed non2xx=${non2xx:-0} keep-alive=$keepalive"
+  [ "$complete" = "$REQUESTS" ] && [ "$failed" = 0 ] && [ -z "${non2xx:-}" ] || fail "keep-alive requests failed"
+  [ "${keepalive:-0}" -gt 0 ] || fail "no request reused a connection"
+fi
+
 # 3. A 64 MiB download through the VIP, byte for byte.
 want=$(sha256sum "$LAB_DIR/www/big.bin" | cut -d' ' -f1)
-ip netns exec "$C" curl -sS --max-time 180 -o "$LAB_DIR/dl.bin" "http://$VIP/big.bin" || fail "download failed"
+start_ns=$(date +%s%N)
+ip netns exec "$C" curl -sS --max-time 180 -o "$LAB_DIR/dl.bin" "http://$VIP/big.bin" &
+dl_pid=$!
+if [ "$MODE" = syn-proxy ]; then
+  # The client's view of the spliced connection: ss prints "wscale:S,R",
+  # S the scale the appliance's cookie SYN-ACK gave (7), R the client's
+  # own; without scaling there is no wscale at all.
+  tcp_info=""
+  for _ in $(seq 50); do
+    tcp_info=$(ip netns exec "$C" ss -tinH state established "( dport = :80 )" 2>/dev/null | tr -s ' \n' ' ')
+    case $tcp_info in *wscale*) break ;; esac
+    sleep 0.1
+  done
+  echo "lab-$MODE: client TCP during the download: $(grep -oE 'wscale:[0-9,]+|rcv_space:[0-9]+|snd_wnd:[0-9]+|rcv_wnd:[0-9]+' <<< "$tcp_info" | tr '\n' ' ')"
+  grep -qE 'wscale:7,[0-9]+' <<< "$tcp_info" || fail "window scaling not in effect on the client's connection: $tcp_info"
+fi
+wait "$dl_pid" || fail "download failed"
+echo "lab-$MODE: download took $(( ($(date +%s%N) - start_ns) / 1000000 )) ms"
 got_sum=$(sha256sum "$LAB_DIR/dl.bin" | cut -d' ' -f1)
 echo "lab-$MODE: 64 MiB download sha256 $got_sum (file $want)"
 [ "$got_sum" = "$want" ] || fail "sha256 mismatch"
@@ -72,5 +109,12 @@ echo "lab-$MODE: 64 MiB download sha256 $got_sum (file $want)"
 lab_stop_ringlb || fail "ringlb exited non-zero on SIGTERM"
 grep -q "ringlb stopped cleanly" "$LAB_DIR/ringlb.log" || fail "no clean-shutdown summary"
 sed -n '/^summary/,$p' "$LAB_DIR/ringlb.log" | sed "s/^/lab-$MODE: /"
+if [ "$MODE" = syn-proxy ]; then
+  # Every connection (ab, ab -k, curl, the readiness checks) was opened by a valid cookie.
+  read -r cookies joined failed <<< "$(sed -n 's/^  syn_proxy cookies_sent=\([0-9]*\) opened=[0-9]* joined=\([0-9]*\) failed=\([0-9]*\).*/\1 \2 \3/p' "$LAB_DIR/ringlb.log")"
+  [ "${joined:-0}" -ge $((REQUESTS + 1)) ] || fail "only ${joined:-0} proxied connections joined"
+  [ "${cookies:-0}" -ge "$joined" ] || fail "more connections joined ($joined) than cookies sent (${cookies:-0})"
+  [ "${failed:-1}" = 0 ] || fail "$failed proxied connections failed"
+fi
 if compgen -G "/dev/hugepages/rtemap*" >/dev/null; then fail "hugepage files left in /dev/hugepages"; fi
 echo "PASS lab-$MODE"
