@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(dpdk dpdk-dev libdpdk-dev pkg-config clang libclang-dev build-essential
       nginx-light wrk apache2-utils curl iproute2 ethtool procps python3 shellcheck
-      haproxy nftables python3-matplotlib valgrind)
+      haproxy nftables python3-matplotlib valgrind hping3)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

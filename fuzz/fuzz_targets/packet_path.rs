@@ -1,5 +1,6 @@
 //! The per-packet path (`Worker::process`) with a session table and every
-//! kind of service (DSR, NAT TCP and UDP, fragments, persistence), fed a
+//! kind of service (DSR, NAT TCP and UDP, fragments, persistence, a SYN
+//! proxy), fed a
 //! sequence of frames: each record is a control byte (bit 0: the port,
 //! bit 1: handed off by another worker, bit 2: the harness sets the IPv4
 //! header and ICMP checksums right, so mutations get past them; bits 3–7:
@@ -11,7 +12,8 @@
 //! A second worker, on its own copy of the configuration, takes the same
 //! frames in bursts (`Worker::process_burst`, the lean lane the lcores
 //! run; bursts end where the clock moves): every frame must get the same
-//! verdict and bytes from both.
+//! verdict and bytes from both, and both must write the same frames of
+//! their own (a proxied connection's SYN, ACKs, RSTs).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -30,7 +32,9 @@ fn shared() -> &'static [Shared; 2] {
     SHARED.get_or_init(|| {
         let yaml = include_str!("../seeds/config_yaml/two_modes.yaml");
         let cfg = ringlb::config::parse(yaml, "two_modes.yaml").expect("built-in config");
-        let one = || Shared::new(&cfg, &[[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]]).with_hash_seed(0x5eed);
+        let one = || {
+            Shared::new(&cfg, &[[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]]).with_hash_seed(0x5eed).with_cookie_key((1, 2))
+        };
         [one(), one()]
     })
 }
@@ -42,6 +46,18 @@ struct Pending {
     expected: Vec<(Verdict, Vec<u8>)>,
     ports: Vec<u8>,
     handed_off: Vec<bool>,
+    /// The frames the single worker wrote of its own meanwhile.
+    own: Vec<(u8, Vec<u8>)>,
+}
+
+/// The frames `w` wrote of its own since the last call.
+fn own_frames(w: &mut Worker) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    w.drain_frames(|port, f| {
+        out.push((port, f.to_vec()));
+        true
+    });
+    out
 }
 
 impl Pending {
@@ -66,6 +82,7 @@ impl Pending {
             }
             start = end;
         }
+        assert_eq!(own_frames(w), self.own, "burst and single workers wrote different frames of their own");
         *self = Pending::default();
     }
 }
@@ -102,6 +119,12 @@ fuzz_target!(|data: &[u8]| {
         pending.expected.push((v, buf));
         pending.ports.push(ctl & 1);
         pending.handed_off.push(ctl & 2 != 0);
+        let own = own_frames(&mut w);
+        for (port, f) in &own {
+            assert!(usize::from(*port) < shared.ports.len(), "own frame out of a port that does not exist");
+            assert!(f.len() >= 60, "own frame shorter than Ethernet's minimum");
+        }
+        pending.own.extend(own);
         if let Verdict::Tx(port) | Verdict::Defer { port, .. } = v {
             assert!(usize::from(port) < shared.ports.len(), "sent out of a port that does not exist");
         }
@@ -110,6 +133,7 @@ fuzz_target!(|data: &[u8]| {
             pending.flush(&mut b, now);
             w.sweep(now);
             b.sweep(now);
+            assert_eq!(own_frames(&mut w), own_frames(&mut b), "the sweeps wrote different frames");
         }
         let active = stats.sessions_active.get();
         assert!(active <= CAPACITY, "{active} sessions in a table of {CAPACITY}");
@@ -117,6 +141,8 @@ fuzz_target!(|data: &[u8]| {
         // (a new connection of a tuple, in place) are created but not added.
         let ended = stats.sessions_expired.get() + stats.sessions_evicted.get() + stats.down_resets.get();
         assert!(stats.sessions_created.get() >= active + ended, "sessions counted out of thin air");
+        let proxied = stats.proxy_active.get();
+        assert!(proxied <= 64 && proxied <= stats.proxy_opened.get(), "{proxied} proxied connections");
     }
     pending.flush(&mut b, now);
 });

@@ -533,6 +533,14 @@ impl Shared {
         self
     }
 
+    /// The same, with `key` for the SYN-cookie key (random per process
+    /// without a cluster): two workers compared frame by frame must make
+    /// the same cookies.
+    pub fn with_cookie_key(mut self, key: (u64, u64)) -> Shared {
+        self.cookies = CookieJar::new(key);
+        self
+    }
+
     /// Server `id`'s next hop (the server itself on its subnet).
     #[inline(always)]
     pub(super) fn next_hop(&self, id: u16) -> Option<&Neighbor> {
