@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: every tier, then one closing line "N passed, M failed".
 #   1. cargo test: unit tests, data-plane/config tests, vdev tests of the real binary
-#   2. lab tests: DSR, NAT and the SYN proxy (also under a SYN flood) through
+#   2. lab tests: DSR, NAT, the SYN proxy (also under a SYN flood) and L7 through
 #      real namespaces, nginx, ab and curl; the
 #      cluster: three appliances behind a port-trunked router, failure and rejoin;
 #      failover: two appliances on one segment, VIP takeover by gratuitous ARP;
@@ -24,6 +24,7 @@ run "lab DSR" bash tests/lab/lab_test.sh dsr
 run "lab NAT" bash tests/lab/lab_test.sh nat
 run "lab SYN proxy" bash tests/lab/lab_test.sh syn-proxy
 run "lab SYN flood" bash tests/lab/flood_test.sh
+run "lab L7" bash tests/lab/l7_test.sh
 run "lab cluster NAT (3 appliances behind a trunk)" bash tests/lab/cluster_test.sh nat
 run "lab cluster DSR (3 appliances behind a trunk)" bash tests/lab/cluster_test.sh dsr
 run "lab failover DSR (2 appliances, one VIP, kill -9 and return)" bash tests/lab/failover_test.sh dsr preempt

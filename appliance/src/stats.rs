@@ -65,10 +65,16 @@ pub enum DropReason {
     /// A segment a proxied connection does not accept as it stands: a
     /// server's SYN-ACK for another handshake, a blind RST, a SYN mid-connection.
     ProxyRefused,
+    /// An `l7` request head that is not HTTP/1.x, or not complete within
+    /// 16 KiB: the client is reset.
+    L7Request,
+    /// No `l7` request buffer free: the bytes are not ACKed (the client
+    /// sends them again).
+    L7NoBuffer,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 28] = [
+    pub const ALL: [DropReason; 30] = [
         DropReason::Malformed,
         DropReason::UnsupportedEthertype,
         DropReason::UnsupportedProtocol,
@@ -97,6 +103,8 @@ impl DropReason {
         DropReason::CookieForged,
         DropReason::ProxyFull,
         DropReason::ProxyRefused,
+        DropReason::L7Request,
+        DropReason::L7NoBuffer,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -130,6 +138,8 @@ impl DropReason {
             DropReason::CookieForged => "cookie_forged",
             DropReason::ProxyFull => "proxy_full",
             DropReason::ProxyRefused => "proxy_refused",
+            DropReason::L7Request => "l7_request",
+            DropReason::L7NoBuffer => "l7_no_buffer",
         }
     }
 }

@@ -400,3 +400,71 @@ fn syn_proxy_on_nat_is_accepted_and_rendered_back() {
     let again = config::parse(&c.render(), "rendered.yaml").unwrap();
     assert!(again.services[1].syn_proxy, "render lost syn_proxy:\n{}", c.render());
 }
+
+/// GOOD with its first service made `mode: l7` with `rules` (YAML flow list items).
+fn l7_config(rules: &str) -> String {
+    GOOD.replacen("    mode: dsr\n    group: web", &format!("    mode: l7\n    group: web\n    l7:\n      rules:\n{rules}"), 1)
+        .replacen("    - { ip: 198.18.0.11, port: 80 }", "    - { ip: 198.18.0.11, port: 8080 }", 1)
+        .replacen("    - { ip: 198.18.0.12, port: 80, weight: 3 }", "    - { ip: 198.18.0.12, port: 8080, weight: 3 }", 1)
+        .replacen(
+            "server_groups:\n",
+            "server_groups:\n  static:\n    - { ip: 198.18.0.31, port: 8080 }\n  gold:\n    - { ip: 198.18.0.41, port: 8080 }\n",
+            1,
+        )
+}
+
+#[test]
+fn l7_rules_resolve_and_render_back() {
+    let text = l7_config(
+        "        - { path_prefix: /static/, group: static }\n        - { host: img.example.com, group: static }\n        - { header: { name: X-Tenant, value: gold }, group: gold }\n        - { cookie: { name: beta, value: \"1\" }, group: web }\n",
+    );
+    let c = config::parse(&text, "l7.yaml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let l7 = c.services[0].l7.as_ref().expect("an l7 service");
+    let names: Vec<&str> = l7.groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["web", "static", "gold"], "the default group first, then the rules' in order");
+    assert_eq!(l7.rules.rules.len(), 4);
+    assert_eq!(l7.rules.rules[2].group, 2);
+    // Each group's members are the service's servers of that group.
+    let ips: Vec<Vec<u32>> = l7
+        .groups
+        .iter()
+        .map(|g| g.members.iter().map(|&p| c.servers[usize::from(c.services[0].servers[usize::from(p)])].ip).collect())
+        .collect();
+    assert_eq!(ips, [vec![0xc612_000b, 0xc612_000c], vec![0xc612_001f], vec![0xc612_0029]]);
+    let again = config::parse(&c.render(), "rendered.yaml").unwrap_or_else(|e| panic!("{e}\n{}", c.render()));
+    assert_eq!(again.services[0].l7, c.services[0].l7, "render changed the rules:\n{}", c.render());
+    assert_eq!(again.services[0].mode, Mode::L7);
+}
+
+#[test]
+fn l7_rules_are_checked_with_positions() {
+    let parse = |rules: &str| match config::parse(&l7_config(rules), "bad.yaml") {
+        Ok(_) => panic!("accepted bad rules {rules}"),
+        Err(e) => e.to_string(),
+    };
+    assert_has(
+        &parse("        - { path_prefix: /a/, group: nowhere }\n"),
+        &["bad.yaml:16:38", "unknown server group 'nowhere'"],
+    );
+    assert_has(
+        &parse("        - { path_prefix: /a, group: static }\n        - { path_prefix: /api, group: gold }\n"),
+        &["bad.yaml:17:", "rules[1]: never matches: rules[0] (path_prefix: /a)"],
+    );
+    assert_has(&parse("        - { path_prefix: /a, host: x, group: static }\n"), &["bad.yaml:16:", "exactly one of"]);
+    assert_has(&parse("        - { group: static }\n"), &["bad.yaml:16:", "exactly one of", "(has 0)"]);
+    assert_has(
+        &parse("        - { path_prefix: static, group: static }\n"),
+        &["bad.yaml:16:", "does not start with '/'"],
+    );
+    // Rules on a service that is not l7.
+    assert_has(
+        &reject("    mode: nat\n", "    mode: nat\n    l7: { rules: [] }\n"),
+        &["bad.yaml:18:9", "need mode: l7"],
+    );
+    // l7 is HTTP over TCP, scheduled by wrr per group.
+    let maglev = l7_config("").replacen("    mode: l7\n", "    mode: l7\n    scheduler: maglev\n", 1);
+    assert_has(
+        &config::parse(&maglev, "bad.yaml").unwrap_err().to_string(),
+        &["bad.yaml:9:11", "mode: l7 needs scheduler: wrr"],
+    );
+}

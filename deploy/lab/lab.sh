@@ -69,6 +69,9 @@ http {
   server {
 $listen    root $LAB_DIR/www;
     location = /whoami { return 200 "$name\n"; }
+    # For the l7 lab: each server names itself and the part it serves.
+    location /static/ { return 200 "$name static\n"; }
+    location /api/ { return 200 "$name api\n"; }
   }
 }
 CONF

@@ -3,7 +3,9 @@
 //! proxy), fed a
 //! sequence of frames: each record is a control byte (bit 0: the port,
 //! bit 1: handed off by another worker, bit 2: the harness sets the IPv4
-//! header and ICMP checksums right, so mutations get past them; bits 3–7:
+//! header and ICMP checksums right, so mutations get past them, and makes
+//! a TCP ACK the valid answer to the last cookie SYN-ACK, so the proxied
+//! and `l7` paths past the cookie are reached; bits 3–7:
 //! how far the clock moves, in 100 ms steps, so timeouts are reached), a
 //! length byte and the frame. When the clock moves the worker sweeps and
 //! asks for ARP, as its lcore loop does. Nothing may panic, and the
@@ -95,6 +97,8 @@ fuzz_target!(|data: &[u8]| {
     let mut b = Worker::new(0, shared_b, &stats_b);
     let mut pending = Pending::default();
     let mut now: u32 = 0;
+    // The last SYN-ACK the worker answered a SYN with: its frame.
+    let mut last_synack: Option<Vec<u8>> = None;
     let mut rest = data;
     while let [ctl, len, tail @ ..] = rest {
         let n = usize::from(*len).min(tail.len());
@@ -111,10 +115,16 @@ fuzz_target!(|data: &[u8]| {
         }
         let mut buf = frame.to_vec();
         if ctl & 4 != 0 {
+            if let Some(synack) = &last_synack {
+                answer_cookie(&mut buf, synack);
+            }
             fix_checksums(&mut buf);
         }
         let input = buf.clone();
         let v = w.process(&mut buf, ctl & 1, now, ctl & 2 != 0);
+        if matches!(v, Verdict::Tx(_)) && buf.len() >= 54 && buf[23] == 6 && buf[47] == 0x12 {
+            last_synack = Some(buf.clone());
+        }
         pending.input.push(input);
         pending.expected.push((v, buf));
         pending.ports.push(ctl & 1);
@@ -146,6 +156,21 @@ fuzz_target!(|data: &[u8]| {
     }
     pending.flush(&mut b, now);
 });
+
+/// Makes a TCP ACK (Ethernet + IPv4 without options) the client's answer
+/// to `synack`: its flow, sequence number ISN + 1, acknowledgement cookie + 1.
+fn answer_cookie(f: &mut [u8], synack: &[u8]) {
+    if f.len() < 54 || f[12..14] != [0x08, 0x00] || f[14] != 0x45 || f[23] != 6 || f[47] & 0x12 != 0x10 {
+        return;
+    }
+    f[26..30].copy_from_slice(&synack[30..34]); // addresses, swapped back
+    f[30..34].copy_from_slice(&synack[26..30]);
+    f[34..36].copy_from_slice(&synack[36..38]); // ports
+    f[36..38].copy_from_slice(&synack[34..36]);
+    f[38..42].copy_from_slice(&synack[42..46]); // seq = the SYN-ACK's ack
+    let cookie = u32::from_be_bytes([synack[38], synack[39], synack[40], synack[41]]);
+    f[42..46].copy_from_slice(&cookie.wrapping_add(1).to_be_bytes());
+}
 
 /// RFC 1071 checksum, written here (not the code under test's).
 fn inet_checksum(data: &[u8]) -> u16 {

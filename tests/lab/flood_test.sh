@@ -15,6 +15,8 @@ LAB=${LAB:-"rlb$$f$RANDOM"}
 LAB_DIR=$(mktemp -d "/tmp/ringlb-lab-flood.XXXXXX")
 # shellcheck source=../../deploy/lab/lab.sh
 source "$ROOT/deploy/lab/lab.sh"
+# shellcheck source=ab.sh
+source "$ROOT/tests/lab/ab.sh"
 
 FLOOD_SYNS=${FLOOD_SYNS:-1000000}
 REQUESTS=2000
@@ -39,15 +41,8 @@ C=$(lab_ns c)
 ip netns exec "$C" hping3 -q -S --rand-source -p 80 -i u1 -c "$FLOOD_SYNS" "$VIP" > "$LAB_DIR/hping.txt" 2>&1 &
 FLOOD_PID=$!
 sleep 1
-ip netns exec "$C" ab -q -n "$REQUESTS" -c "$CONCURRENCY" -s 30 "http://$VIP/index.html" > "$LAB_DIR/ab.txt" 2>&1 || fail "ab failed: $(tail -5 "$LAB_DIR/ab.txt")"
-flood_running=no
-kill -0 "$FLOOD_PID" 2>/dev/null && flood_running=yes
-complete=$(awk '/^Complete requests:/ {print $3}' "$LAB_DIR/ab.txt")
-failed=$(awk '/^Failed requests:/ {print $3}' "$LAB_DIR/ab.txt")
-non2xx=$(awk '/^Non-2xx responses:/ {print $3}' "$LAB_DIR/ab.txt")
-echo "lab-flood: ab $REQUESTS requests, concurrency $CONCURRENCY, during the flood (still flooding at the end: $flood_running): complete=$complete failed=$failed non2xx=${non2xx:-0}"
-grep -E "^Requests per second|^Time per request.*\(mean\)$" "$LAB_DIR/ab.txt" | sed "s/^/lab-flood:   /"
-[ "$complete" = "$REQUESTS" ] && [ "$failed" = 0 ] && [ -z "${non2xx:-}" ] || fail "requests failed during the flood"
+ab_run "lab-flood: ab $REQUESTS requests, concurrency $CONCURRENCY, during the flood" "http://$VIP/index.html" "$REQUESTS" "$CONCURRENCY"
+kill -0 "$FLOOD_PID" 2>/dev/null || fail "the flood ended before ab did: raise FLOOD_SYNS"
 # The flood is bounded; wait for it to end (at most 120 s).
 for _ in $(seq 1200); do kill -0 "$FLOOD_PID" 2>/dev/null || break; sleep 0.1; done
 kill "$FLOOD_PID" 2>/dev/null && fail "hping3 still running after 120 s"

@@ -22,6 +22,8 @@ LAB=${LAB:-"rlb$$x$RANDOM"}
 LAB_DIR=$(mktemp -d "/tmp/ringlb-lab-$MODE.XXXXXX")
 # shellcheck source=../../deploy/lab/lab.sh
 source "$ROOT/deploy/lab/lab.sh"
+# shellcheck source=ab.sh
+source "$ROOT/tests/lab/ab.sh"
 
 REQUESTS=3000
 CONCURRENCY=50
@@ -43,15 +45,7 @@ C=$(lab_ns c)
 
 # 1. Many short connections: ab opens one TCP connection per request.
 for i in 1 2 3; do : > "$LAB_DIR/s$i/access.log"; done
-ip netns exec "$C" ab -q -n "$REQUESTS" -c "$CONCURRENCY" -s 20 "http://$VIP/index.html" > "$LAB_DIR/ab.txt" 2>&1 || fail "ab failed: $(tail -5 "$LAB_DIR/ab.txt")"
-complete=$(awk '/^Complete requests:/ {print $3}' "$LAB_DIR/ab.txt")
-failed=$(awk '/^Failed requests:/ {print $3}' "$LAB_DIR/ab.txt")
-non2xx=$(awk '/^Non-2xx responses:/ {print $3}' "$LAB_DIR/ab.txt")
-echo "lab-$MODE: ab $REQUESTS requests, concurrency $CONCURRENCY: complete=$complete failed=$failed non2xx=${non2xx:-0}"
-grep -E "^Requests per second|^Time per request.*\(mean\)$" "$LAB_DIR/ab.txt" | sed "s/^/lab-$MODE:   /"
-[ "$complete" = "$REQUESTS" ] || fail "only $complete of $REQUESTS requests completed"
-[ "$failed" = 0 ] || fail "$failed failed requests"
-[ -z "${non2xx:-}" ] || fail "$non2xx non-2xx responses"
+ab_run "lab-$MODE: ab $REQUESTS requests, concurrency $CONCURRENCY" "http://$VIP/index.html" "$REQUESTS" "$CONCURRENCY"
 
 # 2. Shares by weight (1:2:3), counted by the servers themselves.
 total=0; declare -a got
@@ -71,14 +65,8 @@ done
 
 # 2b. SYN proxy: keep-alive requests over the spliced connections too.
 if [ "$MODE" = syn-proxy ]; then
-  ip netns exec "$C" ab -q -k -n "$REQUESTS" -c "$CONCURRENCY" -s 20 "http://$VIP/index.html" > "$LAB_DIR/abk.txt" 2>&1 || fail "ab -k failed: $(tail -5 "$LAB_DIR/abk.txt")"
-  complete=$(awk '/^Complete requests:/ {print $3}' "$LAB_DIR/abk.txt")
-  failed=$(awk '/^Failed requests:/ {print $3}' "$LAB_DIR/abk.txt")
-  non2xx=$(awk '/^Non-2xx responses:/ {print $3}' "$LAB_DIR/abk.txt")
-  keepalive=$(awk '/^Keep-Alive requests:/ {print $3}' "$LAB_DIR/abk.txt")
-  echo "lab-$MODE: ab -k $REQUESTS requests, concurrency $CONCURRENCY: complete=$complete failed=$failed non2xx=${non2xx:-0} keep-alive=$keepalive"
-  [ "$complete" = "$REQUESTS" ] && [ "$failed" = 0 ] && [ -z "${non2xx:-}" ] || fail "keep-alive requests failed"
-  [ "${keepalive:-0}" -gt 0 ] || fail "no request reused a connection"
+  ab_run "lab-$MODE: ab -k $REQUESTS requests, concurrency $CONCURRENCY" "http://$VIP/index.html" "$REQUESTS" "$CONCURRENCY" -k
+  [ "$AB_KEEPALIVE" -gt 0 ] || fail "no request reused a connection"
 fi
 
 # 3. A 64 MiB download through the VIP, byte for byte.

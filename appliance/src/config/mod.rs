@@ -3,8 +3,10 @@
 //! Every error names the file, line and column (or the key) and says why.
 
 mod cluster;
+mod l7;
 
 pub use cluster::{ClusterConfig, Garp, Secret, VipMode, DEFAULT_DEFER_MS, DEFAULT_GARP};
+pub use l7::{L7Config, L7Group};
 
 use crate::packet::{L4Proto, Mac};
 use crate::sched::maglev;
@@ -93,6 +95,10 @@ pub enum Mode {
     Dsr,
     /// L4/3: rewrite the destination address; replies come back through us.
     Nat,
+    /// L7 (HTTP/1.x): the appliance completes the client's handshake (SYN
+    /// cookie), reads the request head, picks a server group by content
+    /// rules, opens the server's side, and splices the two.
+    L7,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +164,9 @@ struct RawService {
     /// opened, and the two halves are joined by sequence-number translation.
     #[serde(default)]
     syn_proxy: Option<Spanned<bool>>,
+    /// `mode: l7`: content rules (`config::l7`).
+    #[serde(default)]
+    l7: Option<Spanned<l7::RawL7>>,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -279,9 +288,16 @@ struct RawSessions {
     /// Client locks each worker can hold (services with persistence).
     #[serde(default = "default_locks")]
     locks: Spanned<usize>,
-    /// Connections the `syn_proxy` services can hold at once (all workers).
+    /// Connections the `syn_proxy` and `l7` services can hold at once (all workers).
     #[serde(default = "default_proxied")]
     proxied: Spanned<usize>,
+    /// `l7`: requests being gathered at once (16 KiB each; all workers).
+    #[serde(default = "default_request_buffers")]
+    request_buffers: Spanned<usize>,
+}
+
+fn default_request_buffers() -> Spanned<usize> {
+    unspanned(2048)
 }
 
 fn default_proxied() -> Spanned<usize> {
@@ -294,7 +310,12 @@ fn default_locks() -> Spanned<usize> {
 
 impl Default for RawSessions {
     fn default() -> Self {
-        RawSessions { capacity: unspanned(1 << 20), locks: default_locks(), proxied: default_proxied() }
+        RawSessions {
+            capacity: unspanned(1 << 20),
+            locks: default_locks(),
+            proxied: default_proxied(),
+            request_buffers: default_request_buffers(),
+        }
     }
 }
 
@@ -393,6 +414,8 @@ pub struct ServiceConfig {
     pub fragments: bool,
     /// SYN cookies in front of the servers (see `RawService::syn_proxy`).
     pub syn_proxy: bool,
+    /// `mode: l7`: its groups (the default first) and rules.
+    pub l7: Option<L7Config>,
 }
 
 /// One member of a service's server group. A machine serving two services
@@ -426,8 +449,10 @@ pub struct Config {
     pub session_capacity: usize,
     /// Client locks per worker (allocated only when a service has persistence).
     pub lock_capacity: usize,
-    /// Proxied connections per appliance (allocated only when a service has `syn_proxy`).
+    /// Proxied connections per appliance (allocated only when a service has `syn_proxy` or is `l7`).
     pub proxied_capacity: usize,
+    /// `l7` request buffers per appliance (16 KiB each).
+    pub request_buffers: usize,
     pub timeouts: Timeouts,
     pub arp_refresh_ms: u32,
     pub cluster: Option<ClusterConfig>,
@@ -654,22 +679,56 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
         if ports.iter().any(|p| p.ip == vip) {
             return Err(cx.at(&s.vip, format!("services[{si}] '{name}': VIP {} is also a port address", s.vip.value)));
         }
-        let group = raw.server_groups.get(&s.group.value).ok_or_else(|| {
-            let known: Vec<&str> = raw.server_groups.keys().map(String::as_str).collect();
-            cx.at(
-                &s.group,
-                format!(
-                    "services[{si}] '{name}': unknown server group '{}' (known: {})",
-                    s.group.value,
-                    known.join(", ")
-                ),
-            )
-        })?;
-        if group.is_empty() {
-            return Err(cx.at(&s.group, format!("server_groups.{}: empty group", s.group.value)));
+        // The groups whose servers the service sends to: its group, and
+        // for `l7` the groups its rules name.
+        let empty_l7 = l7::RawL7::default();
+        let raw_l7 = match (&s.l7, s.mode) {
+            (Some(l), Mode::L7) => &l.value,
+            (None, Mode::L7) => &empty_l7,
+            (Some(l), _) => {
+                return Err(cx.at(l, format!("services[{si}] '{name}'.l7: content rules need mode: l7")));
+            }
+            (None, _) => &empty_l7,
+        };
+        let mut group_names = vec![&s.group];
+        group_names.extend(raw_l7.group_names(&s.group.value));
+        let mut groups = Vec::new();
+        for g in &group_names {
+            let members = raw.server_groups.get(&g.value).ok_or_else(|| {
+                let known: Vec<&str> = raw.server_groups.keys().map(String::as_str).collect();
+                cx.at(
+                    *g,
+                    format!(
+                        "services[{si}] '{name}': unknown server group '{}' (known: {})",
+                        g.value,
+                        known.join(", ")
+                    ),
+                )
+            })?;
+            if members.is_empty() {
+                return Err(cx.at(*g, format!("server_groups.{}: empty group", g.value)));
+            }
+            if members.iter().all(|m| m.weight == 0) {
+                return Err(cx.at(*g, format!("server_groups.{}: every weight is 0", g.value)));
+            }
+            groups.push((*g, members));
         }
-        if group.iter().all(|m| m.weight == 0) {
-            return Err(cx.at(&s.group, format!("server_groups.{}: every weight is 0", s.group.value)));
+        let group = groups[0].1;
+        if s.mode == Mode::L7 {
+            let why = if proto != L4Proto::Tcp {
+                Some("protocol: tcp (HTTP)")
+            } else if s.scheduler != SchedulerKind::Wrr {
+                Some("scheduler: wrr (each group is scheduled by weighted round robin)")
+            } else if s.persistence.is_some() {
+                Some("no persistence (rules place each connection)")
+            } else if s.syn_proxy.as_ref().is_some_and(|f| f.value) {
+                Some("no syn_proxy (an l7 service always answers SYNs with cookies)")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(cx.at(&s.name, format!("services[{si}] '{name}': mode: l7 needs {why}")));
+            }
         }
         let maglev_table_size = match &s.maglev_table_size {
             None => maglev::DEFAULT_TABLE_SIZE,
@@ -788,110 +847,128 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
             }
         };
         let mut ids = Vec::new();
-        for (mi, m) in group.iter().enumerate() {
-            let where_ = format!("server_groups.{}[{mi}]", s.group.value);
-            let ip = u32::from(m.ip.value);
-            if m.weight > 1_000_000 {
-                return Err(cx.at(&m.ip, format!("{where_}.weight: {} is above the 1000000 limit", m.weight)));
-            }
-            if s.mode == Mode::Dsr && m.port != s.port {
-                return Err(cx.at(&m.ip, format!(
+        let mut l7_groups = Vec::new();
+        for (gname, members) in &groups {
+            let mut positions = Vec::new();
+            for (mi, m) in members.iter().enumerate() {
+                let where_ = format!("server_groups.{}[{mi}]", gname.value);
+                let ip = u32::from(m.ip.value);
+                if m.weight > 1_000_000 {
+                    return Err(cx.at(&m.ip, format!("{where_}.weight: {} is above the 1000000 limit", m.weight)));
+                }
+                if s.mode == Mode::Dsr && m.port != s.port {
+                    return Err(cx.at(&m.ip, format!(
                     "{where_}: service '{name}' is dsr, which cannot change ports: server port {} must equal the service port {}",
                     m.port, s.port
                 )));
-            }
-            if m.port == 0 {
-                return Err(cx.at(&m.ip, format!("{where_}.port: 0 is not a server port")));
-            }
-            if let Some(p) = ports.iter().position(|p| p.ip == ip) {
-                return Err(
-                    cx.at(&m.ip, format!("{where_}: {} is the address of ports[{p}], not a server", m.ip.value))
-                );
-            }
-            if let Some(other) = raw.services.iter().find(|o| u32::from(o.vip.value) == ip) {
-                return Err(cx.at(
-                    &m.ip,
-                    format!("{where_}: {} is the VIP of service '{}', not a server", m.ip.value, other.name.value),
-                ));
-            }
-            let port = ports.iter().position(|p| p.contains(ip)).ok_or_else(|| {
-                cx.at(
-                    &m.ip,
-                    format!(
-                        "{where_}: server {} is on none of the ports' subnets (ringlb sends to servers directly)",
-                        m.ip.value
+                }
+                if m.port == 0 {
+                    return Err(cx.at(&m.ip, format!("{where_}.port: 0 is not a server port")));
+                }
+                if let Some(p) = ports.iter().position(|p| p.ip == ip) {
+                    return Err(
+                        cx.at(&m.ip, format!("{where_}: {} is the address of ports[{p}], not a server", m.ip.value))
+                    );
+                }
+                if let Some(other) = raw.services.iter().find(|o| u32::from(o.vip.value) == ip) {
+                    return Err(cx.at(
+                        &m.ip,
+                        format!("{where_}: {} is the VIP of service '{}', not a server", m.ip.value, other.name.value),
+                    ));
+                }
+                let port = ports.iter().position(|p| p.contains(ip)).ok_or_else(|| {
+                    cx.at(
+                        &m.ip,
+                        format!(
+                            "{where_}: server {} is on none of the ports' subnets (ringlb sends to servers directly)",
+                            m.ip.value
+                        ),
+                    )
+                })?;
+                let static_mac = match &m.mac {
+                    None => None,
+                    Some(x) => Some(
+                        parse_mac(&x.value)
+                            .ok_or_else(|| cx.at(x, format!("{where_}.mac: '{}' is not a MAC address", x.value)))?,
                     ),
-                )
-            })?;
-            let static_mac = match &m.mac {
-                None => None,
-                Some(x) => Some(
-                    parse_mac(&x.value)
-                        .ok_or_else(|| cx.at(x, format!("{where_}.mac: '{}' is not a MAC address", x.value)))?,
-                ),
-            };
-            let neighbor = match neighbor_of_ip.get(&ip) {
-                Some(&n) => {
-                    if static_mac.is_some() && neighbors[usize::from(n)].static_mac != static_mac {
-                        return Err(
-                            cx.at(&m.ip, format!("{where_}.mac: server {} has two different static MACs", m.ip.value))
-                        );
+                };
+                let neighbor = match neighbor_of_ip.get(&ip) {
+                    Some(&n) => {
+                        if static_mac.is_some() && neighbors[usize::from(n)].static_mac != static_mac {
+                            return Err(cx.at(
+                                &m.ip,
+                                format!("{where_}.mac: server {} has two different static MACs", m.ip.value),
+                            ));
+                        }
+                        n
                     }
-                    n
-                }
-                None => {
-                    let n = neighbors.len() as u16;
-                    neighbors.push(NeighborConfig { ip, port: port as u8, static_mac });
-                    neighbor_of_ip.insert(ip, n);
-                    n
-                }
-            };
-            if s.mode == Mode::Nat {
-                if let Some(other) = nat_backends.insert((ip, m.port, proto), name.clone()) {
-                    if &other != name {
-                        return Err(cx.at(&m.ip, format!(
+                    None => {
+                        let n = neighbors.len() as u16;
+                        neighbors.push(NeighborConfig { ip, port: port as u8, static_mac });
+                        neighbor_of_ip.insert(ip, n);
+                        n
+                    }
+                };
+                // NAT and L7 replies come back through the appliance.
+                if s.mode != Mode::Dsr {
+                    if let Some(other) = nat_backends.insert((ip, m.port, proto), name.clone()) {
+                        if &other != name {
+                            return Err(cx.at(&m.ip, format!(
                             "{where_}: {}:{} is a NAT backend of both '{other}' and '{name}'; replies could not be told apart",
                             m.ip.value, m.port
                         )));
+                        }
                     }
                 }
-            }
-            if servers.len() >= usize::from(u16::MAX) {
-                return Err(cx.key("server_groups: too many servers (limit 65534 across services)"));
-            }
-            let agent = match &m.agent {
-                None => None,
-                Some(a) => {
-                    let addr =
-                        a.value.parse::<std::net::SocketAddrV4>().ok().filter(|x| x.port() != 0).ok_or_else(|| {
-                            cx.at(
-                                a,
-                                format!(
+                if servers.len() >= usize::from(u16::MAX) {
+                    return Err(cx.key("server_groups: too many servers (limit 65534 across services)"));
+                }
+                let agent = match &m.agent {
+                    None => None,
+                    Some(a) => {
+                        let addr =
+                            a.value.parse::<std::net::SocketAddrV4>().ok().filter(|x| x.port() != 0).ok_or_else(
+                                || {
+                                    cx.at(
+                                        a,
+                                        format!(
                                     "{where_}.agent: '{}' is not an IPv4 address with a port (10.255.0.11:7400)",
                                     a.value
                                 ),
-                            )
-                        })?;
-                    match agent_of_ip.get(&ip) {
-                        Some(&other) if other != addr => {
-                            return Err(cx.at(
-                                a,
-                                format!(
+                                    )
+                                },
+                            )?;
+                        match agent_of_ip.get(&ip) {
+                            Some(&other) if other != addr => {
+                                return Err(cx.at(
+                                    a,
+                                    format!(
                                     "{where_}.agent: server {} already has agent {other}; one machine runs one agent",
                                     m.ip.value
                                 ),
-                            ))
+                                ))
+                            }
+                            _ => {}
                         }
-                        _ => {}
+                        agent_of_ip.insert(ip, addr);
+                        agents.push((addr, a));
+                        Some(addr)
                     }
-                    agent_of_ip.insert(ip, addr);
-                    agents.push((addr, a));
-                    Some(addr)
-                }
-            };
-            ids.push(servers.len() as u16);
-            servers.push(ServerConfig { ip, port: m.port, weight: m.weight, service: si as u16, neighbor, agent });
+                };
+                positions.push(ids.len() as u16);
+                ids.push(servers.len() as u16);
+                servers.push(ServerConfig { ip, port: m.port, weight: m.weight, service: si as u16, neighbor, agent });
+            }
+            l7_groups.push(L7Group { name: gname.value.clone(), members: positions });
         }
+        let l7 = match s.mode {
+            Mode::L7 => {
+                let names: Vec<String> = l7_groups.iter().map(|g| g.name.clone()).collect();
+                let rules = raw_l7.rules(cx, &format!("services[{si}] '{name}'.l7"), &names)?;
+                Some(L7Config { groups: l7_groups, rules })
+            }
+            _ => None,
+        };
         services.push(ServiceConfig {
             name: name.clone(),
             vip,
@@ -907,6 +984,7 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
             on_server_down: s.on_server_down,
             fragments,
             syn_proxy,
+            l7,
         });
     }
     if services.len() >= usize::from(u16::MAX) {
@@ -946,6 +1024,10 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
     let proxied = &raw.sessions.proxied;
     if proxied.value == 0 || proxied.value > 1 << 24 {
         return Err(cx.at(proxied, format!("sessions.proxied: {} must be between 1 and 2^24", proxied.value)));
+    }
+    let buffers = &raw.sessions.request_buffers;
+    if buffers.value == 0 || buffers.value > 1 << 20 {
+        return Err(cx.at(buffers, format!("sessions.request_buffers: {} must be between 1 and 2^20", buffers.value)));
     }
     let t = &raw.timeouts;
     let timeouts = Timeouts {
@@ -995,6 +1077,7 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
         session_capacity: cap.value,
         lock_capacity: locks.value,
         proxied_capacity: proxied.value,
+        request_buffers: buffers.value,
         timeouts,
         arp_refresh_ms,
         cluster,
@@ -1072,6 +1155,9 @@ impl Config {
             if s.syn_proxy {
                 let _ = writeln!(o, "    syn_proxy: true");
             }
+            if let Some(l) = &s.l7 {
+                o.push_str(&l7::render(l, yaml_str));
+            }
             let _ = writeln!(o, "    group: {}", yaml_str(&s.group));
         }
         // Each group once, as its first service resolved it; what the
@@ -1080,32 +1166,43 @@ impl Config {
         let _ = writeln!(o, "server_groups:");
         let mut groups_done: Vec<&str> = Vec::new();
         for s in &self.services {
-            if groups_done.contains(&s.group.as_str()) {
-                continue;
-            }
-            groups_done.push(&s.group);
-            let _ = writeln!(o, "  {}:", yaml_str(&s.group));
-            for &id in &s.servers {
-                let sv = &self.servers[usize::from(id)];
-                let n = &self.neighbors[usize::from(sv.neighbor)];
-                let mac = n.static_mac.map_or(String::new(), |m| format!(", mac: \"{}\"", mac_str(&m)));
-                let agent = sv.agent.map_or(String::new(), |a| format!(", agent: \"{a}\""));
-                let how = if n.static_mac.is_some() { "static MAC" } else { "MAC by ARP" };
-                let _ = writeln!(
-                    o,
-                    "    - {{ ip: {}, port: {}, weight: {}{mac}{agent} }}  # {how}, via ports[{}]",
-                    ip(sv.ip),
-                    sv.port,
-                    sv.weight,
-                    n.port
-                );
+            // (group, its server ids): an `l7` service sends to several.
+            let groups: Vec<(&str, Vec<u16>)> = match &s.l7 {
+                Some(l) => l
+                    .groups
+                    .iter()
+                    .map(|g| (g.name.as_str(), g.members.iter().map(|&p| s.servers[usize::from(p)]).collect()))
+                    .collect(),
+                None => vec![(s.group.as_str(), s.servers.clone())],
+            };
+            for (group, ids) in groups {
+                if groups_done.contains(&group) {
+                    continue;
+                }
+                groups_done.push(group);
+                let _ = writeln!(o, "  {}:", yaml_str(group));
+                for id in ids {
+                    let sv = &self.servers[usize::from(id)];
+                    let n = &self.neighbors[usize::from(sv.neighbor)];
+                    let mac = n.static_mac.map_or(String::new(), |m| format!(", mac: \"{}\"", mac_str(&m)));
+                    let agent = sv.agent.map_or(String::new(), |a| format!(", agent: \"{a}\""));
+                    let how = if n.static_mac.is_some() { "static MAC" } else { "MAC by ARP" };
+                    let _ = writeln!(
+                        o,
+                        "    - {{ ip: {}, port: {}, weight: {}{mac}{agent} }}  # {how}, via ports[{}]",
+                        ip(sv.ip),
+                        sv.port,
+                        sv.weight,
+                        n.port
+                    );
+                }
             }
         }
         let t = &self.timeouts;
         let _ = writeln!(
             o,
-            "sessions:\n  capacity: {}\n  locks: {}\n  proxied: {}",
-            self.session_capacity, self.lock_capacity, self.proxied_capacity
+            "sessions:\n  capacity: {}\n  locks: {}\n  proxied: {}\n  request_buffers: {}",
+            self.session_capacity, self.lock_capacity, self.proxied_capacity, self.request_buffers
         );
         let _ = writeln!(
             o,

@@ -114,8 +114,8 @@ impl Rebuild {
             .services
             .iter()
             // A proxied connection's sequence delta is nowhere in a
-            // server's list: `syn_proxy` services are not rebuilt.
-            .filter(|s| s.proto == L4Proto::Tcp && !s.syn_proxy)
+            // server's list: `syn_proxy` and `l7` services are not rebuilt.
+            .filter(|s| s.proto == L4Proto::Tcp && !s.syn_proxy && s.mode != Mode::L7)
             .map(|s| Service {
                 vip: s.vip,
                 vport: s.port,
@@ -215,7 +215,7 @@ impl Rebuild {
                     agent == Some(from)
                         && match s.mode {
                             Mode::Dsr => u32::from(*local.ip()) == s.vip && local.port() == s.vport,
-                            Mode::Nat => u32::from(*local.ip()) == ip && local.port() == port,
+                            Mode::Nat | Mode::L7 => u32::from(*local.ip()) == ip && local.port() == port,
                         }
                 };
                 s.servers.iter().find(mine).map(|&(id, ..)| (s, id))

@@ -20,6 +20,7 @@ pub use shared::{Neighbor, PortRt, Shared};
 
 use crate::config::Mode;
 use crate::control::channel::{EventTx, SessionRecord};
+use crate::l7::request::RequestPool;
 use crate::locks::{LockRecord, LockTable, Offer};
 use crate::packet::{
     self, tcp_flags, ArpInfo, FragmentInfo, IcmpErrorInfo, L4Info, L4Proto, Mac, Parsed, BROADCAST_MAC,
@@ -106,8 +107,13 @@ pub struct Worker<'a> {
     client_hops: Vec<Option<Mac>>,
     /// Health probes of servers without an agent (worker 0 only).
     prober: probe::Prober,
-    /// `syn_proxy` connections (only when a service has it).
+    /// `syn_proxy` and `l7` connections (only when a service has them).
     proxied: Option<proxy::ProxyTable>,
+    /// `l7`: request buffers (only with an `l7` service).
+    requests: Option<RequestPool>,
+    /// `l7`: per service, per group, the group's weighted round robin
+    /// (empty for other services).
+    l7_schedulers: Vec<Vec<SmoothWrr>>,
     /// Frames of the appliance's own waiting to be sent (`drain_frames`).
     emits: proxy::Emits,
 }
@@ -256,6 +262,7 @@ pub struct Tables {
     sessions: SessionTable,
     locks: Option<LockTable>,
     proxied: Option<proxy::ProxyTable>,
+    requests: Option<RequestPool>,
 }
 
 impl Tables {
@@ -265,6 +272,7 @@ impl Tables {
             sessions: SessionTable::try_new(shared.session_capacity_per_worker, shared.timeouts, seed, SWEEP_BUDGET)?,
             locks: shared.lock_capacity.map(|c| LockTable::try_new(c, seed ^ id as u64)).transpose()?,
             proxied: shared.proxied_capacity.map(proxy::ProxyTable::try_new).transpose()?,
+            requests: shared.request_buffers.map(RequestPool::try_new).transpose()?,
         })
     }
 }
@@ -300,6 +308,14 @@ impl<'a> Worker<'a> {
             client_hops: vec![None; shared.ports.len()],
             prober: probe::Prober::new(shared),
             proxied: tables.proxied,
+            requests: tables.requests,
+            l7_schedulers: shared
+                .services
+                .iter()
+                .map(|s| {
+                    s.l7.as_ref().map_or(Vec::new(), |l| l.groups.iter().map(|g| SmoothWrr::new(g.len())).collect())
+                })
+                .collect(),
             emits: proxy::Emits::new(),
         }
     }
@@ -413,6 +429,8 @@ impl<'a> Worker<'a> {
             Mode::Dsr => packet::rewrite_dsr(frame, server_mac, egress_mac),
             Mode::Nat if info.ttl <= 1 => return Verdict::Drop(DropReason::TtlExceeded),
             Mode::Nat => packet::rewrite_icmp_error_nat(frame, info, srv.ip, srv.port, server_mac, egress_mac),
+            // Spliced connections keep no session: not reached.
+            Mode::L7 => return Verdict::Drop(DropReason::NoSession),
         }
         stats.icmp_errors_forwarded.inc();
         Verdict::Tx(nb.port)
@@ -622,7 +640,7 @@ impl<'a> Worker<'a> {
             // Checked before any session is created for it.
             return Verdict::Drop(DropReason::TtlExceeded);
         }
-        if service.syn_proxy {
+        if service.proxied {
             return self.proxy_client(frame, info, svc, key, hash, in_port, now_ms);
         }
         let is_tcp = info.proto == L4Proto::Tcp;
@@ -910,7 +928,7 @@ impl<'a> Worker<'a> {
         now_ms: u32,
     ) -> Verdict {
         let service = &self.shared.services[usize::from(svc)];
-        if service.syn_proxy {
+        if service.proxied {
             return self.proxy_server(frame, info, svc, key, hash, in_port, now_ms);
         }
         let stats = self.stats;

@@ -1,4 +1,5 @@
-//! `syn_proxy: true` services: the worker's side of the SYN proxy.
+//! `syn_proxy: true` and `mode: l7` services: the worker's side of the
+//! SYN proxy, and of delayed binding.
 //!
 //! A client's SYN is answered in its place with a SYN-ACK whose ISN is a
 //! cookie and whose window is 0, and nothing is kept. When the client's
@@ -12,6 +13,16 @@
 //! blocks shifted back; windows are rescaled where the two sides' window
 //! scales differ.
 //!
+//! An `l7` service (seed 004's delayed binding) answers the SYN the same
+//! way but with an open window: the client's cookie ACK makes the
+//! connection `Buffering`, and the appliance gathers and ACKs the
+//! client's request itself (`l7::request`, at most 16 KiB) until its head
+//! is complete. The head picks the group (`l7::rules`) and the group's
+//! weighted round robin the server; the client's SYN is replayed to it,
+//! and its SYN-ACK is answered with the gathered request (sent again
+//! until the server ACKs it). Then the connection is spliced as above.
+//! Keep-alive requests that follow stay on that server.
+//!
 //! Proxied connections live in their own table (`l7::table`), not in the
 //! session table: they are not synced to siblings nor rebuilt from the
 //! servers' lists. Frames the appliance sends of its own (the replayed
@@ -21,7 +32,8 @@
 use super::{Verdict, Worker};
 use crate::l7::conn::{Action, Conn, Emit, Seg, State};
 use crate::l7::cookie::{CookieError, CookieFlow};
-use crate::l7::segment::{self, Outgoing, SynAckParams, MAX_BUILT};
+use crate::l7::request::{self, BufId, Gathered, Head, HEAD_CAP};
+use crate::l7::segment::{self, Outgoing, SynAckParams, MAX_FRAME};
 use crate::l7::{splice, table::ConnTable, tcpopt};
 use crate::packet::{self, tcp_flags, L4Info, Mac};
 use crate::session::FlowKey;
@@ -36,6 +48,13 @@ const PROXY_WSCALE: u8 = 7;
 const REPLAYED_SYN_WINDOW: u16 = 65_535;
 /// Frames of the appliance's own one worker queues between sends.
 const EMIT_CAPACITY: usize = 256;
+/// `l7`: a client has this long from its cookie ACK to send a whole
+/// request head (a slow client cannot hold a buffer for ever).
+pub const REQUEST_TIMEOUT_MS: u32 = 10_000;
+/// `l7`: the request is sent again when the server has not ACKed it this
+/// long after (doubling each time), at most `REQUEST_TRIES` times in all.
+const REQUEST_RTO_MS: u32 = 200;
+const REQUEST_TRIES: u8 = 5;
 
 /// One proxied connection as a worker keeps it.
 #[derive(Clone, Copy, Default)]
@@ -52,6 +71,15 @@ pub struct Proxied {
     /// Window rescaling, sender's scale minus receiver's (see `splice::rescale_window`).
     shift_to_client: i8,
     shift_to_server: i8,
+    /// `l7`: the gathered request, held until the server ACKs it.
+    buf: Option<BufId>,
+    /// The server's MSS (the request's segments are no larger).
+    server_mss: u16,
+    /// `l7`: when the request phase's timer started (the cookie ACK while
+    /// buffering; the last send of the request after the join), and how
+    /// many times the request was sent.
+    timer_ms: u32,
+    request_sends: u8,
 }
 
 /// The proxied-connection table of one worker.
@@ -59,28 +87,31 @@ pub type ProxyTable = ConnTable<Proxied>;
 
 /// Frames built and waiting to be sent: a fixed ring, no allocation.
 pub struct Emits {
-    frames: Box<[[u8; MAX_BUILT]]>,
-    meta: Box<[(u8, u8)]>,
+    frames: Box<[[u8; MAX_FRAME]]>,
+    meta: Box<[(u8, u16)]>,
     len: usize,
 }
 
 impl Emits {
     pub fn new() -> Emits {
         Emits {
-            frames: vec![[0; MAX_BUILT]; EMIT_CAPACITY].into_boxed_slice(),
+            frames: vec![[0; MAX_FRAME]; EMIT_CAPACITY].into_boxed_slice(),
             meta: vec![(0, 0); EMIT_CAPACITY].into_boxed_slice(),
             len: 0,
         }
     }
 
     /// Room for one more frame: its buffer, or None when full.
-    fn slot(&mut self) -> Option<&mut [u8; MAX_BUILT]> {
+    fn slot(&mut self) -> Option<&mut [u8; MAX_FRAME]> {
         self.frames.get_mut(self.len)
     }
 
+    /// The frame just written into `slot` (`len` 0: nothing was written).
     fn commit(&mut self, port: u8, len: usize) {
-        self.meta[self.len] = (port, len as u8);
-        self.len += 1;
+        if len > 0 {
+            self.meta[self.len] = (port, len as u16);
+            self.len += 1;
+        }
     }
 }
 
@@ -123,7 +154,11 @@ impl Worker<'_> {
         let Some(table) = self.proxied.as_mut() else {
             return Verdict::Drop(DropReason::NoSession); // not allocated: no proxied service
         };
+        let l7 = self.shared.services[usize::from(svc)].l7.is_some();
         if let Some(p) = table.get_mut(key.pack(), hash, now_ms) {
+            if l7 && matches!(p.conn.state, State::Buffering | State::Connecting) && !syn {
+                return self.gather(frame, info, &seg, svc, key, hash, now_ms);
+            }
             if !(syn && matches!(p.conn.state, State::Closing | State::Closed)) {
                 let (action, emit) = p.conn.on_client(&seg);
                 let p = *p;
@@ -137,8 +172,9 @@ impl Worker<'_> {
                 };
             }
             // A new connection of the tuple after the last one closed.
-            table.remove(key.pack(), hash);
-            self.stats.proxy_active.dec();
+            if let Some(old) = table.remove(key.pack(), hash) {
+                self.release(&old);
+            }
         }
         if syn {
             return self.answer_syn(frame, svc, key, in_port, now_ms);
@@ -168,7 +204,9 @@ impl Worker<'_> {
         };
         let opts = segment::agreed(&offered.opts, Some(PROXY_WSCALE));
         let cookie = shared.cookies.make(&flow_of(key), isn, &opts, self.wall_ms(now_ms));
-        let params = SynAckParams { mss: PROXY_MSS, wscale: Some(PROXY_WSCALE), window: 0 };
+        // `syn_proxy`: window 0, nothing before the join; `l7`: room for the request.
+        let window = if service.l7.is_some() { HEAD_CAP as u16 } else { 0 };
+        let params = SynAckParams { mss: PROXY_MSS, wscale: Some(PROXY_WSCALE), window };
         match segment::synack_in_place(frame, port.mac, cookie, &params) {
             Ok(len) => {
                 // The SYN's extra bytes become zero padding after the datagram.
@@ -204,14 +242,21 @@ impl Worker<'_> {
             Err(CookieError::Stale) => return Verdict::Drop(DropReason::CookieStale),
             Err(CookieError::Forged) => return Verdict::Drop(DropReason::CookieForged),
         };
-        if !shared.owns_vip_of(&shared.services[usize::from(svc)]) {
+        let service = &shared.services[usize::from(svc)];
+        if !shared.owns_vip_of(service) {
             return Verdict::Drop(DropReason::VipNotOwned);
         }
-        let Some(server) = self.pick_server(svc, key, now_ms) else {
-            return self.refuse_in_place(frame, info, in_port);
-        };
         let our_wscale = opts.wscale.map(|_| PROXY_WSCALE);
-        let (conn, syn) = Conn::open(seg, cookie, opts, our_wscale, now_ms);
+        // `l7`: the server waits for the request; `syn_proxy`: picked now.
+        let (server, conn, syn) = if service.l7.is_some() {
+            (0, Conn::accept(seg, cookie, opts, our_wscale), None)
+        } else {
+            let Some(server) = self.pick_server(svc, key, now_ms) else {
+                return self.refuse_in_place(frame, info, in_port);
+            };
+            let (conn, syn) = Conn::open(seg, cookie, opts, our_wscale, now_ms);
+            (server, conn, Some(syn))
+        };
         let p = Proxied {
             conn,
             server,
@@ -220,6 +265,10 @@ impl Worker<'_> {
             client_window: seg.window,
             shift_to_client: 0,
             shift_to_server: 0,
+            buf: None,
+            server_mss: PROXY_MSS,
+            timer_ms: now_ms,
+            request_sends: 0,
         };
         let Some(table) = self.proxied.as_mut() else {
             return Verdict::Drop(DropReason::NoSession);
@@ -230,9 +279,133 @@ impl Worker<'_> {
         }
         self.stats.proxy_opened.inc();
         self.stats.proxy_active.inc();
-        self.stats.server_new_sessions[usize::from(server)].inc();
-        self.emit(&p, key, syn);
-        Verdict::Consumed
+        match syn {
+            Some(syn) => {
+                self.stats.server_new_sessions[usize::from(server)].inc();
+                self.emit(&p, key, syn);
+                Verdict::Consumed
+            }
+            // `l7`: the ACK may carry the request's first bytes.
+            None => self.gather(frame, info, seg, svc, key, hash, now_ms),
+        }
+    }
+
+    /// `l7`, before the join: a client segment's bytes go into the
+    /// connection's request buffer and are ACKed by the appliance; once the
+    /// head is complete, the rules and the group's scheduler pick the
+    /// server and the client's SYN is replayed to it.
+    #[allow(clippy::too_many_arguments)]
+    fn gather(
+        &mut self,
+        frame: &[u8],
+        info: &L4Info,
+        seg: &Seg,
+        svc: u16,
+        key: &FlowKey,
+        hash: u64,
+        now_ms: u32,
+    ) -> Verdict {
+        let shared = self.shared;
+        let service = &shared.services[usize::from(svc)];
+        let (Some(table), Some(pool), Some(l7)) = (self.proxied.as_mut(), self.requests.as_mut(), &service.l7) else {
+            return Verdict::Drop(DropReason::NoSession);
+        };
+        let Some(p) = table.get_mut(key.pack(), hash, now_ms) else {
+            return Verdict::Drop(DropReason::NoSession);
+        };
+        let mut out: [Option<Emit>; 2] = [None, None];
+        let mut verdict = Verdict::Consumed;
+        let mut end = false;
+        let reset_client = Emit::RstToClient { seq: p.conn.cookie.wrapping_add(1) };
+        let payload_at = usize::from(info.l4_off) + tcp_header(frame, info).map_or(20, <[u8]>::len);
+        let payload = frame.get(payload_at..payload_at + usize::from(info.payload_len)).unwrap_or(&[]);
+        if seg.flags & tcp_flags::RST != 0 {
+            let (action, emit) = p.conn.on_client(seg);
+            out[0] = emit;
+            end = p.conn.state == State::Closed;
+            if let Action::Drop(_) = action {
+                verdict = Verdict::Drop(DropReason::ProxyRefused);
+            }
+        } else if payload.is_empty() {
+            // Pure ACKs and window probes change nothing.
+        } else if let Some(id) = p.buf.or_else(|| pool.take(p.conn.client_isn.wrapping_add(1))) {
+            p.buf = Some(id);
+            let buf = pool.get_mut(id);
+            let buffering = p.conn.state == State::Buffering;
+            match buf.gather(seg.seq, payload) {
+                // Over 16 KiB without a complete head: refused, the client reset.
+                Gathered::TooLong if buffering => {
+                    (out[0], end, verdict) = (Some(reset_client), true, Verdict::Drop(DropReason::L7Request));
+                }
+                // Past the head while the server is being opened: not
+                // ACKed; it passes after the join.
+                Gathered::TooLong => {}
+                Gathered::Took(_) | Gathered::Duplicate | Gathered::Gap => {
+                    let room = (HEAD_CAP - buf.bytes().len()) >> p.conn.our_wscale.unwrap_or(0);
+                    let ack = Emit::WindowToClient {
+                        seq: p.conn.cookie.wrapping_add(1),
+                        ack: buf.next_seq(),
+                        window: u16::try_from(room).unwrap_or(u16::MAX),
+                    };
+                    out[0] = Some(ack);
+                    let gathered = buf.bytes().len() as u32;
+                    if !buffering {
+                        p.conn.request_len = gathered; // sent with the request at the join
+                    } else {
+                        match request::parse_head(buf.bytes()) {
+                            Head::Partial => {}
+                            Head::Invalid => {
+                                out = [Some(reset_client), None];
+                                (end, verdict) = (true, Verdict::Drop(DropReason::L7Request));
+                            }
+                            Head::Complete(req) => {
+                                let group = usize::from(l7.rules.choose(&req));
+                                let members = &l7.groups[group];
+                                let weight = |i: usize| shared.server_weight(members[i]);
+                                match self.l7_schedulers[usize::from(svc)][group].pick(weight) {
+                                    Some(i) => {
+                                        p.server = members[i];
+                                        out[1] = Some(p.conn.bind(gathered, now_ms));
+                                        self.stats.server_new_sessions[usize::from(p.server)].inc();
+                                    }
+                                    None => {
+                                        out = [Some(reset_client), None];
+                                        (end, verdict) = (true, Verdict::Drop(DropReason::NoServer));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        } else {
+            // No buffer free: not ACKed, so the client sends it again.
+            verdict = Verdict::Drop(DropReason::L7NoBuffer);
+        }
+        // A FIN is never ACKed before the join (the client sends it again,
+        // and then it passes); a client that closes before its request's
+        // head is complete is reset, its buffer freed at once.
+        if seg.flags & tcp_flags::FIN != 0 && p.conn.state == State::Buffering && !end {
+            (out, end) = ([Some(reset_client), None], true);
+        }
+        let p = *p;
+        if end {
+            if let Some(gone) = table.remove(key.pack(), hash) {
+                self.release(&gone);
+            }
+        }
+        for e in out.into_iter().flatten() {
+            self.emit(&p, key, e);
+        }
+        verdict
+    }
+
+    /// A proxied connection left the table: its buffer goes back, and it is counted.
+    fn release(&mut self, p: &Proxied) {
+        if let (Some(id), Some(pool)) = (p.buf, self.requests.as_mut()) {
+            pool.give(id);
+        }
+        self.stats.proxy_active.dec();
     }
 
     /// The client's ACK proved its cookie but no connection can be made:
@@ -281,11 +454,22 @@ impl Worker<'_> {
                 State::Spliced => {
                     let offered = tcp_header(frame, info).and_then(|h| tcpopt::read(h).ok());
                     (p.shift_to_client, p.shift_to_server) = window_shifts(p, offered.and_then(|o| o.opts.wscale));
+                    if let Some(o) = offered.filter(|o| o.mss_present) {
+                        p.server_mss = o.opts.mss.clamp(64, PROXY_MSS);
+                    }
+                    (p.timer_ms, p.request_sends) = (now_ms, 1);
                     self.stats.proxy_joined.inc();
                 }
                 State::Closed => self.stats.proxy_failed.inc(),
                 _ => {}
             }
+        }
+        // `l7`: the server has the whole request: its buffer goes back.
+        let request_end = p.conn.client_isn.wrapping_add(1).wrapping_add(p.conn.request_len);
+        let acked = seg.flags & tcp_flags::ACK != 0 && (seg.ack.wrapping_sub(request_end) as i32) >= 0;
+        let done = if p.conn.state == State::Spliced && acked { p.buf.take() } else { None };
+        if let (Some(id), Some(pool)) = (done, self.requests.as_mut()) {
+            pool.give(id);
         }
         let p = *p;
         for e in emits.into_iter().flatten() {
@@ -364,7 +548,31 @@ impl Worker<'_> {
                 Outgoing { src_mac, dst_mac, src: service, dst: client, seq, ack, flags, window, options },
             ))
         };
+        if let Emit::RequestToServer { seq, ack } = e {
+            // The gathered request, in segments of the server's MSS.
+            let (Some(id), Some(pool)) = (p.buf, self.requests.as_ref()) else { return };
+            let bytes = pool.get(id).bytes();
+            let bytes = &bytes[..bytes.len().min(p.conn.request_len as usize)];
+            let window = rescaled(p.client_window, p.shift_to_server);
+            let chunks = bytes.chunks(usize::from(p.server_mss.max(64)));
+            let last = chunks.len().saturating_sub(1);
+            let mut at = seq;
+            for (i, chunk) in chunks.enumerate() {
+                let flags = if i == last { tcp_flags::PSH } else { 0 };
+                let Some((port, out)) = to_server(at, Some(ack), flags, window) else { return };
+                match self.emits.slot() {
+                    Some(buf) => {
+                        let len = segment::build_with(buf, &out, chunk);
+                        self.emits.commit(port, len);
+                    }
+                    None => self.stats.proxy_emit_full.inc(),
+                }
+                at = at.wrapping_add(chunk.len() as u32);
+            }
+            return;
+        }
         let frame = match e {
+            Emit::RequestToServer { .. } => None, // above
             Emit::SynToServer { isn, .. } => to_server(isn, None, tcp_flags::SYN, REPLAYED_SYN_WINDOW),
             Emit::AckToServer { seq, ack } => {
                 to_server(seq, Some(ack), 0, rescaled(p.client_window, p.shift_to_server))
@@ -377,7 +585,7 @@ impl Worker<'_> {
         let Some((port, out)) = frame else { return };
         match self.emits.slot() {
             Some(buf) => {
-                let len = segment::build(buf, &out);
+                let len = segment::build_with(buf, &out, &[]);
                 self.emits.commit(port, len);
             }
             None => self.stats.proxy_emit_full.inc(),
@@ -399,7 +607,8 @@ impl Worker<'_> {
     }
 
     /// Timers of the proxied connections, a slice per call: replayed SYNs
-    /// sent again, handshakes given up, idle connections removed.
+    /// and unacknowledged requests sent again, handshakes and slow requests
+    /// given up, idle connections removed.
     pub(super) fn proxy_sweep(&mut self, now_ms: u32) {
         let Some(mut table) = self.proxied.take() else { return };
         let timeouts = self.shared.timeouts;
@@ -407,13 +616,24 @@ impl Worker<'_> {
         let mut due = [(0u128, Proxied::default(), Emit::RstToServer { seq: 0 }); 32];
         let mut n_due = 0;
         let (stats, mut failed) = (self.stats, 0u64);
-        let removed = table.visit(budget, |key, p, last_seen_ms| {
+        let mut pool = self.requests.as_mut();
+        let mut removed = 0u64;
+        table.visit(budget, |key, p, last_seen_ms| {
+            if n_due + 2 > due.len() {
+                return true; // the next visit takes it
+            }
             let idle = now_ms.wrapping_sub(last_seen_ms);
-            match p.conn.state {
+            let since = now_ms.wrapping_sub(p.timer_ms);
+            let reset_client = Emit::RstToClient { seq: p.conn.cookie.wrapping_add(1) };
+            let keep = match p.conn.state {
+                // A slow (or silent) client: its buffer goes to others.
+                State::Buffering if since > REQUEST_TIMEOUT_MS => {
+                    due[n_due] = (key, *p, reset_client);
+                    n_due += 1;
+                    false
+                }
+                State::Buffering => true,
                 State::Connecting => {
-                    if n_due == due.len() {
-                        return true; // the next visit takes it
-                    }
                     if let Some(e) = p.conn.on_timer(now_ms) {
                         failed += u64::from(p.conn.state == State::Closed);
                         due[n_due] = (key, *p, e);
@@ -421,9 +641,32 @@ impl Worker<'_> {
                     }
                     true
                 }
+                // `l7`: the request is not ACKed yet.
+                State::Spliced if p.buf.is_some() && since >= REQUEST_RTO_MS << (p.request_sends.max(1) - 1) => {
+                    if p.request_sends < REQUEST_TRIES {
+                        (p.timer_ms, p.request_sends) = (now_ms, p.request_sends + 1);
+                        due[n_due] = (key, *p, p.conn.request_to_server());
+                        n_due += 1;
+                        true
+                    } else {
+                        failed += 1;
+                        due[n_due] = (key, *p, reset_client);
+                        due[n_due + 1] = (key, *p, Emit::RstToServer { seq: p.conn.client_isn.wrapping_add(1) });
+                        n_due += 2;
+                        false
+                    }
+                }
                 State::Spliced => idle <= timeouts.established_ms,
                 State::Closing | State::Closed => idle <= timeouts.closing_ms,
+            };
+            if !keep {
+                removed += 1;
+                // Only RSTs are due for it: they need no buffer.
+                if let (Some(id), Some(pool)) = (p.buf.take(), pool.as_mut()) {
+                    pool.give(id);
+                }
             }
+            keep
         });
         stats.proxy_failed.add(failed);
         for _ in 0..removed {

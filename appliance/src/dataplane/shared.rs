@@ -127,9 +127,19 @@ pub(super) struct ServiceRt {
     /// `on_server_down: reset`: a session of a server that is down ends
     /// with a RST to the client at its next packet.
     pub reset_on_down: bool,
-    /// `syn_proxy: true`: SYNs are answered with cookies, connections are
-    /// proxied (`dataplane::proxy`), not kept in the session table.
-    pub syn_proxy: bool,
+    /// `syn_proxy: true` or `mode: l7`: SYNs are answered with cookies,
+    /// connections are proxied (`dataplane::proxy`), not kept in the
+    /// session table.
+    pub proxied: bool,
+    /// `mode: l7`: the content rules and each group's servers.
+    pub l7: Option<L7Rt>,
+}
+
+/// An `l7` service's routing as the workers use it.
+pub(super) struct L7Rt {
+    pub rules: crate::l7::rules::Rules,
+    /// Per group (the default first): global server ids.
+    pub groups: Vec<Vec<u16>>,
 }
 
 pub(super) struct ServerRt {
@@ -285,8 +295,10 @@ pub struct Shared {
     pub session_capacity_per_worker: usize,
     /// Client locks per worker; None when no service has persistence.
     pub lock_capacity: Option<usize>,
-    /// Proxied connections per worker; None when no service has `syn_proxy`.
+    /// Proxied connections per worker; None when no service has `syn_proxy` or is `l7`.
     pub proxied_capacity: Option<usize>,
+    /// Request buffers per worker (`l7`), None without an `l7` service.
+    pub request_buffers: Option<usize>,
     /// Makes and checks the SYN cookies of `syn_proxy` services. Its key
     /// comes from the cluster key, so siblings check each other's cookies;
     /// a standalone appliance draws one at start.
@@ -354,7 +366,15 @@ impl Shared {
                     persistence_ms: s.persistence_ms,
                     fragments: s.fragments,
                     reset_on_down: s.on_server_down == crate::config::OnServerDown::Reset,
-                    syn_proxy: s.syn_proxy,
+                    proxied: s.syn_proxy || s.mode == Mode::L7,
+                    l7: s.l7.as_ref().map(|l| L7Rt {
+                        rules: l.rules.clone(),
+                        groups: l
+                            .groups
+                            .iter()
+                            .map(|g| g.members.iter().map(|&p| s.servers[usize::from(p)]).collect())
+                            .collect(),
+                    }),
                 }
             })
             .collect();
@@ -363,13 +383,15 @@ impl Shared {
         let mut fragment_vips = EndpointMap::default();
         for (i, s) in cfg.services.iter().enumerate() {
             // Proxied services' packets go the long way, which knows them.
-            let short_way = s.on_server_down != crate::config::OnServerDown::Reset && !s.syn_proxy;
+            let short_way =
+                s.on_server_down != crate::config::OnServerDown::Reset && !s.syn_proxy && s.mode != Mode::L7;
             let entry = VipEntry { svc: i as u16, by_address: s.fragments, short_way, nat: s.mode == Mode::Nat };
             vips.insert(s.vip, s.port, s.proto as u8, entry);
             if s.fragments {
                 fragment_vips.insert(s.vip, 0, s.proto as u8, i as u16);
             }
-            if s.mode == Mode::Nat {
+            // NAT and L7 servers' replies come back through the appliance.
+            if s.mode != Mode::Dsr {
                 for &id in &s.servers {
                     let sv = &cfg.servers[usize::from(id)];
                     nat_backends.insert(sv.ip, sv.port, s.proto as u8, i as u16);
@@ -418,8 +440,13 @@ impl Shared {
             proxied_capacity: cfg
                 .services
                 .iter()
-                .any(|s| s.syn_proxy)
+                .any(|s| s.syn_proxy || s.mode == Mode::L7)
                 .then_some(cfg.proxied_capacity.div_ceil(workers)),
+            request_buffers: cfg
+                .services
+                .iter()
+                .any(|s| s.mode == Mode::L7)
+                .then_some(cfg.request_buffers.div_ceil(workers)),
             cookies: CookieJar::new(cookie_key(cluster.map(|c| c.secret.0.as_str()))),
             arp_refresh_ms: cfg.arp_refresh_ms,
             hash_seed: {
@@ -437,7 +464,7 @@ impl Shared {
         }
     }
 
-    /// Whether a service answers SYNs with cookies.
+    /// Whether a service answers SYNs with cookies (`syn_proxy` or `l7`).
     pub fn has_syn_proxy(&self) -> bool {
         self.proxied_capacity.is_some()
     }

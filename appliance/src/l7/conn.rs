@@ -12,6 +12,13 @@
 //!    The appliance ACKs it, and opens the client's window with a window
 //!    update: from then on segments are spliced (see `splice`).
 //!
+//! An `l7` connection has a step before (seed 004's delayed binding): the
+//! client's window is open, its cookie ACK makes the connection
+//! `Buffering` (`Conn::accept`) while the appliance gathers and ACKs its
+//! request; the request's head picks the server (`Conn::bind`), and once
+//! the server answers the replayed SYN the gathered request is sent to it
+//! (`Emit::RequestToServer`) instead of the window update.
+//!
 //! Sequence numbers compare modulo 2^32.
 
 use super::cookie::SynOptions;
@@ -35,6 +42,8 @@ pub struct Seg {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum State {
+    /// `l7`: the client's request is being gathered; no server yet.
+    Buffering,
     /// The SYN is replayed to the server; its SYN-ACK is awaited.
     Connecting,
     /// Both halves joined: segments are translated and forwarded.
@@ -62,6 +71,9 @@ pub enum Emit {
     RstToClient { seq: u32 },
     /// Ends the server's side.
     RstToServer { seq: u32 },
+    /// `l7`: the request gathered from the client, sent to the server from
+    /// `seq` (its first byte) with acknowledgement `ack`.
+    RequestToServer { seq: u32, ack: u32 },
 }
 
 /// What becomes of the segment in hand.
@@ -100,6 +112,9 @@ pub struct Conn {
     pub server_isn: u32,
     /// Added to the server's sequence numbers on the way to the client.
     pub delta: u32,
+    /// `l7`: bytes of the client's request the appliance ACKed itself
+    /// (0 for `syn_proxy`, whose client sends nothing before the join).
+    pub request_len: u32,
     syn_sent_ms: u32,
     syn_sent: u8,
     fins: u8,
@@ -121,6 +136,7 @@ impl Conn {
             our_wscale,
             server_isn: 0,
             delta: 0,
+            request_len: 0,
             syn_sent_ms: now_ms,
             syn_sent: 1,
             fins: 0,
@@ -128,12 +144,50 @@ impl Conn {
         (conn, Emit::SynToServer { isn: client_isn, opts })
     }
 
+    /// `l7`: a connection whose client returned a valid cookie, held while
+    /// its request is gathered (no server yet).
+    pub fn accept(ack: &Seg, cookie: u32, opts: SynOptions, our_wscale: Option<u8>) -> Conn {
+        let (mut conn, _) = Conn::open(ack, cookie, opts, our_wscale, 0);
+        conn.state = State::Buffering;
+        conn.syn_sent = 0;
+        conn
+    }
+
+    /// `l7`: the request's head is complete (`request_len` bytes gathered
+    /// and ACKed to the client) and its server chosen: gives the SYN to
+    /// replay to it.
+    pub fn bind(&mut self, request_len: u32, now_ms: u32) -> Emit {
+        debug_assert_eq!(self.state, State::Buffering);
+        self.state = State::Connecting;
+        self.request_len = request_len;
+        self.syn_sent = 1;
+        self.syn_sent_ms = now_ms;
+        Emit::SynToServer { isn: self.client_isn, opts: self.opts }
+    }
+
+    /// The client's next sequence number as the appliance has ACKed it.
+    fn client_next(&self) -> u32 {
+        self.client_isn.wrapping_add(1).wrapping_add(self.request_len)
+    }
+
     /// A segment from the client.
     pub fn on_client(&mut self, seg: &Seg) -> (Action, Option<Emit>) {
         match self.state {
+            State::Buffering => {
+                // The caller gathers the request; a RST ends it all (in
+                // the window the appliance offered the client).
+                let offset = seg.seq.wrapping_sub(self.client_isn.wrapping_add(1));
+                if seg.flags & RST != 0 {
+                    if offset > super::request::HEAD_CAP as u32 {
+                        return (Action::Drop(Refused::BlindReset), None);
+                    }
+                    self.state = State::Closed;
+                }
+                (Action::Consume, None)
+            }
             State::Connecting => {
                 if seg.flags & RST != 0 {
-                    if seg.seq != self.client_isn.wrapping_add(1) {
+                    if seg.seq != self.client_next() {
                         return (Action::Drop(Refused::BlindReset), None);
                     }
                     // The client gave up: so does the server's half.
@@ -173,6 +227,10 @@ impl Conn {
                 self.server_isn = seg.seq;
                 self.delta = self.cookie.wrapping_sub(seg.seq);
                 self.state = State::Spliced;
+                if self.request_len > 0 {
+                    // `l7`: the request completes the server's handshake.
+                    return (Action::Consume, [Some(self.request_to_server()), None]);
+                }
                 // A SYN's window is never scaled; the client reads ours
                 // scaled by what the appliance offered it.
                 let window = u16::try_from(u32::from(seg.window) >> self.our_wscale.unwrap_or(0)).unwrap_or(u16::MAX);
@@ -185,7 +243,10 @@ impl Conn {
                 if seg.flags & SYN != 0 {
                     if seg.seq == self.server_isn && seg.ack == replayed_ack {
                         // Our ACK was lost: the server sends its SYN-ACK again.
-                        let again = Emit::AckToServer { seq: replayed_ack, ack: seg.seq.wrapping_add(1) };
+                        let again = match self.request_len {
+                            0 => Emit::AckToServer { seq: replayed_ack, ack: seg.seq.wrapping_add(1) },
+                            _ => self.request_to_server(),
+                        };
                         return (Action::Consume, [Some(again), None]);
                     }
                     return (Action::Drop(Refused::Unexpected), [None, None]);
@@ -193,7 +254,8 @@ impl Conn {
                 self.note_close(seg.flags, SERVER_FIN);
                 (Action::Forward, [None, None])
             }
-            State::Closed => (Action::Drop(Refused::Unexpected), [None, None]),
+            // No server yet, or nothing passes any more.
+            State::Buffering | State::Closed => (Action::Drop(Refused::Unexpected), [None, None]),
         }
     }
 
@@ -210,6 +272,11 @@ impl Conn {
         self.syn_sent += 1;
         self.syn_sent_ms = now_ms;
         Some(Emit::SynToServer { isn: self.client_isn, opts: self.opts })
+    }
+
+    /// The gathered request, from its first byte, to the joined server.
+    pub fn request_to_server(&self) -> Emit {
+        Emit::RequestToServer { seq: self.client_isn.wrapping_add(1), ack: self.server_isn.wrapping_add(1) }
     }
 
     /// A spliced segment's FIN or RST: a RST, or a FIN from each side,
@@ -341,5 +408,42 @@ mod tests {
         let (mut c, _) = Conn::open(&seg(1, 5, ACK, 0), 4, OPTS, Some(14), 0);
         let (_, emits) = c.on_server(&seg(9, 1, SYN | ACK, 1000));
         assert_eq!(emits[1], Some(Emit::WindowToClient { seq: 5, ack: 1, window: 1 }), "rounded down, but open");
+    }
+
+    #[test]
+    fn an_l7_connection_buffers_then_binds_and_sends_its_request_at_the_join() {
+        // Client ISN 0xffff_fffe: the request's 40 bytes cross 2^32.
+        let ack = seg(0xffff_ffff, 0x1000_0001, ACK, 0);
+        let mut c = Conn::accept(&ack, 0x1000_0000, OPTS, Some(7));
+        assert_eq!(c.state, State::Buffering);
+        assert_eq!(c.on_timer(10_000), None, "no server, no SYN to send again");
+        // A server segment before any server is chosen is nobody's.
+        assert_eq!(c.on_server(&seg(5, 0xffff_ffff, SYN | ACK, 100)).0, Action::Drop(Refused::Unexpected));
+        let syn = c.bind(40, 100);
+        assert_eq!(syn, Emit::SynToServer { isn: 0xffff_fffe, opts: OPTS });
+        assert_eq!(c.state, State::Connecting);
+        // The client's RST must hit its next byte, past the request it sent.
+        let mut rst = seg(0xffff_ffff, 0, RST, 0);
+        assert_eq!(c.on_client(&rst).0, Action::Drop(Refused::BlindReset));
+        // The server's SYN-ACK is answered with the request, not a window update.
+        let (action, emits) = c.on_server(&seg(0x7000, 0xffff_ffff, SYN | ACK, 64240));
+        assert_eq!(action, Action::Consume);
+        assert_eq!(emits, [Some(Emit::RequestToServer { seq: 0xffff_ffff, ack: 0x7001 }), None]);
+        assert_eq!((c.state, c.delta), (State::Spliced, 0x1000_0000u32.wrapping_sub(0x7000)));
+        // The SYN-ACK again (the request was lost): the request again.
+        let (_, emits) = c.on_server(&seg(0x7000, 0xffff_ffff, SYN | ACK, 64240));
+        assert_eq!(emits[0], Some(Emit::RequestToServer { seq: 0xffff_ffff, ack: 0x7001 }));
+        rst.seq = 0xffff_ffffu32.wrapping_add(40);
+        assert_eq!(c.on_client(&rst).0, Action::Forward, "spliced: the ends judge it");
+    }
+
+    #[test]
+    fn an_l7_client_reset_while_buffering_must_fall_in_the_offered_window() {
+        let ack = seg(101, 0x1000_0001, ACK, 0);
+        let mut c = Conn::accept(&ack, 0x1000_0000, OPTS, Some(7));
+        assert_eq!(c.on_client(&seg(100 + 20_000, 0, RST, 0)).0, Action::Drop(Refused::BlindReset));
+        assert_eq!(c.state, State::Buffering);
+        assert_eq!(c.on_client(&seg(101 + 300, 0, RST, 0)), (Action::Consume, None));
+        assert_eq!(c.state, State::Closed);
     }
 }

@@ -134,8 +134,25 @@ pub struct BufId(u32);
 
 impl RequestPool {
     pub fn new(count: usize) -> RequestPool {
+        Self::try_new(count).expect("memory for the request buffers")
+    }
+
+    /// As `new`, but a machine without the memory gets an error naming
+    /// the size, not an abort (buffers are made before the ports start).
+    pub fn try_new(count: usize) -> Result<RequestPool, String> {
         let count = count.min(u32::MAX as usize);
-        RequestPool { bufs: (0..count).map(|_| RequestBuf::new(0)).collect(), free: (0..count as u32).rev().collect() }
+        let too_big = |_| format!("cannot allocate {} MiB for {count} request buffers", (count * HEAD_CAP) >> 20);
+        let mut bufs = Vec::new();
+        bufs.try_reserve_exact(count).map_err(too_big)?;
+        for _ in 0..count {
+            let mut data = Vec::new();
+            data.try_reserve_exact(HEAD_CAP).map_err(too_big)?;
+            data.resize(HEAD_CAP, 0u8);
+            let data: Box<[u8; HEAD_CAP]> =
+                data.into_boxed_slice().try_into().map_err(|_| String::from("request buffer size"))?;
+            bufs.push(RequestBuf { data, len: 0, next_seq: 0 });
+        }
+        Ok(RequestPool { bufs: bufs.into_boxed_slice(), free: (0..count as u32).rev().collect() })
     }
 
     /// A buffer for a request whose first byte is `next_seq`, if one is free.
@@ -150,6 +167,10 @@ impl RequestPool {
     pub fn give(&mut self, id: BufId) {
         debug_assert!(!self.free.contains(&id.0), "buffer {} given back twice", id.0);
         self.free.push(id.0);
+    }
+
+    pub fn get(&self, id: BufId) -> &RequestBuf {
+        &self.bufs[id.0 as usize]
     }
 
     pub fn get_mut(&mut self, id: BufId) -> &mut RequestBuf {

@@ -113,12 +113,23 @@ pub struct Outgoing<'a> {
 /// The longest frame `build` writes: Ethernet, IPv4, TCP with 40 bytes of options.
 pub const MAX_BUILT: usize = TCP + 60;
 
+/// The longest frame `build_with` writes: a full Ethernet frame.
+pub const MAX_FRAME: usize = 1514;
+
 /// Writes `seg` as a whole frame into `out`; returns its length. Short
 /// frames are padded to Ethernet's 60-byte minimum.
 pub fn build(out: &mut [u8; MAX_BUILT], seg: &Outgoing) -> usize {
+    build_with(out, seg, &[])
+}
+
+/// `build` with a payload after the header (the request an `l7`
+/// connection sends its server). Returns 0, writing nothing, when the
+/// frame would not fit in `out`.
+pub fn build_with(out: &mut [u8], seg: &Outgoing, payload: &[u8]) -> usize {
     let opts = &seg.options[..seg.options.len().min(40) & !3];
-    let tcp_len = 20 + opts.len();
+    let tcp_len = 20 + opts.len() + payload.len();
     let len = TCP + tcp_len;
+    let Some(out) = out.get_mut(..len.max(60)) else { return 0 };
     out.fill(0);
     out[0..6].copy_from_slice(&seg.dst_mac);
     out[6..12].copy_from_slice(&seg.src_mac);
@@ -139,10 +150,11 @@ pub fn build(out: &mut [u8; MAX_BUILT], seg: &Outgoing) -> usize {
     t[2..4].copy_from_slice(&seg.dst.1.to_be_bytes());
     t[4..8].copy_from_slice(&seg.seq.to_be_bytes());
     t[8..12].copy_from_slice(&seg.ack.unwrap_or(0).to_be_bytes());
-    t[12] = ((tcp_len / 4) as u8) << 4;
+    t[12] = (((20 + opts.len()) / 4) as u8) << 4;
     t[13] = (seg.flags & !ACK) | if seg.ack.is_some() { ACK } else { 0 };
     t[14..16].copy_from_slice(&seg.window.to_be_bytes());
-    t[20..].copy_from_slice(opts);
+    t[20..20 + opts.len()].copy_from_slice(opts);
+    t[20 + opts.len()..].copy_from_slice(payload);
     let c = tcp_checksum(&src, &dst, t);
     t[16..18].copy_from_slice(&c.to_be_bytes());
     len.max(60)

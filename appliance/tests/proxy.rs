@@ -1,5 +1,6 @@
-//! `syn_proxy: true` NAT services, whole exchanges through `Worker::process`
-//! and the frames the worker writes of its own (`Worker::drain_frames`).
+//! `syn_proxy: true` NAT services and `mode: l7` services: whole exchanges
+//! through `Worker::process` and the frames the worker writes of its own
+//! (`Worker::drain_frames`).
 //! Every frame out is re-parsed and its checksums recomputed by
 //! etherparse (ringlb-testkit), independently of ringlb's incremental
 //! updates; sequence numbers are chosen to cross 2^32 on both sides.
@@ -21,18 +22,27 @@ const CLIENT_ISN: u32 = 0xffff_fff0;
 const SERVER_ISN: u32 = 0xffff_fffa;
 
 fn setup() -> (Shared, Vec<WorkerStats>) {
+    setup_with("mode: nat, syn_proxy: true, group: nat")
+}
+
+/// One service at VIP:80 (`service`: its mode and groups), servers
+/// 198.18.0.21 (S1) and .22 (S2, weight 0 in `nat`), .23 and .24 (`api`).
+fn setup_with(service: &str) -> (Shared, Vec<WorkerStats>) {
     let yaml = format!(
         r#"
 eal: {{ control_core: 0, worker_cores: [1], hugepages: false, memory_mb: 256 }}
 ports:
   - {{ device: "net_null0", ip: 198.18.0.1/24, mac: "02:00:00:00:00:01" }}
 services:
-  - {{ name: api, vip: {VIP}, port: 80, mode: nat, syn_proxy: true, group: nat }}
+  - {{ name: api, vip: {VIP}, port: 80, {service} }}
 server_groups:
   nat:
     - {{ ip: 198.18.0.21, port: 8080, mac: "02:00:00:00:02:01" }}
     - {{ ip: 198.18.0.22, port: 8080, mac: "02:00:00:00:02:02", weight: 0 }}
-sessions: {{ capacity: 1000, proxied: 100 }}
+  api:
+    - {{ ip: 198.18.0.23, port: 8080, mac: "02:00:00:00:02:03" }}
+    - {{ ip: 198.18.0.24, port: 8080, mac: "02:00:00:00:02:04" }}
+sessions: {{ capacity: 1000, proxied: 100, request_buffers: 4 }}
 timeouts: {{ syn: 2s, established: 60s, closing: 5s, udp: 10s }}
 "#
     );
@@ -78,15 +88,19 @@ fn own_frames(w: &mut Worker) -> Vec<(u8, Vec<u8>)> {
     out
 }
 
-/// Client SYN → cookie SYN-ACK; returns the cookie.
+/// Client SYN → cookie SYN-ACK (window 0: `syn_proxy`); returns the cookie.
 fn handshake_with_cookie(w: &mut Worker, now: u32) -> u32 {
+    handshake_with_window(w, now, 0)
+}
+
+fn handshake_with_window(w: &mut Worker, now: u32, want_window: u16) -> u32 {
     let mut syn = with_tcp_options(&from_client(CLIENT_ISN, None, SYN, b""), &LINUX_SYN_OPTIONS);
     assert_eq!(w.process(&mut syn, 0, now, false), Verdict::Tx(0));
     let seen = check(&syn).expect("a valid SYN-ACK");
     assert_eq!((seen.src, seen.dst, seen.sport, seen.dport), (ip(VIP), ip(CLIENT), 80, 40000));
     assert_eq!((seen.src_mac, seen.dst_mac, seen.flags), (PORT_MAC, ROUTER_MAC, SYN | ACK));
     assert_eq!(ack(&syn), CLIENT_ISN.wrapping_add(1));
-    assert_eq!(window(&syn), 0, "no data before the server's side is open");
+    assert_eq!(window(&syn), want_window, "syn_proxy: no data before the join; l7: room for the request");
     // MSS, window scale 7 and SACK-permitted answered; timestamps declined.
     assert_eq!(options(&syn), [2, 4, 5, 180, 1, 3, 3, 7, 1, 1, 4, 2]);
     seq(&syn)
@@ -277,4 +291,196 @@ fn acks_without_a_valid_cookie_open_nothing() {
     assert_eq!(w.process(&mut other, 0, 1, false), Verdict::Drop(DropReason::CookieForged));
     assert!(own_frames(&mut w).is_empty());
     assert_eq!(stats[0].proxy_active.get(), 0);
+}
+
+const L7: &str = "mode: l7, group: nat, l7: { rules: [ { path_prefix: /api/, group: api } ] }";
+const S3_MAC: [u8; 6] = [2, 0, 0, 0, 2, 3];
+const S4_MAC: [u8; 6] = [2, 0, 0, 0, 2, 4];
+
+/// An `l7` connection up to its cookie ACK: returns the cookie.
+fn l7_accepted(w: &mut Worker) -> u32 {
+    let cookie = handshake_with_window(w, 0, 16384);
+    let mut ack = from_client(CLIENT_ISN.wrapping_add(1), Some(cookie.wrapping_add(1)), ACK, b"");
+    assert_eq!(w.process(&mut ack, 0, 1, false), Verdict::Consumed);
+    assert!(own_frames(w).is_empty(), "no server before the request");
+    cookie
+}
+
+/// Sends `request` in `pieces` client segments; checks each is ACKed by
+/// the appliance; returns the frames written after the last one.
+fn send_request(w: &mut Worker, cookie: u32, request: &[u8], pieces: usize) -> Vec<(u8, Vec<u8>)> {
+    let size = request.len().div_ceil(pieces);
+    let mut at = 0;
+    let mut last = Vec::new();
+    for chunk in request.chunks(size) {
+        let seq = CLIENT_ISN.wrapping_add(1).wrapping_add(at as u32);
+        let mut f = from_client(seq, Some(cookie.wrapping_add(1)), ACK | PSH, chunk);
+        assert_eq!(w.process(&mut f, 0, 2, false), Verdict::Consumed);
+        at += chunk.len();
+        let frames = own_frames(w);
+        let (_, ack) = &frames[0];
+        let a = check(ack).expect("a valid ACK");
+        assert_eq!((a.src, a.dst, a.flags, a.dst_mac), (ip(VIP), ip(CLIENT), ACK, ROUTER_MAC));
+        assert_eq!((seq_of(ack), ack_of(ack)), (cookie.wrapping_add(1), CLIENT_ISN.wrapping_add(1 + at as u32)));
+        last = frames;
+    }
+    last
+}
+
+fn seq_of(f: &[u8]) -> u32 {
+    seq(f)
+}
+fn ack_of(f: &[u8]) -> u32 {
+    ack(f)
+}
+
+#[test]
+fn l7_requests_are_gathered_in_1_2_and_7_segments_and_routed_by_their_path() {
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: example.com\r\nUser-Agent: test\r\n\r\n");
+    for (pieces, path, server_mac) in [(1, "/api/users", S3_MAC), (2, "/index.html", S1_MAC), (7, "/api/v2", S4_MAC)] {
+        let (shared, stats) = setup_with(L7);
+        let mut w = Worker::new(0, &shared, &stats[0]);
+        // The api group alternates its two servers: the third case is the second api request.
+        if server_mac == S4_MAC {
+            let cookie = l7_accepted(&mut w);
+            send_request(&mut w, cookie, request("/api/first").as_bytes(), 1);
+            let mut rst = from_client(CLIENT_ISN.wrapping_add(1 + request("/api/first").len() as u32), None, RST, b"");
+            assert_eq!(w.process(&mut rst, 0, 3, false), Verdict::Consumed);
+            own_frames(&mut w);
+        }
+        let cookie = l7_accepted(&mut w);
+        let req = request(path);
+        let frames = send_request(&mut w, cookie, req.as_bytes(), pieces);
+        assert_eq!(frames.len(), 2, "{pieces} pieces: the last ACK, then the replayed SYN");
+        let (_, syn) = &frames[1];
+        let s = check(syn).expect("a valid SYN");
+        assert_eq!((s.flags, s.dst_mac, seq(syn)), (SYN, server_mac, CLIENT_ISN), "{path} in {pieces} pieces");
+        assert_eq!(stats[0].proxy_active.get(), 1);
+    }
+}
+
+#[test]
+fn l7_sends_the_request_at_the_join_and_splices_the_response_across_the_wrap() {
+    let (shared, stats) = setup_with(L7);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let cookie = l7_accepted(&mut w);
+    let req = b"GET /index.html HTTP/1.1\r\nHost: example.com\r\nUser-Agent: ringlb-test/1.0\r\nAccept: */*\r\nX-Long: 0123456789012345678901234567890123456789\r\n\r\n";
+    // A retransmitted first piece and an out-of-order one: ACKed with what is gathered.
+    send_request(&mut w, cookie, &req[..10], 1);
+    let mut again = from_client(CLIENT_ISN.wrapping_add(1), Some(cookie.wrapping_add(1)), ACK, &req[..10]);
+    assert_eq!(w.process(&mut again, 0, 3, false), Verdict::Consumed);
+    let mut ahead = from_client(CLIENT_ISN.wrapping_add(21), Some(cookie.wrapping_add(1)), ACK, &req[20..]);
+    assert_eq!(w.process(&mut ahead, 0, 3, false), Verdict::Consumed);
+    for (_, dup) in own_frames(&mut w) {
+        assert_eq!(ack(&dup), CLIENT_ISN.wrapping_add(11), "a duplicate ACK of what is gathered");
+    }
+    let mut rest = from_client(CLIENT_ISN.wrapping_add(11), Some(cookie.wrapping_add(1)), ACK | PSH, &req[10..]);
+    assert_eq!(w.process(&mut rest, 0, 4, false), Verdict::Consumed);
+    assert_eq!(own_frames(&mut w).len(), 2, "ACK, SYN to the default group's server");
+
+    // The server answers: the request goes to it, ACKing its SYN-ACK.
+    let mut synack = with_tcp_options(
+        &from_server(S1_MAC, SERVER_ISN, CLIENT_ISN.wrapping_add(1), SYN | ACK, b""),
+        &[2, 4, 0, 64, 1, 3, 3, 7], // MSS 64: the request goes in 64-byte segments
+    );
+    assert_eq!(w.process(&mut synack, 0, 5, false), Verdict::Consumed);
+    let sent = own_frames(&mut w);
+    assert_eq!(sent.len(), req.len().div_ceil(64));
+    assert!(sent.len() >= 2);
+    let mut got = Vec::new();
+    for (i, (_, f)) in sent.iter().enumerate() {
+        let s = check(f).expect("a valid request segment");
+        assert_eq!((s.dst, s.dport, s.dst_mac), (ip("198.18.0.21"), 8080, S1_MAC));
+        assert_eq!(seq(f), CLIENT_ISN.wrapping_add(1 + got.len() as u32));
+        assert_eq!(ack(f), SERVER_ISN.wrapping_add(1));
+        assert_eq!(s.flags & PSH != 0, i == sent.len() - 1, "PSH on the last segment only");
+        got.extend_from_slice(&s.payload);
+    }
+    assert_eq!(got, req);
+    assert_eq!(stats[0].proxy_joined.get(), 1);
+
+    // Not ACKed within 200 ms: sent again (then 400 ms after).
+    w.sweep(150);
+    assert!(own_frames(&mut w).is_empty());
+    w.sweep(210);
+    assert_eq!(own_frames(&mut w).len(), sent.len(), "the request again");
+    // The server ACKs it and answers; the response reaches the client in its numbers.
+    let after = CLIENT_ISN.wrapping_add(1 + req.len() as u32);
+    let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let mut reply = from_server(S1_MAC, SERVER_ISN.wrapping_add(1), after, ACK | PSH, response);
+    assert_eq!(w.process(&mut reply, 0, 300, false), Verdict::Tx(0));
+    let c = check(&reply).expect("valid after translation");
+    assert_eq!((c.src, c.sport, c.dst, c.payload.as_slice()), (ip(VIP), 80, ip(CLIENT), &response[..]));
+    assert_eq!((seq(&reply), ack(&reply)), (cookie.wrapping_add(1), after));
+    w.sweep(2000);
+    assert!(own_frames(&mut w).is_empty(), "ACKed: not sent again");
+    // A keep-alive request on the same connection goes to the same server, spliced.
+    let next = b"GET /api/x HTTP/1.1\r\nHost: example.com\r\n\r\n";
+    let mut f = from_client(after, Some(cookie.wrapping_add(1 + response.len() as u32)), ACK | PSH, next);
+    assert_eq!(w.process(&mut f, 0, 2001, false), Verdict::Tx(0));
+    let s = check(&f).expect("valid after translation");
+    assert_eq!((s.dst_mac, ack(&f)), (S1_MAC, SERVER_ISN.wrapping_add(1 + response.len() as u32)));
+}
+
+#[test]
+fn l7_refuses_what_is_not_a_request_and_slow_clients() {
+    let (shared, stats) = setup_with(L7);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    // Not HTTP: the client is reset.
+    let cookie = l7_accepted(&mut w);
+    let mut junk =
+        from_client(CLIENT_ISN.wrapping_add(1), Some(cookie.wrapping_add(1)), ACK, b"\x16\x03\x01 not http\r\n\r\n");
+    assert_eq!(w.process(&mut junk, 0, 2, false), Verdict::Drop(DropReason::L7Request));
+    let frames = own_frames(&mut w);
+    let (_, rst) = frames.last().expect("a RST");
+    assert_eq!((check(rst).unwrap().flags, seq(rst)), (RST, cookie.wrapping_add(1)));
+    assert_eq!(stats[0].proxy_active.get(), 0);
+    // A head that never completes within 16 KiB: reset.
+    let cookie = l7_accepted(&mut w);
+    let mut at = 0u32;
+    let line = [b'a'; 1400];
+    let mut last = Verdict::Consumed;
+    while last == Verdict::Consumed {
+        let mut f = from_client(CLIENT_ISN.wrapping_add(1 + at), Some(cookie.wrapping_add(1)), ACK, &line);
+        last = w.process(&mut f, 0, 3, false);
+        at += 1400;
+        assert!(at < 20_000, "never refused");
+    }
+    assert_eq!(last, Verdict::Drop(DropReason::L7Request));
+    assert!(at > 16 * 1024 - 1400);
+    // A client that sends part of a head and stops: reset after 10 s.
+    own_frames(&mut w);
+    let cookie = l7_accepted(&mut w);
+    let mut part = from_client(CLIENT_ISN.wrapping_add(1), Some(cookie.wrapping_add(1)), ACK, b"GET / HTTP/1.1\r\n");
+    assert_eq!(w.process(&mut part, 0, 3, false), Verdict::Consumed);
+    own_frames(&mut w);
+    w.sweep(5_000);
+    assert!(own_frames(&mut w).is_empty());
+    w.sweep(10_100);
+    let frames = own_frames(&mut w);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(check(&frames[0].1).unwrap().flags, RST);
+    assert_eq!(stats[0].proxy_active.get(), 0, "every buffer given back");
+}
+
+#[test]
+fn l7_a_client_closing_before_its_request_is_reset_at_once() {
+    let (shared, stats) = setup_with(L7);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let cookie = l7_accepted(&mut w);
+    let mut fin = from_client(CLIENT_ISN.wrapping_add(1), Some(cookie.wrapping_add(1)), FIN | ACK, b"GET / HT");
+    assert_eq!(w.process(&mut fin, 0, 2, false), Verdict::Consumed);
+    let frames = own_frames(&mut w);
+    let (_, rst) = frames.last().expect("a RST");
+    assert_eq!((check(rst).unwrap().flags, seq(rst)), (RST, cookie.wrapping_add(1)));
+    assert_eq!(stats[0].proxy_active.get(), 0);
+    // A FIN after a complete head waits for the join: the request is bound.
+    let cookie = l7_accepted(&mut w);
+    let mut fin =
+        from_client(CLIENT_ISN.wrapping_add(1), Some(cookie.wrapping_add(1)), FIN | ACK, b"GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(w.process(&mut fin, 0, 2, false), Verdict::Consumed);
+    let frames = own_frames(&mut w);
+    assert_eq!(frames.len(), 2, "the ACK (of the bytes, not the FIN), the SYN to the server");
+    assert_eq!(ack(&frames[0].1), CLIENT_ISN.wrapping_add(1 + 18));
+    assert_eq!(check(&frames[1].1).unwrap().flags, SYN);
 }
