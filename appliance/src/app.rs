@@ -288,8 +288,14 @@ pub fn summary(t: f64, s: &Snapshot, labels: &[String]) -> String {
     if s.syn_cookies_sent > 0 {
         let _ = writeln!(
             o,
-            "  syn_proxy cookies_sent={} opened={} joined={} failed={} active={} emit_full={}",
-            s.syn_cookies_sent, s.proxy_opened, s.proxy_joined, s.proxy_failed, s.proxy_active, s.proxy_emit_full
+            "  syn_proxy cookies_sent={} opened={} joined={} failed={} active={} emit_full={} l7_redirects={}",
+            s.syn_cookies_sent,
+            s.proxy_opened,
+            s.proxy_joined,
+            s.proxy_failed,
+            s.proxy_active,
+            s.proxy_emit_full,
+            s.l7_redirects
         );
     }
     if s.sync_installed + s.sync_updated + s.locks_created + s.deferred > 0 {
@@ -314,8 +320,10 @@ pub fn summary(t: f64, s: &Snapshot, labels: &[String]) -> String {
         .map(|d| format!("{}={}", d.name(), s.drops[*d as usize]))
         .collect();
     let _ = writeln!(o, "  drops={} {}", s.drops_total(), drops.join(" "));
-    for (l, n) in labels.iter().zip(&s.per_server) {
-        let _ = writeln!(o, "  server {l} sessions={n}");
+    for ((l, n), r) in labels.iter().zip(&s.per_server).zip(&s.per_server_redirects) {
+        // `l7`: requests taken from the server because it failed.
+        let redirected = if *r > 0 { format!(" redirected={r}") } else { String::new() };
+        let _ = writeln!(o, "  server {l} sessions={n}{redirected}");
     }
     o.push_str("ringlb stopped cleanly");
     o

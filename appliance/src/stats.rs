@@ -232,9 +232,15 @@ pub struct WorkerStats {
     pub proxy_failed: Counter,
     pub proxy_active: Counter,
     pub proxy_emit_full: Counter,
+    /// `l7`: requests sent to another server of their group after their
+    /// server failed before answering (seed 004's error redirect).
+    pub l7_redirects: Counter,
     pub drops: [Counter; DropReason::COUNT],
     /// New sessions per server, indexed by global server id.
     pub server_new_sessions: Box<[Counter]>,
+    /// `l7`: per server, requests taken from it because it failed (refused,
+    /// silent, closed, or answered with a `redirect_on` status).
+    pub server_redirects: Box<[Counter]>,
 }
 
 impl WorkerStats {
@@ -275,8 +281,10 @@ impl WorkerStats {
             proxy_failed: Counter::default(),
             proxy_active: Counter::default(),
             proxy_emit_full: Counter::default(),
+            l7_redirects: Counter::default(),
             drops: Default::default(),
             server_new_sessions: (0..servers).map(|_| Counter::default()).collect(),
+            server_redirects: (0..servers).map(|_| Counter::default()).collect(),
         }
     }
 
@@ -335,14 +343,17 @@ pub struct Snapshot {
     pub proxy_failed: u64,
     pub proxy_active: u64,
     pub proxy_emit_full: u64,
+    pub l7_redirects: u64,
     pub drops: [u64; DropReason::COUNT],
     pub per_server: Vec<u64>,
+    pub per_server_redirects: Vec<u64>,
 }
 
 impl Snapshot {
     pub fn take(workers: &[&WorkerStats]) -> Snapshot {
         let servers = workers.first().map_or(0, |w| w.server_new_sessions.len());
-        let mut s = Snapshot { per_server: vec![0; servers], ..Default::default() };
+        let mut s =
+            Snapshot { per_server: vec![0; servers], per_server_redirects: vec![0; servers], ..Default::default() };
         for w in workers {
             s.rx += w.rx.get();
             s.tx += w.tx.get();
@@ -379,6 +390,10 @@ impl Snapshot {
             s.proxy_failed += w.proxy_failed.get();
             s.proxy_active += w.proxy_active.get();
             s.proxy_emit_full += w.proxy_emit_full.get();
+            s.l7_redirects += w.l7_redirects.get();
+            for (d, c) in s.per_server_redirects.iter_mut().zip(w.server_redirects.iter()) {
+                *d += c.get();
+            }
             for (d, c) in s.drops.iter_mut().zip(w.drops.iter()) {
                 *d += c.get();
             }

@@ -461,6 +461,22 @@ fn l7_rules_are_checked_with_positions() {
         &reject("    mode: nat\n", "    mode: nat\n    l7: { rules: [] }\n"),
         &["bad.yaml:18:9", "need mode: l7"],
     );
+    // Redirect settings: error statuses only, a bounded number of retries.
+    let bad = l7_config("        - { path_prefix: /a/, group: static }\n").replacen(
+        "    l7:\n",
+        "    l7:\n      redirect_on: [503, 200]\n",
+        1,
+    );
+    assert_has(
+        &config::parse(&bad, "bad.yaml").unwrap_err().to_string(),
+        &["bad.yaml:15:20", "redirect_on: 200 is not an error status"],
+    );
+    let bad = l7_config("        - { path_prefix: /a/, group: static }\n").replacen(
+        "    l7:\n",
+        "    l7:\n      retries: 9\n",
+        1,
+    );
+    assert_has(&config::parse(&bad, "bad.yaml").unwrap_err().to_string(), &["bad.yaml:15:16", "retries: 9 is over 8"]);
     // l7 is HTTP over TCP, scheduled by wrr per group.
     let maglev = l7_config("").replacen("    mode: l7\n", "    mode: l7\n    scheduler: maglev\n", 1);
     assert_has(

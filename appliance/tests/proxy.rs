@@ -217,6 +217,7 @@ fn a_server_that_never_answers_gets_the_syn_again_then_the_client_is_reset() {
     assert_eq!(own_frames(&mut w).len(), 1);
     let mut syns = 1;
     let mut reset = None;
+    let mut server_reset = false;
     for now in (10..2000).step_by(10) {
         w.sweep(now);
         for (_, f) in own_frames(&mut w) {
@@ -224,6 +225,10 @@ fn a_server_that_never_answers_gets_the_syn_again_then_the_client_is_reset() {
             if s.flags == SYN {
                 assert_eq!(seq(&f), CLIENT_ISN);
                 syns += 1;
+            } else if s.dst == ip("198.18.0.21") {
+                // Its half-open connection, if the SYNs reached it, is ended too.
+                assert_eq!((s.flags, seq(&f)), (RST, CLIENT_ISN.wrapping_add(1)));
+                server_reset = true;
             } else {
                 assert_eq!((s.flags, s.dst, s.sport), (RST, ip(CLIENT), 80));
                 reset.get_or_insert((now, seq(&f)));
@@ -231,6 +236,7 @@ fn a_server_that_never_answers_gets_the_syn_again_then_the_client_is_reset() {
         }
     }
     assert_eq!(syns, 4, "the SYN is sent 4 times in all");
+    assert!(server_reset, "the server is reset when the client is");
     let (when, rst_seq) = reset.expect("the client is reset");
     assert!((750..=1100).contains(&when), "reset at {when} ms");
     assert_eq!(rst_seq, cookie.wrapping_add(1), "at the client's next expected sequence number");
@@ -483,4 +489,99 @@ fn l7_a_client_closing_before_its_request_is_reset_at_once() {
     assert_eq!(frames.len(), 2, "the ACK (of the bytes, not the FIN), the SYN to the server");
     assert_eq!(ack(&frames[0].1), CLIENT_ISN.wrapping_add(1 + 18));
     assert_eq!(check(&frames[1].1).unwrap().flags, SYN);
+}
+
+/// A segment from server `addr` (port 8080) to the client.
+fn from(addr: &str, mac: [u8; 6], seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+    tcp_seq(mac, PORT_MAC, ip(addr), ip(CLIENT), (8080, 40000), seq, Some(ack), 64240, flags, payload)
+}
+
+const REDIRECT: &str = "mode: l7, group: api, l7: { redirect_on: [503], retries: 1 }";
+
+#[test]
+fn l7_a_server_answering_503_is_replaced_before_the_client_sees_anything() {
+    let (shared, stats) = setup_with(REDIRECT);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let cookie = l7_accepted(&mut w);
+    let req = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+    let frames = send_request(&mut w, cookie, req, 1);
+    assert_eq!(check(&frames[1].1).unwrap().dst_mac, S3_MAC, "the first pick");
+    let after = CLIENT_ISN.wrapping_add(1 + req.len() as u32);
+    let mut synack = from("198.18.0.23", S3_MAC, 0x5000, CLIENT_ISN.wrapping_add(1), SYN | ACK, b"");
+    assert_eq!(w.process(&mut synack, 0, 3, false), Verdict::Consumed);
+    assert_eq!(own_frames(&mut w).len(), 1, "the request");
+    // 503: the client sees nothing; S3 is reset at its next expected byte, S4 gets the SYN.
+    let mut busy =
+        from("198.18.0.23", S3_MAC, 0x5001, after, ACK | PSH, b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(w.process(&mut busy, 0, 4, false), Verdict::Consumed);
+    let frames = own_frames(&mut w);
+    assert_eq!(frames.len(), 2);
+    let (rst, syn) = (check(&frames[0].1).unwrap(), check(&frames[1].1).unwrap());
+    assert_eq!((rst.flags, rst.dst_mac, seq(&frames[0].1)), (RST, S3_MAC, after));
+    assert_eq!((syn.flags, syn.dst_mac, seq(&frames[1].1)), (SYN, S4_MAC, CLIENT_ISN));
+    assert_eq!((stats[0].l7_redirects.get(), stats[0].server_redirects[0].get()), (1, 1));
+    // S3's late segments find no connection bound to it; S4 joins with its own ISN and answers.
+    let mut late = from("198.18.0.23", S3_MAC, 0x5001, after, ACK, b"x");
+    assert_eq!(w.process(&mut late, 0, 5, false), Verdict::Drop(DropReason::NoSession));
+    let mut synack = from("198.18.0.24", S4_MAC, 0x9000_0000, CLIENT_ISN.wrapping_add(1), SYN | ACK, b"");
+    assert_eq!(w.process(&mut synack, 0, 6, false), Verdict::Consumed);
+    let sent = own_frames(&mut w);
+    assert_eq!(check(&sent[0].1).unwrap().payload, req, "the same request to S4");
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let mut reply = from("198.18.0.24", S4_MAC, 0x9000_0001, after, ACK | PSH, ok);
+    assert_eq!(w.process(&mut reply, 0, 7, false), Verdict::Tx(0));
+    let c = check(&reply).unwrap();
+    assert_eq!((c.src, c.payload.as_slice(), seq(&reply)), (ip(VIP), &ok[..], cookie.wrapping_add(1)));
+    // Answered: a later 503 on the connection is the client's business.
+    let mut later =
+        from("198.18.0.24", S4_MAC, 0x9000_0001 + ok.len() as u32, after, ACK, b"HTTP/1.1 503 Busy\r\n\r\n");
+    assert_eq!(w.process(&mut later, 0, 8, false), Verdict::Tx(0));
+}
+
+#[test]
+fn l7_a_refused_or_silent_server_is_replaced_and_retries_are_bounded() {
+    let (shared, stats) = setup_with(REDIRECT);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let cookie = l7_accepted(&mut w);
+    send_request(&mut w, cookie, b"GET / HTTP/1.1\r\n\r\n", 1);
+    // S3 refuses the SYN: S4 gets it, no RST to the client.
+    let mut refused = from("198.18.0.23", S3_MAC, 0, CLIENT_ISN.wrapping_add(1), RST | ACK, b"");
+    assert_eq!(w.process(&mut refused, 0, 3, false), Verdict::Consumed);
+    let frames = own_frames(&mut w);
+    assert_eq!(frames.len(), 1);
+    assert_eq!((check(&frames[0].1).unwrap().flags, check(&frames[0].1).unwrap().dst_mac), (SYN, S4_MAC));
+    // S4 stays silent: after its SYN tries, retries (1) are used up: the client is reset.
+    let mut resets = 0;
+    for now in (10..3000).step_by(10) {
+        w.sweep(now);
+        for (_, f) in own_frames(&mut w) {
+            let s = check(&f).unwrap();
+            if s.flags == RST && s.dst == ip(CLIENT) {
+                resets += 1;
+                assert_eq!(seq(&f), cookie.wrapping_add(1));
+            } else {
+                assert_eq!(s.dst_mac, S4_MAC, "no third server");
+            }
+        }
+    }
+    assert_eq!(resets, 1);
+    assert_eq!((stats[0].l7_redirects.get(), stats[0].proxy_failed.get()), (1, 1));
+
+    // With retries left but one server only answering 503s, that answer reaches the client.
+    let (shared, stats) = setup_with("mode: l7, group: api, l7: { redirect_on: [503], retries: 0 }");
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let cookie = l7_accepted(&mut w);
+    let req = b"GET / HTTP/1.1\r\n\r\n";
+    send_request(&mut w, cookie, req, 1);
+    let mut synack = from("198.18.0.23", S3_MAC, 7, CLIENT_ISN.wrapping_add(1), SYN | ACK, b"");
+    w.process(&mut synack, 0, 3, false);
+    let mut busy = from(
+        "198.18.0.23",
+        S3_MAC,
+        8,
+        CLIENT_ISN.wrapping_add(1 + req.len() as u32),
+        ACK,
+        b"HTTP/1.1 503 Busy\r\n\r\n",
+    );
+    assert_eq!(w.process(&mut busy, 0, 4, false), Verdict::Tx(0), "no retries: forwarded as it is");
 }

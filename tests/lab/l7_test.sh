@@ -6,8 +6,11 @@
 # nginx names itself in the body); ab 3,000 requests at concurrency 50 with
 # and without keep-alive and wrk 50 connections for 5 s, 0 errors; a 64 MiB
 # download with matching sha256 and window scaling in effect on the client's
-# connection; the same download through plain NAT on the same topology, for
-# the throughput ratio; a clean stop.
+# connection; transparent error redirect: with s2 answering 503 to
+# everything and s3 stopped (its kernel refuses the SYNs), 1,000 requests
+# to the default group (s1, s2, s3) get 0 errors, and the redirect counters
+# name s2 and s3; the same download through plain NAT on the same topology,
+# for the throughput ratio; a clean stop.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 RINGLB=${RINGLB:-$ROOT/target/release/ringlb}
@@ -80,15 +83,34 @@ echo "lab-l7: 64 MiB download sha256 $got_sum (file $want) in $(cat "$LAB_DIR/dl
 echo "lab-l7: client TCP during the download: $(grep -oE 'wscale:[0-9,]+|snd_wnd:[0-9]+' <<< "$tcp_info" | tr '\n' ' ')"
 grep -qE 'wscale:7,[0-9]+' <<< "$tcp_info" || fail "window scaling not in effect on the client's connection: $tcp_info"
 
+# 4. Transparent error redirect: s2 answers 503 to everything, s3 is stopped.
+sed -i "s|^  server {|  server {\n    return 503;|" "$LAB_DIR/s2/nginx.conf"
+ip netns exec "$(lab_ns s2)" nginx -c "$LAB_DIR/s2/nginx.conf" -s reload || fail "nginx s2 reload failed"
+ip netns pids "$(lab_ns s3)" | xargs -r kill -KILL
+sleep 0.5
+code=$(ip netns exec "$(lab_ns s2)" curl -s -o /dev/null -w '%{http_code}' "http://198.18.1.12:8080/index.html" 2>/dev/null || true)
+echo "lab-l7: s2 now answers $code; s3's nginx is killed"
+[ "$code" = 503 ] || fail "s2 answers $code, not 503"
+ab_run "lab-l7: ab 1000 requests, concurrency 50, s2 answering 503 and s3 stopped" "http://$VIP/index.html" 1000 "$CONCURRENCY"
+
 lab_stop_ringlb || fail "ringlb exited non-zero on SIGTERM"
 grep -q "ringlb stopped cleanly" "$LAB_DIR/ringlb.log" || fail "no clean-shutdown summary"
 sed -n '/^summary/,$p' "$LAB_DIR/ringlb.log" | sed "s/^/lab-l7: /"
+redirects=$(sed -n 's/^  syn_proxy .* l7_redirects=\([0-9]*\).*/\1/p' "$LAB_DIR/ringlb.log")
+[ "${redirects:-0}" -ge 100 ] || fail "only ${redirects:-0} requests redirected"
+grep -qE "server web/198.18.1.12:8080 sessions=[0-9]+ redirected=[1-9]" "$LAB_DIR/ringlb.log" || fail "no request redirected from s2 (503)"
+grep -qE "server web/198.18.1.13:8080 sessions=[0-9]+ redirected=[1-9]" "$LAB_DIR/ringlb.log" || fail "no request redirected from s3 (stopped)"
 read -r joined failed_conns <<< "$(sed -n 's/^  syn_proxy cookies_sent=[0-9]* opened=[0-9]* joined=\([0-9]*\) failed=\([0-9]*\).*/\1 \2/p' "$LAB_DIR/ringlb.log")"
 [ "${joined:-0}" -ge $((2 * REQUESTS / CONCURRENCY)) ] || fail "only ${joined:-0} connections joined"
 [ "${failed_conns:-1}" = 0 ] || fail "$failed_conns connections failed"
 
 # The same download through plain NAT on the same topology (a reference, not a pass mark:
 # timings on this shared machine are noise; perf/ measures throughput).
+# s2 serves again and s3 is started again, as they were for the l7 download.
+sed -i "/^    return 503;$/d" "$LAB_DIR/s2/nginx.conf"
+ip netns exec "$(lab_ns s2)" nginx -c "$LAB_DIR/s2/nginx.conf" -s reload || fail "nginx s2 reload failed"
+ip netns exec "$(lab_ns s3)" nginx -c "$LAB_DIR/s3/nginx.conf" &
+LAB_PIDS+=($!)
 lab_start_ringlb "$ROOT/deploy/lab/nat.yaml" "$LAB_DIR/ringlb-nat.log"
 lab_wait_ready || fail "VIP $VIP not answering through nat.yaml"
 nat_ms=$(download "$LAB_DIR/dl-nat.bin") || fail "NAT download failed"

@@ -12,6 +12,13 @@ use serde_saphyr::Spanned;
 pub(super) struct RawL7 {
     #[serde(default)]
     rules: Vec<RawRule>,
+    /// Statuses that send the request to another server of the group when
+    /// they are a server's answer (default 502, 503, 504).
+    #[serde(default)]
+    redirect_on: Option<Spanned<Vec<u16>>>,
+    /// How many other servers a request may be sent to (default 2).
+    #[serde(default)]
+    retries: Option<Spanned<u8>>,
 }
 
 /// One rule: exactly one of the conditions, and the group it sends to.
@@ -42,7 +49,21 @@ pub(super) struct RawNameValue {
 pub struct L7Config {
     pub groups: Vec<L7Group>,
     pub rules: Rules,
+    pub redirect: Redirect,
 }
+
+/// Transparent error redirect: which answers count as a server's failure,
+/// and how many more servers a request may try.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    pub on_status: Vec<u16>,
+    pub retries: u8,
+}
+
+pub const DEFAULT_REDIRECT_ON: [u16; 3] = [502, 503, 504];
+pub const DEFAULT_RETRIES: u8 = 2;
+/// At most this many other servers (each costs the client a round trip to a server).
+pub const MAX_RETRIES: u8 = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct L7Group {
@@ -62,6 +83,25 @@ impl RawL7 {
             }
         }
         names
+    }
+
+    /// The redirect settings, checked.
+    pub(super) fn redirect(&self, cx: &Ctx, key: &str) -> Result<Redirect, ConfigError> {
+        let on_status = match &self.redirect_on {
+            None => DEFAULT_REDIRECT_ON.to_vec(),
+            Some(list) => {
+                if let Some(bad) = list.value.iter().find(|s| !(400..=599).contains(*s)) {
+                    return Err(cx.at(list, format!("{key}.redirect_on: {bad} is not an error status (400..=599)")));
+                }
+                list.value.clone()
+            }
+        };
+        let retries = match &self.retries {
+            None => DEFAULT_RETRIES,
+            Some(r) if r.value <= MAX_RETRIES => r.value,
+            Some(r) => return Err(cx.at(r, format!("{key}.retries: {} is over {MAX_RETRIES}", r.value))),
+        };
+        Ok(Redirect { on_status, retries })
     }
 
     /// The rules over `groups` (names, the default first), checked: one
@@ -136,10 +176,13 @@ pub fn describe(c: &Condition) -> String {
 
 /// The `l7:` section written back (for `ringlb check`'s output).
 pub(super) fn render(cfg: &L7Config, yaml_str: impl Fn(&str) -> String) -> String {
-    let mut o = String::from("    l7:\n      rules:\n");
-    if cfg.rules.rules.is_empty() {
-        o = String::from("    l7: { rules: [] }\n");
-    }
+    let statuses: Vec<String> = cfg.redirect.on_status.iter().map(u16::to_string).collect();
+    let mut o = format!(
+        "    l7:\n      redirect_on: [{}]\n      retries: {}\n      rules:{}\n",
+        statuses.join(", "),
+        cfg.redirect.retries,
+        if cfg.rules.rules.is_empty() { " []" } else { "" }
+    );
     for r in &cfg.rules.rules {
         let group = yaml_str(&cfg.groups[usize::from(r.group)].name);
         let when = match &r.when {

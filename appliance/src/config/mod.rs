@@ -6,7 +6,7 @@ mod cluster;
 mod l7;
 
 pub use cluster::{ClusterConfig, Garp, Secret, VipMode, DEFAULT_DEFER_MS, DEFAULT_GARP};
-pub use l7::{L7Config, L7Group};
+pub use l7::{L7Config, L7Group, Redirect};
 
 use crate::packet::{L4Proto, Mac};
 use crate::sched::maglev;
@@ -964,8 +964,10 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
         let l7 = match s.mode {
             Mode::L7 => {
                 let names: Vec<String> = l7_groups.iter().map(|g| g.name.clone()).collect();
-                let rules = raw_l7.rules(cx, &format!("services[{si}] '{name}'.l7"), &names)?;
-                Some(L7Config { groups: l7_groups, rules })
+                let key = format!("services[{si}] '{name}'.l7");
+                let rules = raw_l7.rules(cx, &key, &names)?;
+                let redirect = raw_l7.redirect(cx, &key)?;
+                Some(L7Config { groups: l7_groups, rules, redirect })
             }
             _ => None,
         };

@@ -159,6 +159,10 @@ pub struct SynProxy {
     pub active: u64,
     /// The appliance's own frames that found the queue full (sent again by their timer).
     pub emit_full: u64,
+    /// `l7`: requests sent to another server after theirs failed, and per
+    /// server ("service/ip:port") how many were taken from it.
+    pub l7_redirects: u64,
+    pub redirected_from: BTreeMap<String, u64>,
 }
 
 /// Packets of established flows that met no session (a flow that began on
@@ -248,6 +252,13 @@ impl Status {
                 failed: s.proxy_failed,
                 active: s.proxy_active,
                 emit_full: s.proxy_emit_full,
+                l7_redirects: s.l7_redirects,
+                redirected_from: labels
+                    .iter()
+                    .cloned()
+                    .zip(s.per_server_redirects.iter().copied())
+                    .filter(|(_, n)| *n > 0)
+                    .collect(),
             }),
             cluster: control.cluster_status(),
         }

@@ -29,6 +29,7 @@
 //! SYN, ACKs, window updates, RSTs) wait in `Emits` until the worker loop
 //! sends them (`Worker::drain_frames`).
 
+use super::shared::{L7Rt, Shared};
 use super::{Verdict, Worker};
 use crate::l7::conn::{Action, Conn, Emit, Seg, State};
 use crate::l7::cookie::{CookieError, CookieFlow};
@@ -36,6 +37,7 @@ use crate::l7::request::{self, BufId, Gathered, Head, HEAD_CAP};
 use crate::l7::segment::{self, Outgoing, SynAckParams, MAX_FRAME};
 use crate::l7::{splice, table::ConnTable, tcpopt};
 use crate::packet::{self, tcp_flags, L4Info, Mac};
+use crate::sched::wrr::SmoothWrr;
 use crate::session::FlowKey;
 use crate::stats::DropReason;
 
@@ -80,6 +82,20 @@ pub struct Proxied {
     /// many times the request was sent.
     timer_ms: u32,
     request_sends: u8,
+    /// The service (for the timers).
+    svc: u16,
+    /// `l7`: the group the request was bound in, its members tried (bit i:
+    /// member i), and how many times the request went to another server.
+    group: u8,
+    tried: u64,
+    redirects: u8,
+    /// `l7`: the server ACKed the whole request; a byte of its answer
+    /// reached the client (from then on it is the client's server).
+    request_acked: bool,
+    answered: bool,
+    /// `l7`: the client sent bytes past the request before the answer:
+    /// they went to the server, so the request cannot go elsewhere.
+    client_moved_on: bool,
 }
 
 /// The proxied-connection table of one worker.
@@ -161,6 +177,9 @@ impl Worker<'_> {
             }
             if !(syn && matches!(p.conn.state, State::Closing | State::Closed)) {
                 let (action, emit) = p.conn.on_client(&seg);
+                if l7 && !p.answered && action == Action::Forward && seg.payload_len > 0 {
+                    p.client_moved_on = true;
+                }
                 let p = *p;
                 if let Some(e) = emit {
                     self.emit(&p, key, e);
@@ -269,6 +288,13 @@ impl Worker<'_> {
             server_mss: PROXY_MSS,
             timer_ms: now_ms,
             request_sends: 0,
+            svc,
+            group: 0,
+            tried: 0,
+            redirects: 0,
+            request_acked: false,
+            answered: false,
+            client_moved_on: false,
         };
         let Some(table) = self.proxied.as_mut() else {
             return Verdict::Drop(DropReason::NoSession);
@@ -365,6 +391,7 @@ impl Worker<'_> {
                                 match self.l7_schedulers[usize::from(svc)][group].pick(weight) {
                                     Some(i) => {
                                         p.server = members[i];
+                                        (p.group, p.tried) = (group as u8, 1 << i.min(63));
                                         out[1] = Some(p.conn.bind(gathered, now_ms));
                                         self.stats.server_new_sessions[usize::from(p.server)].inc();
                                     }
@@ -447,8 +474,50 @@ impl Worker<'_> {
         if info.ttl <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
+        let l7 = shared.services[usize::from(svc)].l7.as_ref();
         let before = p.conn.state;
-        let (action, emits) = p.conn.on_server(&seg);
+        if let (Some(l7), State::Spliced, false) = (l7, before, p.answered) {
+            // `l7`, before any of the answer reached the client: a RST, a
+            // FIN without data or an error status is the server's failure.
+            let payload = tcp_header(frame, info)
+                .and_then(|h| frame.get(usize::from(info.l4_off) + h.len()..))
+                .map_or(&[][..], |rest| &rest[..rest.len().min(usize::from(info.payload_len))]);
+            let refused = seg.flags & (tcp_flags::RST | tcp_flags::FIN) != 0 && payload.is_empty();
+            let error = status_of(payload).is_some_and(|code| l7.redirect.on_status.contains(&code));
+            if (refused || error) && !p.client_moved_on {
+                let old = *p;
+                let next = next_server(p, l7, &mut self.l7_schedulers[usize::from(svc)], shared);
+                if let Some(next) = next {
+                    let failed_server = old.server;
+                    p.server = next;
+                    let syn = p.conn.rebind(now_ms);
+                    (p.request_acked, p.request_sends) = (false, 0);
+                    let p = *p;
+                    self.stats.server_redirects[usize::from(failed_server)].inc();
+                    self.stats.l7_redirects.inc();
+                    if seg.flags & tcp_flags::RST == 0 {
+                        self.emit(&old, key, Emit::RstToServer { seq: old.conn.client_next() });
+                    }
+                    self.emit(&p, key, syn);
+                    return Verdict::Consumed;
+                }
+                // No other server: an error answer goes to the client as it is.
+            }
+            if !payload.is_empty() {
+                p.answered = true;
+            }
+        }
+        let (action, mut emits) = p.conn.on_server(&seg);
+        if let (Some(l7), State::Connecting, State::Closed) = (l7, before, p.conn.state) {
+            // `l7`: the server refused the replayed SYN: another one, if any.
+            let failed_server = p.server;
+            if let Some(next) = next_server(p, l7, &mut self.l7_schedulers[usize::from(svc)], shared) {
+                p.server = next;
+                emits = [Some(p.conn.rebind(now_ms)), None];
+                self.stats.server_redirects[usize::from(failed_server)].inc();
+                self.stats.l7_redirects.inc();
+            }
+        }
         if before == State::Connecting {
             match p.conn.state {
                 State::Spliced => {
@@ -464,10 +533,17 @@ impl Worker<'_> {
                 _ => {}
             }
         }
-        // `l7`: the server has the whole request: its buffer goes back.
-        let request_end = p.conn.client_isn.wrapping_add(1).wrapping_add(p.conn.request_len);
+        // `l7`: the server has the whole request (no more sending it
+        // again); once its answer reaches the client, the request cannot
+        // go elsewhere any more and its buffer goes back.
+        let request_end = p.conn.client_next();
         let acked = seg.flags & tcp_flags::ACK != 0 && (seg.ack.wrapping_sub(request_end) as i32) >= 0;
-        let done = if p.conn.state == State::Spliced && acked { p.buf.take() } else { None };
+        p.request_acked |= p.conn.state == State::Spliced && acked;
+        let done = if p.answered || p.conn.state != State::Spliced && p.conn.state != State::Connecting {
+            p.buf.take()
+        } else {
+            None
+        };
         if let (Some(id), Some(pool)) = (done, self.requests.as_mut()) {
             pool.give(id);
         }
@@ -618,6 +694,8 @@ impl Worker<'_> {
         let (stats, mut failed) = (self.stats, 0u64);
         let mut pool = self.requests.as_mut();
         let mut removed = 0u64;
+        let (shared, schedulers) = (self.shared, &mut self.l7_schedulers);
+        let mut redirected = 0u64;
         table.visit(budget, |key, p, last_seen_ms| {
             if n_due + 2 > due.len() {
                 return true; // the next visit takes it
@@ -635,14 +713,39 @@ impl Worker<'_> {
                 State::Buffering => true,
                 State::Connecting => {
                     if let Some(e) = p.conn.on_timer(now_ms) {
-                        failed += u64::from(p.conn.state == State::Closed);
-                        due[n_due] = (key, *p, e);
-                        n_due += 1;
+                        if p.conn.state != State::Closed {
+                            due[n_due] = (key, *p, e); // the SYN again
+                            n_due += 1;
+                        } else {
+                            // The server never answered: another one (`l7`), or the client is reset.
+                            let old = *p;
+                            due[n_due] = (key, old, Emit::RstToServer { seq: old.conn.client_isn.wrapping_add(1) });
+                            n_due += 1;
+                            let l7 = shared.services[usize::from(p.svc)].l7.as_ref();
+                            let sched = schedulers.get_mut(usize::from(p.svc));
+                            match l7.zip(sched).and_then(|(l7, sched)| next_server(p, l7, sched, shared)) {
+                                Some(next) => {
+                                    stats.server_redirects[usize::from(old.server)].inc();
+                                    redirected += 1;
+                                    p.server = next;
+                                    due[n_due] = (key, *p, p.conn.rebind(now_ms));
+                                }
+                                None => {
+                                    failed += 1;
+                                    due[n_due] = (key, old, e);
+                                }
+                            }
+                            n_due += 1;
+                        }
                     }
                     true
                 }
                 // `l7`: the request is not ACKed yet.
-                State::Spliced if p.buf.is_some() && since >= REQUEST_RTO_MS << (p.request_sends.max(1) - 1) => {
+                State::Spliced
+                    if p.buf.is_some()
+                        && !p.request_acked
+                        && since >= REQUEST_RTO_MS << (p.request_sends.max(1) - 1) =>
+                {
                     if p.request_sends < REQUEST_TRIES {
                         (p.timer_ms, p.request_sends) = (now_ms, p.request_sends + 1);
                         due[n_due] = (key, *p, p.conn.request_to_server());
@@ -651,7 +754,7 @@ impl Worker<'_> {
                     } else {
                         failed += 1;
                         due[n_due] = (key, *p, reset_client);
-                        due[n_due + 1] = (key, *p, Emit::RstToServer { seq: p.conn.client_isn.wrapping_add(1) });
+                        due[n_due + 1] = (key, *p, Emit::RstToServer { seq: p.conn.client_next() });
                         n_due += 2;
                         false
                     }
@@ -669,6 +772,7 @@ impl Worker<'_> {
             keep
         });
         stats.proxy_failed.add(failed);
+        stats.l7_redirects.add(redirected);
         for _ in 0..removed {
             stats.proxy_active.dec();
         }
@@ -684,6 +788,33 @@ impl Worker<'_> {
     fn wall_ms(&self, now_ms: u32) -> u64 {
         self.shared.start_wall_ms + u64::from(now_ms)
     }
+}
+
+/// `l7`: another member of the connection's group it has not tried yet,
+/// by the group's weighted round robin (seed 004's transparent error
+/// redirect). None: its retries are used up, or every other member was
+/// tried or is down.
+fn next_server(p: &mut Proxied, l7: &L7Rt, schedulers: &mut [SmoothWrr], shared: &Shared) -> Option<u16> {
+    if p.redirects >= l7.redirect.retries {
+        return None;
+    }
+    let members = l7.groups.get(usize::from(p.group))?;
+    let tried = p.tried;
+    let weight = |i: usize| if tried & (1 << i.min(63)) != 0 { 0 } else { shared.server_weight(members[i]) };
+    let i = schedulers.get_mut(usize::from(p.group))?.pick(weight)?;
+    p.tried |= 1 << i.min(63);
+    p.redirects += 1;
+    Some(members[i])
+}
+
+/// The status of an HTTP/1.x response whose first bytes `payload` holds
+/// ("HTTP/1.1 503 …"); None when they are not a status line's start.
+fn status_of(payload: &[u8]) -> Option<u16> {
+    let line = payload.get(..12)?;
+    if !line.starts_with(b"HTTP/1.") || line[8] != b' ' || !line[9..12].iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(line[9..12].iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0')))
 }
 
 /// The window rescaling of a joined connection: (server → client, client →

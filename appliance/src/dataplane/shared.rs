@@ -138,6 +138,7 @@ pub(super) struct ServiceRt {
 /// An `l7` service's routing as the workers use it.
 pub(super) struct L7Rt {
     pub rules: crate::l7::rules::Rules,
+    pub redirect: crate::config::Redirect,
     /// Per group (the default first): global server ids.
     pub groups: Vec<Vec<u16>>,
 }
@@ -369,6 +370,7 @@ impl Shared {
                     proxied: s.syn_proxy || s.mode == Mode::L7,
                     l7: s.l7.as_ref().map(|l| L7Rt {
                         rules: l.rules.clone(),
+                        redirect: l.redirect.clone(),
                         groups: l
                             .groups
                             .iter()

@@ -165,8 +165,22 @@ impl Conn {
         Emit::SynToServer { isn: self.client_isn, opts: self.opts }
     }
 
+    /// `l7`: the bound server failed before any of its answer reached the
+    /// client (it refused, stayed silent, closed, or answered with an
+    /// error status); the request goes to another server (seed 004's
+    /// transparent error redirect): gives the SYN to replay to it.
+    pub fn rebind(&mut self, now_ms: u32) -> Emit {
+        self.state = State::Connecting;
+        self.server_isn = 0;
+        self.delta = 0;
+        self.fins = 0;
+        self.syn_sent = 1;
+        self.syn_sent_ms = now_ms;
+        Emit::SynToServer { isn: self.client_isn, opts: self.opts }
+    }
+
     /// The client's next sequence number as the appliance has ACKed it.
-    fn client_next(&self) -> u32 {
+    pub fn client_next(&self) -> u32 {
         self.client_isn.wrapping_add(1).wrapping_add(self.request_len)
     }
 
@@ -214,6 +228,18 @@ impl Conn {
         match self.state {
             State::Connecting => {
                 if seg.ack != replayed_ack || seg.flags & ACK == 0 {
+                    if seg.flags & (ACK | RST) == ACK && self.syn_sent < SYN_TRIES {
+                        // An old connection of the tuple answered (a server
+                        // whose TIME-WAIT has no listener behind it ACKs a
+                        // new SYN for it): as RFC 9293 has it for SYN-SENT,
+                        // reset that one (SEQ = its ACK), then the SYN again.
+                        self.syn_sent += 1;
+                        let syn = Emit::SynToServer { isn: self.client_isn, opts: self.opts };
+                        return (
+                            Action::Drop(Refused::ForgedSynAck),
+                            [Some(Emit::RstToServer { seq: seg.ack }), Some(syn)],
+                        );
+                    }
                     return (Action::Drop(Refused::ForgedSynAck), [None, None]);
                 }
                 if seg.flags & RST != 0 {
@@ -331,8 +357,17 @@ mod tests {
     #[test]
     fn a_synack_not_for_the_replayed_syn_is_refused() {
         let (mut c, _) = Conn::open(&seg(1001, 5, ACK, 0), 4, OPTS, Some(7), 0);
-        for forged in [seg(77, 1000, SYN | ACK, 100), seg(77, 1002, SYN | ACK, 100), seg(77, 1001, SYN, 100)] {
-            assert_eq!(c.on_server(&forged).0, Action::Drop(Refused::ForgedSynAck), "{forged:?}");
+        let again = Emit::SynToServer { isn: 1000, opts: OPTS };
+        // An ACK for something else (an old connection of the tuple, or
+        // forged): reset at its ACK, and the SYN again, while tries last.
+        for forged in [seg(77, 1000, SYN | ACK, 100), seg(77, 1002, ACK, 100), seg(77, 9, ACK, 100)] {
+            let (action, emits) = c.on_server(&forged);
+            assert_eq!(action, Action::Drop(Refused::ForgedSynAck), "{forged:?}");
+            assert_eq!(emits, [Some(Emit::RstToServer { seq: forged.ack }), Some(again)], "{forged:?}");
+        }
+        // The 4 SYNs are used up: refused in silence; a SYN without ACK never is answered.
+        for forged in [seg(77, 1002, SYN | ACK, 100), seg(77, 1001, SYN, 100)] {
+            assert_eq!(c.on_server(&forged), (Action::Drop(Refused::ForgedSynAck), [None, None]), "{forged:?}");
         }
         assert_eq!(c.state, State::Connecting, "nothing changed");
         assert_eq!(c.on_server(&seg(77, 1001, ACK, 100)).0, Action::Drop(Refused::Unexpected), "no SYN");
