@@ -320,10 +320,15 @@ pub fn summary(t: f64, s: &Snapshot, labels: &[String]) -> String {
         .map(|d| format!("{}={}", d.name(), s.drops[*d as usize]))
         .collect();
     let _ = writeln!(o, "  drops={} {}", s.drops_total(), drops.join(" "));
-    for ((l, n), r) in labels.iter().zip(&s.per_server).zip(&s.per_server_redirects) {
-        // `l7`: requests taken from the server because it failed.
-        let redirected = if *r > 0 { format!(" redirected={r}") } else { String::new() };
-        let _ = writeln!(o, "  server {l} sessions={n}{redirected}");
+    for (i, (l, n)) in labels.iter().zip(&s.per_server).enumerate() {
+        // `l7`: requests taken from the server because it failed; races it won.
+        let mut extra = String::new();
+        for (name, v) in [("redirected", &s.per_server_redirects), ("race_won", &s.per_server_race_won)] {
+            if let Some(v) = v.get(i).filter(|v| **v > 0) {
+                let _ = write!(extra, " {name}={v}");
+            }
+        }
+        let _ = writeln!(o, "  server {l} sessions={n}{extra}");
     }
     o.push_str("ringlb stopped cleanly");
     o

@@ -238,9 +238,12 @@ pub struct WorkerStats {
     pub drops: [Counter; DropReason::COUNT],
     /// New sessions per server, indexed by global server id.
     pub server_new_sessions: Box<[Counter]>,
-    /// `l7`: per server, requests taken from it because it failed (refused,
-    /// silent, closed, or answered with a `redirect_on` status).
+    /// `l7`: per server, attempts on it that failed (it refused, was
+    /// silent, closed, or answered with a `redirect_on` status), whether
+    /// the request then went to another server or another racer won.
     pub server_redirects: Box<[Counter]>,
+    /// `l7`, `connect: race`: per server, races it won (its SYN-ACK came first).
+    pub server_race_won: Box<[Counter]>,
 }
 
 impl WorkerStats {
@@ -285,6 +288,7 @@ impl WorkerStats {
             drops: Default::default(),
             server_new_sessions: (0..servers).map(|_| Counter::default()).collect(),
             server_redirects: (0..servers).map(|_| Counter::default()).collect(),
+            server_race_won: (0..servers).map(|_| Counter::default()).collect(),
         }
     }
 
@@ -347,13 +351,18 @@ pub struct Snapshot {
     pub drops: [u64; DropReason::COUNT],
     pub per_server: Vec<u64>,
     pub per_server_redirects: Vec<u64>,
+    pub per_server_race_won: Vec<u64>,
 }
 
 impl Snapshot {
     pub fn take(workers: &[&WorkerStats]) -> Snapshot {
         let servers = workers.first().map_or(0, |w| w.server_new_sessions.len());
-        let mut s =
-            Snapshot { per_server: vec![0; servers], per_server_redirects: vec![0; servers], ..Default::default() };
+        let mut s = Snapshot {
+            per_server: vec![0; servers],
+            per_server_redirects: vec![0; servers],
+            per_server_race_won: vec![0; servers],
+            ..Default::default()
+        };
         for w in workers {
             s.rx += w.rx.get();
             s.tx += w.tx.get();
@@ -392,6 +401,9 @@ impl Snapshot {
             s.proxy_emit_full += w.proxy_emit_full.get();
             s.l7_redirects += w.l7_redirects.get();
             for (d, c) in s.per_server_redirects.iter_mut().zip(w.server_redirects.iter()) {
+                *d += c.get();
+            }
+            for (d, c) in s.per_server_race_won.iter_mut().zip(w.server_race_won.iter()) {
                 *d += c.get();
             }
             for (d, c) in s.drops.iter_mut().zip(w.drops.iter()) {

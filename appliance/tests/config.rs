@@ -418,8 +418,13 @@ fn l7_rules_resolve_and_render_back() {
     let text = l7_config(
         "        - { path_prefix: /static/, group: static }\n        - { host: img.example.com, group: static }\n        - { header: { name: X-Tenant, value: gold }, group: gold }\n        - { cookie: { name: beta, value: \"1\" }, group: web }\n",
     );
+    let text = text.replacen("    l7:\n", "    l7:\n      connect: race\n      fanout: 3\n      retries: 1\n", 1);
     let c = config::parse(&text, "l7.yaml").unwrap_or_else(|e| panic!("{e}\n{text}"));
     let l7 = c.services[0].l7.as_ref().expect("an l7 service");
+    assert_eq!(
+        (l7.redirect.fanout, l7.redirect.retries, l7.redirect.on_status.as_slice()),
+        (3, 1, &[502, 503, 504][..])
+    );
     let names: Vec<&str> = l7.groups.iter().map(|g| g.name.as_str()).collect();
     assert_eq!(names, ["web", "static", "gold"], "the default group first, then the rules' in order");
     assert_eq!(l7.rules.rules.len(), 4);
@@ -477,6 +482,19 @@ fn l7_rules_are_checked_with_positions() {
         1,
     );
     assert_has(&config::parse(&bad, "bad.yaml").unwrap_err().to_string(), &["bad.yaml:15:16", "retries: 9 is over 8"]);
+    // SYN multicast: race with a fan-out of 2 to 4 only.
+    for (change, want) in [
+        ("      connect: race\n      fanout: 5\n", "fanout: 5 is not between 2 and 4"),
+        ("      fanout: 2\n", "fanout: only with connect: race"),
+        ("      connect: all\n", "connect: 'all' is neither first nor race"),
+    ] {
+        let bad = l7_config("        - { path_prefix: /a/, group: static }\n").replacen(
+            "    l7:\n",
+            &format!("    l7:\n{change}"),
+            1,
+        );
+        assert_has(&config::parse(&bad, "bad.yaml").unwrap_err().to_string(), &["bad.yaml:", want]);
+    }
     // l7 is HTTP over TCP, scheduled by wrr per group.
     let maglev = l7_config("").replacen("    mode: l7\n", "    mode: l7\n    scheduler: maglev\n", 1);
     assert_has(

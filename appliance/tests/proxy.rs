@@ -139,6 +139,11 @@ fn a_proxied_connection_is_joined_and_spliced_across_the_wrap() {
     assert_eq!(w.process(&mut probe, 0, 14, false), Verdict::Consumed);
     let mut wrong_ack = from_server(S1_MAC, SERVER_ISN, CLIENT_ISN.wrapping_add(7), SYN | ACK, b"");
     assert_eq!(w.process(&mut wrong_ack, 0, 15, false), Verdict::Drop(DropReason::ProxyRefused));
+    // As in SYN-SENT (RFC 9293): reset what it acknowledges, and the SYN again.
+    let frames = own_frames(&mut w);
+    let flags: Vec<u8> = frames.iter().map(|(_, f)| check(f).unwrap().flags).collect();
+    assert_eq!(flags, [RST, SYN]);
+    assert_eq!((seq(&frames[0].1), seq(&frames[1].1)), (CLIENT_ISN.wrapping_add(7), CLIENT_ISN));
     let mut spoofed = from_server(S2_MAC, SERVER_ISN, CLIENT_ISN.wrapping_add(1), SYN | ACK, b"");
     assert_eq!(w.process(&mut spoofed, 0, 15, false), Verdict::Drop(DropReason::SpoofedReply));
     assert!(own_frames(&mut w).is_empty());
@@ -584,4 +589,42 @@ fn l7_a_refused_or_silent_server_is_replaced_and_retries_are_bounded() {
         b"HTTP/1.1 503 Busy\r\n\r\n",
     );
     assert_eq!(w.process(&mut busy, 0, 4, false), Verdict::Tx(0), "no retries: forwarded as it is");
+}
+
+#[test]
+fn l7_race_sends_the_syn_to_two_servers_and_the_first_answer_binds() {
+    let (shared, stats) = setup_with("mode: l7, group: api, l7: { connect: race, fanout: 2 }");
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let cookie = l7_accepted(&mut w);
+    let req = b"GET / HTTP/1.1\r\n\r\n";
+    let frames = send_request(&mut w, cookie, req, 1);
+    let syns: Vec<[u8; 6]> = frames[1..].iter().map(|(_, f)| check(f).unwrap().dst_mac).collect();
+    assert_eq!(syns, [S3_MAC, S4_MAC], "the SYN to both");
+    // S4 answers first: it gets the request, S3's handshake is reset.
+    let mut synack = from("198.18.0.24", S4_MAC, 0x4000, CLIENT_ISN.wrapping_add(1), SYN | ACK, b"");
+    assert_eq!(w.process(&mut synack, 0, 3, false), Verdict::Consumed);
+    let frames = own_frames(&mut w);
+    let seen: Vec<(u8, [u8; 6])> =
+        frames.iter().map(|(_, f)| check(f).map(|s| (s.flags, s.dst_mac)).unwrap()).collect();
+    assert_eq!(seen, [(RST, S3_MAC), (ACK | PSH, S4_MAC)]);
+    assert_eq!(seq(&frames[0].1), CLIENT_ISN.wrapping_add(1), "S3 reset in SYN-RECEIVED");
+    assert_eq!((stats[0].server_race_won[1].get(), stats[0].server_new_sessions[1].get()), (1, 1));
+    // S3's late SYN-ACK belongs to nobody now.
+    let mut late = from("198.18.0.23", S3_MAC, 0x3000, CLIENT_ISN.wrapping_add(1), SYN | ACK, b"");
+    assert_eq!(w.process(&mut late, 0, 4, false), Verdict::Drop(DropReason::NoSession));
+    // A refusal in the race leaves the other candidate.
+    let (shared, stats) = setup_with("mode: l7, group: api, l7: { connect: race, fanout: 2 }");
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let cookie = l7_accepted(&mut w);
+    send_request(&mut w, cookie, req, 1);
+    let mut refused = from("198.18.0.23", S3_MAC, 0, CLIENT_ISN.wrapping_add(1), RST | ACK, b"");
+    assert_eq!(w.process(&mut refused, 0, 3, false), Verdict::Consumed);
+    assert!(own_frames(&mut w).is_empty(), "S4 may still answer");
+    assert_eq!(stats[0].server_redirects[0].get(), 1, "a failed attempt on S3");
+    w.sweep(300);
+    let again: Vec<[u8; 6]> = own_frames(&mut w).iter().map(|(_, f)| check(f).unwrap().dst_mac).collect();
+    assert_eq!(again, [S4_MAC], "the SYN again, to S4 only");
+    let mut synack = from("198.18.0.24", S4_MAC, 0x4000, CLIENT_ISN.wrapping_add(1), SYN | ACK, b"");
+    assert_eq!(w.process(&mut synack, 0, 301, false), Verdict::Consumed);
+    assert_eq!(stats[0].proxy_joined.get(), 1);
 }

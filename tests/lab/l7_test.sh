@@ -100,6 +100,10 @@ redirects=$(sed -n 's/^  syn_proxy .* l7_redirects=\([0-9]*\).*/\1/p' "$LAB_DIR/
 [ "${redirects:-0}" -ge 100 ] || fail "only ${redirects:-0} requests redirected"
 grep -qE "server web/198.18.1.12:8080 sessions=[0-9]+ redirected=[1-9]" "$LAB_DIR/ringlb.log" || fail "no request redirected from s2 (503)"
 grep -qE "server web/198.18.1.13:8080 sessions=[0-9]+ redirected=[1-9]" "$LAB_DIR/ringlb.log" || fail "no request redirected from s3 (stopped)"
+# connect: race (fanout 2): groups of two or more raced; every server of the default group won some.
+for s in 11 12 13; do
+  grep -qE "server web/198.18.1.$s:8080 sessions=[0-9]+.* race_won=[1-9]" "$LAB_DIR/ringlb.log" || fail "198.18.1.$s never won a race"
+done
 read -r joined failed_conns <<< "$(sed -n 's/^  syn_proxy cookies_sent=[0-9]* opened=[0-9]* joined=\([0-9]*\) failed=\([0-9]*\).*/\1 \2/p' "$LAB_DIR/ringlb.log")"
 [ "${joined:-0}" -ge $((2 * REQUESTS / CONCURRENCY)) ] || fail "only ${joined:-0} connections joined"
 [ "${failed_conns:-1}" = 0 ] || fail "$failed_conns connections failed"

@@ -19,6 +19,13 @@ pub(super) struct RawL7 {
     /// How many other servers a request may be sent to (default 2).
     #[serde(default)]
     retries: Option<Spanned<u8>>,
+    /// `first` (default): the SYN goes to one server; `race`: to `fanout`
+    /// servers at once, and the first to answer gets the request (seed
+    /// 004's SYN multicast).
+    #[serde(default)]
+    connect: Option<Spanned<String>>,
+    #[serde(default)]
+    fanout: Option<Spanned<u8>>,
 }
 
 /// One rule: exactly one of the conditions, and the group it sends to.
@@ -58,7 +65,12 @@ pub struct L7Config {
 pub struct Redirect {
     pub on_status: Vec<u16>,
     pub retries: u8,
+    /// How many servers the SYN goes to at once (1: `connect: first`).
+    pub fanout: u8,
 }
+
+/// `connect: race` sends the SYN to at most this many servers.
+pub const MAX_FANOUT: u8 = 4;
 
 pub const DEFAULT_REDIRECT_ON: [u16; 3] = [502, 503, 504];
 pub const DEFAULT_RETRIES: u8 = 2;
@@ -101,7 +113,21 @@ impl RawL7 {
             Some(r) if r.value <= MAX_RETRIES => r.value,
             Some(r) => return Err(cx.at(r, format!("{key}.retries: {} is over {MAX_RETRIES}", r.value))),
         };
-        Ok(Redirect { on_status, retries })
+        let race = match &self.connect {
+            None => false,
+            Some(c) if c.value == "first" || c.value == "race" => c.value == "race",
+            Some(c) => return Err(cx.at(c, format!("{key}.connect: '{}' is neither first nor race", c.value))),
+        };
+        let fanout = match (race, &self.fanout) {
+            (false, None) => 1,
+            (false, Some(f)) => return Err(cx.at(f, format!("{key}.fanout: only with connect: race"))),
+            (true, None) => 2,
+            (true, Some(f)) if (2..=MAX_FANOUT).contains(&f.value) => f.value,
+            (true, Some(f)) => {
+                return Err(cx.at(f, format!("{key}.fanout: {} is not between 2 and {MAX_FANOUT}", f.value)));
+            }
+        };
+        Ok(Redirect { on_status, retries, fanout })
     }
 
     /// The rules over `groups` (names, the default first), checked: one
@@ -177,8 +203,12 @@ pub fn describe(c: &Condition) -> String {
 /// The `l7:` section written back (for `ringlb check`'s output).
 pub(super) fn render(cfg: &L7Config, yaml_str: impl Fn(&str) -> String) -> String {
     let statuses: Vec<String> = cfg.redirect.on_status.iter().map(u16::to_string).collect();
+    let connect = match cfg.redirect.fanout {
+        1 => String::from("first"),
+        k => format!("race\n      fanout: {k}"),
+    };
     let mut o = format!(
-        "    l7:\n      redirect_on: [{}]\n      retries: {}\n      rules:{}\n",
+        "    l7:\n      redirect_on: [{}]\n      retries: {}\n      connect: {connect}\n      rules:{}\n",
         statuses.join(", "),
         cfg.redirect.retries,
         if cfg.rules.rules.is_empty() { " []" } else { "" }

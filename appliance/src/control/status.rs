@@ -163,6 +163,8 @@ pub struct SynProxy {
     /// server ("service/ip:port") how many were taken from it.
     pub l7_redirects: u64,
     pub redirected_from: BTreeMap<String, u64>,
+    /// `l7`, `connect: race`: per server, races it won.
+    pub race_won: BTreeMap<String, u64>,
 }
 
 /// Packets of established flows that met no session (a flow that began on
@@ -257,6 +259,12 @@ impl Status {
                     .iter()
                     .cloned()
                     .zip(s.per_server_redirects.iter().copied())
+                    .filter(|(_, n)| *n > 0)
+                    .collect(),
+                race_won: labels
+                    .iter()
+                    .cloned()
+                    .zip(s.per_server_race_won.iter().copied())
                     .filter(|(_, n)| *n > 0)
                     .collect(),
             }),

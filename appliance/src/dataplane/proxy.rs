@@ -96,6 +96,10 @@ pub struct Proxied {
     /// `l7`: the client sent bytes past the request before the answer:
     /// they went to the server, so the request cannot go elsewhere.
     client_moved_on: bool,
+    /// `l7`, `connect: race`: the servers the SYN went to, while none has
+    /// answered (`racing` of them; 0: not racing). The first SYN-ACK binds.
+    race: [u16; 4],
+    racing: u8,
 }
 
 /// The proxied-connection table of one worker.
@@ -295,6 +299,8 @@ impl Worker<'_> {
             request_acked: false,
             answered: false,
             client_moved_on: false,
+            race: [0; 4],
+            racing: 0,
         };
         let Some(table) = self.proxied.as_mut() else {
             return Verdict::Drop(DropReason::NoSession);
@@ -393,7 +399,27 @@ impl Worker<'_> {
                                         p.server = members[i];
                                         (p.group, p.tried) = (group as u8, 1 << i.min(63));
                                         out[1] = Some(p.conn.bind(gathered, now_ms));
-                                        self.stats.server_new_sessions[usize::from(p.server)].inc();
+                                        // `connect: race`: more servers get the SYN; the first to answer binds.
+                                        let sched = &mut self.l7_schedulers[usize::from(svc)][group];
+                                        (p.race[0], p.racing) = (p.server, 1);
+                                        while p.racing < l7.redirect.fanout.min(4) {
+                                            let tried = p.tried;
+                                            let weight = |j: usize| {
+                                                if tried & (1 << j.min(63)) != 0 {
+                                                    0
+                                                } else {
+                                                    shared.server_weight(members[j])
+                                                }
+                                            };
+                                            let Some(j) = sched.pick(weight) else { break };
+                                            p.tried |= 1 << j.min(63);
+                                            p.race[usize::from(p.racing)] = members[j];
+                                            p.racing += 1;
+                                        }
+                                        if p.racing == 1 {
+                                            p.racing = 0; // nobody to race with
+                                            self.stats.server_new_sessions[usize::from(p.server)].inc();
+                                        }
                                     }
                                     None => {
                                         out = [Some(reset_client), None];
@@ -466,9 +492,50 @@ impl Worker<'_> {
         let Some(p) = self.proxied.as_mut().and_then(|t| t.get_mut(key.pack(), hash, now_ms)) else {
             return Verdict::Drop(DropReason::NoSession);
         };
-        if let Err(reason) =
-            shared.reply_source_check(p.server, (info.src_ip, info.src_port), in_port, packet::src_mac(frame))
-        {
+        let from = (info.src_ip, info.src_port);
+        if p.racing > 1 && p.conn.state == State::Connecting {
+            // `connect: race`: which candidate answers?
+            let racing = usize::from(p.racing);
+            let Some(k) = p.race[..racing]
+                .iter()
+                .position(|&c| shared.reply_source_check(c, from, in_port, packet::src_mac(frame)).is_ok())
+            else {
+                return Verdict::Drop(DropReason::NoSession);
+            };
+            let for_our_syn = seg.flags & tcp_flags::ACK != 0 && seg.ack == p.conn.client_isn.wrapping_add(1);
+            if seg.flags & tcp_flags::RST != 0 && for_our_syn {
+                // It refused: out of the race (a failed attempt on it). With
+                // one candidate left the race is over, and its refusal
+                // will be the connection's.
+                self.stats.server_redirects[usize::from(p.race[k])].inc();
+                p.race.copy_within(k + 1..racing, k);
+                p.racing -= 1;
+                p.server = p.race[0];
+                if p.racing == 1 {
+                    p.racing = 0;
+                    self.stats.server_new_sessions[usize::from(p.server)].inc();
+                }
+                return Verdict::Consumed;
+            } else if seg.flags & (tcp_flags::SYN | tcp_flags::RST) == tcp_flags::SYN && for_our_syn {
+                // The first SYN-ACK binds; the others' handshakes are reset.
+                let winner = p.race[k];
+                let losers = *p;
+                (p.server, p.racing) = (winner, 0);
+                self.stats.server_new_sessions[usize::from(winner)].inc();
+                self.stats.server_race_won[usize::from(winner)].inc();
+                for (i, &loser) in losers.race[..racing].iter().enumerate() {
+                    if i != k {
+                        let mut q = losers;
+                        (q.server, q.racing) = (loser, 0);
+                        self.emit(&q, key, Emit::RstToServer { seq: q.conn.client_isn.wrapping_add(1) });
+                    }
+                }
+                // Borrowed again after the emits.
+                return self.proxy_server(frame, info, svc, key, hash, in_port, now_ms);
+            } else {
+                return Verdict::Drop(DropReason::ProxyRefused);
+            }
+        } else if let Err(reason) = shared.reply_source_check(p.server, from, in_port, packet::src_mac(frame)) {
             return Verdict::Drop(reason);
         }
         if info.ttl <= 1 {
@@ -489,7 +556,7 @@ impl Worker<'_> {
                 let next = next_server(p, l7, &mut self.l7_schedulers[usize::from(svc)], shared);
                 if let Some(next) = next {
                     let failed_server = old.server;
-                    p.server = next;
+                    (p.server, p.racing) = (next, 0);
                     let syn = p.conn.rebind(now_ms);
                     (p.request_acked, p.request_sends) = (false, 0);
                     let p = *p;
@@ -512,7 +579,7 @@ impl Worker<'_> {
             // `l7`: the server refused the replayed SYN: another one, if any.
             let failed_server = p.server;
             if let Some(next) = next_server(p, l7, &mut self.l7_schedulers[usize::from(svc)], shared) {
-                p.server = next;
+                (p.server, p.racing) = (next, 0);
                 emits = [Some(p.conn.rebind(now_ms)), None];
                 self.stats.server_redirects[usize::from(failed_server)].inc();
                 self.stats.l7_redirects.inc();
@@ -596,8 +663,22 @@ impl Worker<'_> {
         Verdict::Tx(p.client_port)
     }
 
-    /// Builds one of the connection's own segments into the queue.
+    /// Builds one of the connection's own segments into the queue. While
+    /// a `connect: race` is on, what goes to "the server" (the SYN, a RST)
+    /// goes to every candidate.
     fn emit(&mut self, p: &Proxied, key: &FlowKey, e: Emit) {
+        if p.racing > 1 && matches!(e, Emit::SynToServer { .. } | Emit::RstToServer { .. }) {
+            for &c in &p.race[..usize::from(p.racing)] {
+                let mut q = *p;
+                (q.server, q.racing) = (c, 0);
+                self.emit_one(&q, key, e);
+            }
+            return;
+        }
+        self.emit_one(p, key, e);
+    }
+
+    fn emit_one(&mut self, p: &Proxied, key: &FlowKey, e: Emit) {
         let shared = self.shared;
         let srv = &shared.servers[usize::from(p.server)];
         let nb = &shared.neighbors[usize::from(srv.neighbor)];
@@ -727,7 +808,7 @@ impl Worker<'_> {
                                 Some(next) => {
                                     stats.server_redirects[usize::from(old.server)].inc();
                                     redirected += 1;
-                                    p.server = next;
+                                    (p.server, p.racing) = (next, 0);
                                     due[n_due] = (key, *p, p.conn.rebind(now_ms));
                                 }
                                 None => {
