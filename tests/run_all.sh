@@ -23,7 +23,8 @@ run "deploy scripts and install" bash tests/deploy_test.sh
 run "lab DSR" bash tests/lab/lab_test.sh dsr
 run "lab NAT" bash tests/lab/lab_test.sh nat
 run "lab SYN proxy" bash tests/lab/lab_test.sh syn-proxy
-run "lab SYN flood" bash tests/lab/flood_test.sh
+run "lab SYN flood, syn_proxy" bash tests/lab/flood_test.sh syn-proxy
+run "lab SYN flood, l7" bash tests/lab/flood_test.sh l7
 run "lab L7" bash tests/lab/l7_test.sh
 run "lab cluster NAT (3 appliances behind a trunk)" bash tests/lab/cluster_test.sh nat
 run "lab cluster DSR (3 appliances behind a trunk)" bash tests/lab/cluster_test.sh dsr

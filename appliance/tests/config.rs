@@ -502,3 +502,25 @@ fn l7_rules_are_checked_with_positions() {
         &["bad.yaml:9:11", "mode: l7 needs scheduler: wrr"],
     );
 }
+
+#[test]
+fn syn_cookie_key_file_is_read_and_checked() {
+    let text = format!("{GOOD}syn_cookies: {{ key_file: /nonexistent/cookie.key }}\n");
+    assert_has(
+        &config::parse(&text, "bad.yaml").unwrap_err().to_string(),
+        &["bad.yaml:26:26", "syn_cookies.key_file: /nonexistent/cookie.key"],
+    );
+    let dir = std::env::temp_dir().join(format!("ringlb-cookie-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("cookie.key");
+    std::fs::write(&key, "0123456789abcdef".repeat(4)).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let text = format!("{GOOD}syn_cookies: {{ key_file: {} }}\n", key.display());
+    assert_has(&config::parse(&text, "bad.yaml").unwrap_err().to_string(), &["syn_cookies.key_file", "chmod 600"]);
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let c = config::parse(&text, "good.yaml").unwrap();
+    assert_eq!(c.syn_cookie_secret.as_ref().map(|s| s.0.len()), Some(64));
+    let again = config::parse(&c.render(), "rendered.yaml").unwrap();
+    assert_eq!(again.syn_cookie_key_file, c.syn_cookie_key_file);
+    let _ = std::fs::remove_dir_all(&dir);
+}

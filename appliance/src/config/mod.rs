@@ -34,6 +34,16 @@ struct RawConfig {
     arp: RawArp,
     #[serde(default)]
     cluster: Option<cluster::RawCluster>,
+    #[serde(default)]
+    syn_cookies: Option<RawSynCookies>,
+}
+
+/// The SYN cookies' key, shared by the appliances that must check each
+/// other's cookies (without it: the cluster key, or a random one).
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawSynCookies {
+    key_file: Spanned<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -456,6 +466,9 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub arp_refresh_ms: u32,
     pub cluster: Option<ClusterConfig>,
+    /// `syn_cookies.key_file` and the secret it holds.
+    pub syn_cookie_key_file: Option<String>,
+    pub syn_cookie_secret: Option<Secret>,
 }
 
 // ---------- errors ----------
@@ -1049,6 +1062,13 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
         ));
     }
     let cluster = raw.cluster.as_ref().map(|c| cluster::validate(c, cx)).transpose()?;
+    let syn_cookie_secret = match &raw.syn_cookies {
+        None => None,
+        Some(c) => Some(Secret(
+            ringlb_ring::keyfile::read(&c.key_file.value)
+                .map_err(|e| cx.at(&c.key_file, format!("syn_cookies.key_file: {e}")))?,
+        )),
+    };
     for (addr, span) in &agents {
         match &cluster {
             None => return Err(cx.at(span, "agent: a server's agent is reached over the ring: configure cluster")),
@@ -1083,6 +1103,8 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
         timeouts,
         arp_refresh_ms,
         cluster,
+        syn_cookie_key_file: raw.syn_cookies.as_ref().map(|c| c.key_file.value.clone()),
+        syn_cookie_secret,
     })
 }
 
@@ -1211,6 +1233,9 @@ impl Config {
             "timeouts:\n  syn: {}ms\n  established: {}ms\n  closing: {}ms\n  udp: {}ms\narp:\n  refresh: {}ms",
             t.syn_ms, t.established_ms, t.closing_ms, t.udp_ms, self.arp_refresh_ms
         );
+        if let Some(k) = &self.syn_cookie_key_file {
+            let _ = writeln!(o, "syn_cookies:\n  key_file: {}", yaml_str(k));
+        }
         if let Some(c) = &self.cluster {
             let members: Vec<String> = c.members.iter().map(ToString::to_string).collect();
             let _ = writeln!(

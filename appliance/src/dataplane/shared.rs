@@ -300,9 +300,8 @@ pub struct Shared {
     pub proxied_capacity: Option<usize>,
     /// Request buffers per worker (`l7`), None without an `l7` service.
     pub request_buffers: Option<usize>,
-    /// Makes and checks the SYN cookies of `syn_proxy` services. Its key
-    /// comes from the cluster key, so siblings check each other's cookies;
-    /// a standalone appliance draws one at start.
+    /// Makes and checks the SYN cookies of `syn_proxy` and `l7` services
+    /// (its key: `syn_cookies.key_file`, else the cluster key, else random).
     pub(super) cookies: CookieJar,
     pub arp_refresh_ms: u32,
     /// Random per process: keys the owner and session-table hashes.
@@ -449,7 +448,12 @@ impl Shared {
                 .iter()
                 .any(|s| s.mode == Mode::L7)
                 .then_some(cfg.request_buffers.div_ceil(workers)),
-            cookies: CookieJar::new(cookie_key(cluster.map(|c| c.secret.0.as_str()))),
+            // `syn_cookies.key_file`, else the cluster key (siblings check each
+            // other's cookies: the trunk may send the ACK to another), else random.
+            cookies: match cfg.syn_cookie_secret.as_ref().or(cluster.map(|c| &c.secret)) {
+                Some(secret) => CookieJar::from_secret(&secret.0),
+                None => CookieJar::random(),
+            },
             arp_refresh_ms: cfg.arp_refresh_ms,
             hash_seed: {
                 use std::hash::{BuildHasher, Hasher};
@@ -672,41 +676,6 @@ impl Shared {
     pub fn set_vip_owned(&self, ip: u32, owned: bool) {
         if let Some(&slot) = self.vip_slots.get(&ip) {
             self.vip_owned[slot].1.store(owned, Relaxed);
-        }
-    }
-}
-
-/// The SYN-cookie key: derived from the cluster's shared secret (a cookie
-/// made by one sibling checks on another, which the trunk may pick for
-/// the ACK), or 16 random bytes for a standalone appliance.
-fn cookie_key(cluster_secret: Option<&str>) -> (u64, u64) {
-    use std::hash::Hasher;
-    match cluster_secret {
-        Some(secret) => {
-            let half = |label: &[u8]| {
-                let mut h = siphasher::sip::SipHasher13::new_with_keys(0x7379_6e63_6f6f_6b69, 0x72696e676c62);
-                h.write(label);
-                h.write(secret.as_bytes());
-                h.finish()
-            };
-            (half(b"ringlb syn cookie key 0"), half(b"ringlb syn cookie key 1"))
-        }
-        None => {
-            let mut b = [0u8; 16];
-            let random =
-                std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-            if random.is_err() {
-                // No /dev/urandom: std's per-process random hasher keys.
-                use std::hash::BuildHasher;
-                let r = std::collections::hash_map::RandomState::new();
-                b[..8].copy_from_slice(&r.build_hasher().finish().to_le_bytes());
-                b[8..].copy_from_slice(&r.hash_one(1u8).to_le_bytes());
-            }
-            let (lo, hi) = b.split_at(8);
-            (
-                u64::from_le_bytes(lo.try_into().unwrap_or_default()),
-                u64::from_le_bytes(hi.try_into().unwrap_or_default()),
-            )
         }
     }
 }

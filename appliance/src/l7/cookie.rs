@@ -76,6 +76,36 @@ impl CookieJar {
         CookieJar { key }
     }
 
+    /// A jar keyed from a shared secret (a key file's text): every
+    /// appliance given the same secret makes and checks the same cookies.
+    pub fn from_secret(secret: &str) -> CookieJar {
+        use std::hash::Hasher;
+        let half = |label: &[u8]| {
+            let mut h = siphasher::sip::SipHasher13::new_with_keys(0x7379_6e63_6f6f_6b69, 0x7269_6e67_6c62);
+            h.write(label);
+            h.write(secret.as_bytes());
+            h.finish()
+        };
+        CookieJar::new((half(b"ringlb syn cookie key 0"), half(b"ringlb syn cookie key 1")))
+    }
+
+    /// A jar with a random key (16 bytes of /dev/urandom; without it, std's
+    /// per-process random hasher keys).
+    pub fn random() -> CookieJar {
+        let mut b = [0u8; 16];
+        let urandom = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+        if urandom.is_err() {
+            use std::hash::{BuildHasher, Hasher};
+            let r = std::collections::hash_map::RandomState::new();
+            b[..8].copy_from_slice(&r.build_hasher().finish().to_le_bytes());
+            b[8..].copy_from_slice(&r.hash_one(1u8).to_le_bytes());
+        }
+        let word = |at: usize| {
+            u64::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3], b[at + 4], b[at + 5], b[at + 6], b[at + 7]])
+        };
+        CookieJar::new((word(0), word(8)))
+    }
+
     /// The ISN of the SYN-ACK that answers a SYN of `flow` with sequence
     /// number `client_isn` and options `opts`, at wall-clock time `wall_ms`
     /// (milliseconds since the Unix epoch).
