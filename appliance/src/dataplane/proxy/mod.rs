@@ -28,16 +28,27 @@
 //! servers' lists. Frames the appliance sends of its own (the replayed
 //! SYN, ACKs, window updates, RSTs) wait in `Emits` until the worker loop
 //! sends them (`Worker::drain_frames`).
+//!
+//! Here: the SYN answered, the cookie checked, the server's segments (the
+//! join, a race's winner, a failure before the answer) and the splicing
+//! both ways. `l7`: the request gathered and bound, and the next server
+//! after a failure; `emit`: the frames of the appliance's own; `timers`:
+//! retries, give-ups and expiry.
 
-use super::shared::{L7Rt, Shared};
+mod emit;
+mod l7;
+mod timers;
+
+pub use emit::Emits;
+use l7::{next_server, status_of};
+
 use super::{Verdict, Worker};
 use crate::l7::conn::{Action, Conn, Emit, Seg, State};
 use crate::l7::cookie::{CookieError, CookieFlow};
-use crate::l7::request::{self, BufId, Gathered, Head, HEAD_CAP};
-use crate::l7::segment::{self, Outgoing, SynAckParams, MAX_FRAME};
+use crate::l7::request::{BufId, HEAD_CAP};
+use crate::l7::segment::{self, SynAckParams};
 use crate::l7::{splice, table::ConnTable, tcpopt};
 use crate::packet::{self, tcp_flags, L4Info, Mac};
-use crate::sched::wrr::SmoothWrr;
 use crate::session::FlowKey;
 use crate::stats::DropReason;
 
@@ -48,8 +59,6 @@ const PROXY_MSS: u16 = 1460;
 const PROXY_WSCALE: u8 = 7;
 /// The window of a replayed SYN (its real window follows with the client's next segment).
 const REPLAYED_SYN_WINDOW: u16 = 65_535;
-/// Frames of the appliance's own one worker queues between sends.
-const EMIT_CAPACITY: usize = 256;
 /// `l7`: a client has this long from its cookie ACK to send a whole
 /// request head (a slow client cannot hold a buffer for ever).
 pub const REQUEST_TIMEOUT_MS: u32 = 10_000;
@@ -104,36 +113,6 @@ pub struct Proxied {
 
 /// The proxied-connection table of one worker.
 pub type ProxyTable = ConnTable<Proxied>;
-
-/// Frames built and waiting to be sent: a fixed ring, no allocation.
-pub struct Emits {
-    frames: Box<[[u8; MAX_FRAME]]>,
-    meta: Box<[(u8, u16)]>,
-    len: usize,
-}
-
-impl Emits {
-    pub fn new() -> Emits {
-        Emits {
-            frames: vec![[0; MAX_FRAME]; EMIT_CAPACITY].into_boxed_slice(),
-            meta: vec![(0, 0); EMIT_CAPACITY].into_boxed_slice(),
-            len: 0,
-        }
-    }
-
-    /// Room for one more frame: its buffer, or None when full.
-    fn slot(&mut self) -> Option<&mut [u8; MAX_FRAME]> {
-        self.frames.get_mut(self.len)
-    }
-
-    /// The frame just written into `slot` (`len` 0: nothing was written).
-    fn commit(&mut self, port: u8, len: usize) {
-        if len > 0 {
-            self.meta[self.len] = (port, len as u16);
-            self.len += 1;
-        }
-    }
-}
 
 /// The sequence, acknowledgement and window of a TCP segment (`info`'s),
 /// as the connection's state machine reads them.
@@ -320,137 +299,6 @@ impl Worker<'_> {
             // `l7`: the ACK may carry the request's first bytes.
             None => self.gather(frame, info, seg, svc, key, hash, now_ms),
         }
-    }
-
-    /// `l7`, before the join: a client segment's bytes go into the
-    /// connection's request buffer and are ACKed by the appliance; once the
-    /// head is complete, the rules and the group's scheduler pick the
-    /// server and the client's SYN is replayed to it.
-    #[allow(clippy::too_many_arguments)]
-    fn gather(
-        &mut self,
-        frame: &[u8],
-        info: &L4Info,
-        seg: &Seg,
-        svc: u16,
-        key: &FlowKey,
-        hash: u64,
-        now_ms: u32,
-    ) -> Verdict {
-        let shared = self.shared;
-        let service = &shared.services[usize::from(svc)];
-        let (Some(table), Some(pool), Some(l7)) = (self.proxied.as_mut(), self.requests.as_mut(), &service.l7) else {
-            return Verdict::Drop(DropReason::NoSession);
-        };
-        let Some(p) = table.get_mut(key.pack(), hash, now_ms) else {
-            return Verdict::Drop(DropReason::NoSession);
-        };
-        let mut out: [Option<Emit>; 2] = [None, None];
-        let mut verdict = Verdict::Consumed;
-        let mut end = false;
-        let reset_client = Emit::RstToClient { seq: p.conn.cookie.wrapping_add(1) };
-        let payload_at = usize::from(info.l4_off) + tcp_header(frame, info).map_or(20, <[u8]>::len);
-        let payload = frame.get(payload_at..payload_at + usize::from(info.payload_len)).unwrap_or(&[]);
-        if seg.flags & tcp_flags::RST != 0 {
-            let (action, emit) = p.conn.on_client(seg);
-            out[0] = emit;
-            end = p.conn.state == State::Closed;
-            if let Action::Drop(_) = action {
-                verdict = Verdict::Drop(DropReason::ProxyRefused);
-            }
-        } else if payload.is_empty() {
-            // Pure ACKs and window probes change nothing.
-        } else if let Some(id) = p.buf.or_else(|| pool.take(p.conn.client_isn.wrapping_add(1))) {
-            p.buf = Some(id);
-            let buf = pool.get_mut(id);
-            let buffering = p.conn.state == State::Buffering;
-            match buf.gather(seg.seq, payload) {
-                // Over 16 KiB without a complete head: refused, the client reset.
-                Gathered::TooLong if buffering => {
-                    (out[0], end, verdict) = (Some(reset_client), true, Verdict::Drop(DropReason::L7Request));
-                }
-                // Past the head while the server is being opened: not
-                // ACKed; it passes after the join.
-                Gathered::TooLong => {}
-                Gathered::Took(_) | Gathered::Duplicate | Gathered::Gap => {
-                    let room = (HEAD_CAP - buf.bytes().len()) >> p.conn.our_wscale.unwrap_or(0);
-                    let ack = Emit::WindowToClient {
-                        seq: p.conn.cookie.wrapping_add(1),
-                        ack: buf.next_seq(),
-                        window: u16::try_from(room).unwrap_or(u16::MAX),
-                    };
-                    out[0] = Some(ack);
-                    let gathered = buf.bytes().len() as u32;
-                    if !buffering {
-                        p.conn.request_len = gathered; // sent with the request at the join
-                    } else {
-                        match request::parse_head(buf.bytes()) {
-                            Head::Partial => {}
-                            Head::Invalid => {
-                                out = [Some(reset_client), None];
-                                (end, verdict) = (true, Verdict::Drop(DropReason::L7Request));
-                            }
-                            Head::Complete(req) => {
-                                let group = usize::from(l7.rules.choose(&req));
-                                let members = &l7.groups[group];
-                                let weight = |i: usize| shared.server_weight(members[i]);
-                                match self.l7_schedulers[usize::from(svc)][group].pick(weight) {
-                                    Some(i) => {
-                                        p.server = members[i];
-                                        (p.group, p.tried) = (group as u8, 1 << i.min(63));
-                                        out[1] = Some(p.conn.bind(gathered, now_ms));
-                                        // `connect: race`: more servers get the SYN; the first to answer binds.
-                                        let sched = &mut self.l7_schedulers[usize::from(svc)][group];
-                                        (p.race[0], p.racing) = (p.server, 1);
-                                        while p.racing < l7.redirect.fanout.min(4) {
-                                            let tried = p.tried;
-                                            let weight = |j: usize| {
-                                                if tried & (1 << j.min(63)) != 0 {
-                                                    0
-                                                } else {
-                                                    shared.server_weight(members[j])
-                                                }
-                                            };
-                                            let Some(j) = sched.pick(weight) else { break };
-                                            p.tried |= 1 << j.min(63);
-                                            p.race[usize::from(p.racing)] = members[j];
-                                            p.racing += 1;
-                                        }
-                                        if p.racing == 1 {
-                                            p.racing = 0; // nobody to race with
-                                            self.stats.server_new_sessions[usize::from(p.server)].inc();
-                                        }
-                                    }
-                                    None => {
-                                        out = [Some(reset_client), None];
-                                        (end, verdict) = (true, Verdict::Drop(DropReason::NoServer));
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        } else {
-            // No buffer free: not ACKed, so the client sends it again.
-            verdict = Verdict::Drop(DropReason::L7NoBuffer);
-        }
-        // A FIN is never ACKed before the join (the client sends it again,
-        // and then it passes); a client that closes before its request's
-        // head is complete is reset, its buffer freed at once.
-        if seg.flags & tcp_flags::FIN != 0 && p.conn.state == State::Buffering && !end {
-            (out, end) = ([Some(reset_client), None], true);
-        }
-        let p = *p;
-        if end {
-            if let Some(gone) = table.remove(key.pack(), hash) {
-                self.release(&gone);
-            }
-        }
-        for e in out.into_iter().flatten() {
-            self.emit(&p, key, e);
-        }
-        verdict
     }
 
     /// A proxied connection left the table: its buffer goes back, and it is counted.
@@ -663,239 +511,12 @@ impl Worker<'_> {
         Verdict::Tx(p.client_port)
     }
 
-    /// Builds one of the connection's own segments into the queue. While
-    /// a `connect: race` is on, what goes to "the server" (the SYN, a RST)
-    /// goes to every candidate.
-    fn emit(&mut self, p: &Proxied, key: &FlowKey, e: Emit) {
-        if p.racing > 1 && matches!(e, Emit::SynToServer { .. } | Emit::RstToServer { .. }) {
-            for &c in &p.race[..usize::from(p.racing)] {
-                let mut q = *p;
-                (q.server, q.racing) = (c, 0);
-                self.emit_one(&q, key, e);
-            }
-            return;
-        }
-        self.emit_one(p, key, e);
-    }
-
-    fn emit_one(&mut self, p: &Proxied, key: &FlowKey, e: Emit) {
-        let shared = self.shared;
-        let srv = &shared.servers[usize::from(p.server)];
-        let nb = &shared.neighbors[usize::from(srv.neighbor)];
-        let client = (key.client_ip, key.client_port);
-        let server = (srv.ip, srv.port);
-        let service = (key.vip, key.vport);
-        let (block, n) = match e {
-            Emit::SynToServer { opts, .. } => tcpopt::write(Some(opts.mss), &opts, opts.wscale),
-            _ => ([0; 12], 0),
-        };
-        let options = &block[..n];
-        // Toward the server: from the client's address, out of the server's port.
-        let to_server = |seq, ack, flags, window| {
-            let src_mac = shared.ports.get(usize::from(nb.port))?.mac;
-            let dst_mac = nb.mac()?;
-            Some((nb.port, Outgoing { src_mac, dst_mac, src: client, dst: server, seq, ack, flags, window, options }))
-        };
-        // Toward the client: from the service, out of the client's port.
-        let to_client = |seq, ack, flags, window| {
-            let src_mac = shared.ports.get(usize::from(p.client_port))?.mac;
-            let (dst_mac, options) = (p.client_mac, &[][..]);
-            Some((
-                p.client_port,
-                Outgoing { src_mac, dst_mac, src: service, dst: client, seq, ack, flags, window, options },
-            ))
-        };
-        if let Emit::RequestToServer { seq, ack } = e {
-            // The gathered request, in segments of the server's MSS.
-            let (Some(id), Some(pool)) = (p.buf, self.requests.as_ref()) else { return };
-            let bytes = pool.get(id).bytes();
-            let bytes = &bytes[..bytes.len().min(p.conn.request_len as usize)];
-            let window = rescaled(p.client_window, p.shift_to_server);
-            let chunks = bytes.chunks(usize::from(p.server_mss.max(64)));
-            let last = chunks.len().saturating_sub(1);
-            let mut at = seq;
-            for (i, chunk) in chunks.enumerate() {
-                let flags = if i == last { tcp_flags::PSH } else { 0 };
-                let Some((port, out)) = to_server(at, Some(ack), flags, window) else { return };
-                match self.emits.slot() {
-                    Some(buf) => {
-                        let len = segment::build_with(buf, &out, chunk);
-                        self.emits.commit(port, len);
-                    }
-                    None => self.stats.proxy_emit_full.inc(),
-                }
-                at = at.wrapping_add(chunk.len() as u32);
-            }
-            return;
-        }
-        let frame = match e {
-            Emit::RequestToServer { .. } => None, // above
-            Emit::SynToServer { isn, .. } => to_server(isn, None, tcp_flags::SYN, REPLAYED_SYN_WINDOW),
-            Emit::AckToServer { seq, ack } => {
-                to_server(seq, Some(ack), 0, rescaled(p.client_window, p.shift_to_server))
-            }
-            Emit::RstToServer { seq } => to_server(seq, None, tcp_flags::RST, 0),
-            Emit::WindowToClient { seq, ack, window } => to_client(seq, Some(ack), 0, window),
-            Emit::RstToClient { seq } => to_client(seq, None, tcp_flags::RST, 0),
-        };
-        // A server whose MAC is not known yet: the SYN goes again on its timer.
-        let Some((port, out)) = frame else { return };
-        match self.emits.slot() {
-            Some(buf) => {
-                let len = segment::build_with(buf, &out, &[]);
-                self.emits.commit(port, len);
-            }
-            None => self.stats.proxy_emit_full.inc(),
-        }
-    }
-
-    /// Hands each queued frame of the appliance's own to `send(port,
-    /// frame)`, in order; the queue is empty afterwards. A frame `send`
-    /// cannot take is lost (counted; the connection's timer or the peer's
-    /// retransmission brings it again).
-    pub fn drain_frames(&mut self, mut send: impl FnMut(u8, &[u8]) -> bool) {
-        for i in 0..self.emits.len {
-            let (port, len) = self.emits.meta[i];
-            if !send(port, &self.emits.frames[i][..usize::from(len)]) {
-                self.stats.proxy_emit_full.inc();
-            }
-        }
-        self.emits.len = 0;
-    }
-
-    /// Timers of the proxied connections, a slice per call: replayed SYNs
-    /// and unacknowledged requests sent again, handshakes and slow requests
-    /// given up, idle connections removed.
-    pub(super) fn proxy_sweep(&mut self, now_ms: u32) {
-        let Some(mut table) = self.proxied.take() else { return };
-        let timeouts = self.shared.timeouts;
-        let budget = (table.capacity() / 64).max(256);
-        let mut due = [(0u128, Proxied::default(), Emit::RstToServer { seq: 0 }); 32];
-        let mut n_due = 0;
-        let (stats, mut failed) = (self.stats, 0u64);
-        let mut pool = self.requests.as_mut();
-        let mut removed = 0u64;
-        let (shared, schedulers) = (self.shared, &mut self.l7_schedulers);
-        let mut redirected = 0u64;
-        table.visit(budget, |key, p, last_seen_ms| {
-            if n_due + 2 > due.len() {
-                return true; // the next visit takes it
-            }
-            let idle = now_ms.wrapping_sub(last_seen_ms);
-            let since = now_ms.wrapping_sub(p.timer_ms);
-            let reset_client = Emit::RstToClient { seq: p.conn.cookie.wrapping_add(1) };
-            let keep = match p.conn.state {
-                // A slow (or silent) client: its buffer goes to others.
-                State::Buffering if since > REQUEST_TIMEOUT_MS => {
-                    due[n_due] = (key, *p, reset_client);
-                    n_due += 1;
-                    false
-                }
-                State::Buffering => true,
-                State::Connecting => {
-                    if let Some(e) = p.conn.on_timer(now_ms) {
-                        if p.conn.state != State::Closed {
-                            due[n_due] = (key, *p, e); // the SYN again
-                            n_due += 1;
-                        } else {
-                            // The server never answered: another one (`l7`), or the client is reset.
-                            let old = *p;
-                            due[n_due] = (key, old, Emit::RstToServer { seq: old.conn.client_isn.wrapping_add(1) });
-                            n_due += 1;
-                            let l7 = shared.services[usize::from(p.svc)].l7.as_ref();
-                            let sched = schedulers.get_mut(usize::from(p.svc));
-                            match l7.zip(sched).and_then(|(l7, sched)| next_server(p, l7, sched, shared)) {
-                                Some(next) => {
-                                    stats.server_redirects[usize::from(old.server)].inc();
-                                    redirected += 1;
-                                    (p.server, p.racing) = (next, 0);
-                                    due[n_due] = (key, *p, p.conn.rebind(now_ms));
-                                }
-                                None => {
-                                    failed += 1;
-                                    due[n_due] = (key, old, e);
-                                }
-                            }
-                            n_due += 1;
-                        }
-                    }
-                    true
-                }
-                // `l7`: the request is not ACKed yet.
-                State::Spliced
-                    if p.buf.is_some()
-                        && !p.request_acked
-                        && since >= REQUEST_RTO_MS << (p.request_sends.max(1) - 1) =>
-                {
-                    if p.request_sends < REQUEST_TRIES {
-                        (p.timer_ms, p.request_sends) = (now_ms, p.request_sends + 1);
-                        due[n_due] = (key, *p, p.conn.request_to_server());
-                        n_due += 1;
-                        true
-                    } else {
-                        failed += 1;
-                        due[n_due] = (key, *p, reset_client);
-                        due[n_due + 1] = (key, *p, Emit::RstToServer { seq: p.conn.client_next() });
-                        n_due += 2;
-                        false
-                    }
-                }
-                State::Spliced => idle <= timeouts.established_ms,
-                State::Closing | State::Closed => idle <= timeouts.closing_ms,
-            };
-            if !keep {
-                removed += 1;
-                // Only RSTs are due for it: they need no buffer.
-                if let (Some(id), Some(pool)) = (p.buf.take(), pool.as_mut()) {
-                    pool.give(id);
-                }
-            }
-            keep
-        });
-        stats.proxy_failed.add(failed);
-        stats.l7_redirects.add(redirected);
-        for _ in 0..removed {
-            stats.proxy_active.dec();
-        }
-        self.proxied = Some(table);
-        for (key, p, e) in &due[..n_due] {
-            self.emit(p, &FlowKey::unpack(*key), *e);
-        }
-    }
-
     /// Wall-clock milliseconds now (cookies are cut in wall-clock slices,
     /// so that siblings and restarts agree on them).
     #[inline]
     fn wall_ms(&self, now_ms: u32) -> u64 {
         self.shared.start_wall_ms + u64::from(now_ms)
     }
-}
-
-/// `l7`: another member of the connection's group it has not tried yet,
-/// by the group's weighted round robin (seed 004's transparent error
-/// redirect). None: its retries are used up, or every other member was
-/// tried or is down.
-fn next_server(p: &mut Proxied, l7: &L7Rt, schedulers: &mut [SmoothWrr], shared: &Shared) -> Option<u16> {
-    if p.redirects >= l7.redirect.retries {
-        return None;
-    }
-    let members = l7.groups.get(usize::from(p.group))?;
-    let tried = p.tried;
-    let weight = |i: usize| if tried & (1 << i.min(63)) != 0 { 0 } else { shared.server_weight(members[i]) };
-    let i = schedulers.get_mut(usize::from(p.group))?.pick(weight)?;
-    p.tried |= 1 << i.min(63);
-    p.redirects += 1;
-    Some(members[i])
-}
-
-/// The status of an HTTP/1.x response whose first bytes `payload` holds
-/// ("HTTP/1.1 503 …"); None when they are not a status line's start.
-fn status_of(payload: &[u8]) -> Option<u16> {
-    let line = payload.get(..12)?;
-    if !line.starts_with(b"HTTP/1.") || line[8] != b' ' || !line[9..12].iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(line[9..12].iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0')))
 }
 
 /// The window rescaling of a joined connection: (server → client, client →

@@ -1,0 +1,111 @@
+//! The proxied connections' timers, a slice of the table per call: the
+//! replayed SYN and an unacknowledged request sent again, handshakes and
+//! slow requests given up, idle connections removed.
+
+use super::l7::next_server;
+use super::{Proxied, State, REQUEST_RTO_MS, REQUEST_TIMEOUT_MS, REQUEST_TRIES};
+use crate::dataplane::Worker;
+use crate::l7::conn::Emit;
+use crate::session::FlowKey;
+
+impl Worker<'_> {
+    /// Timers of the proxied connections, a slice per call: replayed SYNs
+    /// and unacknowledged requests sent again, handshakes and slow requests
+    /// given up, idle connections removed.
+    pub(in crate::dataplane) fn proxy_sweep(&mut self, now_ms: u32) {
+        let Some(mut table) = self.proxied.take() else { return };
+        let timeouts = self.shared.timeouts;
+        let budget = (table.capacity() / 64).max(256);
+        let mut due = [(0u128, Proxied::default(), Emit::RstToServer { seq: 0 }); 32];
+        let mut n_due = 0;
+        let (stats, mut failed) = (self.stats, 0u64);
+        let mut pool = self.requests.as_mut();
+        let mut removed = 0u64;
+        let (shared, schedulers) = (self.shared, &mut self.l7_schedulers);
+        let mut redirected = 0u64;
+        table.visit(budget, |key, p, last_seen_ms| {
+            if n_due + 2 > due.len() {
+                return true; // the next visit takes it
+            }
+            let idle = now_ms.wrapping_sub(last_seen_ms);
+            let since = now_ms.wrapping_sub(p.timer_ms);
+            let reset_client = Emit::RstToClient { seq: p.conn.cookie.wrapping_add(1) };
+            let keep = match p.conn.state {
+                // A slow (or silent) client: its buffer goes to others.
+                State::Buffering if since > REQUEST_TIMEOUT_MS => {
+                    due[n_due] = (key, *p, reset_client);
+                    n_due += 1;
+                    false
+                }
+                State::Buffering => true,
+                State::Connecting => {
+                    if let Some(e) = p.conn.on_timer(now_ms) {
+                        if p.conn.state != State::Closed {
+                            due[n_due] = (key, *p, e); // the SYN again
+                            n_due += 1;
+                        } else {
+                            // The server never answered: another one (`l7`), or the client is reset.
+                            let old = *p;
+                            due[n_due] = (key, old, Emit::RstToServer { seq: old.conn.client_isn.wrapping_add(1) });
+                            n_due += 1;
+                            let l7 = shared.services[usize::from(p.svc)].l7.as_ref();
+                            let sched = schedulers.get_mut(usize::from(p.svc));
+                            match l7.zip(sched).and_then(|(l7, sched)| next_server(p, l7, sched, shared)) {
+                                Some(next) => {
+                                    stats.server_redirects[usize::from(old.server)].inc();
+                                    redirected += 1;
+                                    (p.server, p.racing) = (next, 0);
+                                    due[n_due] = (key, *p, p.conn.rebind(now_ms));
+                                }
+                                None => {
+                                    failed += 1;
+                                    due[n_due] = (key, old, e);
+                                }
+                            }
+                            n_due += 1;
+                        }
+                    }
+                    true
+                }
+                // `l7`: the request is not ACKed yet.
+                State::Spliced
+                    if p.buf.is_some()
+                        && !p.request_acked
+                        && since >= REQUEST_RTO_MS << (p.request_sends.max(1) - 1) =>
+                {
+                    if p.request_sends < REQUEST_TRIES {
+                        (p.timer_ms, p.request_sends) = (now_ms, p.request_sends + 1);
+                        due[n_due] = (key, *p, p.conn.request_to_server());
+                        n_due += 1;
+                        true
+                    } else {
+                        failed += 1;
+                        due[n_due] = (key, *p, reset_client);
+                        due[n_due + 1] = (key, *p, Emit::RstToServer { seq: p.conn.client_next() });
+                        n_due += 2;
+                        false
+                    }
+                }
+                State::Spliced => idle <= timeouts.established_ms,
+                State::Closing | State::Closed => idle <= timeouts.closing_ms,
+            };
+            if !keep {
+                removed += 1;
+                // Only RSTs are due for it: they need no buffer.
+                if let (Some(id), Some(pool)) = (p.buf.take(), pool.as_mut()) {
+                    pool.give(id);
+                }
+            }
+            keep
+        });
+        stats.proxy_failed.add(failed);
+        stats.l7_redirects.add(redirected);
+        for _ in 0..removed {
+            stats.proxy_active.dec();
+        }
+        self.proxied = Some(table);
+        for (key, p, e) in &due[..n_due] {
+            self.emit(p, &FlowKey::unpack(*key), *e);
+        }
+    }
+}
