@@ -28,7 +28,7 @@ import json, math, sys
 r = json.load(open(sys.argv[1]))
 def num(x, what):
     assert isinstance(x, (int, float)) and math.isfinite(x) and x > 0, f"{what}: {x!r}"
-for k in ("timestamp", "machine", "params", "references", "rows", "targets", "new_connections"):
+for k in ("timestamp", "machine", "params", "references", "rows", "targets", "new_connections", "syn_cookies"):
     assert k in r, f"missing {k}"
 assert {x["mode"] for x in r["references"]} == {"io", "macswap", "io (replies)"}, r["references"]
 for x in r["references"]:
@@ -40,6 +40,7 @@ for x in r["rows"]:
         num(x[k], f"{x['scenario']} {k}")
     assert isinstance(x["drops_in_window"], int) and x["drops_in_window"] >= 0
 num(r["new_connections"]["per_second_per_worker"], "new connections per second")
+num(r["syn_cookies"]["per_second_per_worker"], "SYN cookies answered per second")
 s = r["sync"]
 t = s["transfer"]
 num(t["updates_per_s"], "sync updates per second")

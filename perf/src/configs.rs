@@ -182,6 +182,13 @@ pub fn creation_yaml(dir: &Path, sessions: u32, syn: &Path, mbufs: u32) -> Resul
     write_config(dir, &format!("create-{sessions}.yaml"), &text)
 }
 
+/// The same SYNs to a `syn_proxy` NAT service: each is answered with a
+/// SYN cookie in its own buffer, and nothing is kept.
+pub fn cookie_yaml(dir: &Path, syns: u32, syn: &Path, mbufs: u32) -> Result<PathBuf, String> {
+    let text = yaml("nat, syn_proxy: true", &vdev("net_pcap1", &[syn.to_path_buf()], false), "", "[1]", syns, mbufs);
+    write_config(dir, &format!("cookies-{syns}.yaml"), &text)
+}
+
 fn write_config(dir: &Path, name: &str, text: &str) -> Result<PathBuf, String> {
     let path = dir.join(name);
     // Validate with ringlb's own parser first: a bad generated config is our bug.

@@ -283,9 +283,22 @@ fn run(o: &Options) -> Result<PathBuf, String> {
     println!("== new connections: {} SYNs of unique flows", o.new_conns);
     let warm = configs::syn_file(dir, o.new_conns).map_err(|e| format!("generating pcaps: {e}"))?;
     let cfg = configs::creation_yaml(dir, o.new_conns, &warm, pool)?;
-    let r = measure::ringlb(&o.ringlb, &cfg, RinglbMode::Creation { sessions: u64::from(o.new_conns) })?;
+    let r = measure::ringlb(
+        &o.ringlb,
+        &cfg,
+        RinglbMode::Creation { sessions: u64::from(o.new_conns), counter: "created" },
+    )?;
     println!("   ringlb: {:.0} new sessions/s on one worker", r.new_per_s);
     rep.new_connections(o.new_conns, &r);
+    println!("== SYN cookies: the same {} SYNs to a syn_proxy service (a flood's load)", o.new_conns);
+    let cfg = configs::cookie_yaml(dir, o.new_conns, &warm, pool)?;
+    let r = measure::ringlb(
+        &o.ringlb,
+        &cfg,
+        RinglbMode::Creation { sessions: u64::from(o.new_conns), counter: "cookies" },
+    )?;
+    println!("   ringlb: {:.0} SYN cookies/s on one worker", r.new_per_s);
+    rep.syn_cookies(o.new_conns, &r);
     let _ = std::fs::remove_file(&warm);
 
     if o.sync_at > 0 {

@@ -84,7 +84,9 @@ pub enum RinglbMode {
     /// Wait until `sessions` exist, then measure the transmit rate for `seconds`.
     Steady { sessions: u64, seconds: f64 },
     /// Measure how fast `sessions` new sessions are created.
-    Creation { sessions: u64 },
+    /// Until the stats line's `counter` (`created`: sessions; `cookies`:
+    /// SYN cookies sent) reaches `sessions`; its rate is the result.
+    Creation { sessions: u64, counter: &'static str },
 }
 
 pub fn ringlb(bin: &Path, config: &Path, mode: RinglbMode) -> Result<RinglbResult, String> {
@@ -132,8 +134,12 @@ pub fn ringlb_gated(
         if !line.starts_with("stats ") {
             continue;
         }
+        let counter = match mode {
+            RinglbMode::Creation { counter, .. } => counter,
+            RinglbMode::Steady { .. } => "created",
+        };
         let (Some(t), Some(tx), Some(created), Some(drops)) =
-            (field(&line, "t"), field(&line, "tx"), field(&line, "created"), field(&line, "drops"))
+            (field(&line, "t"), field(&line, "tx"), field(&line, counter), field(&line, "drops"))
         else {
             return Err(fail(&mut p, &format!("unreadable stats line {line:?}")));
         };
@@ -165,7 +171,7 @@ pub fn ringlb_gated(
                     }
                 }
             },
-            RinglbMode::Creation { sessions } => {
+            RinglbMode::Creation { sessions, .. } => {
                 created_at.push((t, created));
                 if created >= sessions as f64 {
                     r.memory = memory_bytes(p.pid()).unwrap_or(0);
@@ -175,7 +181,7 @@ pub fn ringlb_gated(
         }
         prev = this;
     }
-    if let RinglbMode::Creation { sessions } = mode {
+    if let RinglbMode::Creation { sessions, .. } = mode {
         // Between samples taken while creation was under way (both strictly
         // inside it), so no partial interval dilutes or inflates the rate;
         // with fewer than two such samples, over the whole span instead,

@@ -104,6 +104,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     pub instructions: Vec<Instructions>,
     pub new_connections: Option<NewConnections>,
+    /// The same SYNs to a `syn_proxy` service: cookies answered per second.
+    pub syn_cookies: Option<NewConnections>,
     /// Process memory growth per session between the smallest and largest run.
     pub process_bytes_per_session: Option<f64>,
     pub sync: Option<SyncSection>,
@@ -149,6 +151,7 @@ impl Report {
             rows: Vec::new(),
             instructions: Vec::new(),
             new_connections: None,
+            syn_cookies: None,
             process_bytes_per_session: None,
             sync: None,
             targets: Vec::new(),
@@ -162,6 +165,10 @@ impl Report {
 
     pub fn new_connections(&mut self, syns: u32, r: &RinglbResult) {
         self.new_connections = Some(NewConnections { syns, per_second_per_worker: r.new_per_s });
+    }
+
+    pub fn syn_cookies(&mut self, syns: u32, r: &RinglbResult) {
+        self.syn_cookies = Some(NewConnections { syns, per_second_per_worker: r.new_per_s });
     }
 
     pub fn sync(&mut self, transfer: SyncTransfer, off_pps: f64, on_pps: f64, transports: TransportComparison) {
@@ -283,6 +290,13 @@ impl Report {
             let _ = writeln!(
                 o,
                 "new connections: {:.0}/s on one worker ({} SYNs of unique flows read once from a pcap file)",
+                n.per_second_per_worker, n.syns
+            );
+        }
+        if let Some(n) = &self.syn_cookies {
+            let _ = writeln!(
+                o,
+                "SYN cookies: {:.0}/s answered on one worker (the same {} SYNs to a syn_proxy service; nothing kept)",
                 n.per_second_per_worker, n.syns
             );
         }
