@@ -628,3 +628,28 @@ fn l7_race_sends_the_syn_to_two_servers_and_the_first_answer_binds() {
     assert_eq!(w.process(&mut synack, 0, 301, false), Verdict::Consumed);
     assert_eq!(stats[0].proxy_joined.get(), 1);
 }
+
+#[test]
+fn l7_a_blind_reset_or_error_in_the_servers_name_does_not_move_the_request() {
+    let (shared, stats) = setup_with(REDIRECT);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let cookie = l7_accepted(&mut w);
+    let req = b"GET /x HTTP/1.1\r\n\r\n";
+    send_request(&mut w, cookie, req, 1);
+    let after = CLIENT_ISN.wrapping_add(1 + req.len() as u32);
+    let mut synack = from("198.18.0.23", S3_MAC, 0x5000, CLIENT_ISN.wrapping_add(1), SYN | ACK, b"");
+    assert_eq!(w.process(&mut synack, 0, 3, false), Verdict::Consumed);
+    own_frames(&mut w);
+    // Forged in S3's name (its address, port and MAC) but not at its next
+    // sequence number (0x5001): neither ends the attempt nor sends the request elsewhere.
+    let mut rst = from("198.18.0.23", S3_MAC, 0x7777, after, RST | ACK, b"");
+    w.process(&mut rst, 0, 4, false);
+    let mut busy = from("198.18.0.23", S3_MAC, 0x9999, after, ACK | PSH, b"HTTP/1.1 503 Busy\r\n\r\n");
+    w.process(&mut busy, 0, 5, false);
+    assert!(own_frames(&mut w).iter().all(|(_, f)| check(f).unwrap().dst_mac != S4_MAC), "no SYN to S4");
+    assert_eq!(stats[0].l7_redirects.get(), 0);
+    // S3's real answer still reaches the client.
+    let mut ok = from("198.18.0.23", S3_MAC, 0x5001, after, ACK | PSH, b"HTTP/1.1 200 OK\r\n\r\n");
+    assert_eq!(w.process(&mut ok, 0, 6, false), Verdict::Tx(0));
+    assert_eq!(seq(&ok), cookie.wrapping_add(1));
+}

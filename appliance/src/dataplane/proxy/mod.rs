@@ -397,9 +397,12 @@ impl Worker<'_> {
             let payload = tcp_header(frame, info)
                 .and_then(|h| frame.get(usize::from(info.l4_off) + h.len()..))
                 .map_or(&[][..], |rest| &rest[..rest.len().min(usize::from(info.payload_len))]);
+            // Only at the server's next sequence number (it has sent no data
+            // yet: its ISN + 1), so a blind segment in its name moves nothing.
+            let in_order = seg.seq == p.conn.server_isn.wrapping_add(1);
             let refused = seg.flags & (tcp_flags::RST | tcp_flags::FIN) != 0 && payload.is_empty();
             let error = status_of(payload).is_some_and(|code| l7.redirect.on_status.contains(&code));
-            if (refused || error) && !p.client_moved_on {
+            if (refused || error) && in_order && !p.client_moved_on {
                 let old = *p;
                 let next = next_server(p, l7, &mut self.l7_schedulers[usize::from(svc)], shared);
                 if let Some(next) = next {
@@ -418,7 +421,7 @@ impl Worker<'_> {
                 }
                 // No other server: an error answer goes to the client as it is.
             }
-            if !payload.is_empty() {
+            if !payload.is_empty() && in_order {
                 p.answered = true;
             }
         }
