@@ -289,14 +289,17 @@ pub fn summary(t: f64, s: &Snapshot, labels: &[String]) -> String {
     if s.syn_cookies_sent > 0 {
         let _ = writeln!(
             o,
-            "  syn_proxy cookies_sent={} opened={} joined={} failed={} active={} emit_full={} l7_redirects={}",
+            "  syn_proxy cookies_sent={} opened={} joined={} failed={} active={} emit_full={} l7_redirects={} l7_resumes={} l7_resume_refused={} l7_resume_offset={}",
             s.syn_cookies_sent,
             s.proxy_opened,
             s.proxy_joined,
             s.proxy_failed,
             s.proxy_active,
             s.proxy_emit_full,
-            s.l7_redirects
+            s.l7_redirects,
+            s.l7_resumes,
+            s.l7_resume_refused,
+            s.l7_resume_offset
         );
     }
     if s.sync_installed + s.sync_updated + s.locks_created + s.deferred > 0 {

@@ -165,6 +165,11 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
+    /// For a value that is replaced, not added to (the latest of something).
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
 }
 
 /// One worker's counters, padded so two workers never share a cache line.
@@ -235,6 +240,13 @@ pub struct WorkerStats {
     /// `l7`: requests sent to another server of their group after their
     /// server failed before answering (seed 004's error redirect).
     pub l7_redirects: Counter,
+    /// `l7` mid-download failover: downloads carried on by another server
+    /// after theirs failed; resumes refused (the replacement's answer was
+    /// not exactly the rest of the same version: the client was reset);
+    /// the body byte the latest resume started at.
+    pub l7_resumes: Counter,
+    pub l7_resume_refused: Counter,
+    pub l7_resume_offset: Counter,
     pub drops: [Counter; DropReason::COUNT],
     /// New sessions per server, indexed by global server id.
     pub server_new_sessions: Box<[Counter]>,
@@ -285,6 +297,9 @@ impl WorkerStats {
             proxy_active: Counter::default(),
             proxy_emit_full: Counter::default(),
             l7_redirects: Counter::default(),
+            l7_resumes: Counter::default(),
+            l7_resume_refused: Counter::default(),
+            l7_resume_offset: Counter::default(),
             drops: Default::default(),
             server_new_sessions: (0..servers).map(|_| Counter::default()).collect(),
             server_redirects: (0..servers).map(|_| Counter::default()).collect(),
@@ -348,6 +363,10 @@ pub struct Snapshot {
     pub proxy_active: u64,
     pub proxy_emit_full: u64,
     pub l7_redirects: u64,
+    pub l7_resumes: u64,
+    pub l7_resume_refused: u64,
+    /// The largest over the workers of each one's latest resume offset.
+    pub l7_resume_offset: u64,
     pub drops: [u64; DropReason::COUNT],
     pub per_server: Vec<u64>,
     pub per_server_redirects: Vec<u64>,
@@ -400,6 +419,9 @@ impl Snapshot {
             s.proxy_active += w.proxy_active.get();
             s.proxy_emit_full += w.proxy_emit_full.get();
             s.l7_redirects += w.l7_redirects.get();
+            s.l7_resumes += w.l7_resumes.get();
+            s.l7_resume_refused += w.l7_resume_refused.get();
+            s.l7_resume_offset = s.l7_resume_offset.max(w.l7_resume_offset.get());
             for (d, c) in s.per_server_redirects.iter_mut().zip(w.server_redirects.iter()) {
                 *d += c.get();
             }

@@ -653,3 +653,187 @@ fn l7_a_blind_reset_or_error_in_the_servers_name_does_not_move_the_request() {
     assert_eq!(w.process(&mut ok, 0, 6, false), Verdict::Tx(0));
     assert_eq!(seq(&ok), cookie.wrapping_add(1));
 }
+
+// Mid-download failover.
+
+const DOWNLOAD: &str = "mode: l7, group: api, l7: { retries: 1 }";
+const GET: &[u8] = b"GET /big.bin HTTP/1.1\r\nHost: a\r\nUser-Agent: test\r\n\r\n";
+const HEAD_200: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\nETag: \"abc\"\r\nAccept-Ranges: bytes\r\n\r\n";
+const S3_ISN: u32 = 0x5000;
+
+fn body() -> Vec<u8> {
+    (0..3000u32).map(|i| (i % 251) as u8).collect()
+}
+
+/// An l7 download from S3: the request, S3's head and body bytes 0..1000,
+/// the client's ACK of the head and 600 body bytes. Returns (cookie, the
+/// client's next sequence number).
+fn download_halfway(w: &mut Worker) -> (u32, u32) {
+    let cookie = l7_accepted(w);
+    let frames = send_request(w, cookie, GET, 1);
+    assert_eq!(check(&frames[1].1).unwrap().dst_mac, S3_MAC);
+    let after = CLIENT_ISN.wrapping_add(1 + GET.len() as u32);
+    let mut synack = from("198.18.0.23", S3_MAC, S3_ISN, CLIENT_ISN.wrapping_add(1), SYN | ACK, b"");
+    assert_eq!(w.process(&mut synack, 0, 3, false), Verdict::Consumed);
+    own_frames(w);
+    let mut head = from("198.18.0.23", S3_MAC, S3_ISN + 1, after, ACK | PSH, HEAD_200);
+    assert_eq!(w.process(&mut head, 0, 4, false), Verdict::Tx(0));
+    let at = S3_ISN + 1 + HEAD_200.len() as u32;
+    let mut data = from("198.18.0.23", S3_MAC, at, after, ACK, &body()[..1000]);
+    assert_eq!(w.process(&mut data, 0, 5, false), Verdict::Tx(0));
+    assert_eq!(seq(&data), cookie.wrapping_add(1 + HEAD_200.len() as u32));
+    let client_has = cookie.wrapping_add(1 + HEAD_200.len() as u32 + 600);
+    let mut ack = from_client(after, Some(client_has), ACK, b"");
+    assert_eq!(w.process(&mut ack, 0, 6, false), Verdict::Tx(0));
+    assert!(own_frames(w).is_empty());
+    (cookie, after)
+}
+
+#[test]
+fn l7_a_blind_fin_or_reset_in_the_servers_name_does_not_move_a_download() {
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (_, after) = download_halfway(&mut w);
+    let next = S3_ISN + 1 + HEAD_200.len() as u32 + 1000;
+    // A FIN further ahead than any receive window, and RSTs off the
+    // server's next byte: no failover.
+    for (seq, flags) in [(next + (16 << 20), FIN | ACK), (next + 1, RST), (next - 10, RST | ACK)] {
+        let mut forged = from("198.18.0.23", S3_MAC, seq, after, flags, b"");
+        let v = w.process(&mut forged, 0, 7, false);
+        assert!(own_frames(&mut w).is_empty(), "{flags:#x} at {seq:#x} moved the download ({v:?})");
+        if flags & RST != 0 {
+            assert_eq!(v, Verdict::Drop(DropReason::ProxyRefused), "a RST off the server's next byte");
+        }
+    }
+    assert_eq!(stats[0].l7_resumes.get() + stats[0].server_redirects[0].get(), 0);
+}
+
+/// S3 closes early (a FIN with its last bytes, 1000..1400); S4 gets the
+/// SYN and the Range request for byte 600 on. Returns (cookie, after, the
+/// resumed SYN's ISN).
+fn fail_halfway(w: &mut Worker, stats: &[WorkerStats]) -> (u32, u32, u32) {
+    let (cookie, after) = download_halfway(w);
+    let at = S3_ISN + 1 + HEAD_200.len() as u32 + 1000;
+    let mut last = from("198.18.0.23", S3_MAC, at, after, FIN | ACK | PSH, &body()[1000..1400]);
+    assert_eq!(w.process(&mut last, 0, 10, false), Verdict::Tx(0), "its last bytes pass");
+    let c = check(&last).expect("valid with its FIN cleared");
+    assert_eq!((c.flags & FIN, c.payload.as_slice()), (0, &body()[1000..1400]), "the FIN does not reach the client");
+    let frames = own_frames(w);
+    assert_eq!(frames.len(), 2, "RST to S3, SYN to S4");
+    let (rst, syn) = (check(&frames[0].1).unwrap(), check(&frames[1].1).unwrap());
+    assert_eq!((rst.flags, rst.dst_mac, seq(&frames[0].1)), (RST, S3_MAC, after));
+    assert_eq!((syn.flags, syn.dst_mac, syn.src, syn.sport), (SYN, S4_MAC, ip(CLIENT), 40000));
+    let isn = seq(&frames[1].1);
+    // The client's ACK meanwhile goes nowhere.
+    let mut ack = from_client(after, Some(cookie.wrapping_add(1 + HEAD_200.len() as u32 + 1400)), ACK, b"");
+    assert_eq!(w.process(&mut ack, 0, 11, false), Verdict::Consumed);
+    // S4 answers: the Range request, ending exactly where the client's next byte begins.
+    let mut synack = from("198.18.0.24", S4_MAC, 0x9000_0000, isn.wrapping_add(1), SYN | ACK, b"");
+    assert_eq!(w.process(&mut synack, 0, 12, false), Verdict::Consumed);
+    let sent = own_frames(w);
+    let range: Vec<u8> = sent.iter().flat_map(|(_, f)| check(f).unwrap().payload).collect();
+    let text = String::from_utf8(range.clone()).unwrap();
+    assert!(text.starts_with("GET /big.bin HTTP/1.1\r\n"), "{text:?}");
+    assert!(text.contains("\r\nRange: bytes=600-\r\n") && text.ends_with("If-Range: \"abc\"\r\n\r\n"), "{text:?}");
+    assert_eq!((seq(&sent[0].1), isn.wrapping_add(1 + range.len() as u32)), (isn.wrapping_add(1), after));
+    assert_eq!(stats[0].server_redirects[0].get(), 1, "counted against S3");
+    (cookie, after, isn)
+}
+
+#[test]
+fn l7_a_download_whose_server_closes_halfway_continues_from_another_server() {
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, after, _) = fail_halfway(&mut w, &stats);
+    // S4's 206 for bytes 600 on: its head is stripped, its body lands at the client's byte 600.
+    let head = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 600-2999/3000\r\nContent-Length: 2400\r\nETag: \"abc\"\r\n\r\n";
+    let s4_body = 0x9000_0001u32 + head.len() as u32;
+    let body = body();
+    let mut first = from("198.18.0.24", S4_MAC, 0x9000_0001, after, ACK, &[&head[..], &body[600..1000]].concat());
+    assert_eq!(w.process(&mut first, 0, 13, false), Verdict::Tx(0));
+    let c = check(&first).expect("valid after the strip");
+    assert_eq!((c.src, c.payload.as_slice()), (ip(VIP), &body[600..1000]));
+    let byte0 = cookie.wrapping_add(1 + HEAD_200.len() as u32);
+    assert_eq!(seq(&first), byte0 + 600);
+    assert_eq!((stats[0].l7_resumes.get(), stats[0].l7_resume_offset.get()), (1, 600));
+    // The client already has S3's last bytes (to 1400): its ACK of them
+    // would be of data S4 has not sent, which S4 would discard; it reaches
+    // S4 held at what S4 sent.
+    let mut dup = from_client(after, Some(byte0 + 1400), ACK, b"");
+    assert_eq!(w.process(&mut dup, 0, 13, false), Verdict::Tx(0));
+    assert_eq!((check(&dup).expect("valid").dst_mac, ack_of(&dup)), (S4_MAC, s4_body + 400));
+    // The rest, then S4's FIN at the body's end: it passes.
+    let mut rest = from("198.18.0.24", S4_MAC, s4_body + 400, after, ACK, &body[1000..3000]);
+    assert_eq!(w.process(&mut rest, 0, 14, false), Verdict::Tx(0));
+    assert_eq!(seq(&rest), byte0 + 1000);
+    let mut fin = from("198.18.0.24", S4_MAC, s4_body + 2400, after, FIN | ACK, b"");
+    assert_eq!(w.process(&mut fin, 0, 15, false), Verdict::Tx(0));
+    assert_eq!(check(&fin).unwrap().flags & FIN, FIN);
+    assert!(own_frames(&mut w).is_empty());
+    // The client's ACK of it all reaches S4 in S4's numbers.
+    let mut ack = from_client(after, Some(byte0 + 3001), ACK, b"");
+    assert_eq!(w.process(&mut ack, 0, 16, false), Verdict::Tx(0));
+    assert_eq!((check(&ack).unwrap().dst_mac, ack_of(&ack)), (S4_MAC, s4_body + 2401));
+}
+
+#[test]
+fn l7_a_replacement_that_cannot_serve_the_same_bytes_resets_the_client() {
+    let other_version =
+        &b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 600-2999/3000\r\nETag: \"xyz\"\r\n\r\n"[..];
+    let whole = &b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\nETag: \"abc\"\r\n\r\n"[..];
+    let other_range = &b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-2999/3000\r\nETag: \"abc\"\r\n\r\n"[..];
+    for answer in [other_version, whole, other_range] {
+        let (shared, stats) = setup_with(DOWNLOAD);
+        let mut w = Worker::new(0, &shared, &stats[0]);
+        let (cookie, after, _) = fail_halfway(&mut w, &stats);
+        let mut head = from("198.18.0.24", S4_MAC, 0x9000_0001, after, ACK, &[answer, &body()[..100]].concat());
+        assert_eq!(w.process(&mut head, 0, 13, false), Verdict::Consumed, "{}", String::from_utf8_lossy(answer));
+        let frames = own_frames(&mut w);
+        let flags: Vec<_> = frames.iter().map(|(_, f)| (check(f).unwrap().flags, check(f).unwrap().dst_mac)).collect();
+        assert_eq!(flags, [(RST, S4_MAC), (RST, ROUTER_MAC)]);
+        assert_eq!(
+            seq(&frames[1].1),
+            cookie.wrapping_add(1 + HEAD_200.len() as u32 + 1400),
+            "at the client's next byte"
+        );
+        assert_eq!((stats[0].l7_resumes.get(), stats[0].l7_resume_refused.get()), (0, 1));
+        assert_eq!(stats[0].proxy_active.get(), 0);
+    }
+}
+
+#[test]
+fn l7_a_download_whose_server_goes_silent_moves_once_the_client_has_everything() {
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, after) = download_halfway(&mut w);
+    // The client has 600 of the 1000 bytes sent: not a stall yet (they may be in flight).
+    w.sweep(3000);
+    assert!(own_frames(&mut w).is_empty());
+    let mut ack = from_client(after, Some(cookie.wrapping_add(1 + HEAD_200.len() as u32 + 1000)), ACK, b"");
+    assert_eq!(w.process(&mut ack, 0, 3001, false), Verdict::Tx(0));
+    w.sweep(4900);
+    assert!(own_frames(&mut w).is_empty(), "the server sent its last byte long ago, but the client's ACK is recent");
+    w.sweep(5100);
+    let frames = own_frames(&mut w);
+    let seen: Vec<_> = frames.iter().map(|(_, f)| (check(f).unwrap().flags, check(f).unwrap().dst_mac)).collect();
+    assert_eq!(seen, [(RST, S3_MAC), (SYN, S4_MAC)]);
+}
+
+#[test]
+fn l7_a_segment_lost_before_the_appliance_does_not_hide_the_servers_failure() {
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (_, after) = download_halfway(&mut w);
+    let at = S3_ISN + 1 + HEAD_200.len() as u32 + 1000;
+    // 1000..1400 is lost on the way; 1400..2000 passes, then 1000..1400 comes again.
+    let mut later = from("198.18.0.23", S3_MAC, at + 400, after, ACK, &body()[1400..2000]);
+    assert_eq!(w.process(&mut later, 0, 7, false), Verdict::Tx(0));
+    let mut again = from("198.18.0.23", S3_MAC, at, after, ACK, &body()[1000..1400]);
+    assert_eq!(w.process(&mut again, 0, 8, false), Verdict::Tx(0));
+    // The server's FIN after 2000 is its failure.
+    let mut fin = from("198.18.0.23", S3_MAC, at + 1000, after, FIN | ACK, b"");
+    assert_eq!(w.process(&mut fin, 0, 9, false), Verdict::Consumed);
+    let frames = own_frames(&mut w);
+    let seen: Vec<_> = frames.iter().map(|(_, f)| (check(f).unwrap().flags, check(f).unwrap().dst_mac)).collect();
+    assert_eq!(seen, [(RST, S3_MAC), (SYN, S4_MAC)]);
+}

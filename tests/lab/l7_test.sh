@@ -6,7 +6,10 @@
 # nginx names itself in the body); ab 3,000 requests at concurrency 50 with
 # and without keep-alive and wrk 50 connections for 5 s, 0 errors; a 64 MiB
 # download with matching sha256 and window scaling in effect on the client's
-# connection; transparent error redirect: with s2 answering 503 to
+# connection; mid-download failover: the nginx serving a throttled 64 MiB
+# download is killed (kill -9) halfway, the download completes with its
+# sha256 and the resume's byte offset is printed; transparent error
+# redirect: with s2 answering 503 to
 # everything and s3 stopped (its kernel refuses the SYNs), 1,000 requests
 # to the default group (s1, s2, s3) get 0 errors, and the redirect counters
 # name s2 and s3; the same download through plain NAT on the same topology,
@@ -83,6 +86,33 @@ echo "lab-l7: 64 MiB download sha256 $got_sum (file $want) in $(cat "$LAB_DIR/dl
 echo "lab-l7: client TCP during the download: $(grep -oE 'wscale:[0-9,]+|snd_wnd:[0-9]+' <<< "$tcp_info" | tr '\n' ' ')"
 grep -qE 'wscale:7,[0-9]+' <<< "$tcp_info" || fail "window scaling not in effect on the client's connection: $tcp_info"
 
+# 3b. Mid-download failover: the nginx serving a throttled download is killed
+# halfway; another server of the group carries on from the byte the client has.
+ip netns exec "$C" curl -sS --max-time 120 --limit-rate 16M -o "$LAB_DIR/dl-failover.bin" "http://$VIP/big.bin" 2> "$LAB_DIR/curl-failover.err" &
+dl_pid=$!
+for _ in $(seq 200); do
+  [ "$(stat -c %s "$LAB_DIR/dl-failover.bin" 2>/dev/null || echo 0)" -ge $((32 << 20)) ] && break
+  sleep 0.05
+done
+serving=""
+for s in s1 s2 s3; do
+  if ip netns exec "$(lab_ns "$s")" ss -tnH state established "( sport = :8080 )" | grep -q .; then serving=$s; fi
+done
+[ -n "$serving" ] || fail "no server has the download's connection"
+killed_at=$(stat -c %s "$LAB_DIR/dl-failover.bin")
+ip netns pids "$(lab_ns "$serving")" | xargs -r kill -KILL
+echo "lab-l7: killed $serving's nginx (kill -9) with $killed_at bytes of 64 MiB at the client"
+wait "$dl_pid" || fail "the download failed after $serving was killed: $(cat "$LAB_DIR/curl-failover.err")"
+got_sum=$(sha256sum "$LAB_DIR/dl-failover.bin" | cut -d' ' -f1)
+echo "lab-l7: download across the failover sha256 $got_sum (file $want)"
+[ "$got_sum" = "$want" ] || fail "sha256 mismatch after the failover"
+ip netns exec "$(lab_ns "$serving")" nginx -c "$LAB_DIR/$serving/nginx.conf" &
+LAB_PIDS+=($!)
+for _ in $(seq 50); do
+  ip netns exec "$(lab_ns "$serving")" ss -tlnH "( sport = :8080 )" | grep -q . && break
+  sleep 0.1
+done
+
 # 4. Transparent error redirect: s2 answers 503 to everything, s3 is stopped.
 sed -i "s|^  server {|  server {\n    return 503;|" "$LAB_DIR/s2/nginx.conf"
 ip netns exec "$(lab_ns s2)" nginx -c "$LAB_DIR/s2/nginx.conf" -s reload || fail "nginx s2 reload failed"
@@ -97,6 +127,10 @@ lab_stop_ringlb || fail "ringlb exited non-zero on SIGTERM"
 grep -q "ringlb stopped cleanly" "$LAB_DIR/ringlb.log" || fail "no clean-shutdown summary"
 sed -n '/^summary/,$p' "$LAB_DIR/ringlb.log" | sed "s/^/lab-l7: /"
 redirects=$(sed -n 's/^  syn_proxy .* l7_redirects=\([0-9]*\).*/\1/p' "$LAB_DIR/ringlb.log")
+read -r resumes resume_offset <<< "$(sed -n 's/^  syn_proxy .* l7_resumes=\([0-9]*\) .* l7_resume_offset=\([0-9]*\).*/\1 \2/p' "$LAB_DIR/ringlb.log")"
+echo "lab-l7: the download was resumed $resumes time(s); the latest resume began at body byte ${resume_offset:-?} (the client had $killed_at bytes at the kill)"
+[ "${resumes:-0}" -ge 1 ] || fail "the download was not resumed"
+[ "${resume_offset:-0}" -gt 0 ] || fail "no resume offset"
 [ "${redirects:-0}" -ge 100 ] || fail "only ${redirects:-0} requests redirected"
 grep -qE "server web/198.18.1.12:8080 sessions=[0-9]+ redirected=[1-9]" "$LAB_DIR/ringlb.log" || fail "no request redirected from s2 (503)"
 grep -qE "server web/198.18.1.13:8080 sessions=[0-9]+ redirected=[1-9]" "$LAB_DIR/ringlb.log" || fail "no request redirected from s3 (stopped)"

@@ -162,6 +162,11 @@ pub struct SynProxy {
     /// `l7`: requests sent to another server after theirs failed, and per
     /// server ("service/ip:port") how many were taken from it.
     pub l7_redirects: u64,
+    /// `l7` mid-download failover: downloads resumed on another server,
+    /// resumes refused (the client reset), the latest resume's body offset.
+    pub l7_resumes: u64,
+    pub l7_resume_refused: u64,
+    pub l7_resume_offset: u64,
     pub redirected_from: BTreeMap<String, u64>,
     /// `l7`, `connect: race`: per server, races it won.
     pub race_won: BTreeMap<String, u64>,
@@ -255,6 +260,9 @@ impl Status {
                 active: s.proxy_active,
                 emit_full: s.proxy_emit_full,
                 l7_redirects: s.l7_redirects,
+                l7_resumes: s.l7_resumes,
+                l7_resume_refused: s.l7_resume_refused,
+                l7_resume_offset: s.l7_resume_offset,
                 redirected_from: labels
                     .iter()
                     .cloned()

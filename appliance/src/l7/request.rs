@@ -16,6 +16,8 @@ pub struct RequestBuf {
     len: usize,
     /// The sequence number of the next byte expected from the client.
     next_seq: u32,
+    /// Bytes kept at the buffer's far end (a tracked download's validator).
+    tail_len: usize,
 }
 
 /// What a segment did to the buffer.
@@ -73,13 +75,14 @@ impl RequestBuf {
     /// A buffer for a connection whose first data byte will be `next_seq`
     /// (the client's ISN plus one).
     pub fn new(next_seq: u32) -> RequestBuf {
-        RequestBuf { data: Box::new([0; HEAD_CAP]), len: 0, next_seq }
+        RequestBuf { data: Box::new([0; HEAD_CAP]), len: 0, next_seq, tail_len: 0 }
     }
 
     /// Makes a pooled buffer ready for another connection.
     pub fn reset(&mut self, next_seq: u32) {
         self.len = 0;
         self.next_seq = next_seq;
+        self.tail_len = 0;
     }
 
     /// What is gathered, in order.
@@ -104,7 +107,7 @@ impl RequestBuf {
             return Gathered::Duplicate;
         }
         let new = &payload[skip..];
-        if self.len + new.len() > HEAD_CAP {
+        if self.len + new.len() > HEAD_CAP - self.tail_len {
             return Gathered::TooLong;
         }
         self.data[self.len..self.len + new.len()].copy_from_slice(new);
@@ -116,6 +119,42 @@ impl RequestBuf {
     /// Parses what is gathered.
     pub fn head(&self) -> Head<'_> {
         parse_head(self.bytes())
+    }
+
+    /// Keeps `bytes` at the buffer's far end, apart from the request (a
+    /// download's validator, for resuming it). False: no room.
+    pub fn keep_tail(&mut self, bytes: &[u8]) -> bool {
+        if self.len + bytes.len() > HEAD_CAP {
+            return false;
+        }
+        self.tail_len = bytes.len();
+        self.data[HEAD_CAP - bytes.len()..].copy_from_slice(bytes);
+        true
+    }
+
+    /// What `keep_tail` kept.
+    pub fn tail(&self) -> &[u8] {
+        &self.data[HEAD_CAP - self.tail_len..]
+    }
+
+    /// Replaces what follows the first `at` bytes with what `write` puts
+    /// in `out` (it is given the first `at` bytes and the tail too), so
+    /// that the buffer holds the request and, after it, a request derived
+    /// from it. Returns how many bytes `write` wrote; None (nothing
+    /// changed) if it wrote none or `at` is past what is gathered.
+    pub fn write_after(
+        &mut self,
+        at: usize,
+        write: impl FnOnce(&[u8], &[u8], &mut [u8]) -> Option<usize>,
+    ) -> Option<usize> {
+        if at > self.len {
+            return None;
+        }
+        let (first, rest) = self.data.split_at_mut(at);
+        let (out, tail) = rest.split_at_mut(HEAD_CAP - at - self.tail_len);
+        let n = write(first, tail, out)?;
+        self.len = at + n;
+        Some(n)
     }
 }
 
@@ -150,7 +189,7 @@ impl RequestPool {
             data.resize(HEAD_CAP, 0u8);
             let data: Box<[u8; HEAD_CAP]> =
                 data.into_boxed_slice().try_into().map_err(|_| String::from("request buffer size"))?;
-            bufs.push(RequestBuf { data, len: 0, next_seq: 0 });
+            bufs.push(RequestBuf { data, len: 0, next_seq: 0, tail_len: 0 });
         }
         Ok(RequestPool { bufs: bufs.into_boxed_slice(), free: (0..count as u32).rev().collect() })
     }
@@ -208,6 +247,33 @@ mod tests {
 
     const REQUEST: &[u8] =
         b"GET /static/logo.png?v=2 HTTP/1.1\r\nHost: Example.COM:8080\r\nUser-Agent: curl/7.88\r\nCookie: a=1; lang=fi\r\n\r\n";
+
+    #[test]
+    fn a_derived_request_is_written_after_the_request_and_the_tail_survives() {
+        let mut buf = gathered_in(2);
+        assert!(buf.keep_tail(b"\"abc-123\""));
+        let n = buf.write_after(REQUEST.len(), |req, tail, out| {
+            assert_eq!((req, tail), (REQUEST, &b"\"abc-123\""[..]));
+            out[..5].copy_from_slice(b"again");
+            Some(5)
+        });
+        assert_eq!(n, Some(5));
+        assert_eq!(&buf.bytes()[..REQUEST.len()], REQUEST);
+        assert_eq!(&buf.bytes()[REQUEST.len()..], b"again");
+        // Written again (a second resume): it replaces the first.
+        buf.write_after(REQUEST.len(), |_, _, out| {
+            out[..2].copy_from_slice(b"no");
+            Some(2)
+        });
+        assert_eq!(&buf.bytes()[REQUEST.len()..], b"no");
+        assert_eq!(buf.tail(), b"\"abc-123\"");
+        // Past what is gathered, or nothing written: nothing changes.
+        assert_eq!(buf.write_after(HEAD_CAP, |_, _, _| Some(1)), None);
+        assert_eq!(buf.write_after(REQUEST.len(), |_, _, _| None), None);
+        assert_eq!(buf.bytes().len(), REQUEST.len() + 2);
+        buf.reset(7);
+        assert!(buf.tail().is_empty());
+    }
 
     /// Feeds REQUEST in `pieces` segments of near-equal size, from ISN 0xffff_fff0
     /// (so the sequence numbers wrap on the way).

@@ -119,17 +119,18 @@ impl Response<'_> {
 pub fn range_request(original: &[u8], from: u64, validator: &Validator, out: &mut [u8]) -> Option<usize> {
     let body = original.strip_suffix(b"\r\n\r\n")?;
     let mut w = Writer { out, len: 0 };
-    let mut lines = body.split(|&b| b == b'\n');
+    // Every line ends in CRLF, whatever the original used.
+    let mut lines = body.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     // The request line stays as it is.
     w.put(lines.next()?)?;
-    w.put(b"\n")?;
+    w.put(b"\r\n")?;
     for line in lines {
         let name = line.split(|&b| b == b':').next().unwrap_or(b"").trim_ascii();
         if name.eq_ignore_ascii_case(b"range") || name.eq_ignore_ascii_case(b"if-range") {
             continue;
         }
         w.put(line)?;
-        w.put(b"\n")?;
+        w.put(b"\r\n")?;
     }
     w.put(b"Range: bytes=")?;
     w.put(decimal(from, &mut [0; 20]))?;
@@ -249,6 +250,9 @@ mod tests {
         assert_eq!(range_request(original, 0, &v, &mut out[..40]), None, "too small a buffer");
         assert_eq!(range_request(b"GET / HTTP/1.1\r\n", 0, &v, &mut out), None, "no blank line");
         assert!(matches!(super::super::request::parse_head(&out[..n]), super::super::request::Head::Complete(_)));
+        // The last header kept ends in CRLF like the others.
+        let n = range_request(b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n", 5, &v, &mut out).unwrap();
+        assert_eq!(&out[..n], b"GET / HTTP/1.1\r\nHost: lab\r\nRange: bytes=5-\r\nIf-Range: \"abc\"\r\n\r\n");
     }
 
     #[test]

@@ -160,6 +160,34 @@ pub fn build_with(out: &mut [u8], seg: &Outgoing, payload: &[u8]) -> usize {
     len.max(60)
 }
 
+/// Removes the first `n` bytes of a segment's payload in place: the rest
+/// moves up, the sequence number advances by `n`, the IP length and both
+/// checksums are made anew, and the freed bytes at the end become zero
+/// padding. (A resumed download's new response head, which the client must
+/// not see; rare, so the checksums are computed whole.)
+pub fn strip_front(frame: &mut [u8], n: usize) -> Result<(), NotAnswered> {
+    let payload_at = TCP + tcp_header(frame)?.len();
+    let total = usize::from(u16::from_be_bytes(copy2(frame, IP + 2)));
+    let end = ETH + total;
+    if payload_at + n > end {
+        return Err(NotAnswered::Shape);
+    }
+    frame.copy_within(payload_at + n..end, payload_at);
+    frame[end - n..end].fill(0);
+    let total = total - n;
+    frame[IP + 2..IP + 4].copy_from_slice(&(total as u16).to_be_bytes());
+    frame[IP + 10..IP + 12].fill(0);
+    let ip_sum = checksum::full(&frame[IP..IP + 20]);
+    frame[IP + 10..IP + 12].copy_from_slice(&ip_sum.to_be_bytes());
+    let seq = be32(frame, TCP + 4).wrapping_add(n as u32);
+    frame[TCP + 4..TCP + 8].copy_from_slice(&seq.to_be_bytes());
+    frame[TCP + 16..TCP + 18].fill(0);
+    let (src, dst) = (copy4(frame, IP + 12), copy4(frame, IP + 16));
+    let tcp_sum = tcp_checksum(&src, &dst, &frame[TCP..ETH + total]);
+    frame[TCP + 16..TCP + 18].copy_from_slice(&tcp_sum.to_be_bytes());
+    Ok(())
+}
+
 /// The options a SYN-ACK's client will use: what it offered, as the
 /// cookie can carry them, and window scaling only if both sides offer it.
 pub fn agreed(offered: &SynOptions, our_wscale: Option<u8>) -> SynOptions {
@@ -294,6 +322,33 @@ mod tests {
             let offered = tcpopt::read(tcp_header(&out[..len]).unwrap()).unwrap();
             assert_eq!(offered.mss_present, !seg.options.is_empty());
         }
+    }
+
+    #[test]
+    fn a_stripped_head_leaves_a_valid_segment_of_the_rest() {
+        let head = b"HTTP/1.1 206 Partial Content\r\n\r\n";
+        let payload = [&head[..], b"body bytes"].concat();
+        let mut f = tcp_seq(
+            ROUTER_MAC,
+            PORT_MAC,
+            ip("198.18.1.11"),
+            ip("10.0.0.7"),
+            (8080, 40001),
+            0xffff_fff0,
+            Some(9),
+            501,
+            0,
+            &payload,
+        );
+        strip_front(&mut f, head.len()).unwrap();
+        let seen = check(&f).expect("checksums hold after the strip");
+        assert_eq!(seen.payload, b"body bytes");
+        assert_eq!(be32(&f, TCP + 4), 0xffff_fff0u32.wrapping_add(head.len() as u32));
+        assert!(f[f.len() - head.len()..].iter().all(|&b| b == 0), "the freed bytes are zero padding");
+        // More than the payload: refused, untouched.
+        let before = f.clone();
+        assert_eq!(strip_front(&mut f, 11), Err(NotAnswered::Shape));
+        assert_eq!(f, before);
     }
 
     #[test]

@@ -85,6 +85,25 @@ pub fn rescale_window(tcp: &mut [u8], shift: i8) -> Result<(), SpliceError> {
 }
 
 /// The TCP header's length, checked against the segment.
+/// Sets a segment's acknowledgement number (the checksum follows).
+pub fn set_ack(tcp: &mut [u8], ack: u32) -> Result<(), SpliceError> {
+    header_len(tcp)?;
+    write32_updating_checksum(tcp, 8, ack);
+    Ok(())
+}
+
+/// Clears a segment's FIN flag, updating the checksum: its data passes,
+/// its close does not (a failed download's server closed early; another
+/// server carries on).
+pub fn clear_fin(tcp: &mut [u8]) -> Result<(), SpliceError> {
+    header_len(tcp)?;
+    let old = read16(tcp, 12);
+    tcp[13] &= !crate::packet::tcp_flags::FIN;
+    let check = checksum::update16(read16(tcp, CHECKSUM), old, read16(tcp, 12));
+    tcp[CHECKSUM..CHECKSUM + 2].copy_from_slice(&check.to_be_bytes());
+    Ok(())
+}
+
 fn header_len(tcp: &[u8]) -> Result<usize, SpliceError> {
     let off = usize::from(*tcp.get(DATA_OFF).ok_or(SpliceError::Truncated)? >> 4) * 4;
     if off < MIN_LEN || off > tcp.len() {
@@ -236,6 +255,25 @@ mod tests {
         client_to_server(&mut f[ETH_IP..], 0x10).unwrap();
         assert_eq!(read32(&f[ETH_IP..], ACK), 0x99);
         check(&f).expect("checksums hold");
+    }
+
+    #[test]
+    fn a_cleared_fin_keeps_the_data_and_the_checksum() {
+        let mut f = tcp_seq(
+            MAC_A,
+            MAC_B,
+            ip("198.18.1.11"),
+            ip("10.0.0.7"),
+            (8080, 40001),
+            7,
+            Some(9),
+            501,
+            crate::packet::tcp_flags::FIN,
+            b"last bytes",
+        );
+        clear_fin(&mut f[ETH_IP..]).unwrap();
+        let seen = check(&f).expect("checksum holds");
+        assert_eq!((seen.flags & crate::packet::tcp_flags::FIN, seen.payload.as_slice()), (0, &b"last bytes"[..]));
     }
 
     #[test]

@@ -89,7 +89,7 @@ impl Worker<'_> {
         if let Emit::RequestToServer { seq, ack } = e {
             // The gathered request, in segments of the server's MSS.
             let (Some(id), Some(pool)) = (p.buf, self.requests.as_ref()) else { return };
-            let bytes = pool.get(id).bytes();
+            let bytes = pool.get(id).bytes().get(usize::from(p.request_at)..).unwrap_or(&[]);
             let bytes = &bytes[..bytes.len().min(p.conn.request_len as usize)];
             let window = rescaled(p.client_window, p.shift_to_server);
             let chunks = bytes.chunks(usize::from(p.server_mss.max(64)));

@@ -32,14 +32,17 @@
 //! Here: the SYN answered, the cookie checked, the server's segments (the
 //! join, a race's winner, a failure before the answer) and the splicing
 //! both ways. `l7`: the request gathered and bound, and the next server
-//! after a failure; `emit`: the frames of the appliance's own; `timers`:
-//! retries, give-ups and expiry.
+//! after a failure; `failover`: a download carried on by another server
+//! when its own dies halfway; `emit`: the frames of the appliance's own;
+//! `timers`: retries, give-ups, stalls and expiry.
 
 mod emit;
+mod failover;
 mod l7;
 mod timers;
 
 pub use emit::Emits;
+use failover::Progress;
 use l7::{next_server, status_of};
 
 use super::{Verdict, Worker};
@@ -109,6 +112,11 @@ pub struct Proxied {
     /// answered (`racing` of them; 0: not racing). The first SYN-ACK binds.
     race: [u16; 4],
     racing: u8,
+    /// `l7`: where in the buffer the request to send starts (after the
+    /// original request when it is a resumed download's Range request).
+    request_at: u16,
+    /// `l7`: a download that another server can carry on if this one fails.
+    track: Option<failover::Download>,
 }
 
 /// The proxied-connection table of one worker.
@@ -155,6 +163,31 @@ impl Worker<'_> {
         };
         let l7 = self.shared.services[usize::from(svc)].l7.is_some();
         if let Some(p) = table.get_mut(key.pack(), hash, now_ms) {
+            if let Some(d) = p.track.as_mut() {
+                // `l7`, a tracked download: the client's ACKs say how far it got.
+                if seg.flags & tcp_flags::ACK != 0 {
+                    if let Some(held) = d.client_ack(seg.ack, now_ms).filter(|_| d.resume_from.is_none()) {
+                        let tcp = usize::from(info.l4_off);
+                        if frame.get_mut(tcp..).map(|t| splice::set_ack(t, held)).and_then(Result::ok).is_none() {
+                            return Verdict::Drop(DropReason::Malformed);
+                        }
+                    }
+                }
+                if d.resume_from.is_some() {
+                    // Another server is taking the download over: the
+                    // client's segments wait (TCP sends them again); a RST
+                    // ends it all.
+                    if seg.flags & tcp_flags::RST == 0 {
+                        return Verdict::Consumed;
+                    }
+                } else if seg.payload_len > 0 || seg.flags & tcp_flags::FIN != 0 {
+                    // The client moved on: a resume could not replay it.
+                    p.track = None;
+                    if let (Some(id), Some(pool)) = (p.buf.take(), self.requests.as_mut()) {
+                        pool.give(id);
+                    }
+                }
+            }
             if l7 && matches!(p.conn.state, State::Buffering | State::Connecting) && !syn {
                 return self.gather(frame, info, &seg, svc, key, hash, now_ms);
             }
@@ -280,6 +313,8 @@ impl Worker<'_> {
             client_moved_on: false,
             race: [0; 4],
             racing: 0,
+            request_at: 0,
+            track: None,
         };
         let Some(table) = self.proxied.as_mut() else {
             return Verdict::Drop(DropReason::NoSession);
@@ -391,6 +426,7 @@ impl Worker<'_> {
         }
         let l7 = shared.services[usize::from(svc)].l7.as_ref();
         let before = p.conn.state;
+        let mut head_to_strip = None;
         if let (Some(l7), State::Spliced, false) = (l7, before, p.answered) {
             // `l7`, before any of the answer reached the client: a RST, a
             // FIN without data or an error status is the server's failure.
@@ -423,7 +459,53 @@ impl Worker<'_> {
             }
             if !payload.is_empty() && in_order {
                 p.answered = true;
+                if p.track.is_some_and(|d| d.resume_from.is_some()) {
+                    // A resumed download: the replacement's head must
+                    // answer the Range request exactly.
+                    let pool = self.requests.as_ref();
+                    match pool.and_then(|pool| failover::resumed(p, pool, &seg, payload, now_ms)) {
+                        Some(head_len) => head_to_strip = Some(head_len),
+                        None => {
+                            let gone = *p;
+                            return self.refuse_resume(&gone, key, hash);
+                        }
+                    }
+                } else if let Some(pool) = self.requests.as_mut() {
+                    failover::track(p, pool, &seg, payload, now_ms);
+                }
             }
+        } else if let (Some(l7), State::Spliced, true, Some(mut d)) = (l7, before, p.answered, p.track) {
+            // `l7`, a tracked download: its body, and its server's failure.
+            p.track = match failover::progress(&mut d, &seg, p.conn.delta, now_ms) {
+                Progress::Body => Some(d),
+                Progress::Done => None,
+                Progress::Blind => return Verdict::Drop(DropReason::ProxyRefused),
+                Progress::Failed { data } => {
+                    p.track = Some(d);
+                    let old = *p;
+                    let sched = &mut self.l7_schedulers[usize::from(svc)];
+                    let syn =
+                        self.requests.as_mut().and_then(|pool| failover::fail_over(p, l7, sched, shared, pool, now_ms));
+                    if let Some(syn) = syn {
+                        let new = *p;
+                        self.stats.server_redirects[usize::from(old.server)].inc();
+                        if seg.flags & tcp_flags::RST == 0 {
+                            self.emit(&old, key, Emit::RstToServer { seq: old.conn.client_next() });
+                        }
+                        self.emit(&new, key, syn);
+                        if !data {
+                            return Verdict::Consumed;
+                        }
+                        // Its last bytes pass, its FIN does not.
+                        let tcp = usize::from(info.l4_off);
+                        if frame.get_mut(tcp..).map(splice::clear_fin).and_then(Result::ok).is_none() {
+                            return Verdict::Drop(DropReason::Malformed);
+                        }
+                        return self.splice_to_client(frame, info, svc, &old);
+                    }
+                    None // no other server: the failure reaches the client
+                }
+            };
         }
         let (action, mut emits) = p.conn.on_server(&seg);
         if let (Some(l7), State::Connecting, State::Closed) = (l7, before, p.conn.state) {
@@ -457,11 +539,35 @@ impl Worker<'_> {
         let request_end = p.conn.client_next();
         let acked = seg.flags & tcp_flags::ACK != 0 && (seg.ack.wrapping_sub(request_end) as i32) >= 0;
         p.request_acked |= p.conn.state == State::Spliced && acked;
-        let done = if p.answered || p.conn.state != State::Spliced && p.conn.state != State::Connecting {
-            p.buf.take()
-        } else {
-            None
-        };
+        let mut action = action;
+        if p.track.is_some_and(|d| d.resume_from.is_some()) && !p.answered && action == Action::Forward {
+            // The replacement's segments before its head are the appliance's business.
+            action = Action::Consume;
+        }
+        let mut info = *info;
+        if let Some(head_len) = head_to_strip {
+            // The replacement's head is not the client's: stripped, and ACKed for it.
+            self.stats.l7_resumes.inc();
+            if let Some(from) = p.track.and_then(|d| d.resumed_at) {
+                self.stats.l7_resume_offset.set(u64::from(from));
+            }
+            if usize::from(info.payload_len) == head_len {
+                emits[1] =
+                    Some(Emit::AckToServer { seq: p.conn.client_next(), ack: seg.seq.wrapping_add(seg.payload_len) });
+                action = Action::Consume;
+            } else if segment::strip_front(frame, head_len).is_ok() {
+                info.payload_len -= head_len as u16;
+            } else {
+                let gone = *p;
+                return self.refuse_resume(&gone, key, hash);
+            }
+        }
+        let done =
+            if p.answered && p.track.is_none() || p.conn.state != State::Spliced && p.conn.state != State::Connecting {
+                p.buf.take()
+            } else {
+                None
+            };
         if let (Some(id), Some(pool)) = (done, self.requests.as_mut()) {
             pool.give(id);
         }
@@ -470,10 +576,26 @@ impl Worker<'_> {
             self.emit(&p, key, e);
         }
         match action {
-            Action::Forward => self.splice_to_client(frame, info, svc, &p),
+            Action::Forward => self.splice_to_client(frame, &info, svc, &p),
             Action::Consume => Verdict::Consumed,
             Action::Drop(_) => Verdict::Drop(DropReason::ProxyRefused),
         }
+    }
+
+    /// A download's replacement server did not answer its Range request
+    /// with exactly the rest of the same version: both ends are reset (the
+    /// client must not get bytes of another version) and the connection goes.
+    fn refuse_resume(&mut self, p: &Proxied, key: &FlowKey, hash: u64) -> Verdict {
+        self.stats.l7_resume_refused.inc();
+        self.stats.proxy_failed.inc();
+        self.emit(p, key, Emit::RstToServer { seq: p.conn.client_next() });
+        if let Some(d) = p.track {
+            self.emit(p, key, Emit::RstToClient { seq: d.client_rst_seq() });
+        }
+        if let Some(gone) = self.proxied.as_mut().and_then(|t| t.remove(key.pack(), hash)) {
+            self.release(&gone);
+        }
+        Verdict::Consumed
     }
 
     /// A client's segment of a joined connection, on its way to the server.

@@ -2,6 +2,7 @@
 //! replayed SYN and an unacknowledged request sent again, handshakes and
 //! slow requests given up, idle connections removed.
 
+use super::failover::{fail_over, STALL_MS};
 use super::l7::next_server;
 use super::{Proxied, State, REQUEST_RTO_MS, REQUEST_TIMEOUT_MS, REQUEST_TRIES};
 use crate::dataplane::Worker;
@@ -85,6 +86,34 @@ impl Worker<'_> {
                         n_due += 2;
                         false
                     }
+                }
+                // `l7`: a tracked download whose server went silent while
+                // the client has all it was sent: another server carries on.
+                State::Spliced
+                    if p.answered
+                        && p.track.is_some_and(|d| {
+                            d.resume_from.is_none()
+                                && d.client_has_all()
+                                && now_ms.wrapping_sub(d.progress_ms) > STALL_MS
+                        }) =>
+                {
+                    let old = *p;
+                    let l7 = shared.services[usize::from(p.svc)].l7.as_ref();
+                    let sched = schedulers.get_mut(usize::from(p.svc));
+                    let syn = match (l7, sched, pool.as_deref_mut()) {
+                        (Some(l7), Some(sched), Some(pool)) => fail_over(p, l7, sched, shared, pool, now_ms),
+                        _ => None,
+                    };
+                    match syn {
+                        Some(syn) => {
+                            stats.server_redirects[usize::from(old.server)].inc();
+                            due[n_due] = (key, old, Emit::RstToServer { seq: old.conn.client_next() });
+                            due[n_due + 1] = (key, *p, syn);
+                            n_due += 2;
+                        }
+                        None => p.track = None, // nobody to take over: it stays as it is
+                    }
+                    true
                 }
                 State::Spliced => idle <= timeouts.established_ms,
                 State::Closing | State::Closed => idle <= timeouts.closing_ms,
