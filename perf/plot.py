@@ -58,7 +58,7 @@ def main(path):
                                      lambda r: r["ns_per_packet"], lambda mpps: 1e3 / mpps))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    sessions = sorted({r["sessions"] for r in rows if r["workers"] == 1})
+    sessions = sorted({r["sessions"] for r in rows if r["workers"] == 1 and r["scenario"] in SCENARIOS})
     width = 0.8 / len(SCENARIOS)
     for i, sc in enumerate(SCENARIOS):
         by = {r["sessions"]: r["ratio"] for r in rows if r["workers"] == 1 and r["scenario"] == sc}

@@ -28,12 +28,12 @@ import json, math, sys
 r = json.load(open(sys.argv[1]))
 def num(x, what):
     assert isinstance(x, (int, float)) and math.isfinite(x) and x > 0, f"{what}: {x!r}"
-for k in ("timestamp", "machine", "params", "references", "rows", "targets", "new_connections", "syn_cookies"):
+for k in ("timestamp", "machine", "params", "references", "rows", "targets", "new_connections", "syn_cookies", "l7_connections"):
     assert k in r, f"missing {k}"
-assert {x["mode"] for x in r["references"]} == {"io", "macswap", "io (replies)"}, r["references"]
+assert {x["mode"] for x in r["references"]} == {"io", "macswap", "io (replies)", "io (l7 segments)"}, r["references"]
 for x in r["references"]:
     num(x["mpps"], f"testpmd {x['mode']} Mpps")
-assert sorted(x["scenario"] for x in r["rows"]) == ["dsr", "nat-forward", "nat-reply"], r["rows"]
+assert sorted(x["scenario"] for x in r["rows"]) == ["dsr", "l7-spliced", "nat-forward", "nat-reply"], r["rows"]
 for x in r["rows"]:
     for k in ("mpps", "testpmd_io_mpps", "ratio", "ns_per_packet", "tsc_cycles_per_packet",
               "table_bytes_per_session", "process_memory_bytes"):
@@ -41,6 +41,7 @@ for x in r["rows"]:
     assert isinstance(x["drops_in_window"], int) and x["drops_in_window"] >= 0
 num(r["new_connections"]["per_second_per_worker"], "new connections per second")
 num(r["syn_cookies"]["per_second_per_worker"], "SYN cookies answered per second")
+num(r["l7_connections"]["per_second_per_worker"], "L7 connections per second")
 s = r["sync"]
 t = s["transfer"]
 num(t["updates_per_s"], "sync updates per second")
@@ -54,7 +55,7 @@ assert [i["sessions"] for i in r["instructions"]] == [1000, 100000], r["instruct
 for i in r["instructions"]:
     num(i["worker"], f"instructions per packet at {i['sessions']} sessions")
     assert i["with_harness"] > i["worker"], i
-assert len(r["targets"]) == 11 and all({"name", "target", "value", "met"} <= t.keys() for t in r["targets"])
+assert len(r["targets"]) == 13 and all({"name", "target", "value", "met"} <= t.keys() for t in r["targets"])
 print(f"bench-smoke: {len(r['rows'])} rows, {len(r['references'])} testpmd references, "
       f"e.g. dsr {r['rows'][0]['mpps']:.2f} Mpps = {r['rows'][0]['ratio']:.2f} of testpmd io")
 PY

@@ -258,7 +258,7 @@ pub fn stats_line(t: f64, now: &Snapshot, last: &Snapshot, dt: f64, labels: &[St
         .map(|(l, (n, o))| format!("{l}=+{}", n - o))
         .collect();
     format!(
-        "stats t={t:.3}s rx={} tx={} drops={} rx_pps={} tx_pps={} active={} created={} new_per_s={} cookies={} | new sessions: {}",
+        "stats t={t:.3}s rx={} tx={} drops={} rx_pps={} tx_pps={} active={} created={} new_per_s={} cookies={} joined={} | new sessions: {}",
         now.rx,
         now.tx,
         now.drops_total(),
@@ -268,6 +268,7 @@ pub fn stats_line(t: f64, now: &Snapshot, last: &Snapshot, dt: f64, labels: &[St
         now.created,
         rate(now.created, last.created),
         now.syn_cookies_sent,
+        now.proxy_joined,
         per_server.join(" ")
     )
 }

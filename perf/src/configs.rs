@@ -5,9 +5,12 @@
 
 use ringlb::config;
 use ringlb::dataplane::Shared;
+use ringlb::l7::cookie::{CookieFlow, CookieJar};
+use ringlb::l7::segment;
 use ringlb::packet::L4Proto;
 use ringlb::session::FlowKey;
-use ringlb_perf::pcapgen::{self, Kind, Writer, PORT_MAC};
+use ringlb_perf::pcapgen::{self, Kind, Writer, PORT_MAC, ROUTER_MAC};
+use ringlb_testkit::{tcp_seq, with_tcp_options, ACK, PSH, SYN};
 use std::path::{Path, PathBuf};
 
 /// Server i's MAC (static in the config: the sink cannot answer ARP).
@@ -235,4 +238,115 @@ pub fn sibling_yamls(
         write_config(dir, &format!("sync-a-{sessions}.yaml"), &a)?,
         write_config(dir, &format!("sync-b-{sessions}.yaml"), &b)?,
     ))
+}
+
+/// The L7 benchmark's cookie key (`syn_cookies.key_file`), so that the
+/// pcap can answer the appliance's cookies.
+const L7_KEY: &str = "5d2e8a1c7f3b9e4d6a0c2f8b1e7d3a9c5f0b4e8d2a6c1f7b3e9d5a0c4f8b2e6d";
+/// Linux's SYN options, without timestamps: MSS 1460, NOP, window scale 7, SACK-permitted, NOP NOP.
+const L7_SYN_OPTIONS: [u8; 12] = [2, 4, 5, 180, 1, 3, 3, 7, 4, 2, 1, 1];
+/// The server's SYN-ACK options: MSS 1460, NOP, window scale 7, SACK-permitted, NOP NOP.
+const L7_SYNACK_OPTIONS: [u8; 12] = [2, 4, 5, 180, 1, 3, 3, 7, 4, 2, 1, 1];
+const L7_GET: &[u8] = b"GET /index.html HTTP/1.1\r\nHost: bench\r\nUser-Agent: ringlb-bench\r\nAccept: */*\r\n\r\n";
+const L7_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+const L7_CLIENT_ISN: u32 = 1000;
+const L7_SERVER_ISN: u32 = 0x7000_0000;
+
+/// The L7 inputs for `flows` connections to one `mode: l7` service with
+/// one server (so the pcap knows where each replayed SYN goes). The first
+/// file holds, per flow, what one connection takes: the client's SYN, its
+/// ACK of the cookie SYN-ACK carrying a one-segment GET, the server's
+/// SYN-ACK to the replayed SYN, and its answer (which ACKs the request).
+/// With `packets`, the second holds that many client data segments of
+/// those flows once spliced (the steady state). The cookies are made for
+/// the current 65-second slice, which the appliance accepts for 65 to 131
+/// s: the run must start at once.
+pub fn l7_files(dir: &Path, flows: u32, packets: Option<u32>) -> std::io::Result<(PathBuf, Option<PathBuf>)> {
+    let jar = CookieJar::from_secret(L7_KEY);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let wall_ms = now.as_millis() as u64;
+    let vip = (pcapgen::VIP, pcapgen::VPORT);
+    let server = ([198, 18, 1, 11], 8080);
+    let path = dir.join(format!("l7-{flows}.pcap"));
+    let mut w = Writer::create(&path)?;
+    let mut cookies = Vec::with_capacity(flows as usize);
+    for i in 0..flows {
+        let (ip, port) = pcapgen::client(i);
+        let to_vip = |seq, ack, flags, payload: &[u8]| {
+            tcp_seq(ROUTER_MAC, PORT_MAC, ip, vip.0, (port, vip.1), seq, ack, 502, flags, payload)
+        };
+        let from_server = |seq, ack, flags, payload: &[u8]| {
+            tcp_seq(server_mac(0), PORT_MAC, server.0, ip, (server.1, port), seq, Some(ack), 502, flags, payload)
+        };
+        let syn = with_tcp_options(&to_vip(L7_CLIENT_ISN, None, SYN, b""), &L7_SYN_OPTIONS);
+        let (isn, offered) = segment::read_syn(&syn).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        let opts = segment::agreed(&offered.opts, Some(7));
+        let flow = CookieFlow {
+            client_ip: u32::from_be_bytes(ip),
+            client_port: port,
+            vip: u32::from_be_bytes(vip.0),
+            vport: vip.1,
+        };
+        let cookie = jar.make(&flow, isn, &opts, wall_ms);
+        cookies.push(cookie);
+        w.raw(syn)?;
+        w.raw(to_vip(isn + 1, Some(cookie.wrapping_add(1)), ACK | PSH, L7_GET))?;
+        w.raw(with_tcp_options(&from_server(L7_SERVER_ISN, isn + 1, SYN | ACK, b""), &L7_SYNACK_OPTIONS))?;
+        w.raw(from_server(L7_SERVER_ISN + 1, isn + 1 + L7_GET.len() as u32, ACK | PSH, L7_ANSWER))?;
+    }
+    w.finish()?;
+    let Some(packets) = packets else { return Ok((path, None)) };
+    let data = dir.join(format!("l7-data-{flows}.pcap"));
+    let mut w = Writer::create(&data)?;
+    for i in pcapgen::data_flows(flows, packets) {
+        let (ip, port) = pcapgen::client(i);
+        let seq = L7_CLIENT_ISN + 1 + L7_GET.len() as u32;
+        let ack = cookies[i as usize].wrapping_add(1 + L7_ANSWER.len() as u32);
+        w.raw(tcp_seq(ROUTER_MAC, PORT_MAC, ip, vip.0, (port, vip.1), seq, Some(ack), 502, ACK | PSH, b"ringlb"))?;
+    }
+    w.finish()?;
+    Ok((path, Some(data)))
+}
+
+/// A `mode: l7` configuration reading `l7` (the connections, once) on a
+/// port of the servers' subnet, and `data` (spliced client segments,
+/// forever) on the client side if given. The key file is written beside it.
+pub fn l7_yaml(dir: &Path, flows: u32, l7: &Path, data: Option<&Path>, mbufs: u32) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.join("cookie.key");
+    std::fs::write(&key, L7_KEY).map_err(|e| format!("{}: {e}", key.display()))?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+    let data_port = data.map_or(String::new(), |d| {
+        format!(
+            "  - {{ device: \"{}\", ip: 198.18.0.1/24, mac: \"02:00:00:00:00:01\" }}\n",
+            vdev("net_pcap0", &[d.to_path_buf()], true)
+        )
+    });
+    let m = server_mac(0);
+    let text = format!(
+        "# generated by ringlb-bench
+eal: {{ control_core: 0, worker_cores: [1], hugepages: true, mbufs: {mbufs} }}
+ports:
+{data_port}  - {{ device: \"{}\", ip: 198.18.1.2/24, mac: \"02:00:00:00:00:01\" }}
+  - {{ device: \"{}\", ip: 198.18.1.1/24 }}
+services:
+  - {{ name: bench, vip: 198.18.100.1, port: 80, mode: l7, group: web }}
+server_groups:
+  web:
+    - {{ ip: 198.18.1.11, port: 8080, mac: \"{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}\" }}
+sessions: {{ capacity: 1024, proxied: {flows} }}
+syn_cookies: {{ key_file: \"{}\" }}
+timeouts: {{ syn: 60m, established: 60m }}
+",
+        vdev("net_pcap1", &[l7.to_path_buf()], false),
+        crate::measure::SINK,
+        m[0],
+        m[1],
+        m[2],
+        m[3],
+        m[4],
+        m[5],
+        key.display()
+    );
+    write_config(dir, &format!("l7-{flows}.yaml"), &text)
 }

@@ -133,6 +133,9 @@ fn main() {
 }
 
 /// The median of a few measurements (one definition for the whole bench: `measure::median`).
+/// Spliced L7 connections in the steady-state run (a table that fits in cache).
+const L7_SPLICED_FLOWS: u32 = 10_000;
+
 fn median(v: &[f64]) -> f64 {
     measure::median(&mut v.to_vec())
 }
@@ -300,6 +303,49 @@ fn run(o: &Options) -> Result<PathBuf, String> {
     println!("   ringlb: {:.0} SYN cookies/s on one worker", r.new_per_s);
     rep.syn_cookies(o.new_conns, &r);
     let _ = std::fs::remove_file(&warm);
+
+    let l7_conns = o.new_conns.min(if o.smoke { 100_000 } else { 500_000 });
+    println!("== L7 new connections: {l7_conns} (SYN, cookie ACK with a GET, the server's SYN-ACK and answer)");
+    let (l7, _) = configs::l7_files(dir, l7_conns, None).map_err(|e| format!("generating pcaps: {e}"))?;
+    let cfg = configs::l7_yaml(dir, l7_conns, &l7, None, pool)?;
+    let r =
+        measure::ringlb(&o.ringlb, &cfg, RinglbMode::Creation { sessions: u64::from(l7_conns), counter: "joined" })?;
+    println!("   ringlb: {:.0} L7 connections/s on one worker", r.new_per_s);
+    rep.l7_connections(l7_conns, &r);
+    let _ = std::fs::remove_file(&l7);
+
+    let flows = L7_SPLICED_FLOWS;
+    println!("== L7 spliced flows: {flows} connections, then their client segments ({} round(s), medians)", o.rounds);
+    let (mut io, mut runs) = (Vec::new(), Vec::new());
+    for _ in 0..o.rounds {
+        // Made afresh each round: the cookies are of the current time slice.
+        let (l7, data) =
+            configs::l7_files(dir, flows, Some(o.data_packets)).map_err(|e| format!("generating pcaps: {e}"))?;
+        let data = data.ok_or("no L7 data pcap")?;
+        io.push(measure::testpmd(
+            &one,
+            &format!("net_pcap0,rx_pcap={},infinite_rx=1", data.display()),
+            1,
+            "io",
+            o.seconds,
+        )?);
+        let cfg = configs::l7_yaml(dir, flows, &l7, Some(&data), pool)?;
+        let steady = RinglbMode::SteadyBy { sessions: u64::from(flows), seconds: o.seconds, counter: "joined" };
+        runs.push(measure::ringlb(&o.ringlb, &cfg, steady)?);
+        let _ = (std::fs::remove_file(&l7), std::fs::remove_file(&data));
+    }
+    let io = median(&io);
+    runs.sort_by(|a, b| a.pps.total_cmp(&b.pps));
+    let row = Row::new(flows, 1, "l7-spliced", &runs[runs.len() / 2], io);
+    println!(
+        "   testpmd io {:.2} Mpps; ringlb l7-spliced: {:.2} Mpps = {:.2} of testpmd io, {:.1} ns/packet",
+        io / 1e6,
+        row.mpps,
+        row.ratio,
+        row.ns_per_packet
+    );
+    rep.reference(flows, 1, "io (l7 segments)", io);
+    rep.rows.push(row);
 
     if o.sync_at > 0 {
         let n = o.sync_at;

@@ -83,6 +83,9 @@ pub struct RinglbResult {
 pub enum RinglbMode {
     /// Wait until `sessions` exist, then measure the transmit rate for `seconds`.
     Steady { sessions: u64, seconds: f64 },
+    /// As `Steady`, with the stats line's `counter` counting the flows
+    /// (`joined`: proxied connections spliced).
+    SteadyBy { sessions: u64, seconds: f64, counter: &'static str },
     /// Measure how fast `sessions` new sessions are created.
     /// Until the stats line's `counter` (`created`: sessions; `cookies`:
     /// SYN cookies sent) reaches `sessions`; its rate is the result.
@@ -101,8 +104,14 @@ pub fn ringlb_gated(
     mode: RinglbMode,
     gate: &dyn Fn() -> bool,
 ) -> Result<RinglbResult, String> {
+    // The stats line's field that counts the flows.
+    let (mode, counter) = match mode {
+        RinglbMode::SteadyBy { sessions, seconds, counter } => (RinglbMode::Steady { sessions, seconds }, counter),
+        RinglbMode::Creation { counter, .. } => (mode, counter),
+        RinglbMode::Steady { .. } => (mode, "created"),
+    };
     let interval = match mode {
-        RinglbMode::Steady { .. } => "0.5",
+        RinglbMode::Steady { .. } | RinglbMode::SteadyBy { .. } => "0.5",
         RinglbMode::Creation { .. } => "0.05",
     };
     let mut cmd = Command::new(bin);
@@ -134,10 +143,7 @@ pub fn ringlb_gated(
         if !line.starts_with("stats ") {
             continue;
         }
-        let counter = match mode {
-            RinglbMode::Creation { counter, .. } => counter,
-            RinglbMode::Steady { .. } => "created",
-        };
+
         let (Some(t), Some(tx), Some(created), Some(drops)) =
             (field(&line, "t"), field(&line, "tx"), field(&line, counter), field(&line, "drops"))
         else {
@@ -171,6 +177,7 @@ pub fn ringlb_gated(
                     }
                 }
             },
+            RinglbMode::SteadyBy { .. } => {} // made a `Steady` above
             RinglbMode::Creation { sessions, .. } => {
                 created_at.push((t, created));
                 if created >= sessions as f64 {

@@ -94,6 +94,12 @@ impl Writer {
         self.write()
     }
 
+    /// Any frame, as it is.
+    pub fn raw(&mut self, frame: Vec<u8>) -> std::io::Result<()> {
+        self.frame = frame;
+        self.write()
+    }
+
     pub fn finish(self) -> std::io::Result<()> {
         let mut w = self.out.into_writer();
         std::io::Write::flush(&mut w)

@@ -106,6 +106,9 @@ pub struct Report {
     pub new_connections: Option<NewConnections>,
     /// The same SYNs to a `syn_proxy` service: cookies answered per second.
     pub syn_cookies: Option<NewConnections>,
+    /// `l7` connections made per second (handshake with a cookie, request,
+    /// the server's handshake and answer), each read once from a pcap.
+    pub l7_connections: Option<NewConnections>,
     /// Process memory growth per session between the smallest and largest run.
     pub process_bytes_per_session: Option<f64>,
     pub sync: Option<SyncSection>,
@@ -152,6 +155,7 @@ impl Report {
             instructions: Vec::new(),
             new_connections: None,
             syn_cookies: None,
+            l7_connections: None,
             process_bytes_per_session: None,
             sync: None,
             targets: Vec::new(),
@@ -169,6 +173,10 @@ impl Report {
 
     pub fn syn_cookies(&mut self, syns: u32, r: &RinglbResult) {
         self.syn_cookies = Some(NewConnections { syns, per_second_per_worker: r.new_per_s });
+    }
+
+    pub fn l7_connections(&mut self, connections: u32, r: &RinglbResult) {
+        self.l7_connections = Some(NewConnections { syns: connections, per_second_per_worker: r.new_per_s });
     }
 
     pub fn sync(&mut self, transfer: SyncTransfer, off_pps: f64, on_pps: f64, transports: TransportComparison) {
@@ -220,6 +228,8 @@ impl Report {
             met: value.map(ok),
         };
         let per_packet = self.instructions.iter().find(|i| i.sessions == 1000).map(|i| i.worker);
+        let l7_new = self.l7_connections.as_ref().map(|n| n.per_second_per_worker).filter(|v| *v > 0.0);
+        let spliced = self.rows.iter().find(|r| r.scenario == "l7-spliced").map(|r| r.ratio);
         self.targets = vec![
             t("instructions per packet, established DSR at 1k sessions", "<= 150", per_packet, |v| v <= 150.0),
             t("DSR at 1M sessions / testpmd io", ">= 0.60", ratio("dsr"), |v| v >= 0.60),
@@ -229,6 +239,8 @@ impl Report {
             t("session table bytes per session (worst run)", "<= 128", table, |v| v <= 128.0),
             t("process memory growth per session", "<= 128", self.process_bytes_per_session, |v| v <= 128.0),
             t("new connections per second per worker", ">= 1000000", new, |v| v >= 1e6),
+            t("L7 new connections per second per worker", ">= 500000", l7_new, |v| v >= 5e5),
+            t("L7 spliced established flows / testpmd io", ">= 0.45", spliced, |v| v >= 0.45),
         ];
         if let Some(s) = &self.sync {
             self.targets.extend([
@@ -297,6 +309,13 @@ impl Report {
             let _ = writeln!(
                 o,
                 "SYN cookies: {:.0}/s answered on one worker (the same {} SYNs to a syn_proxy service; nothing kept)",
+                n.per_second_per_worker, n.syns
+            );
+        }
+        if let Some(n) = &self.l7_connections {
+            let _ = writeln!(
+                o,
+                "L7 connections: {:.0}/s on one worker ({} connections read once from a pcap: SYN, cookie ACK with a GET, the server's SYN-ACK and answer)",
                 n.per_second_per_worker, n.syns
             );
         }
