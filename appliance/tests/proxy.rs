@@ -709,9 +709,8 @@ fn l7_a_blind_fin_or_reset_in_the_servers_name_does_not_move_a_download() {
 }
 
 /// S3 closes early (a FIN with its last bytes, 1000..1400); S4 gets the
-/// SYN and the Range request for byte 600 on. Returns (cookie, after, the
-/// resumed SYN's ISN).
-fn fail_halfway(w: &mut Worker, stats: &[WorkerStats]) -> (u32, u32, u32) {
+/// SYN. Returns (cookie, after, the resumed SYN's ISN).
+fn fail_halfway_to_syn(w: &mut Worker) -> (u32, u32, u32) {
     let (cookie, after) = download_halfway(w);
     let at = S3_ISN + 1 + HEAD_200.len() as u32 + 1000;
     let mut last = from("198.18.0.23", S3_MAC, at, after, FIN | ACK | PSH, &body()[1000..1400]);
@@ -727,6 +726,13 @@ fn fail_halfway(w: &mut Worker, stats: &[WorkerStats]) -> (u32, u32, u32) {
     // The client's ACK meanwhile goes nowhere.
     let mut ack = from_client(after, Some(cookie.wrapping_add(1 + HEAD_200.len() as u32 + 1400)), ACK, b"");
     assert_eq!(w.process(&mut ack, 0, 11, false), Verdict::Consumed);
+    (cookie, after, isn)
+}
+
+/// As `fail_halfway_to_syn`, then S4 joins and gets the Range request for
+/// byte 600 on.
+fn fail_halfway(w: &mut Worker, stats: &[WorkerStats]) -> (u32, u32, u32) {
+    let (cookie, after, isn) = fail_halfway_to_syn(w);
     // S4 answers: the Range request, ending exactly where the client's next byte begins.
     let mut synack = from("198.18.0.24", S4_MAC, 0x9000_0000, isn.wrapping_add(1), SYN | ACK, b"");
     assert_eq!(w.process(&mut synack, 0, 12, false), Verdict::Consumed);
@@ -836,4 +842,150 @@ fn l7_a_segment_lost_before_the_appliance_does_not_hide_the_servers_failure() {
     let frames = own_frames(&mut w);
     let seen: Vec<_> = frames.iter().map(|(_, f)| (check(f).unwrap().flags, check(f).unwrap().dst_mac)).collect();
     assert_eq!(seen, [(RST, S3_MAC), (SYN, S4_MAC)]);
+}
+
+#[test]
+fn l7_segments_that_do_not_ack_the_clients_request_neither_end_nor_move_a_download() {
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (_, after) = download_halfway(&mut w);
+    let next = S3_ISN + 1 + HEAD_200.len() as u32 + 1000;
+    // A blind sender knows neither the client's sequence numbers nor the
+    // server's: a FIN within a window, at the server's next byte or a
+    // little ahead, that does not ACK the client's request exactly, is
+    // not the server's.
+    for (seq, ack) in [(next + 1000, after + 7), (next, after.wrapping_sub(1)), (next + 4000, 0x1234_5678)] {
+        let mut forged = from("198.18.0.23", S3_MAC, seq, ack, FIN | ACK, b"");
+        let v = w.process(&mut forged, 0, 7, false);
+        assert!(own_frames(&mut w).is_empty(), "a FIN at {seq:#x} acking {ack:#x} moved the download ({v:?})");
+    }
+    // Forged data ahead does not move the server's next byte: its real
+    // FIN there is still its failure.
+    let mut ahead = from("198.18.0.23", S3_MAC, next + 600, after ^ 0x8000, ACK, &[0u8; 100]);
+    w.process(&mut ahead, 0, 8, false);
+    let mut fin = from("198.18.0.23", S3_MAC, next, after, FIN | ACK, b"");
+    assert_eq!(w.process(&mut fin, 0, 9, false), Verdict::Consumed);
+    let frames = own_frames(&mut w);
+    let seen: Vec<_> = frames.iter().map(|(_, f)| (check(f).unwrap().flags, check(f).unwrap().dst_mac)).collect();
+    assert_eq!(seen, [(RST, S3_MAC), (SYN, S4_MAC)]);
+}
+
+/// The client-facing sequence number after what the client has in
+/// `fail_halfway` (S3's bytes to 1400).
+fn client_next_byte(cookie: u32) -> u32 {
+    cookie.wrapping_add(1 + HEAD_200.len() as u32 + 1400)
+}
+
+/// The sequence numbers of the RSTs to the client among `frames`.
+fn client_rsts(frames: Vec<(u8, Vec<u8>)>) -> Vec<u32> {
+    let to_client = |f: &Vec<u8>| check(f).is_ok_and(|s| s.flags & RST != 0 && s.dst == ip(CLIENT));
+    frames.iter().filter(|(_, f)| to_client(f)).map(|(_, f)| seq(f)).collect()
+}
+
+/// Runs the sweep from `from` to `to` ms; the RSTs sent to the client (their sequence numbers).
+fn client_resets(w: &mut Worker, from: u32, to: u32) -> Vec<u32> {
+    (from..to)
+        .step_by(10)
+        .flat_map(|now| {
+            w.sweep(now);
+            client_rsts(own_frames(w))
+        })
+        .collect()
+}
+
+#[test]
+fn l7_a_resume_that_fails_resets_the_client_at_its_next_byte() {
+    // S4 refuses the SYN, and no member is left.
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, _, isn) = fail_halfway_to_syn(&mut w);
+    let mut refused = from("198.18.0.24", S4_MAC, 0, isn.wrapping_add(1), RST | ACK, b"");
+    assert_eq!(w.process(&mut refused, 0, 13, false), Verdict::Consumed);
+    assert_eq!(client_rsts(own_frames(&mut w)), [client_next_byte(cookie)], "refused SYN");
+    assert_eq!(stats[0].l7_resume_refused.get(), 1);
+
+    // S4 never answers the SYN.
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, _, _) = fail_halfway_to_syn(&mut w);
+    assert_eq!(client_resets(&mut w, 20, 3000), [client_next_byte(cookie)], "silent SYN");
+    assert_eq!(stats[0].l7_resume_refused.get(), 1);
+
+    // S4 closes before its answer.
+    for flags in [FIN | ACK, RST | ACK] {
+        let (shared, stats) = setup_with(DOWNLOAD);
+        let mut w = Worker::new(0, &shared, &stats[0]);
+        let (cookie, after, _) = fail_halfway(&mut w, &stats);
+        let mut close = from("198.18.0.24", S4_MAC, 0x9000_0001, after, flags, b"");
+        w.process(&mut close, 0, 13, false);
+        assert_eq!(client_rsts(own_frames(&mut w)), [client_next_byte(cookie)], "{flags:#x} before the head");
+        assert_eq!(stats[0].proxy_active.get(), 0);
+    }
+
+    // S4 ACKs the Range request but never answers it.
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, after, _) = fail_halfway(&mut w, &stats);
+    let mut acked = from("198.18.0.24", S4_MAC, 0x9000_0001, after, ACK, b"");
+    assert_eq!(w.process(&mut acked, 0, 14, false), Verdict::Consumed);
+    assert_eq!(client_resets(&mut w, 20, 12_000), [client_next_byte(cookie)], "silent after the request");
+    assert_eq!(stats[0].proxy_active.get(), 0);
+}
+
+#[test]
+fn l7_a_client_that_shuts_its_window_is_not_a_stalled_server() {
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, after) = download_halfway(&mut w);
+    // The client has all 1000 bytes and no room for more.
+    let all = cookie.wrapping_add(1 + HEAD_200.len() as u32 + 1000);
+    let mut shut = tcp_seq(ROUTER_MAC, PORT_MAC, ip(CLIENT), ip(VIP), (40000, 80), after, Some(all), 0, ACK, b"");
+    assert_eq!(w.process(&mut shut, 0, 10, false), Verdict::Tx(0));
+    for now in (20..10_000).step_by(100) {
+        w.sweep(now);
+    }
+    assert!(own_frames(&mut w).is_empty(), "a shut window is the client's, not the server's");
+    // It opens again: the server has its time to send before it counts as stalled.
+    let mut open = tcp_seq(ROUTER_MAC, PORT_MAC, ip(CLIENT), ip(VIP), (40000, 80), after, Some(all), 500, ACK, b"");
+    assert_eq!(w.process(&mut open, 0, 10_000, false), Verdict::Tx(0));
+    w.sweep(11_000);
+    assert!(own_frames(&mut w).is_empty(), "1 s after the window opened");
+    let moved = (11_000..13_000).step_by(100).map(|now| {
+        w.sweep(now);
+        own_frames(&mut w)
+    });
+    let moved: Vec<_> = moved
+        .flat_map(|frames| frames.into_iter().map(|(_, f)| (check(&f).unwrap().flags, check(&f).unwrap().dst_mac)))
+        .take(2)
+        .collect();
+    assert_eq!(moved, [(RST, S3_MAC), (SYN, S4_MAC)]);
+    assert_eq!(stats[0].l7_resume_refused.get(), 0);
+}
+
+#[test]
+fn l7_a_replacement_whose_head_comes_in_two_segments_still_resumes() {
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, after, _) = fail_halfway(&mut w, &stats);
+    let head = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 600-2999/3000\r\nContent-Length: 2400\r\nETag: \"abc\"\r\n\r\n";
+    let (first, second) = head.split_at(40);
+    let s4 = 0x9000_0001u32;
+    // The head's first part: the appliance keeps it and ACKs it for the client.
+    let mut one = from("198.18.0.24", S4_MAC, s4, after, ACK, first);
+    assert_eq!(w.process(&mut one, 0, 13, false), Verdict::Consumed);
+    let frames = own_frames(&mut w);
+    assert_eq!(frames.len(), 1);
+    assert_eq!((check(&frames[0].1).unwrap().dst_mac, ack_of(&frames[0].1)), (S4_MAC, s4 + 40));
+    // Sent again: still nothing for the client.
+    let mut again = from("198.18.0.24", S4_MAC, s4, after, ACK, first);
+    assert_eq!(w.process(&mut again, 0, 13, false), Verdict::Consumed);
+    own_frames(&mut w);
+    // The rest of the head and the first body bytes: the body lands at byte 600.
+    let body = body();
+    let mut two = from("198.18.0.24", S4_MAC, s4 + 40, after, ACK, &[second, &body[600..1000]].concat());
+    assert_eq!(w.process(&mut two, 0, 14, false), Verdict::Tx(0));
+    let c = check(&two).expect("valid after the strip");
+    assert_eq!(c.payload.as_slice(), &body[600..1000]);
+    assert_eq!(seq(&two), cookie.wrapping_add(1 + HEAD_200.len() as u32 + 600));
+    assert_eq!((stats[0].l7_resumes.get(), stats[0].l7_resume_offset.get()), (1, 600));
 }

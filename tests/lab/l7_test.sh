@@ -90,13 +90,21 @@ grep -qE 'wscale:7,[0-9]+' <<< "$tcp_info" || fail "window scaling not in effect
 # halfway; another server of the group carries on from the byte the client has.
 ip netns exec "$C" curl -sS --max-time 120 --limit-rate 16M -o "$LAB_DIR/dl-failover.bin" "http://$VIP/big.bin" 2> "$LAB_DIR/curl-failover.err" &
 dl_pid=$!
-for _ in $(seq 200); do
-  [ "$(stat -c %s "$LAB_DIR/dl-failover.bin" 2>/dev/null || echo 0)" -ge $((32 << 20)) ] && break
+half=""
+for _ in $(seq 400); do
+  if [ "$(stat -c %s "$LAB_DIR/dl-failover.bin" 2>/dev/null || echo 0)" -ge $((32 << 20)) ]; then half=1; break; fi
   sleep 0.05
 done
+[ -n "$half" ] || fail "the throttled download did not reach 32 MiB in 20 s: $(cat "$LAB_DIR/curl-failover.err")"
+# The serving server is the one whose connection has sent the client
+# more than 16 MiB (ss -i: bytes_acked); exactly one must have.
 serving=""
 for s in s1 s2 s3; do
-  if ip netns exec "$(lab_ns "$s")" ss -tnH state established "( sport = :8080 )" | grep -q .; then serving=$s; fi
+  sent=$(ip netns exec "$(lab_ns "$s")" ss -tniH state established "( sport = :8080 )" | grep -oE 'bytes_acked:[0-9]+' | cut -d: -f2 | sort -n | tail -1 || true)
+  if [ "${sent:-0}" -ge $((16 << 20)) ]; then
+    [ -z "$serving" ] || fail "both $serving and $s have sent more than 16 MiB on one connection"
+    serving=$s
+  fi
 done
 [ -n "$serving" ] || fail "no server has the download's connection"
 killed_at=$(stat -c %s "$LAB_DIR/dl-failover.bin")
@@ -108,10 +116,12 @@ echo "lab-l7: download across the failover sha256 $got_sum (file $want)"
 [ "$got_sum" = "$want" ] || fail "sha256 mismatch after the failover"
 ip netns exec "$(lab_ns "$serving")" nginx -c "$LAB_DIR/$serving/nginx.conf" &
 LAB_PIDS+=($!)
+listening=""
 for _ in $(seq 50); do
-  ip netns exec "$(lab_ns "$serving")" ss -tlnH "( sport = :8080 )" | grep -q . && break
+  if ip netns exec "$(lab_ns "$serving")" ss -tlnH "( sport = :8080 )" | grep -q .; then listening=1; break; fi
   sleep 0.1
 done
+[ -n "$listening" ] || fail "$serving's nginx did not listen again within 5 s"
 
 # 4. Transparent error redirect: s2 answers 503 to everything, s3 is stopped.
 sed -i "s|^  server {|  server {\n    return 503;|" "$LAB_DIR/s2/nginx.conf"
@@ -130,10 +140,20 @@ redirects=$(sed -n 's/^  syn_proxy .* l7_redirects=\([0-9]*\).*/\1/p' "$LAB_DIR/
 read -r resumes resume_offset <<< "$(sed -n 's/^  syn_proxy .* l7_resumes=\([0-9]*\) .* l7_resume_offset=\([0-9]*\).*/\1 \2/p' "$LAB_DIR/ringlb.log")"
 echo "lab-l7: the download was resumed $resumes time(s); the latest resume began at body byte ${resume_offset:-?} (the client had $killed_at bytes at the kill)"
 [ "${resumes:-0}" -ge 1 ] || fail "the download was not resumed"
-[ "${resume_offset:-0}" -gt 0 ] || fail "no resume offset"
+# The client had killed_at bytes before the kill, and ACKed them: the resume starts at or after them.
+[ "${resume_offset:-0}" -ge "$killed_at" ] && [ "$resume_offset" -lt $((64 << 20)) ] || fail "resume offset ${resume_offset:-?} is not between $killed_at and 64 MiB"
 [ "${redirects:-0}" -ge 100 ] || fail "only ${redirects:-0} requests redirected"
-grep -qE "server web/198.18.1.12:8080 sessions=[0-9]+ redirected=[1-9]" "$LAB_DIR/ringlb.log" || fail "no request redirected from s2 (503)"
-grep -qE "server web/198.18.1.13:8080 sessions=[0-9]+ redirected=[1-9]" "$LAB_DIR/ringlb.log" || fail "no request redirected from s3 (stopped)"
+# Each resume also counts one redirect against the server it left: the
+# killed server's count must be above that to show redirected requests.
+redirected_from() { sed -n "s/^  server web\/198.18.1.$1:8080 sessions=[0-9]* redirected=\([0-9]*\).*/\1/p" "$LAB_DIR/ringlb.log"; }
+for pair in s2:12:503 s3:13:stopped; do
+  IFS=: read -r name octet why <<< "$pair"
+  floor=0
+  [ "$name" = "$serving" ] && floor=$resumes
+  n=$(redirected_from "$octet")
+  echo "lab-l7: requests redirected from $name ($why): $((${n:-0} - floor))"
+  [ "${n:-0}" -gt "$floor" ] || fail "no request redirected from $name ($why)"
+done
 # connect: race (fanout 2): groups of two or more raced; every server of the default group won some.
 for s in 11 12 13; do
   grep -qE "server web/198.18.1.$s:8080 sessions=[0-9]+.* race_won=[1-9]" "$LAB_DIR/ringlb.log" || fail "198.18.1.$s never won a race"

@@ -137,6 +137,24 @@ impl RequestBuf {
         &self.data[HEAD_CAP - self.tail_len..]
     }
 
+    /// Appends `bytes` after what is gathered (a resumed download's
+    /// replacement head, when it comes in pieces). False: no room before
+    /// the tail.
+    pub fn push(&mut self, bytes: &[u8]) -> bool {
+        let end = self.len + bytes.len();
+        if end + self.tail_len > HEAD_CAP {
+            return false;
+        }
+        self.data[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+        true
+    }
+
+    /// Forgets what was gathered past the first `len` bytes.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Replaces what follows the first `at` bytes with what `write` puts
     /// in `out` (it is given the first `at` bytes and the tail too), so
     /// that the buffer holds the request and, after it, a request derived
@@ -219,6 +237,10 @@ impl RequestPool {
     pub fn available(&self) -> usize {
         self.free.len()
     }
+
+    pub fn capacity(&self) -> usize {
+        self.bufs.len()
+    }
 }
 
 /// Parses a request head with httparse, into headers kept on the stack.
@@ -271,6 +293,15 @@ mod tests {
         assert_eq!(buf.write_after(HEAD_CAP, |_, _, _| Some(1)), None);
         assert_eq!(buf.write_after(REQUEST.len(), |_, _, _| None), None);
         assert_eq!(buf.bytes().len(), REQUEST.len() + 2);
+        // Pushed bytes go after it, never over the tail; truncated away.
+        assert!(buf.push(b"HTTP/1.1 206"));
+        assert_eq!(&buf.bytes()[REQUEST.len() + 2..], b"HTTP/1.1 206");
+        let room = HEAD_CAP - buf.bytes().len() - buf.tail().len();
+        assert!(!buf.push(&vec![b'x'; room + 1]), "over the tail");
+        assert!(buf.push(&vec![b'x'; room]));
+        assert_eq!(buf.tail(), b"\"abc-123\"");
+        buf.truncate(REQUEST.len() + 2);
+        assert_eq!(&buf.bytes()[REQUEST.len()..], b"no");
         buf.reset(7);
         assert!(buf.tail().is_empty());
     }

@@ -30,11 +30,14 @@ pub struct Response<'a> {
     /// Bytes of the head, blank line included.
     pub head_len: usize,
     pub content_length: Option<u64>,
-    /// The strong ETag, else the Last-Modified date.
+    /// What an If-Range may name (RFC 9110 13.1.5): the strong ETag, else
+    /// a strong Last-Modified date; None when there is neither.
     pub validator: Option<Validator<'a>>,
     pub accept_ranges_bytes: bool,
     /// `Content-Range: bytes first-last/total`.
     pub content_range: Option<(u64, u64, u64)>,
+    /// A `Transfer-Encoding`: the bytes on the wire are not the body's.
+    pub transfer_coded: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -63,9 +66,9 @@ pub fn parse(bytes: &[u8]) -> ResponseHead<'_> {
         validator: None,
         accept_ranges_bytes: false,
         content_range: None,
+        transfer_coded: false,
     };
-    let mut etag = None;
-    let mut last_modified = None;
+    let (mut etag, mut weak_etag, mut last_modified, mut date) = (None, false, None, None);
     for h in resp.headers.iter() {
         let name = h.name;
         let value = h.value.trim_ascii();
@@ -76,26 +79,40 @@ pub fn parse(bytes: &[u8]) -> ResponseHead<'_> {
                 (_, Some(n)) => r.content_length = Some(n),
                 (_, None) => return ResponseHead::Invalid,
             }
-        } else if name.eq_ignore_ascii_case("etag") && !value.starts_with(b"W/") {
+        } else if name.eq_ignore_ascii_case("etag") {
+            weak_etag |= value.starts_with(b"W/");
             etag = Some(value);
         } else if name.eq_ignore_ascii_case("last-modified") {
             last_modified = Some(value);
+        } else if name.eq_ignore_ascii_case("date") {
+            date = Some(value);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            r.transfer_coded = true;
         } else if name.eq_ignore_ascii_case("accept-ranges") {
             r.accept_ranges_bytes = value.split(|&b| b == b',').any(|u| u.trim_ascii().eq_ignore_ascii_case(b"bytes"));
         } else if name.eq_ignore_ascii_case("content-range") {
             r.content_range = content_range(value);
         }
     }
-    r.validator = etag.map(Validator::ETag).or(last_modified.map(Validator::LastModified));
+    // RFC 9110 13.1.5: If-Range takes a strong ETag; a date only when
+    // there is no ETag at all, and only a strong one (8.8.2.2: at least a
+    // second before the Date; the same second's could name two versions).
+    r.validator = match (etag, last_modified) {
+        (Some(_), _) if weak_etag => None,
+        (Some(tag), _) => Some(Validator::ETag(tag)),
+        (None, Some(lm)) if date != Some(lm) => Some(Validator::LastModified(lm)),
+        (None, _) => None,
+    };
     ResponseHead::Complete(r)
 }
 
 impl Response<'_> {
     /// Whether the body can be resumed elsewhere: a 200 to a GET with a
-    /// length, a validator and byte ranges.
+    /// length, a validator and byte ranges, and no transfer coding.
     pub fn resumable(&self, method: &str) -> bool {
         method == "GET"
             && self.status == 200
+            && !self.transfer_coded
             && self.content_length.is_some()
             && self.validator.is_some()
             && self.accept_ranges_bytes
@@ -103,9 +120,11 @@ impl Response<'_> {
 
     /// Whether this answers a resume at byte `from` of a body of `total`
     /// bytes whose validator was `validator`: 206, exactly that range, the
-    /// same validator.
+    /// same validator, no transfer coding, and no other length.
     pub fn resumes(&self, from: u64, total: u64, validator: &Validator) -> bool {
         self.status == 206
+            && !self.transfer_coded
+            && self.content_length.is_none_or(|n| n == total.saturating_sub(from))
             && self.content_range == Some((from, total.saturating_sub(1), total))
             && self.validator.as_ref() == Some(validator)
     }
@@ -223,6 +242,28 @@ mod tests {
         assert!(!complete(neither.as_bytes()).resumable("GET"));
         let weak = String::from_utf8(no_etag.clone()).unwrap().replace("Last-Modified", "ETag: W/\"x\"\r\nX");
         assert_eq!(complete(weak.as_bytes()).validator, None, "a weak ETag cannot be used in If-Range");
+    }
+
+    #[test]
+    fn a_weak_etag_a_same_second_date_or_a_transfer_coding_is_not_resumable() {
+        let with = |from: &str, to: &str| String::from_utf8(OK.to_vec()).unwrap().replace(from, to);
+        // RFC 9110 13.1.5: no weak ETag in If-Range, and no date when there is an ETag.
+        let weak = with("ETag: \"", "ETag: W/\"");
+        assert_eq!(complete(weak.as_bytes()).validator, None);
+        // A Last-Modified date is strong only if at least a second before the Date.
+        let same = with("Server: nginx", "Date: Fri, 04 Dec 2026 10:00:00 GMT").replace("ETag", "X-Tag");
+        assert_eq!(complete(same.as_bytes()).validator, None);
+        let earlier = with("Server: nginx", "Date: Fri, 04 Dec 2026 10:00:01 GMT").replace("ETag", "X-Tag");
+        assert!(matches!(complete(earlier.as_bytes()).validator, Some(Validator::LastModified(_))));
+        // A transfer coding frames the body itself: byte offsets are not the body's.
+        let chunked = with("Accept-Ranges", "Transfer-Encoding: chunked\r\nAccept-Ranges");
+        assert!(!complete(chunked.as_bytes()).resumable("GET"));
+        let v = Validator::ETag(b"\"abc\"");
+        let partial = "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 90-99/100\r\nETag: \"abc\"\r\n";
+        let coded = format!("{partial}Transfer-Encoding: gzip\r\n\r\n");
+        assert!(!complete(coded.as_bytes()).resumes(90, 100, &v));
+        let short = format!("{partial}Content-Length: 9\r\n\r\n");
+        assert!(!complete(short.as_bytes()).resumes(90, 100, &v), "a length that is not the range's");
     }
 
     #[test]

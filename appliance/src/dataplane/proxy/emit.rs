@@ -117,7 +117,18 @@ impl Worker<'_> {
             }
             Emit::RstToServer { seq } => to_server(seq, None, tcp_flags::RST, 0),
             Emit::WindowToClient { seq, ack, window } => to_client(seq, Some(ack), 0, window),
-            Emit::RstToClient { seq } => to_client(seq, None, tcp_flags::RST, 0),
+            Emit::RstToClient { seq } => match p.track.map(|d| d.client_rst_seqs()) {
+                // A tracked download: the client is further on than the
+                // connection's own numbers say.
+                Some((seq, also)) => {
+                    if let Some(acked) = also {
+                        let untracked = Proxied { track: None, ..*p };
+                        self.emit_one(&untracked, key, Emit::RstToClient { seq: acked });
+                    }
+                    to_client(seq, None, tcp_flags::RST, 0)
+                }
+                None => to_client(seq, None, tcp_flags::RST, 0),
+            },
         };
         // A server whose MAC is not known yet: the SYN goes again on its timer.
         let Some((port, out)) = frame else { return };

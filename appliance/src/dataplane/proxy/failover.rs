@@ -3,38 +3,54 @@
 //! client sees one unbroken response.
 //!
 //! A response can be resumed when it answers a GET (with no body) with
-//! 200, a Content-Length, a strong ETag or a Last-Modified date, and
-//! `Accept-Ranges: bytes`: the appliance then keeps the request and the
-//! validator (`Download`) and counts the body bytes the client ACKs.
+//! 200, a Content-Length, no transfer coding, a validator If-Range may
+//! name (a strong ETag, or a strong Last-Modified date when there is no
+//! ETag) and `Accept-Ranges: bytes`: the appliance then keeps the request
+//! and the validator (`Download`, in the connection's request buffer; a
+//! quarter of the pool is never given to downloads) and counts the body
+//! bytes the client ACKs.
 //! The server has failed when it resets the connection at its next
 //! sequence number, closes it before the body's end (what `kill -9` of
 //! the server process gives: its kernel FINs the socket), or sends
-//! nothing for `STALL_MS` while the client has everything sent so far
-//! (and ACKed its last byte at least as long ago).
+//! nothing for `STALL_MS` while the client has everything sent so far,
+//! has room for more, and ACKed its last byte at least as long ago. While
+//! a download is tracked the client sends nothing but ACKs, so each of
+//! the server's segments ACKs exactly the client's request: one that does
+//! not is a forgery and moves nothing.
 //! Then another member of the group gets the client's SYN again (an ISN
 //! placed so that its next byte is the client's next) and the request
 //! for the rest (`Range: bytes=N-`, `If-Range: validator`, N the body
 //! bytes the client ACKed). Its answer must be 206 for exactly that range
-//! with the same validator: its head is stripped, its body joins the
+//! with the same validator, within `RESUME_TIMEOUT_MS`: its head (whole,
+//! or gathered from several segments) is stripped, its body joins the
 //! client's stream at byte N with a new sequence delta. Anything else
-//! resets the client: never splice in bytes of another version.
+//! resets the client at its next byte: never splice in bytes of another
+//! version, and never leave the client waiting.
 
 use super::l7::next_server;
 use super::Proxied;
 use crate::dataplane::shared::{L7Rt, Shared};
-use crate::l7::conn::{Emit, Seg, FIN, RST};
+use crate::l7::conn::{Emit, Seg, ACK, FIN, RST};
 use crate::l7::request::{self, Head, RequestPool};
 use crate::l7::response::{self, ResponseHead, Validator};
 use crate::sched::wrr::SmoothWrr;
 
 /// No new byte from the server for this long, while the client has all
-/// it was sent, is a failure.
+/// it was sent and room for more, is a failure.
 pub const STALL_MS: u32 = 2_000;
+
+/// A replacement has this long, from its SYN, to answer the Range
+/// request; then the client is reset (it would wait for ever otherwise).
+pub const RESUME_TIMEOUT_MS: u32 = 5_000;
 
 /// How far past the server's next byte a segment may start and still
 /// count (a TCP receiver accepts no more than its window; Linux's largest
 /// by default is 6 MiB).
 const MAX_AHEAD: u32 = 8 << 20;
+
+/// A client window smaller than a segment holds the server back: no stall
+/// is counted while the client's window is below this.
+const MIN_OPEN_WINDOW: u32 = 1_460;
 
 /// A download that can be resumed on another server of its group.
 #[derive(Clone, Copy, Debug, Default)]
@@ -45,22 +61,34 @@ pub struct Download {
     body_len: u32,
     /// The serving server's next sequence number (its own space).
     server_next: u32,
-    /// The client-facing end of what was sent to the client, and the
-    /// highest ACK the client sent.
+    /// The client-facing end of what the serving server sent, and the
+    /// furthest end any server of the download sent (a resume starts
+    /// before it: the client may hold the old server's last bytes).
     sent_to_client: u32,
+    furthest_to_client: u32,
+    /// The highest ACK the client sent, and its last window in bytes.
     client_acked: u32,
-    /// When the server last sent a new byte, or the client ACKed one.
-    pub progress_ms: u32,
+    client_window: u32,
+    /// When the server last sent a new byte, or the client ACKed one (or
+    /// opened its window again).
+    progress_ms: u32,
     /// The request's length at the buffer's start; the validator is the
     /// buffer's tail (`etag`: an ETag, else a Last-Modified date).
     request_len: u16,
     etag: bool,
     /// Members of the group (bit i: member i) that failed during it.
     failed: u64,
-    /// A resume is under way, from this body byte.
-    pub resume_from: Option<u32>,
-    /// The body byte the last resume started at.
-    pub resumed_at: Option<u32>,
+    /// A resume under way.
+    resuming: Option<Resuming>,
+}
+
+/// A resume under way: from this body byte, asked for at `since_ms`;
+/// `head_seen` bytes of the replacement's head are kept so far.
+#[derive(Clone, Copy, Debug)]
+struct Resuming {
+    from: u32,
+    since_ms: u32,
+    head_seen: u16,
 }
 
 /// `a` comes after `b`, modulo 2^32.
@@ -69,28 +97,55 @@ fn after(a: u32, b: u32) -> bool {
 }
 
 impl Download {
-    /// The client ACKed up to `ack`. New ACKs count as progress too: a
-    /// server held back by the client's window has not stalled. Returns
-    /// the ACK the server may see: after a resume the client already has
-    /// bytes the new server has not sent yet (the old one's last, in
-    /// flight when it failed), and an ACK of unsent data would be
-    /// discarded by the server's TCP, so it is held at what was sent.
-    pub fn client_ack(&mut self, ack: u32, now_ms: u32) -> Option<u32> {
+    /// The client ACKed up to `ack` with `window` bytes of room. New ACKs
+    /// count as progress, and so does a window opening again: a server
+    /// held back by the client has not stalled. Returns the ACK the
+    /// server may see: after a resume the client already has bytes the
+    /// new server has not sent yet (the old one's last, in flight when it
+    /// failed), and an ACK of unsent data would be discarded by the
+    /// server's TCP, so it is held at what was sent. None while resuming
+    /// (the client's segments wait) or when the ACK passes as it is.
+    pub fn client_ack(&mut self, ack: u32, window: u32, now_ms: u32) -> Option<u32> {
         if after(ack, self.client_acked) {
             self.client_acked = ack;
             self.progress_ms = now_ms;
         }
+        if self.client_window < MIN_OPEN_WINDOW && window >= MIN_OPEN_WINDOW {
+            self.progress_ms = now_ms;
+        }
+        self.client_window = window;
+        if self.resuming.is_some() {
+            return None;
+        }
         after(ack, self.sent_to_client).then_some(self.sent_to_client)
     }
 
-    /// Whether the client has ACKed all it was sent.
-    pub fn client_has_all(&self) -> bool {
-        !after(self.sent_to_client, self.client_acked)
+    /// Whether another server is being asked for the rest.
+    pub fn resuming(&self) -> bool {
+        self.resuming.is_some()
     }
 
-    /// The sequence number a RST to the client must carry (its next).
-    pub fn client_rst_seq(&self) -> u32 {
-        self.sent_to_client
+    /// The server has sent nothing new for `STALL_MS` though the client
+    /// has all it was sent and room for more.
+    pub fn stalled(&self, now_ms: u32) -> bool {
+        self.resuming.is_none()
+            && !after(self.sent_to_client, self.client_acked)
+            && self.client_window >= MIN_OPEN_WINDOW
+            && now_ms.wrapping_sub(self.progress_ms) > STALL_MS
+    }
+
+    /// The replacement had `RESUME_TIMEOUT_MS` to answer, and did not.
+    pub fn resume_expired(&self, now_ms: u32) -> bool {
+        self.resuming.is_some_and(|r| now_ms.wrapping_sub(r.since_ms) > RESUME_TIMEOUT_MS)
+    }
+
+    /// The sequence numbers a RST to the client is sent at: its next
+    /// byte is the end of what it was sent, or its last ACK when some of
+    /// that was lost on the way (a RST off its next byte only draws an
+    /// ACK from it, RFC 5961).
+    pub fn client_rst_seqs(&self) -> (u32, Option<u32>) {
+        let acked = (self.client_acked != self.furthest_to_client).then_some(self.client_acked);
+        (self.furthest_to_client, acked)
     }
 }
 
@@ -101,9 +156,11 @@ pub enum Progress {
     Body,
     /// The body is complete: nothing to track any more.
     Done,
-    /// A RST off the server's next byte: not the server's TCP (the
-    /// appliance has seen every byte it sent), so a forgery; dropped.
-    Blind,
+    /// Not the server's TCP: a RST off its next byte (the appliance has
+    /// seen every byte it sent), or a segment that does not ACK exactly
+    /// the client's request (the client sends nothing else while a
+    /// download is tracked). A forgery; dropped.
+    Forged,
     /// The server failed: a RST at its next byte, or a FIN before the
     /// body's end (`data`: the segment carries bytes to pass on first).
     Failed { data: bool },
@@ -115,6 +172,11 @@ pub enum Progress {
 /// request.
 pub fn track(p: &mut Proxied, pool: &mut RequestPool, seg: &Seg, payload: &[u8], now_ms: u32) {
     let (Some(id), false) = (p.buf, p.client_moved_on) else { return };
+    // A tracked download keeps its request buffer to its end: a quarter
+    // of the pool stays for new requests, however many downloads run.
+    if pool.available() <= pool.capacity() / 4 {
+        return;
+    }
     let buf = pool.get_mut(id);
     let request_len = p.conn.request_len as usize;
     let Some(request) = buf.bytes().get(..request_len) else { return };
@@ -136,30 +198,39 @@ pub fn track(p: &mut Proxied, pool: &mut RequestPool, seg: &Seg, payload: &[u8],
         body_len: len as u32,
         server_next: end,
         sent_to_client: end.wrapping_add(delta),
+        furthest_to_client: end.wrapping_add(delta),
         client_acked: p.conn.cookie.wrapping_add(1),
+        client_window: u32::MAX,
         progress_ms: now_ms,
         request_len: request_len as u16,
         etag: matches!(validator, Validator::ETag(_)),
         failed: 0,
-        resume_from: None,
-        resumed_at: None,
+        resuming: None,
     });
     p.request_at = 0;
 }
 
-/// A segment of the serving server while its body is tracked.
-pub fn progress(d: &mut Download, seg: &Seg, delta: u32, now_ms: u32) -> Progress {
+/// A segment of the serving server while its body is tracked
+/// (`client_next`: the client's next sequence number, which every segment
+/// of the server ACKs).
+pub fn progress(d: &mut Download, seg: &Seg, delta: u32, client_next: u32, now_ms: u32) -> Progress {
     if seg.flags & RST != 0 {
-        return if seg.seq == d.server_next { Progress::Failed { data: false } } else { Progress::Blind };
+        return if seg.seq == d.server_next { Progress::Failed { data: false } } else { Progress::Forged };
+    }
+    if seg.flags & ACK == 0 || seg.ack != client_next {
+        return Progress::Forged;
     }
     // The server's next byte is the end of the furthest segment seen (a
     // segment lost on the way may come again behind it), within what a
-    // receive window allows: a forged segment further ahead moves nothing.
+    // receive window allows.
     let end = seg.seq.wrapping_add(seg.payload_len);
     let within = end.wrapping_sub(d.server_next) <= MAX_AHEAD;
     if within && after(end, d.server_next) {
         d.server_next = end;
         d.sent_to_client = end.wrapping_add(delta);
+        if after(d.sent_to_client, d.furthest_to_client) {
+            d.furthest_to_client = d.sent_to_client;
+        }
         d.progress_ms = now_ms;
     }
     let body_end = d.body_start.wrapping_add(d.body_len);
@@ -213,32 +284,77 @@ pub fn fail_over(
     p.conn.client_isn = client_next.wrapping_sub(1).wrapping_sub(range_len as u32);
     p.conn.request_len = range_len as u32;
     p.request_at = d.request_len;
-    d.resume_from = Some(from);
+    d.resuming = Some(Resuming { from, since_ms: now_ms, head_seen: 0 });
     p.track = Some(d);
     (p.server, p.racing, p.answered, p.request_acked, p.request_sends) = (next, 0, false, false, 0);
     Some(p.conn.rebind(now_ms))
 }
 
-/// The first bytes of the replacement's answer (`payload`, at its ISN +
-/// 1): if it is 206 for exactly the rest with the same validator, gives
-/// the length of its head, and sets the delta that puts its body's first
-/// byte at the client's byte N. None: it cannot carry on the download.
-pub fn resumed(p: &mut Proxied, pool: &RequestPool, seg: &Seg, payload: &[u8], now_ms: u32) -> Option<usize> {
-    let mut d = p.track?;
-    let from = d.resume_from?;
-    let tail = pool.get(p.buf?).tail();
-    let validator = if d.etag { Validator::ETag(tail) } else { Validator::LastModified(tail) };
-    let ResponseHead::Complete(resp) = response::parse(payload) else { return None };
-    if !resp.resumes(u64::from(from), u64::from(d.body_len), &validator) {
-        return None;
-    }
-    let head_len = resp.head_len;
-    let body_at_server = seg.seq.wrapping_add(head_len as u32);
-    p.conn.delta = d.body_start.wrapping_add(from).wrapping_sub(body_at_server);
+/// What the replacement's answer to the Range request did so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resumed {
+    /// Its head is complete and resumes the download at body byte `from`:
+    /// the segment's first `strip` bytes are head, the rest is body.
+    Head { strip: usize, from: u32 },
+    /// Part of its head (kept), or a segment out of order: consumed, and
+    /// the server's bytes to `ack` ACKed for the client.
+    Partial { ack: u32 },
+    /// Not 206 for exactly the rest of the same version, or a head too
+    /// long: the download cannot go on.
+    Refused,
+}
+
+/// A head longer than this is refused (the buffer also holds the requests).
+const MAX_RESUME_HEAD: usize = 8 * 1024;
+
+/// A segment of the replacement before its head is complete (`payload`:
+/// its bytes). The head is parsed where it stands when it comes whole in
+/// the first segment, else gathered in the request buffer after the Range
+/// request. Once complete, it must be 206 for exactly the rest with the
+/// same validator; then the delta is set that puts its body's first byte
+/// at the client's byte N.
+pub fn resumed(p: &mut Proxied, pool: &mut RequestPool, seg: &Seg, payload: &[u8], now_ms: u32) -> Resumed {
+    let (Some(mut d), Some(id)) = (p.track, p.buf) else { return Resumed::Refused };
+    let Some(mut r) = d.resuming else { return Resumed::Refused };
+    let start = p.conn.server_isn.wrapping_add(1);
+    let expected = start.wrapping_add(u32::from(r.head_seen));
+    // A segment may start before what was kept (sent again, with more).
+    let skip = expected.wrapping_sub(seg.seq) as usize;
+    let Some(new) = payload.get(skip..).filter(|new| !new.is_empty()) else {
+        return Resumed::Partial { ack: expected };
+    };
+    let buf = pool.get_mut(id);
+    let head_at = usize::from(p.request_at) + p.conn.request_len as usize;
+    let parsed = if r.head_seen == 0 {
+        response::parse(new)
+    } else if buf.push(new) {
+        response::parse(buf.bytes().get(head_at..).unwrap_or(&[]))
+    } else {
+        return Resumed::Refused;
+    };
+    let validator = if d.etag { Validator::ETag(buf.tail()) } else { Validator::LastModified(buf.tail()) };
+    let head_len = match parsed {
+        ResponseHead::Complete(resp) if resp.resumes(u64::from(r.from), u64::from(d.body_len), &validator) => {
+            resp.head_len
+        }
+        ResponseHead::Partial if usize::from(r.head_seen) + new.len() <= MAX_RESUME_HEAD => {
+            if r.head_seen == 0 && !buf.push(new) {
+                return Resumed::Refused;
+            }
+            r.head_seen += new.len() as u16;
+            d.resuming = Some(r);
+            p.track = Some(d);
+            return Resumed::Partial { ack: start.wrapping_add(u32::from(r.head_seen)) };
+        }
+        _ => return Resumed::Refused,
+    };
+    buf.truncate(head_at);
+    let body_at_server = start.wrapping_add(head_len as u32);
+    p.conn.delta = d.body_start.wrapping_add(r.from).wrapping_sub(body_at_server);
     d.server_next = seg.seq.wrapping_add(seg.payload_len);
     d.sent_to_client = d.server_next.wrapping_add(p.conn.delta);
     d.progress_ms = now_ms;
-    (d.resume_from, d.resumed_at) = (None, Some(from));
+    d.resuming = None;
     p.track = Some(d);
-    Some(head_len)
+    Resumed::Head { strip: skip + head_len - usize::from(r.head_seen), from: r.from }
 }

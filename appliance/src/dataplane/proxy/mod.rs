@@ -42,7 +42,7 @@ mod l7;
 mod timers;
 
 pub use emit::Emits;
-use failover::Progress;
+use failover::{Progress, Resumed};
 use l7::{next_server, status_of};
 
 use super::{Verdict, Worker};
@@ -166,14 +166,15 @@ impl Worker<'_> {
             if let Some(d) = p.track.as_mut() {
                 // `l7`, a tracked download: the client's ACKs say how far it got.
                 if seg.flags & tcp_flags::ACK != 0 {
-                    if let Some(held) = d.client_ack(seg.ack, now_ms).filter(|_| d.resume_from.is_none()) {
+                    let window = u32::from(seg.window) << p.conn.opts.wscale.unwrap_or(0).min(14);
+                    if let Some(held) = d.client_ack(seg.ack, window, now_ms) {
                         let tcp = usize::from(info.l4_off);
                         if frame.get_mut(tcp..).map(|t| splice::set_ack(t, held)).and_then(Result::ok).is_none() {
                             return Verdict::Drop(DropReason::Malformed);
                         }
                     }
                 }
-                if d.resume_from.is_some() {
+                if d.resuming() {
                     // Another server is taking the download over: the
                     // client's segments wait (TCP sends them again); a RST
                     // ends it all.
@@ -455,31 +456,44 @@ impl Worker<'_> {
                     self.emit(&p, key, syn);
                     return Verdict::Consumed;
                 }
+                if p.track.is_some_and(|d| d.resuming()) {
+                    // No other server for the rest of a download.
+                    let gone = *p;
+                    return self.refuse_resume(&gone, key, hash);
+                }
                 // No other server: an error answer goes to the client as it is.
             }
-            if !payload.is_empty() && in_order {
-                p.answered = true;
-                if p.track.is_some_and(|d| d.resume_from.is_some()) {
-                    // A resumed download: the replacement's head must
-                    // answer the Range request exactly.
-                    let pool = self.requests.as_ref();
-                    match pool.and_then(|pool| failover::resumed(p, pool, &seg, payload, now_ms)) {
-                        Some(head_len) => head_to_strip = Some(head_len),
-                        None => {
-                            let gone = *p;
-                            return self.refuse_resume(&gone, key, hash);
-                        }
+            if !payload.is_empty() && p.track.is_some_and(|d| d.resuming()) {
+                // A resumed download: the replacement's head must answer
+                // the Range request exactly (it may come in pieces).
+                let pool = self.requests.as_mut();
+                match pool.map_or(Resumed::Refused, |pool| failover::resumed(p, pool, &seg, payload, now_ms)) {
+                    Resumed::Head { strip, from } => {
+                        p.answered = true;
+                        head_to_strip = Some((strip, from));
                     }
-                } else if let Some(pool) = self.requests.as_mut() {
+                    Resumed::Partial { ack } => {
+                        let p = *p;
+                        self.emit(&p, key, Emit::AckToServer { seq: p.conn.client_next(), ack });
+                        return Verdict::Consumed;
+                    }
+                    Resumed::Refused => {
+                        let gone = *p;
+                        return self.refuse_resume(&gone, key, hash);
+                    }
+                }
+            } else if !payload.is_empty() && in_order {
+                p.answered = true;
+                if let Some(pool) = self.requests.as_mut() {
                     failover::track(p, pool, &seg, payload, now_ms);
                 }
             }
         } else if let (Some(l7), State::Spliced, true, Some(mut d)) = (l7, before, p.answered, p.track) {
             // `l7`, a tracked download: its body, and its server's failure.
-            p.track = match failover::progress(&mut d, &seg, p.conn.delta, now_ms) {
+            p.track = match failover::progress(&mut d, &seg, p.conn.delta, p.conn.client_next(), now_ms) {
                 Progress::Body => Some(d),
                 Progress::Done => None,
-                Progress::Blind => return Verdict::Drop(DropReason::ProxyRefused),
+                Progress::Forged => return Verdict::Drop(DropReason::ProxyRefused),
                 Progress::Failed { data } => {
                     p.track = Some(d);
                     let old = *p;
@@ -511,11 +525,18 @@ impl Worker<'_> {
         if let (Some(l7), State::Connecting, State::Closed) = (l7, before, p.conn.state) {
             // `l7`: the server refused the replayed SYN: another one, if any.
             let failed_server = p.server;
-            if let Some(next) = next_server(p, l7, &mut self.l7_schedulers[usize::from(svc)], shared) {
-                (p.server, p.racing) = (next, 0);
-                emits = [Some(p.conn.rebind(now_ms)), None];
-                self.stats.server_redirects[usize::from(failed_server)].inc();
-                self.stats.l7_redirects.inc();
+            match next_server(p, l7, &mut self.l7_schedulers[usize::from(svc)], shared) {
+                Some(next) => {
+                    (p.server, p.racing) = (next, 0);
+                    emits = [Some(p.conn.rebind(now_ms)), None];
+                    self.stats.server_redirects[usize::from(failed_server)].inc();
+                    self.stats.l7_redirects.inc();
+                }
+                None if p.track.is_some_and(|d| d.resuming()) => {
+                    let gone = *p;
+                    return self.refuse_resume(&gone, key, hash);
+                }
+                None => {}
             }
         }
         if before == State::Connecting {
@@ -540,17 +561,15 @@ impl Worker<'_> {
         let acked = seg.flags & tcp_flags::ACK != 0 && (seg.ack.wrapping_sub(request_end) as i32) >= 0;
         p.request_acked |= p.conn.state == State::Spliced && acked;
         let mut action = action;
-        if p.track.is_some_and(|d| d.resume_from.is_some()) && !p.answered && action == Action::Forward {
+        if p.track.is_some_and(|d| d.resuming()) && !p.answered && action == Action::Forward {
             // The replacement's segments before its head are the appliance's business.
             action = Action::Consume;
         }
         let mut info = *info;
-        if let Some(head_len) = head_to_strip {
+        if let Some((head_len, from)) = head_to_strip {
             // The replacement's head is not the client's: stripped, and ACKed for it.
             self.stats.l7_resumes.inc();
-            if let Some(from) = p.track.and_then(|d| d.resumed_at) {
-                self.stats.l7_resume_offset.set(u64::from(from));
-            }
+            self.stats.l7_resume_offset.set(u64::from(from));
             if usize::from(info.payload_len) == head_len {
                 emits[1] =
                     Some(Emit::AckToServer { seq: p.conn.client_next(), ack: seg.seq.wrapping_add(seg.payload_len) });
@@ -582,16 +601,15 @@ impl Worker<'_> {
         }
     }
 
-    /// A download's replacement server did not answer its Range request
-    /// with exactly the rest of the same version: both ends are reset (the
-    /// client must not get bytes of another version) and the connection goes.
+    /// A download's resume failed: no server is left to ask, or the one
+    /// asked did not answer its Range request with exactly the rest of the
+    /// same version. Both ends are reset (the client must not get bytes
+    /// of another version, nor wait for ever) and the connection goes.
     fn refuse_resume(&mut self, p: &Proxied, key: &FlowKey, hash: u64) -> Verdict {
         self.stats.l7_resume_refused.inc();
         self.stats.proxy_failed.inc();
         self.emit(p, key, Emit::RstToServer { seq: p.conn.client_next() });
-        if let Some(d) = p.track {
-            self.emit(p, key, Emit::RstToClient { seq: d.client_rst_seq() });
-        }
+        self.emit(p, key, Emit::RstToClient { seq: p.conn.cookie.wrapping_add(1) });
         if let Some(gone) = self.proxied.as_mut().and_then(|t| t.remove(key.pack(), hash)) {
             self.release(&gone);
         }

@@ -2,7 +2,7 @@
 //! replayed SYN and an unacknowledged request sent again, handshakes and
 //! slow requests given up, idle connections removed.
 
-use super::failover::{fail_over, STALL_MS};
+use super::failover::fail_over;
 use super::l7::next_server;
 use super::{Proxied, State, REQUEST_RTO_MS, REQUEST_TIMEOUT_MS, REQUEST_TRIES};
 use crate::dataplane::Worker;
@@ -23,7 +23,7 @@ impl Worker<'_> {
         let mut pool = self.requests.as_mut();
         let mut removed = 0u64;
         let (shared, schedulers) = (self.shared, &mut self.l7_schedulers);
-        let mut redirected = 0u64;
+        let (mut redirected, mut resume_refused) = (0u64, 0u64);
         table.visit(budget, |key, p, last_seen_ms| {
             if n_due + 2 > due.len() {
                 return true; // the next visit takes it
@@ -60,6 +60,7 @@ impl Worker<'_> {
                                 }
                                 None => {
                                     failed += 1;
+                                    resume_refused += u64::from(old.track.is_some_and(|d| d.resuming()));
                                     due[n_due] = (key, old, e);
                                 }
                             }
@@ -67,6 +68,14 @@ impl Worker<'_> {
                         }
                     }
                     true
+                }
+                // `l7`: a download's replacement did not answer in time.
+                State::Spliced if p.track.is_some_and(|d| d.resume_expired(now_ms)) => {
+                    (failed, resume_refused) = (failed + 1, resume_refused + 1);
+                    due[n_due] = (key, *p, reset_client);
+                    due[n_due + 1] = (key, *p, Emit::RstToServer { seq: p.conn.client_next() });
+                    n_due += 2;
+                    false
                 }
                 // `l7`: the request is not ACKed yet.
                 State::Spliced
@@ -81,6 +90,7 @@ impl Worker<'_> {
                         true
                     } else {
                         failed += 1;
+                        resume_refused += u64::from(p.track.is_some_and(|d| d.resuming()));
                         due[n_due] = (key, *p, reset_client);
                         due[n_due + 1] = (key, *p, Emit::RstToServer { seq: p.conn.client_next() });
                         n_due += 2;
@@ -89,14 +99,7 @@ impl Worker<'_> {
                 }
                 // `l7`: a tracked download whose server went silent while
                 // the client has all it was sent: another server carries on.
-                State::Spliced
-                    if p.answered
-                        && p.track.is_some_and(|d| {
-                            d.resume_from.is_none()
-                                && d.client_has_all()
-                                && now_ms.wrapping_sub(d.progress_ms) > STALL_MS
-                        }) =>
-                {
+                State::Spliced if p.answered && p.track.is_some_and(|d| d.stalled(now_ms)) => {
                     let old = *p;
                     let l7 = shared.services[usize::from(p.svc)].l7.as_ref();
                     let sched = schedulers.get_mut(usize::from(p.svc));
@@ -111,7 +114,13 @@ impl Worker<'_> {
                             due[n_due + 1] = (key, *p, syn);
                             n_due += 2;
                         }
-                        None => p.track = None, // nobody to take over: it stays as it is
+                        None => {
+                            // Nobody to take over: it stays as it is, untracked.
+                            p.track = None;
+                            if let (Some(id), Some(pool)) = (p.buf.take(), pool.as_mut()) {
+                                pool.give(id);
+                            }
+                        }
                     }
                     true
                 }
@@ -129,6 +138,7 @@ impl Worker<'_> {
         });
         stats.proxy_failed.add(failed);
         stats.l7_redirects.add(redirected);
+        stats.l7_resume_refused.add(resume_refused);
         for _ in 0..removed {
             stats.proxy_active.dec();
         }
