@@ -28,6 +28,11 @@ fn setup() -> (Shared, Vec<WorkerStats>) {
 /// One service at VIP:80 (`service`: its mode and groups), servers
 /// 198.18.0.21 (S1) and .22 (S2, weight 0 in `nat`), .23 and .24 (`api`).
 fn setup_with(service: &str) -> (Shared, Vec<WorkerStats>) {
+    setup_api(service, "")
+}
+
+/// As `setup_with`, with `more_api` (YAML list entries) added to `api`.
+fn setup_api(service: &str, more_api: &str) -> (Shared, Vec<WorkerStats>) {
     let yaml = format!(
         r#"
 eal: {{ control_core: 0, worker_cores: [1], hugepages: false, memory_mb: 256 }}
@@ -42,6 +47,7 @@ server_groups:
   api:
     - {{ ip: 198.18.0.23, port: 8080, mac: "02:00:00:00:02:03" }}
     - {{ ip: 198.18.0.24, port: 8080, mac: "02:00:00:00:02:04" }}
+{more_api}
 sessions: {{ capacity: 1000, proxied: 100, request_buffers: 4 }}
 timeouts: {{ syn: 2s, established: 60s, closing: 5s, udp: 10s }}
 "#
@@ -988,4 +994,147 @@ fn l7_a_replacement_whose_head_comes_in_two_segments_still_resumes() {
     assert_eq!(c.payload.as_slice(), &body[600..1000]);
     assert_eq!(seq(&two), cookie.wrapping_add(1 + HEAD_200.len() as u32 + 600));
     assert_eq!((stats[0].l7_resumes.get(), stats[0].l7_resume_offset.get()), (1, 600));
+}
+
+/// The flags and destination MAC of each frame.
+fn flags_to(frames: &[(u8, Vec<u8>)]) -> Vec<(u8, [u8; 6])> {
+    frames.iter().map(|(_, f)| (check(f).unwrap().flags, check(f).unwrap().dst_mac)).collect()
+}
+
+const RANGE_HEAD: &[u8] =
+    b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 600-2999/3000\r\nContent-Length: 2400\r\nETag: \"abc\"\r\n\r\n";
+
+#[test]
+fn l7_a_replacement_that_closes_partway_through_its_head_resets_the_client() {
+    let s4 = 0x9000_0001u32;
+    // A RST or a FIN at its next byte after part of its head, or a FIN
+    // with more of it: no member is left, the client is reset at once.
+    let closes: [(u32, u8, &[u8]); 3] =
+        [(s4 + 40, RST | ACK, b""), (s4 + 40, FIN | ACK, b""), (s4 + 40, FIN | ACK, &RANGE_HEAD[40..60])];
+    for (at, flags, payload) in closes {
+        let (shared, stats) = setup_with(DOWNLOAD);
+        let mut w = Worker::new(0, &shared, &stats[0]);
+        let (cookie, after, _) = fail_halfway(&mut w, &stats);
+        let mut one = from("198.18.0.24", S4_MAC, s4, after, ACK, &RANGE_HEAD[..40]);
+        assert_eq!(w.process(&mut one, 0, 13, false), Verdict::Consumed);
+        own_frames(&mut w);
+        let mut close = from("198.18.0.24", S4_MAC, at, after, flags, payload);
+        w.process(&mut close, 0, 14, false);
+        let frames = own_frames(&mut w);
+        assert_eq!(client_rsts(frames), [client_next_byte(cookie)], "{flags:#x} with {} bytes", payload.len());
+        assert_eq!((stats[0].proxy_active.get(), stats[0].l7_resume_refused.get()), (0, 1));
+    }
+}
+
+#[test]
+fn l7_a_second_failure_with_no_member_left_resets_the_client_at_its_next_byte() {
+    // S4 took over at byte 600 and sent to 1000, but the client has S3's
+    // bytes to 1400: S4's FIN or RST at 1000 would fall behind the
+    // client's next byte and be discarded, leaving it waiting.
+    for flags in [FIN | ACK, RST | ACK] {
+        let (shared, stats) = setup_with(DOWNLOAD);
+        let mut w = Worker::new(0, &shared, &stats[0]);
+        let (cookie, after, _) = fail_halfway(&mut w, &stats);
+        let body = body();
+        let mut first = from("198.18.0.24", S4_MAC, 0x9000_0001, after, ACK, &[RANGE_HEAD, &body[600..1000]].concat());
+        assert_eq!(w.process(&mut first, 0, 13, false), Verdict::Tx(0));
+        let s4_next = 0x9000_0001u32 + RANGE_HEAD.len() as u32 + 400;
+        let mut fail = from("198.18.0.24", S4_MAC, s4_next, after, flags, b"");
+        assert_eq!(w.process(&mut fail, 0, 14, false), Verdict::Consumed, "{flags:#x}");
+        let frames = own_frames(&mut w);
+        assert_eq!(client_rsts(frames.clone()), [client_next_byte(cookie)], "{flags:#x}");
+        let to_s4 = usize::from(flags & RST == 0);
+        assert_eq!(flags_to(&frames).iter().filter(|f| **f == (RST, S4_MAC)).count(), to_s4, "{flags:#x}");
+        assert_eq!(stats[0].proxy_active.get(), 0);
+    }
+}
+
+#[test]
+fn l7_blind_segments_in_the_clients_name_neither_hold_nor_move_a_download() {
+    // A forged zero window (off the client's next byte) does not hide a
+    // silent server.
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, after) = download_halfway(&mut w);
+    let all = cookie.wrapping_add(1 + HEAD_200.len() as u32 + 1000);
+    let mut ack = from_client(after, Some(all), ACK, b"");
+    assert_eq!(w.process(&mut ack, 0, 10, false), Verdict::Tx(0));
+    let mut shut = tcp_seq(ROUTER_MAC, PORT_MAC, ip(CLIENT), ip(VIP), (40000, 80), after + 100, Some(all), 0, ACK, b"");
+    w.process(&mut shut, 0, 20, false);
+    // Nor does a keep-alive probe (one byte before it) end the tracking.
+    let mut probe = from_client(after.wrapping_sub(1), Some(all), ACK, b"x");
+    w.process(&mut probe, 0, 30, false);
+    own_frames(&mut w);
+    let moved: Vec<_> = (100..5_000)
+        .step_by(100)
+        .flat_map(|now| {
+            w.sweep(now);
+            flags_to(&own_frames(&mut w))
+        })
+        .take(2)
+        .collect();
+    assert_eq!(moved, [(RST, S3_MAC), (SYN, S4_MAC)], "a forged window held the download");
+    assert_eq!(stats[0].l7_resume_refused.get(), 0);
+
+    // A forged ACK off the client's next byte, or one of bytes nobody
+    // sent, does not move where the resume starts (the client has 600).
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, after) = download_halfway(&mut w);
+    let byte0 = cookie.wrapping_add(1 + HEAD_200.len() as u32);
+    for (seq, acked) in [(after + 7, byte0 + 900), (after, byte0 + 5000)] {
+        let mut forged = from_client(seq, Some(acked), ACK, b"");
+        w.process(&mut forged, 0, 7, false);
+    }
+    let next = S3_ISN + 1 + HEAD_200.len() as u32 + 1000;
+    let mut rst = from("198.18.0.23", S3_MAC, next, after, RST | ACK, b"");
+    assert_eq!(w.process(&mut rst, 0, 8, false), Verdict::Consumed);
+    let isn = seq(&own_frames(&mut w)[0].1);
+    let mut synack = from("198.18.0.24", S4_MAC, 0x9000_0000, isn.wrapping_add(1), SYN | ACK, b"");
+    assert_eq!(w.process(&mut synack, 0, 9, false), Verdict::Consumed);
+    let range: Vec<u8> = own_frames(&mut w).iter().flat_map(|(_, f)| check(f).unwrap().payload).collect();
+    let text = String::from_utf8(range).unwrap();
+    assert!(text.contains("\r\nRange: bytes=600-\r\n"), "{text:?}");
+
+    // A blind RST while the replacement is asked ends nothing.
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, after, _) = fail_halfway(&mut w, &stats);
+    let mut blind = from_client(after + 1000, None, RST, b"");
+    assert_eq!(w.process(&mut blind, 0, 13, false), Verdict::Drop(DropReason::ProxyRefused));
+    assert!(own_frames(&mut w).is_empty());
+    let body = body();
+    let mut first = from("198.18.0.24", S4_MAC, 0x9000_0001, after, ACK, &[RANGE_HEAD, &body[600..1000]].concat());
+    assert_eq!(w.process(&mut first, 0, 14, false), Verdict::Tx(0));
+    assert_eq!(seq(&first), cookie.wrapping_add(1 + HEAD_200.len() as u32 + 600));
+    assert_eq!(stats[0].proxy_active.get(), 1);
+}
+
+const S5_MAC: [u8; 6] = [2, 0, 0, 0, 2, 5];
+
+#[test]
+fn l7_a_replacement_that_fails_partway_through_its_head_is_replaced_from_the_start() {
+    let (shared, stats) = setup_api(DOWNLOAD, r#"    - { ip: 198.18.0.25, port: 8080, mac: "02:00:00:00:02:05" }"#);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, after, isn) = fail_halfway(&mut w, &stats);
+    let s4 = 0x9000_0001u32;
+    let mut one = from("198.18.0.24", S4_MAC, s4, after, ACK, &RANGE_HEAD[..40]);
+    assert_eq!(w.process(&mut one, 0, 13, false), Verdict::Consumed);
+    own_frames(&mut w);
+    // S4 resets after 40 bytes of its head: S5 is asked, from the start.
+    let mut rst = from("198.18.0.24", S4_MAC, s4 + 40, after, RST | ACK, b"");
+    assert_eq!(w.process(&mut rst, 0, 14, false), Verdict::Consumed);
+    let frames = own_frames(&mut w);
+    assert_eq!(flags_to(&frames), [(SYN, S5_MAC)]);
+    assert_eq!(seq(&frames[0].1), isn, "the same ISN: the Range request still ends at the client's next byte");
+    let mut synack = from("198.18.0.25", S5_MAC, 0x7000_0000, isn.wrapping_add(1), SYN | ACK, b"");
+    assert_eq!(w.process(&mut synack, 0, 15, false), Verdict::Consumed);
+    let range: Vec<u8> = own_frames(&mut w).iter().flat_map(|(_, f)| check(f).unwrap().payload).collect();
+    assert!(String::from_utf8_lossy(&range).contains("\r\nRange: bytes=600-\r\n"));
+    let body = body();
+    let mut first = from("198.18.0.25", S5_MAC, 0x7000_0001, after, ACK, &[RANGE_HEAD, &body[600..1000]].concat());
+    assert_eq!(w.process(&mut first, 0, 16, false), Verdict::Tx(0));
+    assert_eq!(check(&first).expect("valid after the strip").payload.as_slice(), &body[600..1000]);
+    assert_eq!(seq(&first), cookie.wrapping_add(1 + HEAD_200.len() as u32 + 600));
+    assert_eq!((stats[0].l7_resumes.get(), stats[0].l7_resume_refused.get()), (1, 0));
 }

@@ -15,17 +15,21 @@
 //! nothing for `STALL_MS` while the client has everything sent so far,
 //! has room for more, and ACKed its last byte at least as long ago. While
 //! a download is tracked the client sends nothing but ACKs, so each of
-//! the server's segments ACKs exactly the client's request: one that does
-//! not is a forgery and moves nothing.
+//! its segments is at its next byte and each of the server's ACKs exactly
+//! the client's request: a segment that is not is a forgery (or a
+//! keep-alive probe) and moves nothing.
 //! Then another member of the group gets the client's SYN again (an ISN
 //! placed so that its next byte is the client's next) and the request
 //! for the rest (`Range: bytes=N-`, `If-Range: validator`, N the body
 //! bytes the client ACKed). Its answer must be 206 for exactly that range
 //! with the same validator, within `RESUME_TIMEOUT_MS`: its head (whole,
 //! or gathered from several segments) is stripped, its body joins the
-//! client's stream at byte N with a new sequence delta. Anything else
-//! resets the client at its next byte: never splice in bytes of another
-//! version, and never leave the client waiting.
+//! client's stream at byte N with a new sequence delta. A replacement
+//! that closes before its head is complete is replaced in turn (within
+//! the service's retries). Anything else resets the client at its next
+//! byte: never splice in bytes of another version, and never leave the
+//! client waiting (nor let a server's last FIN fall behind what the
+//! client already has).
 
 use super::l7::next_server;
 use super::Proxied;
@@ -105,7 +109,13 @@ impl Download {
     /// failed), and an ACK of unsent data would be discarded by the
     /// server's TCP, so it is held at what was sent. None while resuming
     /// (the client's segments wait) or when the ACK passes as it is.
+    /// The caller has checked the segment is at the client's next byte;
+    /// an ACK of bytes no server sent is not its TCP's, and one behind its
+    /// last is old: neither counts.
     pub fn client_ack(&mut self, ack: u32, window: u32, now_ms: u32) -> Option<u32> {
+        if after(ack, self.furthest_to_client) || after(self.client_acked, ack) {
+            return None;
+        }
         if after(ack, self.client_acked) {
             self.client_acked = ack;
             self.progress_ms = now_ms;
@@ -125,6 +135,12 @@ impl Download {
         self.resuming.is_some()
     }
 
+    /// How many bytes of the replacement's head were kept so far (0 when
+    /// not resuming): its next sequence number is its ISN + 1 + these.
+    pub fn head_seen(&self) -> u32 {
+        self.resuming.map_or(0, |r| u32::from(r.head_seen))
+    }
+
     /// The server has sent nothing new for `STALL_MS` though the client
     /// has all it was sent and room for more.
     pub fn stalled(&self, now_ms: u32) -> bool {
@@ -137,6 +153,13 @@ impl Download {
     /// The replacement had `RESUME_TIMEOUT_MS` to answer, and did not.
     pub fn resume_expired(&self, now_ms: u32) -> bool {
         self.resuming.is_some_and(|r| now_ms.wrapping_sub(r.since_ms) > RESUME_TIMEOUT_MS)
+    }
+
+    /// The client has bytes past what the serving server sent (the
+    /// previous server's last ones): that server's FIN or RST would land
+    /// behind the client's next byte.
+    pub fn client_is_past_server(&self) -> bool {
+        after(self.furthest_to_client, self.sent_to_client)
     }
 
     /// The sequence numbers a RST to the client is sent at: its next
@@ -267,13 +290,15 @@ pub fn fail_over(
     if let Some(i) = members.iter().position(|&s| s == p.server) {
         d.failed |= 1 << i.min(63);
     }
-    // Every member that has not failed this download may take it.
+    // Every member that has not failed this download may take it; the
+    // Range request is a request of its own, with retries of its own.
     let (tried, redirects) = (p.tried, p.redirects);
     (p.tried, p.redirects) = (d.failed, 0);
     let Some(next) = next_server(p, l7, schedulers, shared) else {
         (p.tried, p.redirects) = (tried, redirects);
         return None;
     };
+    p.redirects = 0;
     let buf = pool.get_mut(p.buf?);
     let range_len = buf.write_after(usize::from(d.request_len), |request, tail, out| {
         let validator = if d.etag { Validator::ETag(tail) } else { Validator::LastModified(tail) };
@@ -288,6 +313,19 @@ pub fn fail_over(
     p.track = Some(d);
     (p.server, p.racing, p.answered, p.request_acked, p.request_sends) = (next, 0, false, false, 0);
     Some(p.conn.rebind(now_ms))
+}
+
+/// The replacement failed before its head was complete and another
+/// member is asked instead: what was kept of the failed one's head goes,
+/// and the new one has its own `RESUME_TIMEOUT_MS`.
+pub fn restart_resume(p: &mut Proxied, pool: &mut RequestPool, now_ms: u32) {
+    let Some(mut d) = p.track else { return };
+    let Some(r) = d.resuming.as_mut() else { return };
+    (r.head_seen, r.since_ms) = (0, now_ms);
+    if let Some(id) = p.buf {
+        pool.get_mut(id).truncate(usize::from(p.request_at) + p.conn.request_len as usize);
+    }
+    p.track = Some(d);
 }
 
 /// What the replacement's answer to the Range request did so far.

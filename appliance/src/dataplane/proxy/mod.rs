@@ -164,8 +164,12 @@ impl Worker<'_> {
         let l7 = self.shared.services[usize::from(svc)].l7.is_some();
         if let Some(p) = table.get_mut(key.pack(), hash, now_ms) {
             if let Some(d) = p.track.as_mut() {
-                // `l7`, a tracked download: the client's ACKs say how far it got.
-                if seg.flags & tcp_flags::ACK != 0 {
+                // `l7`, a tracked download: the client's ACKs say how far
+                // it got. It sends nothing but ACKs at its next byte
+                // meanwhile: a segment elsewhere (a blind one, or a
+                // keep-alive probe) neither moves nor ends the tracking.
+                let at_next = seg.seq == p.conn.client_next();
+                if seg.flags & tcp_flags::ACK != 0 && at_next {
                     let window = u32::from(seg.window) << p.conn.opts.wscale.unwrap_or(0).min(14);
                     if let Some(held) = d.client_ack(seg.ack, window, now_ms) {
                         let tcp = usize::from(info.l4_off);
@@ -176,12 +180,15 @@ impl Worker<'_> {
                 }
                 if d.resuming() {
                     // Another server is taking the download over: the
-                    // client's segments wait (TCP sends them again); a RST
-                    // ends it all.
+                    // client's segments wait (TCP sends them again); its
+                    // RST ends it all, a blind one nothing.
                     if seg.flags & tcp_flags::RST == 0 {
                         return Verdict::Consumed;
                     }
-                } else if seg.payload_len > 0 || seg.flags & tcp_flags::FIN != 0 {
+                    if !at_next {
+                        return Verdict::Drop(DropReason::ProxyRefused);
+                    }
+                } else if at_next && (seg.payload_len > 0 || seg.flags & tcp_flags::FIN != 0) {
                     // The client moved on: a resume could not replay it.
                     p.track = None;
                     if let (Some(id), Some(pool)) = (p.buf.take(), self.requests.as_mut()) {
@@ -435,8 +442,10 @@ impl Worker<'_> {
                 .and_then(|h| frame.get(usize::from(info.l4_off) + h.len()..))
                 .map_or(&[][..], |rest| &rest[..rest.len().min(usize::from(info.payload_len))]);
             // Only at the server's next sequence number (it has sent no data
-            // yet: its ISN + 1), so a blind segment in its name moves nothing.
-            let in_order = seg.seq == p.conn.server_isn.wrapping_add(1);
+            // yet: its ISN + 1; a download's replacement, the part of its
+            // head kept), so a blind segment in its name moves nothing.
+            let head_seen = p.track.map_or(0, |d| d.head_seen());
+            let in_order = seg.seq == p.conn.server_isn.wrapping_add(1).wrapping_add(head_seen);
             let refused = seg.flags & (tcp_flags::RST | tcp_flags::FIN) != 0 && payload.is_empty();
             let error = status_of(payload).is_some_and(|code| l7.redirect.on_status.contains(&code));
             if (refused || error) && in_order && !p.client_moved_on {
@@ -447,6 +456,9 @@ impl Worker<'_> {
                     (p.server, p.racing) = (next, 0);
                     let syn = p.conn.rebind(now_ms);
                     (p.request_acked, p.request_sends) = (false, 0);
+                    if let Some(pool) = self.requests.as_mut() {
+                        failover::restart_resume(p, pool, now_ms);
+                    }
                     let p = *p;
                     self.stats.server_redirects[usize::from(failed_server)].inc();
                     self.stats.l7_redirects.inc();
@@ -471,6 +483,11 @@ impl Worker<'_> {
                     Resumed::Head { strip, from } => {
                         p.answered = true;
                         head_to_strip = Some((strip, from));
+                    }
+                    Resumed::Partial { .. } if seg.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 => {
+                        // It closed before its head was complete.
+                        let gone = *p;
+                        return self.refuse_resume(&gone, key, hash);
                     }
                     Resumed::Partial { ack } => {
                         let p = *p;
@@ -516,6 +533,12 @@ impl Worker<'_> {
                             return Verdict::Drop(DropReason::Malformed);
                         }
                         return self.splice_to_client(frame, info, svc, &old);
+                    }
+                    if d.client_is_past_server() {
+                        // No other server, and the client is further on than
+                        // this one's FIN or RST: it would discard it and wait.
+                        let gone = *p;
+                        return self.reset_both(&gone, key, hash, seg.flags & tcp_flags::RST == 0);
                     }
                     None // no other server: the failure reaches the client
                 }
@@ -607,8 +630,16 @@ impl Worker<'_> {
     /// of another version, nor wait for ever) and the connection goes.
     fn refuse_resume(&mut self, p: &Proxied, key: &FlowKey, hash: u64) -> Verdict {
         self.stats.l7_resume_refused.inc();
+        self.reset_both(p, key, hash, true)
+    }
+
+    /// Resets a connection that cannot go on, the client at its next byte
+    /// (and the server unless it reset first), and removes it.
+    fn reset_both(&mut self, p: &Proxied, key: &FlowKey, hash: u64, server_too: bool) -> Verdict {
         self.stats.proxy_failed.inc();
-        self.emit(p, key, Emit::RstToServer { seq: p.conn.client_next() });
+        if server_too {
+            self.emit(p, key, Emit::RstToServer { seq: p.conn.client_next() });
+        }
         self.emit(p, key, Emit::RstToClient { seq: p.conn.cookie.wrapping_add(1) });
         if let Some(gone) = self.proxied.as_mut().and_then(|t| t.remove(key.pack(), hash)) {
             self.release(&gone);

@@ -69,8 +69,9 @@ impl Worker<'_> {
                     }
                     true
                 }
-                // `l7`: a download's replacement did not answer in time.
-                State::Spliced if p.track.is_some_and(|d| d.resume_expired(now_ms)) => {
+                // `l7`: a download's replacement did not answer in time
+                // (whether or not it closed meanwhile).
+                _ if p.track.is_some_and(|d| d.resume_expired(now_ms)) => {
                     (failed, resume_refused) = (failed + 1, resume_refused + 1);
                     due[n_due] = (key, *p, reset_client);
                     due[n_due + 1] = (key, *p, Emit::RstToServer { seq: p.conn.client_next() });
