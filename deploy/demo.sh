@@ -26,6 +26,10 @@ ip netns exec "$C" wrk -t1 -c16 -d20s "http://$VIP/index.html" > "$LAB_DIR/wrk.t
 WRK=$!
 ip netns exec "$C" ab -q -t 20 -n 1000000 -c 8 -s 10 "http://$VIP/index.html" > "$LAB_DIR/ab.txt" 2>&1 &
 AB=$!
+sleep 10
+echo "== halfway: what the operator sees (ringlb status, ringlb servers, over the control socket)"
+"$RINGLB" status --socket "$LAB_DIR/lb.sock"
+"$RINGLB" servers --socket "$LAB_DIR/lb.sock"
 wait "$WRK" || true
 wait "$AB" || true
 lab_stop_ringlb

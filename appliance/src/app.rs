@@ -72,14 +72,30 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), String> {
         signal_hook::flag::register(sig, Arc::clone(&quit)).map_err(|e| format!("installing signal handler: {e}"))?;
     }
 
+    // The operator's listeners first: a socket another appliance holds
+    // is an error before anything else starts.
+    let (ops_server, ops_inbox) = crate::ops::server::start(opts.control_socket.as_deref(), opts.metrics)?;
+    if let Some(p) = &opts.control_socket {
+        println!("control socket {}", p.display());
+    }
+    if let Some(a) = opts.metrics {
+        println!("metrics at http://{a}/metrics");
+    }
     let args = eal_args(cfg);
     let eal = Eal::init(&args).map_err(|e| format!("{e}\nEAL arguments were: {}", args[1..].join(" ")))?;
-    let result = run_with_eal(&eal, cfg, opts, &quit);
+    let result = run_with_eal(&eal, cfg, opts, &quit, ops_inbox);
     eal.cleanup();
+    drop(ops_server);
     result
 }
 
-fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBool>) -> Result<(), String> {
+fn run_with_eal(
+    eal: &Eal,
+    cfg: &Config,
+    opts: &RunOptions,
+    quit: &Arc<AtomicBool>,
+    ops_inbox: std::sync::mpsc::Receiver<crate::ops::server::Call>,
+) -> Result<(), String> {
     let workers = cfg.eal.worker_cores.len();
     // The cluster's addresses are kernel UDP sockets: bind them before anything starts.
     let cluster_sockets = match &cfg.cluster {
@@ -226,6 +242,7 @@ fn run_with_eal(eal: &Eal, cfg: &Config, opts: &RunOptions, quit: &Arc<AtomicBoo
 
     let labels: Vec<String> = (0..cfg.servers.len()).map(|i| cfg.server_label(i)).collect();
     let mut driver = Driver::new(cluster_sockets, &stats, &labels);
+    driver.serve_ops(ops_inbox, crate::ops::answer::Answerer::new(cfg));
     // The incarnation grows from one start to the next: the wall clock.
     let incarnation = driver::wall_us() / 1000;
     let mut control = Control::new(cfg, Arc::clone(&shared), control_ports, driver.now(), incarnation);

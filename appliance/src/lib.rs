@@ -5,7 +5,8 @@
 //! per-packet decision), `cpu` (prefetch and huge-page hints) and `dpdk`
 //! (with `cpu`, the only unsafe code), `worker` (the lcore loop), `app`
 //! (setup, control thread, shutdown), `config` (YAML), `l7` (content-based
-//! dispatch: SYN cookies, request gathering, rules, splicing).
+//! dispatch: SYN cookies, request gathering, rules, splicing), `ops` (the
+//! control socket, the CLI's client and the Prometheus endpoint).
 
 #![deny(unsafe_code)]
 
@@ -19,6 +20,7 @@ pub mod dataplane;
 pub mod dpdk;
 pub mod l7;
 pub mod locks;
+pub mod ops;
 pub mod packet;
 pub mod sched;
 pub mod session;

@@ -1,32 +1,97 @@
-//! `ringlb`: run the appliance, or check a configuration.
+//! `ringlb`: run the appliance, check a configuration, or ask a running
+//! appliance through its control socket.
 
 #![forbid(unsafe_code)]
 
+use clap::{CommandFactory, Parser, Subcommand};
+use ringlb::ops::{self, client, protocol::Request, protocol::ServerRow};
 use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage:
-  ringlb run   -c FILE.yaml [--stats-interval SECONDS] [--duration SECONDS] [--status-file PATH]
-  ringlb check -c FILE.yaml
+#[derive(Parser)]
+#[command(name = "ringlb", version, about = "A DPDK load-balancing appliance", propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-run     start the appliance; stats every --stats-interval seconds (default 1, 0 = off);
-        stops on SIGINT/SIGTERM, or after --duration seconds if given;
-        --status-file: the same counters (and the ring's and sync's) as JSON,
-        rewritten every interval and at exit
-check   validate FILE.yaml and print the effective configuration";
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start the appliance; stops on SIGINT/SIGTERM (or after --duration).
+    Run {
+        /// The configuration (YAML).
+        #[arg(short, long = "config", value_name = "FILE.yaml")]
+        config: PathBuf,
+        /// Print the stats line every this many seconds (0: never).
+        #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = seconds)]
+        stats_interval: Duration,
+        /// Stop by itself after this many seconds.
+        #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+        duration: Option<Duration>,
+        /// Also write the counters as JSON here, every interval and at exit.
+        #[arg(long, value_name = "PATH")]
+        status_file: Option<PathBuf>,
+        /// The control socket `ringlb status`, `servers`, `drain` … use (root only).
+        #[arg(long, value_name = "PATH", default_value = ops::DEFAULT_SOCKET)]
+        control_socket: PathBuf,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9469).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<SocketAddr>,
+    },
+    /// Validate a configuration and print it as the appliance reads it.
+    Check {
+        #[arg(short, long = "config", value_name = "FILE.yaml")]
+        config: PathBuf,
+    },
+    /// A running appliance's counters, ring and health.
+    Status(Ask),
+    /// A running appliance's servers: weights, state, sessions.
+    Servers(Ask),
+    /// No new flows for SERVER (service/ip:port, ip:port or ip); its sessions stay.
+    Drain {
+        /// service/ip:port, ip:port (each service's) or ip (each port's).
+        server: String,
+        #[command(flatten)]
+        ask: Ask,
+    },
+    /// New flows for SERVER again.
+    Undrain {
+        server: String,
+        #[command(flatten)]
+        ask: Ask,
+    },
+    /// A running appliance's metrics, in Prometheus's text format.
+    Metrics {
+        #[arg(long, value_name = "PATH", default_value = ops::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+}
 
-fn parse_secs(flag: &str, v: Option<&String>) -> Result<f64, String> {
-    let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
+/// How to reach a running appliance, and how to show its answer.
+#[derive(clap::Args)]
+struct Ask {
+    /// Its control socket.
+    #[arg(long, value_name = "PATH", default_value = ops::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// The answer as JSON (for scripts) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn seconds(v: &str) -> Result<Duration, String> {
     match v.parse::<f64>() {
-        Ok(s) if s.is_finite() && s >= 0.0 => Ok(s),
-        _ => Err(format!("{flag}: '{v}' is not a number of seconds")),
+        Ok(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!("'{v}' is not a number of seconds")),
     }
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match real_main(&args) {
+    match real_main(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringlb: {e}");
@@ -35,48 +100,68 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main(args: &[String]) -> Result<(), String> {
-    let Some(cmd) = args.first() else {
-        return Err(format!("missing command\n{USAGE}"));
-    };
-    let mut file = None;
-    let mut stats = 1.0;
-    let mut duration = None;
-    let mut status_file = None;
-    let mut it = args[1..].iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "-c" | "--config" => file = Some(it.next().ok_or("-c needs a file")?.clone()),
-            "--stats-interval" => stats = parse_secs(a, it.next())?,
-            "--duration" => duration = Some(parse_secs(a, it.next())?),
-            "--status-file" => status_file = Some(it.next().ok_or("--status-file needs a path")?.into()),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
-        }
-    }
-    let file = file.ok_or_else(|| format!("-c FILE.yaml is required\n{USAGE}"))?;
-    let cfg = ringlb::config::load(&file).map_err(|e| e.to_string())?;
-    match cmd.as_str() {
-        "check" => {
-            // A reader that stops early (`| head`) is not an error.
-            let _ = writeln!(std::io::stdout(), "# {file}: OK\n{}", cfg.render());
+/// Prints `text`; a reader that stops early (`| head`) is not an error.
+fn print(text: &str) {
+    let _ = write!(std::io::stdout(), "{text}");
+}
+
+fn real_main(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Cmd::Check { config } => {
+            let file = config.display().to_string();
+            let cfg = ringlb::config::load(&file).map_err(|e| e.to_string())?;
+            print(&format!("# {file}: OK\n{}\n", cfg.render()));
             Ok(())
         }
-        "run" => {
+        Cmd::Run { config, stats_interval, duration, status_file, control_socket, metrics } => {
+            let cfg = ringlb::config::load(&config.display().to_string()).map_err(|e| e.to_string())?;
             let opts = ringlb::app::RunOptions {
-                stats_interval: Duration::from_secs_f64(stats),
-                duration: duration.map(Duration::from_secs_f64),
+                stats_interval,
+                duration,
                 status_file,
+                control_socket: Some(control_socket),
+                metrics,
             };
             ringlb::app::run(&cfg, &opts)
         }
-        "-h" | "--help" | "help" => {
-            println!("{USAGE}");
+        Cmd::Status(ask) => {
+            let v = client::ask(&ask.socket, &Request::Status)?;
+            print(&if ask.json { format!("{v}\n") } else { client::status_text(&v) });
             Ok(())
         }
-        other => Err(format!("unknown command '{other}'\n{USAGE}")),
+        Cmd::Servers(ask) => show_servers(&ask, &Request::Servers),
+        Cmd::Drain { server, ask } => show_servers(&ask, &Request::Drain { server }),
+        Cmd::Undrain { server, ask } => show_servers(&ask, &Request::Undrain { server }),
+        Cmd::Metrics { socket } => {
+            let v = client::ask(&socket, &Request::Metrics)?;
+            print(v.as_str().ok_or("the metrics answer is not text")?);
+            Ok(())
+        }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "ringlb", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+fn show_servers(ask: &Ask, request: &Request) -> Result<(), String> {
+    let v = client::ask(&ask.socket, request)?;
+    if ask.json {
+        print(&format!("{v}\n"));
+        return Ok(());
+    }
+    let rows: Vec<ServerRow> =
+        serde_json::from_value(v).map_err(|e| format!("an answer this ringlb cannot read: {e}"))?;
+    print(&client::servers_table(&rows));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

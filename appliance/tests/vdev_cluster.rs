@@ -76,6 +76,8 @@ fn start_with(dir: &Path, name: &str, device: &str, address: &str, members: &str
     let child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
         .args(["run", "-c", cfg.to_str().unwrap(), "--stats-interval", "0.2", "--status-file"])
         .arg(dir.join(format!("{name}.json")))
+        .arg("--control-socket")
+        .arg(dir.join(format!("{name}.sock")))
         .stdout(log)
         .stderr(Stdio::inherit())
         .spawn()

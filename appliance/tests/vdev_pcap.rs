@@ -232,7 +232,11 @@ fn eal_init_failure_reports_rte_errno() {
     let dir = tmpdir("badvdev");
     let cfg = dir.join("bad.yaml");
     std::fs::write(&cfg, CONFIG.replace("DEVICE", "net_nosuchdriver0,foo=1").replace("WORKERS", "[1]")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ringlb")).args(["run", "-c", cfg.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["run", "-c", cfg.to_str().unwrap(), "--control-socket"])
+        .arg(cfg.with_extension("sock"))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     println!("{err}");
     assert!(!out.status.success());

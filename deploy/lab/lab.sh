@@ -142,7 +142,7 @@ lab_hugepages() {
 lab_start_ringlb() {
   local cfg=$1 log=$2; shift 2
   : > "$log"
-  ip netns exec "$(lab_ns lb)" "$RINGLB" run -c "$cfg" "$@" > "$log" 2>&1 &
+  ip netns exec "$(lab_ns lb)" "$RINGLB" run -c "$cfg" --control-socket "$LAB_DIR/lb.sock" "$@" > "$log" 2>&1 &
   RINGLB_PID=$!
   LAB_PIDS+=("$RINGLB_PID")
 }

@@ -153,7 +153,7 @@ lab_start_appliance() {
   fi
   rm -f "$LAB_DIR/lb$n.json"
   ip netns exec "$(lab_ns "lb$n")" "$RINGLB" run -c "$LAB_DIR/lb$n.yaml" --stats-interval 1 \
-    --status-file "$LAB_DIR/lb$n.json" "$@" >> "$LAB_DIR/lb$n.log" 2>&1 &
+    --status-file "$LAB_DIR/lb$n.json" --control-socket "$LAB_DIR/lb$n.sock" "$@" >> "$LAB_DIR/lb$n.log" 2>&1 &
   APPLIANCE_PID[$n]=$!
   LAB_PIDS+=($!)
 }

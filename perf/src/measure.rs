@@ -116,6 +116,7 @@ pub fn ringlb_gated(
     };
     let mut cmd = Command::new(bin);
     cmd.args(["run", "-c"]).arg(config).args(["--stats-interval", interval]);
+    cmd.arg("--control-socket").arg(config.with_extension("sock"));
     let mut p = Proc::spawn("ringlb", &mut cmd)?;
     let mut r = RinglbResult::default();
     let start_deadline = Instant::now() + START_TIMEOUT;

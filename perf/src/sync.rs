@@ -47,6 +47,7 @@ pub fn sibling_run(
     let _ = std::fs::remove_file(&status);
     let mut cmd = Command::new(bin);
     cmd.args(["run", "-c"]).arg(b).args(["--stats-interval", "0.05", "--status-file"]).arg(&status);
+    cmd.arg("--control-socket").arg(dir.join("sibling.sock"));
     let mut sibling = Proc::spawn("ringlb (sibling)", &mut cmd)?;
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {

@@ -15,6 +15,8 @@
 
 use super::status::Status;
 use super::{Channel, Control, Now};
+use crate::ops::answer::Answerer;
+use crate::ops::server::Call;
 use crate::stats::{Snapshot, WorkerStats};
 use nix::poll::{ppoll, PollFd, PollFlags};
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
@@ -23,6 +25,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub struct Options {
@@ -31,6 +34,10 @@ pub struct Options {
     pub duration: Option<Duration>,
     /// Rewritten (atomically) every stats interval and at exit.
     pub status_file: Option<PathBuf>,
+    /// The control socket (`ops::server`), if any.
+    pub control_socket: Option<PathBuf>,
+    /// The Prometheus endpoint's address, if any.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Longest a cluster member waits for the ring and its siblings' sessions
@@ -87,6 +94,8 @@ pub struct Driver<'a> {
     last: Snapshot,
     last_print: Instant,
     buf: Vec<u8>,
+    /// The operator's requests (`ops`), and what answers them.
+    ops: Option<(Receiver<Call>, Answerer)>,
 }
 
 impl<'a> Driver<'a> {
@@ -101,6 +110,26 @@ impl<'a> Driver<'a> {
             labels,
             last_print: Instant::now(),
             buf: vec![0; 65_536],
+            ops: None,
+        }
+    }
+
+    /// Answers the operator's requests from `inbox` from now on.
+    pub fn serve_ops(&mut self, inbox: Receiver<Call>, answerer: Answerer) {
+        self.ops = Some((inbox, answerer));
+    }
+
+    /// Answers the requests waiting (a few per round: they are rare).
+    fn answer_ops(&mut self, control: &Control) {
+        let Some((inbox, answerer)) = &self.ops else { return };
+        for _ in 0..4 {
+            let Ok(call) = inbox.try_recv() else { return };
+            let snap = Snapshot::take(&self.stats);
+            let (response, note) = answerer.answer(&call.request, self.started.elapsed().as_secs_f64(), &snap, control);
+            call.answer(response);
+            if let Some(n) = note {
+                println!("{n}");
+            }
         }
     }
 
@@ -135,6 +164,7 @@ impl<'a> Driver<'a> {
                 control.handle_timeout(now);
             }
             self.transmit(control);
+            self.answer_ops(control);
             let mut noted = false;
             while let Some(n) = control.poll_note() {
                 println!("{n}");

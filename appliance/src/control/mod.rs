@@ -426,12 +426,17 @@ impl Control {
         self.health.as_ref().map(health::Health::status)
     }
 
-    /// Sessions rebuilt from the servers' lists (None without agents).
+    /// The state the workers read (the operator's drain flags are set here).
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// Whether a service answers SYNs with cookies (the status shows their counters).
     pub fn has_syn_proxy(&self) -> bool {
         self.shared.has_syn_proxy()
     }
 
+    /// Sessions rebuilt from the servers' lists (None without agents).
     pub fn rebuild_status(&self) -> Option<rebuild::RebuildStatus> {
         self.rebuild.as_ref().map(rebuild::Rebuild::status)
     }

@@ -461,7 +461,8 @@ impl<'a> Worker<'a> {
             return Verdict::Drop(DropReason::NoServer); // `ringlb check` requires maglev
         };
         let h = mix((u64::from(src_ip) << 32) | u64::from(dst_ip), u64::from(service.proto));
-        let weight = |i: usize| shared.server_weight(service.servers[i]);
+        // No session: a drained server keeps its fragments' flows.
+        let weight = |i: usize| shared.carrying_weight(service.servers[i]);
         let Some(i) = crate::sched::maglev_pick(maglev, h, weight) else {
             return Verdict::Drop(DropReason::NoServer);
         };
@@ -692,7 +693,7 @@ impl<'a> Worker<'a> {
                 if announce_change(before, e.state) {
                     outbox.session(record(key, e), now_ms, stats);
                 }
-                if service.reset_on_down && shared.server_weight(server) == 0 {
+                if service.reset_on_down && shared.carrying_weight(server) == 0 {
                     return self.reset_client(frame, info, key, hash, in_port);
                 }
                 return self.rewrite_forward(frame, Some(info), service.mode, server, None);

@@ -283,6 +283,9 @@ pub struct Shared {
     /// scaled by reported load under `least_load`; the configured weight
     /// otherwise.
     server_weight: Vec<AtomicU32>,
+    /// Per server: drained by the operator (`ringlb drain`): no new flows,
+    /// its sessions stay.
+    drained: Vec<AtomicBool>,
     /// Per server: up by the appliance's own probe (always, unprobed);
     /// worker 0 decides (`probe`).
     probe_up: Vec<AtomicBool>,
@@ -432,6 +435,7 @@ impl Shared {
             vip_slots,
             vip_rebuilding: vip_owned.iter().map(|_| AtomicBool::new(false)).collect(),
             server_weight: cfg.servers.iter().map(|s| AtomicU32::new(s.weight)).collect(),
+            drained: cfg.servers.iter().map(|_| AtomicBool::new(false)).collect(),
             vip_owned,
             garp: cfg.cluster.as_ref().map_or(DEFAULT_GARP, |c| c.garp),
             workers,
@@ -625,9 +629,19 @@ impl Shared {
         }
     }
 
-    /// Server `id`'s weight for new flows now (0: down).
+    /// Server `id`'s weight for new flows now (0: down or drained).
     #[inline]
     pub fn server_weight(&self, id: u16) -> u32 {
+        if self.drained.get(usize::from(id)).is_some_and(|d| d.load(Relaxed)) {
+            return 0;
+        }
+        self.carrying_weight(id)
+    }
+
+    /// Server `id`'s weight for the flows it carries already (0: down; a
+    /// drained server keeps them).
+    #[inline]
+    pub fn carrying_weight(&self, id: u16) -> u32 {
         let i = usize::from(id);
         match (self.server_weight.get(i), self.probe_up.get(i)) {
             (Some(w), Some(up)) if up.load(Relaxed) => w.load(Relaxed),
@@ -643,6 +657,18 @@ impl Shared {
     pub(super) fn set_probe_up(&self, id: u16, up: bool) {
         if let Some(u) = self.probe_up.get(usize::from(id)) {
             u.store(up, Relaxed);
+        }
+    }
+
+    /// Whether the operator drained server `id`.
+    pub fn drained(&self, id: u16) -> bool {
+        self.drained.get(usize::from(id)).is_some_and(|d| d.load(Relaxed))
+    }
+
+    /// The operator's word on server `id` (`ringlb drain` / `undrain`).
+    pub fn set_drained(&self, id: u16, drained: bool) {
+        if let Some(d) = self.drained.get(usize::from(id)) {
+            d.store(drained, Relaxed);
         }
     }
 

@@ -38,7 +38,8 @@ pub fn tmpdir(tag: &str) -> PathBuf {
 /// Runs the binary until it has received `expect_rx` frames, then SIGTERM.
 pub fn run_ringlb(cfg_path: &Path, expect_rx: u64, signal: &str) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
-        .args(["run", "-c", cfg_path.to_str().unwrap(), "--stats-interval", "0.2"])
+        .args(["run", "-c", cfg_path.to_str().unwrap(), "--stats-interval", "0.2", "--control-socket"])
+        .arg(cfg_path.with_extension("sock"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -1,0 +1,20 @@
+//! What an operator reaches a running appliance through: the control
+//! socket (`ringlb status`, `servers`, `drain`, …) and the Prometheus
+//! endpoint.
+//!
+//! `protocol`: the requests and answers, one JSON line each way;
+//! `server`: the thread that listens on the unix socket and the metrics
+//! port and hands each request to the control thread, which answers it
+//! between two rounds of its loop (`control::driver`), so nothing here
+//! touches a worker or its tables; `answer`: what the control thread
+//! answers; `metrics`: the counters in Prometheus's text format;
+//! `client`: the CLI's side of the socket, and its tables.
+
+pub mod answer;
+pub mod client;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+
+/// Where `ringlb run` listens, and the CLI asks, unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/ringlb.sock";
