@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: every tier, then one closing line "N passed, M failed".
 #   1. cargo test: unit tests, data-plane/config tests, vdev tests of the real binary
-#   2. lab tests: DSR, NAT, the SYN proxy (also under a SYN flood) and L7 through
+#   2. lab tests: DSR, NAT, the operator's interfaces (a real Prometheus
+#      scraping the appliance, the CLI, drain under load), the SYN proxy (also under a SYN flood) and L7 through
 #      real namespaces, nginx, ab and curl; the
 #      cluster: three appliances behind a port-trunked router, failure and rejoin;
 #      failover: two appliances on one segment, VIP takeover by gratuitous ARP;
@@ -22,6 +23,7 @@ run "cargo test (unit, dataplane, config, vdev)" cargo test --workspace -- --tes
 run "deploy scripts and install" bash tests/deploy_test.sh
 run "lab DSR" bash tests/lab/lab_test.sh dsr
 run "lab NAT" bash tests/lab/lab_test.sh nat
+run "lab operations (Prometheus scrape, status/servers, drain under load)" bash tests/lab/ops_test.sh
 run "lab SYN proxy" bash tests/lab/lab_test.sh syn-proxy
 run "lab SYN flood, syn_proxy" bash tests/lab/flood_test.sh syn-proxy
 run "lab SYN flood, l7" bash tests/lab/flood_test.sh l7
