@@ -4,7 +4,8 @@
 #![forbid(unsafe_code)]
 
 use clap::{CommandFactory, Parser, Subcommand};
-use ringlb::ops::{self, client, protocol::Request, protocol::ServerRow};
+use ringlb::ops::protocol::{Request, ServerRow, SessionRow};
+use ringlb::ops::{self, client};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +51,17 @@ enum Cmd {
     Status(Ask),
     /// A running appliance's servers: weights, state, sessions.
     Servers(Ask),
+    /// Some of a running appliance's sessions (up to --limit per worker).
+    Sessions {
+        /// Only this service's (by name).
+        #[arg(long)]
+        service: Option<String>,
+        /// Sessions per worker at most.
+        #[arg(long, default_value_t = ops::protocol::DEFAULT_SESSIONS)]
+        limit: usize,
+        #[command(flatten)]
+        ask: Ask,
+    },
     /// No new flows for SERVER (service/ip:port, ip:port or ip); its sessions stay.
     Drain {
         /// service/ip:port, ip:port (each service's) or ip (each port's).
@@ -130,6 +142,17 @@ fn real_main(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Servers(ask) => show_servers(&ask, &Request::Servers),
+        Cmd::Sessions { service, limit, ask } => {
+            let v = client::ask(&ask.socket, &Request::Sessions { service, limit })?;
+            if ask.json {
+                print(&format!("{v}\n"));
+                return Ok(());
+            }
+            let rows: Vec<SessionRow> =
+                serde_json::from_value(v).map_err(|e| format!("an answer this ringlb cannot read: {e}"))?;
+            print(&client::sessions_table(&rows));
+            Ok(())
+        }
         Cmd::Drain { server, ask } => show_servers(&ask, &Request::Drain { server }),
         Cmd::Undrain { server, ask } => show_servers(&ask, &Request::Undrain { server }),
         Cmd::Metrics { socket } => {

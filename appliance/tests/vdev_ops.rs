@@ -61,6 +61,7 @@ fn every_command_has_help_that_exits_0() {
         &["check"],
         &["status"],
         &["servers"],
+        &["sessions"],
         &["drain"],
         &["undrain"],
         &["metrics"],
@@ -149,6 +150,25 @@ fn check_running(socket: &Path, metrics: &str) {
     assert_eq!(new, [500, 1000, 1500]);
     let table = stdout(&ringlb(&["servers", "--socket", sock]));
     assert!(table.starts_with("SERVER") && table.contains("web/198.18.0.12:80  2       2    up"), "{table}");
+
+    // Sessions, sampled from the worker's table.
+    let some = json(&ringlb(&["sessions", "--limit", "10", "--json", "--socket", sock]));
+    let some = some.as_array().unwrap();
+    assert_eq!(some.len(), 10);
+    for s in some {
+        assert!(s["client"].as_str().unwrap().starts_with("100.64."), "{s}");
+        assert_eq!(
+            (s["service"].as_str(), s["proto"].as_str(), s["replica"].as_bool()),
+            (Some("web"), Some("tcp"), Some(false))
+        );
+        assert!(s["server"].as_str().unwrap().starts_with("web/198.18.0.1"), "{s}");
+    }
+    let all = json(&ringlb(&["sessions", "--service", "web", "--limit", "5000", "--json", "--socket", sock]));
+    assert_eq!(all.as_array().unwrap().len(), FLOWS as usize);
+    let table = stdout(&ringlb(&["sessions", "--limit", "3", "--socket", sock]));
+    assert!(table.starts_with("CLIENT") && table.ends_with("3 session(s)\n"), "{table}");
+    let o = ringlb(&["sessions", "--service", "nope", "--socket", sock]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no service 'nope' (services: web)"));
 
     // Drain by address: no new flows; undrain: back.
     let drained = json(&ringlb(&["drain", "198.18.0.12", "--json", "--socket", sock]));

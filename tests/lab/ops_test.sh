@@ -55,6 +55,8 @@ ab_run "lab-ops: ab 2000 requests, concurrency 50" "http://$VIP/index.html" 2000
 
 echo "lab-ops: \$ ringlb status"
 ops status | sed 's/^/lab-ops:   /'
+echo "lab-ops: \$ ringlb sessions --limit 5"
+ops sessions --limit 5 | sed 's/^/lab-ops:   /'
 echo "lab-ops: \$ ringlb servers"
 ops servers | sed 's/^/lab-ops:   /'
 created=$(ops status --json | jq '.sessions.created')

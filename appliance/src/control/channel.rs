@@ -62,6 +62,17 @@ pub enum Event {
     DumpDone {
         id: u32,
     },
+    /// One session of sample `id` (`ringlb sessions`); `replica`: a
+    /// sibling's session held here.
+    Sampled {
+        id: u32,
+        rec: SessionRecord,
+        replica: bool,
+    },
+    /// Sample `id` is complete.
+    SampleDone {
+        id: u32,
+    },
 }
 
 /// Control thread → worker.
@@ -84,6 +95,9 @@ pub enum Command {
     Announce { vip: u32 },
     /// `vip` went to another appliance: stop announcing it.
     Withdraw { vip: u32 },
+    /// Emit up to `limit` sessions (of service `vip:vport` when given) as
+    /// `Sampled` events, then `SampleDone` (`ringlb sessions`).
+    Sample { id: u32, service: Option<(u32, u16)>, limit: u32 },
 }
 
 /// The worker's sending end: counts what it pushed (deferred first packets

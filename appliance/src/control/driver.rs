@@ -15,7 +15,8 @@
 
 use super::status::Status;
 use super::{Channel, Control, Now};
-use crate::ops::answer::Answerer;
+use crate::ops::answer::{Answer, Answerer};
+use crate::ops::protocol::Response;
 use crate::ops::server::Call;
 use crate::stats::{Snapshot, WorkerStats};
 use nix::poll::{ppoll, PollFd, PollFlags};
@@ -49,6 +50,9 @@ const SYNC_DATAGRAMS_PER_ROUND: usize = 512;
 /// Socket buffers of the sync channel: bursts of ~1.4 kB datagrams must not
 /// overflow them while the control thread is busy.
 const SYNC_SOCKET_BUFFER: usize = 16 << 20;
+/// The workers have this long to sample their sessions for `ringlb
+/// sessions` (the control socket's client waits 5 s).
+const SAMPLE_DEADLINE: Duration = Duration::from_secs(3);
 /// Idle waits: short while work came recently, longer after a quiet second.
 const WAIT_BUSY: Duration = Duration::from_micros(100);
 const WAIT_RECENT: Duration = Duration::from_millis(1);
@@ -96,6 +100,9 @@ pub struct Driver<'a> {
     buf: Vec<u8>,
     /// The operator's requests (`ops`), and what answers them.
     ops: Option<(Receiver<Call>, Answerer)>,
+    /// A `ringlb sessions` request waiting for the workers' sample (its id)
+    /// until the deadline.
+    sampling: Option<(Call, u32, Instant)>,
 }
 
 impl<'a> Driver<'a> {
@@ -111,6 +118,7 @@ impl<'a> Driver<'a> {
             last_print: Instant::now(),
             buf: vec![0; 65_536],
             ops: None,
+            sampling: None,
         }
     }
 
@@ -120,15 +128,34 @@ impl<'a> Driver<'a> {
     }
 
     /// Answers the requests waiting (a few per round: they are rare).
-    fn answer_ops(&mut self, control: &Control) {
+    fn answer_ops(&mut self, control: &mut Control) {
         let Some((inbox, answerer)) = &self.ops else { return };
+        if let Some((call, id, deadline)) = self.sampling.take() {
+            match control.sampled(id) {
+                Some(sessions) => call.answer(answerer.sessions(&sessions)),
+                None if Instant::now() >= deadline => {
+                    call.answer(Response::error("the workers did not finish the sample in time"));
+                }
+                None => self.sampling = Some((call, id, deadline)),
+            }
+        }
         for _ in 0..4 {
             let Ok(call) = inbox.try_recv() else { return };
             let snap = Snapshot::take(&self.stats);
-            let (response, note) = answerer.answer(&call.request, self.started.elapsed().as_secs_f64(), &snap, control);
-            call.answer(response);
-            if let Some(n) = note {
-                println!("{n}");
+            match answerer.answer(&call.request, self.started.elapsed().as_secs_f64(), &snap, control) {
+                Answer::Now(response, note) => {
+                    call.answer(response);
+                    if let Some(n) = note {
+                        println!("{n}");
+                    }
+                }
+                Answer::Sample(id) => {
+                    // One sample at a time: a newer one replaces the older.
+                    if let Some((older, _, _)) = self.sampling.take() {
+                        older.answer(Response::error("replaced by a newer sessions request"));
+                    }
+                    self.sampling = Some((call, id, Instant::now() + SAMPLE_DEADLINE));
+                }
             }
         }
     }

@@ -30,7 +30,7 @@ pub mod vips;
 
 use crate::config::{Config, VipMode};
 use crate::dataplane::Shared;
-use channel::{Command, Event, WorkerPort};
+use channel::{Command, Event, SessionRecord, WorkerPort};
 use ringlb_ring::member::{Config as RingConfig, Event as RingEvent, Member, Transmit};
 use ringlb_ring::sync::{SyncConfig, KEY_CONTEXT};
 use ringlb_ring::wire::{Dest, CAP_APPLIANCE};
@@ -112,6 +112,16 @@ pub struct Control {
     last_health_ms: u64,
     notes: VecDeque<String>,
     pub counters: ControlCounters,
+    /// The operator's sample of the sessions under way (`ringlb sessions`).
+    sample: Option<SampleQuery>,
+}
+
+/// A sample of the workers' sessions being gathered.
+struct SampleQuery {
+    id: u32,
+    limit: usize,
+    sessions: Vec<(SessionRecord, bool)>,
+    workers_done: usize,
 }
 
 impl Control {
@@ -177,6 +187,7 @@ impl Control {
             last_health_ms: 0,
             notes,
             counters: ControlCounters::default(),
+            sample: None,
         };
         if let Some(h) = &mut c.health {
             c.notes.extend(h.apply(&c.shared));
@@ -279,6 +290,9 @@ impl Control {
             for _ in 0..if congested { 0 } else { EVENTS_PER_POLL } {
                 let Some(ev) = self.workers[w].next_event() else { break };
                 taken += 1;
+                if self.take_sampled(ev) {
+                    continue;
+                }
                 if let Event::Lock(rec) = ev {
                     for (i, p) in self.workers.iter_mut().enumerate() {
                         if i != w {
@@ -424,6 +438,43 @@ impl Control {
     /// Each server's health and weight now (None without agents).
     pub fn health_status(&self) -> Option<Vec<health::ServerHealth>> {
         self.health.as_ref().map(health::Health::status)
+    }
+
+    /// Asks every worker for up to `limit` of its sessions (of the
+    /// service at `vip:port` if given); `sampled` gives them once all
+    /// answered. A sample asked before the last one ended replaces it.
+    pub fn start_sample(&mut self, service: Option<(u32, u16)>, limit: usize) -> u32 {
+        let id = self.sample.as_ref().map_or(1, |s| s.id.wrapping_add(1));
+        let per_worker = u32::try_from(limit).unwrap_or(u32::MAX);
+        for w in &mut self.workers {
+            w.send(Command::Sample { id, service, limit: per_worker });
+        }
+        self.sample = Some(SampleQuery { id, limit, sessions: Vec::new(), workers_done: 0 });
+        id
+    }
+
+    /// Sample `id`'s sessions (with whether each is a sibling's replica),
+    /// once every worker has sent its part.
+    pub fn sampled(&mut self, id: u32) -> Option<Vec<(SessionRecord, bool)>> {
+        let done = self.sample.as_ref().is_some_and(|s| s.id == id && s.workers_done == self.workers.len());
+        done.then(|| self.sample.take().map(|s| s.sessions).unwrap_or_default())
+    }
+
+    /// Takes a sample's events; false for every other event.
+    fn take_sampled(&mut self, ev: Event) -> bool {
+        let (id, rec) = match ev {
+            Event::Sampled { id, rec, replica } => (id, Some((rec, replica))),
+            Event::SampleDone { id } => (id, None),
+            _ => return false,
+        };
+        if let Some(s) = self.sample.as_mut().filter(|s| s.id == id) {
+            match rec {
+                Some(r) if s.sessions.len() < s.limit => s.sessions.push(r),
+                Some(_) => {}
+                None => s.workers_done += 1,
+            }
+        }
+        true
     }
 
     /// The state the workers read (the operator's drain flags are set here).

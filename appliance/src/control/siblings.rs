@@ -242,6 +242,8 @@ impl Siblings {
                     self.start_dump(cx);
                 }
             }
+            // The operator's samples are the control thread's own.
+            Event::Sampled { .. } | Event::SampleDone { .. } => {}
         }
     }
 

@@ -13,6 +13,7 @@ mod lean;
 mod probe;
 mod proxy;
 mod replication;
+mod sample;
 mod shared;
 
 use shared::AddressKind;
@@ -99,6 +100,8 @@ pub struct Worker<'a> {
     outbox: Outbox,
     /// A dump in progress (resync for a sibling, or republishing).
     dump: Option<Dump>,
+    /// A sample of the table for the operator (`ringlb sessions`).
+    sample: Option<sample::Sample>,
     /// Gratuitous ARP for VIPs just taken over (worker 0 only).
     announcer: announce::Announcer,
     /// Per port: the client-side hop of the last new session. A NAT
@@ -304,6 +307,7 @@ impl<'a> Worker<'a> {
             last_solicit_ms: vec![None; shared.neighbors.len()],
             outbox: Outbox::new(shared.sync_events),
             dump: None,
+            sample: None,
             announcer: announce::Announcer::new(shared.garp, shared.vip_count()),
             client_hops: vec![None; shared.ports.len()],
             prober: probe::Prober::new(shared),
@@ -985,6 +989,7 @@ impl<'a> Worker<'a> {
         }
         self.proxy_sweep(now_ms);
         self.dump_step(now_ms);
+        self.sample_step();
     }
 
     /// Calls `send(port index, port, vip)` for each gratuitous ARP due now,

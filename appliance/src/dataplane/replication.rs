@@ -4,6 +4,7 @@
 //! allocates. A full event queue loses the event, counts it, and schedules a
 //! republish of every local session and lock (a bulk resync) once it drains.
 
+use super::sample::Sample;
 use super::{record, Worker};
 use crate::control::channel::{Command, Event, EventTx, SessionRecord, QUEUE_LEN};
 use crate::locks::{LockRecord, Offer};
@@ -33,7 +34,7 @@ impl Outbox {
 
     /// Pushes an event; its tag (the count of events pushed) if it went out.
     #[inline]
-    fn push(&mut self, e: Event, stats: &WorkerStats) -> Option<u64> {
+    pub(super) fn push(&mut self, e: Event, stats: &WorkerStats) -> Option<u64> {
         let tx = self.tx.as_mut()?;
         if tx.push(e) {
             Some(tx.pushed())
@@ -65,7 +66,7 @@ impl Outbox {
         self.push(Event::Lock(rec), stats);
     }
 
-    fn room(&self) -> usize {
+    pub(super) fn room(&self) -> usize {
         self.tx.as_ref().map_or(0, EventTx::room)
     }
 }
@@ -133,6 +134,7 @@ impl Worker<'_> {
             Command::Release { .. } => {}
             Command::Announce { vip } => self.announcer.start(vip, now_ms),
             Command::Withdraw { vip } => self.announcer.stop(vip),
+            Command::Sample { id, service, limit } => self.sample = Some(Sample::new(id, service, limit)),
         }
     }
 

@@ -3,10 +3,12 @@
 //! server's drain flag are all it does, never a wait.
 
 use super::metrics;
-use super::protocol::{Request, Response, ServerRow};
+use super::protocol::{Request, Response, ServerRow, SessionRow, MAX_SESSIONS};
 use crate::config::Config;
+use crate::control::channel::SessionRecord;
 use crate::control::status::Status;
 use crate::control::Control;
+use crate::packet::L4Proto;
 use crate::stats::Snapshot;
 use std::net::Ipv4Addr;
 
@@ -22,6 +24,17 @@ struct ServerInfo {
 /// Answers requests about the appliance `cfg` configures.
 pub struct Answerer {
     servers: Vec<ServerInfo>,
+    /// Each service's name, VIP and port.
+    services: Vec<(String, u32, u16)>,
+}
+
+/// An answer now, or one the workers must help with first.
+pub enum Answer {
+    /// The answer, and a note for the log (drains).
+    Now(Response, Option<String>),
+    /// `ringlb sessions`: sample `id` was asked of the workers
+    /// (`Control::sampled` gives it, `Answerer::sessions` answers with it).
+    Sample(u32),
 }
 
 impl Answerer {
@@ -38,13 +51,59 @@ impl Answerer {
                 weight: s.weight,
             })
             .collect();
-        Answerer { servers }
+        let services = cfg.services.iter().map(|s| (s.name.clone(), s.vip, s.port)).collect();
+        Answerer { servers, services }
     }
 
     /// The answer to `request`, `t_s` seconds after the start; `snap`: the
     /// workers' counters now. Drains and undrains are also returned as a
     /// note for the log.
-    pub fn answer(
+    pub fn answer(&self, request: &Request, t_s: f64, snap: &Snapshot, control: &mut Control) -> Answer {
+        if let Request::Sessions { service, limit } = request {
+            let service = match service {
+                None => None,
+                Some(name) => match self.services.iter().find(|s| &s.0 == name) {
+                    Some(&(_, vip, port)) => Some((vip, port)),
+                    None => {
+                        let known: Vec<&str> = self.services.iter().map(|s| s.0.as_str()).collect();
+                        let e = format!("no service '{name}' (services: {})", known.join(", "));
+                        return Answer::Now(Response::error(e), None);
+                    }
+                },
+            };
+            return Answer::Sample(control.start_sample(service, (*limit).min(MAX_SESSIONS)));
+        }
+        let (r, note) = self.answer_now(request, t_s, snap, control);
+        Answer::Now(r, note)
+    }
+
+    /// The answer to `ringlb sessions` from the workers' sample.
+    pub fn sessions(&self, sample: &[(SessionRecord, bool)]) -> Response {
+        let service = |vip: u32, port: u16| {
+            let s = self.services.iter().find(|s| s.1 == vip && s.2 == port);
+            s.map_or_else(|| format!("{}:{port}", Ipv4Addr::from(vip)), |s| s.0.clone())
+        };
+        let rows: Vec<SessionRow> = sample
+            .iter()
+            .map(|(r, replica)| SessionRow {
+                client: format!("{}:{}", Ipv4Addr::from(r.key.client_ip), r.key.client_port),
+                proto: if r.key.proto == L4Proto::Udp { "udp" } else { "tcp" }.into(),
+                service: service(r.key.vip, r.key.vport),
+                server: self
+                    .servers
+                    .get(usize::from(r.server))
+                    .map_or_else(|| r.server.to_string(), |s| s.label.clone()),
+                state: format!("{:?}", r.state).to_lowercase(),
+                replica: *replica,
+            })
+            .collect();
+        match serde_json::to_value(rows) {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::error(format!("encoding the answer: {e}")),
+        }
+    }
+
+    fn answer_now(
         &self,
         request: &Request,
         t_s: f64,
@@ -57,6 +116,7 @@ impl Answerer {
             Err(e) => Response::error(format!("encoding the answer: {e}")),
         };
         match request {
+            Request::Sessions { .. } => (Response::error("sessions are sampled, not answered at once"), None),
             Request::Status => (json(serde_json::to_value(Status::new(t_s, snap, &labels, control))), None),
             Request::Servers => (json(serde_json::to_value(self.rows(snap, control))), None),
             Request::Metrics => {

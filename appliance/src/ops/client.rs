@@ -1,7 +1,7 @@
 //! The CLI's side of the control socket: one request, one answer, and the
 //! human tables the answers are shown as (`--json` prints them as they came).
 
-use super::protocol::{Request, Response, ServerRow, MAX_REQUEST};
+use super::protocol::{Request, Response, ServerRow, SessionRow, MAX_REQUEST};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -65,6 +65,18 @@ pub fn servers_table(rows: &[ServerRow]) -> String {
         ]);
     }
     table(&t)
+}
+
+/// `ringlb sessions` for humans (a sibling's session held here is marked).
+pub fn sessions_table(rows: &[SessionRow]) -> String {
+    let mut t = vec![["CLIENT", "PROTO", "SERVICE", "SERVER", "STATE"].map(String::from).to_vec()];
+    for r in rows {
+        let state = if r.replica { format!("{} (replica)", r.state) } else { r.state.clone() };
+        t.push(vec![r.client.clone(), r.proto.clone(), r.service.clone(), r.server.clone(), state]);
+    }
+    let mut out = table(&t);
+    out.push_str(&format!("{} session(s)\n", rows.len()));
+    out
 }
 
 /// `ringlb status` for humans: the main figures of the status answer.

@@ -15,12 +15,28 @@ pub enum Request {
     Status,
     /// One row per server: address, weights, drained, sessions.
     Servers,
+    /// Up to `limit` sessions per worker (`MAX_SESSIONS` at most), of
+    /// `service` only if given.
+    Sessions {
+        #[serde(default)]
+        service: Option<String>,
+        #[serde(default = "default_limit")]
+        limit: usize,
+    },
     /// No new flows for the servers `server` names; their sessions stay.
     Drain { server: String },
     /// New flows for them again.
     Undrain { server: String },
     /// The counters in Prometheus's text format.
     Metrics,
+}
+
+/// Sessions `ringlb sessions` lists unless told otherwise, and at most.
+pub const DEFAULT_SESSIONS: usize = 100;
+pub const MAX_SESSIONS: usize = 100_000;
+
+fn default_limit() -> usize {
+    DEFAULT_SESSIONS
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -60,6 +76,19 @@ pub struct ServerRow {
     pub new_sessions: u64,
     /// `l7`: requests taken from it because it failed them.
     pub redirected: u64,
+}
+
+/// One session as `ringlb sessions` shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    /// "ip:port" of the client, and the protocol.
+    pub client: String,
+    pub proto: String,
+    pub service: String,
+    pub server: String,
+    pub state: String,
+    /// A sibling's session held here (sync), not one this appliance made.
+    pub replica: bool,
 }
 
 /// Parses a request line; the error says what was wrong with it.
