@@ -97,6 +97,10 @@ fn run_with_eal(
     ops_inbox: std::sync::mpsc::Receiver<crate::ops::server::Call>,
 ) -> Result<(), String> {
     let workers = cfg.eal.worker_cores.len();
+    // Not fatal: without telemetry the appliance still runs (and says so).
+    if let Err(e) = crate::ops::telemetry::register() {
+        println!("ringlb: no DPDK telemetry commands: {e}");
+    }
     // The cluster's addresses are kernel UDP sockets: bind them before anything starts.
     let cluster_sockets = match &cfg.cluster {
         None => None,

@@ -535,3 +535,77 @@ impl HandoffRx {
         n
     }
 }
+
+/// DPDK telemetry commands of the appliance's own (`/ringlb/...`, read by
+/// `dpdk-telemetry.py` on EAL's telemetry socket). Each answers, on
+/// DPDK's telemetry thread, with the values last published for it: the
+/// control thread publishes, the workers are never asked.
+pub mod telemetry {
+    use super::{check, sys, DpdkError};
+    use std::ffi::{c_char, c_int, CStr, CString};
+    use std::sync::Mutex;
+
+    /// Per command: its values (names already valid for telemetry).
+    static PUBLISHED: Mutex<Vec<(CString, Vec<(CString, u64)>)>> = Mutex::new(Vec::new());
+
+    /// A dict holds at most this many entries (RTE_TEL_MAX_DICT_ENTRIES).
+    const MAX_ENTRIES: usize = 256;
+
+    /// Registers `cmd` (e.g. "/ringlb/stats"); it answers with an empty
+    /// dict until something is published for it.
+    pub fn register(cmd: &str, help: &str) -> Result<(), DpdkError> {
+        let bad = |_| DpdkError(format!("telemetry command {cmd:?}: contains a NUL byte"));
+        let (c, h) = (CString::new(cmd).map_err(bad)?, CString::new(help).map_err(bad)?);
+        // DPDK keeps the command for the process's life: so do we.
+        let (c, h): (&'static CStr, &'static CStr) = (Box::leak(c.into_boxed_c_str()), Box::leak(h.into_boxed_c_str()));
+        // SAFETY: both strings live for ever; `answer` has the callback's signature.
+        let ret = unsafe { sys::rte_telemetry_register_cmd(c.as_ptr(), Some(answer), h.as_ptr()) };
+        check(ret, &format!("registering telemetry command {cmd}"))
+    }
+
+    /// The values `cmd` answers with from now on. Names are made valid for
+    /// telemetry (letters, digits, '_' and '/'; anything else becomes '_').
+    pub fn publish(cmd: &str, values: &[(String, u64)]) {
+        let Ok(cmd) = CString::new(cmd) else { return };
+        let values: Vec<(CString, u64)> = values
+            .iter()
+            .take(MAX_ENTRIES)
+            .filter_map(|(name, v)| Some((CString::new(valid_name(name)).ok()?, *v)))
+            .collect();
+        let mut published = PUBLISHED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match published.iter_mut().find(|(c, _)| *c == cmd) {
+            Some(slot) => slot.1 = values,
+            None => published.push((cmd, values)),
+        }
+    }
+
+    /// What a telemetry name may hold.
+    pub fn valid_name(name: &str) -> String {
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '/' { c } else { '_' }).collect()
+    }
+
+    /// The values published for `cmd`, as telemetry's callback sees them.
+    pub fn published(cmd: &str) -> Option<Vec<(String, u64)>> {
+        let published = PUBLISHED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (_, values) = published.iter().find(|(c, _)| c.to_bytes() == cmd.as_bytes())?;
+        Some(values.iter().map(|(n, v)| (n.to_string_lossy().into_owned(), *v)).collect())
+    }
+
+    extern "C" fn answer(cmd: *const c_char, _params: *const c_char, d: *mut sys::rte_tel_data) -> c_int {
+        if cmd.is_null() || d.is_null() {
+            return -1;
+        }
+        // SAFETY: DPDK passes the NUL-terminated command it registered.
+        let cmd = unsafe { CStr::from_ptr(cmd) };
+        let published = PUBLISHED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // SAFETY: `d` is the telemetry library's data for this answer.
+        unsafe { sys::rte_tel_data_start_dict(d) };
+        if let Some((_, values)) = published.iter().find(|(c, _)| c.as_c_str() == cmd) {
+            for (name, v) in values {
+                // SAFETY: `name` is NUL-terminated and valid; `d` was started as a dict.
+                unsafe { sys::rte_tel_data_add_dict_u64(d, name.as_ptr(), *v) };
+            }
+        }
+        0
+    }
+}

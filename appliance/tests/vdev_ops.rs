@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 const FLOWS: u32 = 3_000;
 
 const CONFIG: &str = r#"
-eal: { control_core: 0, worker_cores: [1], hugepages: false, memory_mb: 256, idle: adaptive }
+eal: { control_core: 0, worker_cores: [1], hugepages: false, memory_mb: 256, idle: adaptive, extra_args: ["--file-prefix", "PREFIX"] }
 ports:
   - { device: "DEVICE", ip: 198.18.0.1/24, mac: "02:00:00:00:00:01" }
 services:
@@ -92,7 +92,9 @@ fn the_control_socket_and_metrics_show_what_the_appliance_does() {
     write_pcap(&input, &frames);
     let device = format!("net_pcap0,rx_pcap={},tx_pcap={}", input.display(), output.display());
     let cfg = dir.join("ops.yaml");
-    std::fs::write(&cfg, CONFIG.replace("DEVICE", &device)).unwrap();
+    // Its own EAL runtime directory, where its telemetry socket is.
+    let prefix = format!("ringlbops{}", std::process::id());
+    std::fs::write(&cfg, CONFIG.replace("DEVICE", &device).replace("PREFIX", &prefix)).unwrap();
     let socket = dir.join("ops.sock");
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
@@ -110,7 +112,7 @@ fn the_control_socket_and_metrics_show_what_the_appliance_does() {
             let _ = tx.send(l);
         }
     });
-    let result = std::panic::catch_unwind(|| check_running(&socket, &metrics));
+    let result = std::panic::catch_unwind(|| check_running(&socket, &metrics, &prefix));
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let status = child.wait().unwrap();
     let log: Vec<String> = rx.try_iter().collect();
@@ -121,10 +123,36 @@ fn the_control_socket_and_metrics_show_what_the_appliance_does() {
     assert!(status.success(), "{}", log.join("\n"));
     assert!(log.iter().any(|l| l.contains("ops: drained web/198.18.0.12:80")), "the drain is logged");
     assert!(!socket.exists(), "the socket file goes with the appliance");
+    let last_stats = log.iter().rev().find(|l| l.starts_with("stats ")).expect("a stats line");
+    assert!(
+        last_stats.contains(&format!(" rx={FLOWS} tx={FLOWS} ")),
+        "telemetry matched this stats line: {last_stats}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
+    // EAL leaves its (empty) runtime directory behind.
+    let _ = std::fs::remove_dir(Path::new("/var/run/dpdk").join(&prefix));
 }
 
-fn check_running(socket: &Path, metrics: &str) {
+/// Asks the appliance's EAL telemetry socket through DPDK's own client.
+fn telemetry(prefix: &str, cmd: &str) -> serde_json::Value {
+    let mut client = Command::new("dpdk-telemetry.py")
+        .args(["-f", prefix])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dpdk-telemetry.py (Debian's dpdk package)");
+    client.stdin.take().unwrap().write_all(format!("{cmd}\n").as_bytes()).unwrap();
+    let out = client.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Its first JSON line is the greeting; the answer is keyed by the command.
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim_start_matches("--> ")).ok())
+        .find_map(|v| v.get(cmd).cloned())
+        .unwrap_or_else(|| panic!("no answer to {cmd}: {text}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn check_running(socket: &Path, metrics: &str, prefix: &str) {
     let sock = socket.to_str().unwrap();
     // Until the whole pcap has passed.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -212,6 +240,24 @@ fn check_running(socket: &Path, metrics: &str) {
         String::from_utf8_lossy(&checked.stderr)
     );
     assert!(http_get(metrics, "/").starts_with("HTTP/1.1 404"));
+
+    // DPDK telemetry: the stats line's figures (published with it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let v = telemetry(prefix, "/ringlb/stats");
+        if v["rx"] == FLOWS || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        (stats["rx"].as_u64(), stats["created"].as_u64()),
+        (Some(u64::from(FLOWS)), Some(u64::from(FLOWS))),
+        "{stats}"
+    );
+    let servers = telemetry(prefix, "/ringlb/servers");
+    assert_eq!(servers["web/198_18_0_13_80"], 1500, "{servers}");
+    assert_eq!(telemetry(prefix, "/ringlb/drops")["malformed"], 0);
 
     let undrained = json(&ringlb(&["undrain", "web/198.18.0.12:80", "--json", "--socket", sock]));
     assert_eq!(undrained[0]["weight_now"], 2, "{undrained}");

@@ -276,6 +276,7 @@ impl<'a> Driver<'a> {
         let t = self.started.elapsed().as_secs_f64();
         let snap = Snapshot::take(&self.stats);
         let status = Status::new(t, &snap, self.labels, control);
+        crate::ops::telemetry::publish(&snap, self.labels);
         if line {
             println!("{}{}", crate::app::stats_line(t, &snap, &self.last, dt, self.labels), status.cluster_line());
         }

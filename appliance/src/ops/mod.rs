@@ -8,13 +8,15 @@
 //! between two rounds of its loop (`control::driver`), so nothing here
 //! touches a worker or its tables; `answer`: what the control thread
 //! answers; `metrics`: the counters in Prometheus's text format;
-//! `client`: the CLI's side of the socket, and its tables.
+//! `client`: the CLI's side of the socket, and its tables; `telemetry`:
+//! the same counters as DPDK telemetry commands (`/ringlb/...`).
 
 pub mod answer;
 pub mod client;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
+pub mod telemetry;
 
 /// Where `ringlb run` listens, and the CLI asks, unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/ringlb.sock";

@@ -17,6 +17,7 @@
 #include <rte_cycles.h>
 #include <rte_version.h>
 #include <rte_malloc.h>
+#include <rte_telemetry.h>
 
 uint16_t ringlb_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
 uint16_t ringlb_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
