@@ -545,8 +545,10 @@ pub mod telemetry {
     use std::ffi::{c_char, c_int, CStr, CString};
     use std::sync::Mutex;
 
-    /// Per command: its values (names already valid for telemetry).
-    static PUBLISHED: Mutex<Vec<(CString, Vec<(CString, u64)>)>> = Mutex::new(Vec::new());
+    /// A command's values (names already valid for telemetry).
+    type Values = Vec<(CString, u64)>;
+    /// Per command: its values.
+    static PUBLISHED: Mutex<Vec<(CString, Values)>> = Mutex::new(Vec::new());
 
     /// A dict holds at most this many entries (RTE_TEL_MAX_DICT_ENTRIES).
     const MAX_ENTRIES: usize = 256;
