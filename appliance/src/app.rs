@@ -82,6 +82,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), String> {
         println!("metrics at http://{a}/metrics");
     }
     let args = eal_args(cfg);
+    println!("config version {} (BLAKE3 of the effective configuration; `ringlb check` prints it)", cfg.version());
     let eal = Eal::init(&args).map_err(|e| format!("{e}\nEAL arguments were: {}", args[1..].join(" ")))?;
     let result = run_with_eal(&eal, cfg, opts, &quit, ops_inbox);
     eal.cleanup();

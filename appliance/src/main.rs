@@ -122,7 +122,7 @@ fn real_main(cli: Cli) -> Result<(), String> {
         Cmd::Check { config } => {
             let file = config.display().to_string();
             let cfg = ringlb::config::load(&file).map_err(|e| e.to_string())?;
-            print(&format!("# {file}: OK\n{}\n", cfg.render()));
+            print(&format!("# {file}: OK, version {}\n{}\n", cfg.version(), cfg.render()));
             Ok(())
         }
         Cmd::Run { config, stats_interval, duration, status_file, control_socket, metrics } => {

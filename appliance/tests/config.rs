@@ -46,6 +46,20 @@ fn good_config_resolves_with_defaults() {
     assert!(text.contains("maglev_table_size: 65537"), "{text}");
 }
 
+#[test]
+fn the_version_follows_the_effective_configuration_not_its_spelling() {
+    let v = config::parse(GOOD, "good.yaml").unwrap().version();
+    assert_eq!(v.len(), 12);
+    // Comments, a default spelled out, another key order: the same configuration.
+    let respelled = GOOD
+        .replace("    mode: dsr\n", "    mode: dsr   # direct server return\n    scheduler: wrr\n")
+        .replace("{ ip: 198.18.0.11, port: 80 }", "{ port: 80, ip: 198.18.0.11, weight: 1 }");
+    assert_eq!(config::parse(&respelled, "b.yaml").unwrap().version(), v);
+    // Another weight: another version.
+    let reweighted = GOOD.replace("weight: 3", "weight: 4");
+    assert_ne!(config::parse(&reweighted, "c.yaml").unwrap().version(), v);
+}
+
 /// Replaces `from` (which must occur) by `to` in the good config, and returns
 /// the error text.
 fn reject(from: &str, to: &str) -> String {

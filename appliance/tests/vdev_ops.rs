@@ -168,9 +168,12 @@ fn check_running(socket: &Path, metrics: &str, prefix: &str) {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(status["sessions"]["created"], FLOWS, "{status}");
+    let version = status["config_version"].as_str().unwrap().to_string();
+    assert_eq!(version.len(), 12, "{status}");
     assert_eq!(status["per_server"]["web/198.18.0.13:80"], 1500, "weights 1:2:3");
 
     let human = stdout(&ringlb(&["status", "--socket", sock]));
+    assert!(human.contains(&format!("version {version}")), "{human}");
     assert!(human.contains(&format!("rx {FLOWS} tx {FLOWS}")) && human.contains("standalone"), "{human}");
 
     let servers = json(&ringlb(&["servers", "--json", "--socket", sock]));

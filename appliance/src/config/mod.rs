@@ -1117,7 +1117,6 @@ fn mac_str(m: &Mac) -> String {
 }
 
 impl Config {
-    /// The effective configuration, defaults filled in, as `ringlb check` prints it.
     /// The effective configuration as YAML that parses back to the same
     /// configuration (`ringlb check` prints it).
     pub fn render(&self) -> String {
@@ -1255,6 +1254,13 @@ impl Config {
             );
         }
         o
+    }
+
+    /// The configuration's version: the first 12 hex digits of the BLAKE3
+    /// hash of the effective configuration (`render`), so that comments,
+    /// key order and spelled-out defaults do not change it.
+    pub fn version(&self) -> String {
+        blake3::hash(self.render().as_bytes()).to_hex()[..12].to_string()
     }
 
     /// "service/ip:port" labels for per-server counters.

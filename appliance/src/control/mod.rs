@@ -114,6 +114,8 @@ pub struct Control {
     pub counters: ControlCounters,
     /// The operator's sample of the sessions under way (`ringlb sessions`).
     sample: Option<SampleQuery>,
+    /// The running configuration's version (`Config::version`).
+    pub config_version: String,
 }
 
 /// A sample of the workers' sessions being gathered.
@@ -188,6 +190,7 @@ impl Control {
             notes,
             counters: ControlCounters::default(),
             sample: None,
+            config_version: cfg.version(),
         };
         if let Some(h) = &mut c.health {
             c.notes.extend(h.apply(&c.shared));

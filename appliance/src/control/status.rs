@@ -188,6 +188,8 @@ pub struct Midflow {
 #[derive(Serialize, Debug)]
 pub struct Status {
     pub t_s: f64,
+    /// The running configuration's version (`ringlb check` prints it too).
+    pub config_version: String,
     pub rx: u64,
     pub tx: u64,
     pub handoff: u64,
@@ -218,6 +220,7 @@ impl Status {
     pub fn new(t_s: f64, s: &Snapshot, labels: &[String], control: &Control) -> Status {
         Status {
             t_s,
+            config_version: control.config_version.clone(),
             rx: s.rx,
             tx: s.tx,
             handoff: s.handoff,

@@ -84,6 +84,7 @@ pub fn status_text(v: &serde_json::Value) -> String {
     let n = |path: &str| v.pointer(path).and_then(serde_json::Value::as_u64).unwrap_or(0).to_string();
     let mut rows = vec![
         vec!["uptime".into(), format!("{:.1} s", v["t_s"].as_f64().unwrap_or(0.0))],
+        vec!["config".into(), format!("version {}", v["config_version"].as_str().unwrap_or("-"))],
         vec!["packets".into(), format!("rx {} tx {} handoff {}", n("/rx"), n("/tx"), n("/handoff"))],
         vec![
             "sessions".into(),
