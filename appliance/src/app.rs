@@ -251,6 +251,8 @@ fn run_with_eal(
     // The incarnation grows from one start to the next: the wall clock.
     let incarnation = driver::wall_us() / 1000;
     let mut control = Control::new(cfg, Arc::clone(&shared), control_ports, driver.now(), incarnation);
+    control.runtime =
+        crate::control::status::Runtime { workers, tsc_hz: eal.tsc_hz(), table_bytes_per_worker: table_bytes as u64 };
     // The ports start once the control plane is ready for traffic (at once
     // when standalone); workers poll them only from then on.
     let mut start_ports = || {

@@ -168,7 +168,8 @@ fn scripted_l7_and_syn_proxy_exchanges_through_net_pcap() {
     let device = format!("net_pcap0,rx_pcap={},tx_pcap={}", inp.display(), outp.display());
     let cfg = dir.join("ringlb.yaml");
     std::fs::write(&cfg, CONFIG.replace("DEVICE", &device).replace("KEYFILE", key_file.to_str().unwrap())).unwrap();
-    let log = run_ringlb(&cfg, input.len() as u64, "-TERM");
+    let run = run_ringlb(&cfg, input.len() as u64, "-TERM");
+    let log = &run.log;
     let frames = read_pcap(&outp);
 
     // The SYN-ACKs: valid cookies for their flows, options answered, window 0 for syn_proxy.
@@ -191,7 +192,11 @@ fn scripted_l7_and_syn_proxy_exchanges_through_net_pcap() {
     got.sort();
     want.sort();
     assert_eq!(got, want, "frames out (sorted) differ; log:\n{log}");
-    assert!(log.contains("cookie_forged=1") || log.contains("cookie_stale=1"), "the forged ACK counted:\n{log}");
-    assert!(log.contains("joined=2"), "{log}");
+    assert_eq!(
+        run.count("/drops/cookie_forged") + run.count("/drops/cookie_stale"),
+        1,
+        "the forged ACK counted:\n{log}"
+    );
+    assert_eq!(run.count("/syn_proxy/joined"), 2, "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -115,9 +115,10 @@ fn vdev_run(tag: &str, workers: &str, tx_files: usize, signal: &str) -> bool {
     }
     let cfg = dir.join("ringlb.yaml");
     std::fs::write(&cfg, CONFIG.replace("DEVICE", &device).replace("WORKERS", workers)).unwrap();
-    let log = run_ringlb(&cfg, input.frames.len() as u64, signal);
+    let run = run_ringlb(&cfg, input.frames.len() as u64, signal);
+    let log = &run.log;
     let frames: Vec<Vec<u8>> = outs.iter().flat_map(|o| read_pcap(o)).collect();
-    if log.contains("handoff_full=") {
+    if run.count("/drops/handoff_full") > 0 {
         // Counted drops: this VM preempted the owner longer than the hand-off
         // patience. Exactness is checked only on runs without them.
         println!(
@@ -204,7 +205,7 @@ fn vdev_run(tag: &str, workers: &str, tx_files: usize, signal: &str) -> bool {
         assert!((share - w / 6.0).abs() < 0.01, "DSR shares {per:?}");
     }
     // The appliance's own accounting agrees: unknown flows counted as no_session.
-    assert!(log.contains(&format!("no_session={}", UNKNOWN + 2 * NAT_FLOWS)), "drop counters:\n{log}");
+    assert_eq!(run.count("/drops/no_session"), u64::from(UNKNOWN + 2 * NAT_FLOWS), "drop counters:\n{log}");
     let _ = std::fs::remove_dir_all(&dir);
     true
 }

@@ -1,10 +1,12 @@
 //! One measurement = one process on fresh vdevs: dpdk-testpmd forwarding a
 //! pcap to net_null (the reference), or ringlb doing its job on the same
 //! input. Rates come from the processes' own counters: testpmd's per-port
-//! "Tx-pps" (it times its own intervals), ringlb's cumulative `tx=` and
-//! `created=` at timestamps `t=`.
+//! "Tx-pps" (it times its own intervals), ringlb's cumulative `tx` and
+//! `sessions.created` at timestamps `t_s`, asked of its control socket
+//! (`ringlb status --json`'s structure, not its printed lines).
 
-use crate::procs::{field, memory_bytes, Proc};
+use crate::procs::{memory_bytes, Proc};
+use ringlb::ops::{client, protocol::Request};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -77,17 +79,18 @@ pub struct RinglbResult {
     /// Session table bytes per worker, as ringlb sized it.
     pub table_bytes: u64,
     pub tsc_hz: u64,
-    pub summary: String,
+    /// The status ringlb wrote as it stopped (its status file).
+    pub final_status: serde_json::Value,
 }
 
 pub enum RinglbMode {
     /// Wait until `sessions` exist, then measure the transmit rate for `seconds`.
     Steady { sessions: u64, seconds: f64 },
-    /// As `Steady`, with the stats line's `counter` counting the flows
+    /// As `Steady`, with the status's `counter` counting the flows
     /// (`joined`: proxied connections spliced).
     SteadyBy { sessions: u64, seconds: f64, counter: &'static str },
     /// Measure how fast `sessions` new sessions are created.
-    /// Until the stats line's `counter` (`created`: sessions; `cookies`:
+    /// Until the status's `counter` (`created`: sessions; `cookies`:
     /// SYN cookies sent) reaches `sessions`; its rate is the result.
     Creation { sessions: u64, counter: &'static str },
 }
@@ -104,19 +107,27 @@ pub fn ringlb_gated(
     mode: RinglbMode,
     gate: &dyn Fn() -> bool,
 ) -> Result<RinglbResult, String> {
-    // The stats line's field that counts the flows.
+    // The status's counter of the flows.
     let (mode, counter) = match mode {
         RinglbMode::SteadyBy { sessions, seconds, counter } => (RinglbMode::Steady { sessions, seconds }, counter),
         RinglbMode::Creation { counter, .. } => (mode, counter),
         RinglbMode::Steady { .. } => (mode, "created"),
     };
-    let interval = match mode {
-        RinglbMode::Steady { .. } | RinglbMode::SteadyBy { .. } => "0.5",
-        RinglbMode::Creation { .. } => "0.05",
+    let pointer = match counter {
+        "created" => "/sessions/created",
+        "joined" => "/syn_proxy/joined",
+        "cookies" => "/syn_proxy/cookies_sent",
+        other => return Err(format!("ringlb: no status counter {other:?}")),
     };
+    let interval = Duration::from_millis(match mode {
+        RinglbMode::Steady { .. } | RinglbMode::SteadyBy { .. } => 500,
+        RinglbMode::Creation { .. } => 50,
+    });
+    let (socket, status_file) = (config.with_extension("sock"), config.with_extension("status.json"));
+    let _ = std::fs::remove_file(&status_file);
     let mut cmd = Command::new(bin);
-    cmd.args(["run", "-c"]).arg(config).args(["--stats-interval", interval]);
-    cmd.arg("--control-socket").arg(config.with_extension("sock"));
+    cmd.args(["run", "-c"]).arg(config).args(["--stats-interval", "0"]);
+    cmd.arg("--control-socket").arg(&socket).arg("--status-file").arg(&status_file);
     let mut p = Proc::spawn("ringlb", &mut cmd)?;
     let mut r = RinglbResult::default();
     let start_deadline = Instant::now() + START_TIMEOUT;
@@ -131,25 +142,28 @@ pub fn ringlb_gated(
         p.stop(Duration::from_secs(10));
         format!("ringlb: {why}; it printed:\n{}", p.tail(25))
     };
+    let mut next_sample = Instant::now();
     loop {
-        let Some(line) = p.next_line(start_deadline) else {
-            let why = if p.running() { "timed out" } else { "exited early" };
-            return Err(fail(&mut p, why));
+        // Its output is kept for error messages; the figures come from the socket.
+        while p.next_line(Instant::now()).is_some() {}
+        std::thread::sleep(next_sample.saturating_duration_since(Instant::now()));
+        next_sample += interval;
+        let status = match client::ask(&socket, &Request::Status) {
+            Ok(s) => s,
+            Err(_) if p.running() && Instant::now() < start_deadline => continue, // not up yet
+            Err(e) => return Err(fail(&mut p, &format!("no status ({e})"))),
         };
-        if line.starts_with("ringlb running:") {
-            r.table_bytes = after(&line, "= ").unwrap_or(0);
-            r.tsc_hz = after(&line, "tsc ").unwrap_or(0);
-            continue;
-        }
-        if !line.starts_with("stats ") {
-            continue;
-        }
-
+        let num = |ptr: &str| status.pointer(ptr).and_then(serde_json::Value::as_f64);
         let (Some(t), Some(tx), Some(created), Some(drops)) =
-            (field(&line, "t"), field(&line, "tx"), field(&line, counter), field(&line, "drops"))
+            (num("/t_s"), num("/tx"), num(pointer), num("/drops_total"))
         else {
-            return Err(fail(&mut p, &format!("unreadable stats line {line:?}")));
+            return Err(fail(&mut p, &format!("a status without {pointer}: {status}")));
         };
+        r.table_bytes = status["runtime"]["table_bytes_per_worker"].as_u64().unwrap_or(0);
+        r.tsc_hz = status["runtime"]["tsc_hz"].as_u64().unwrap_or(0);
+        if !p.running() || Instant::now() > start_deadline + Duration::from_secs(600) {
+            return Err(fail(&mut p, "stopped before the measurement ended"));
+        }
         let this = (t, tx);
         match mode {
             RinglbMode::Steady { sessions, seconds } => match warm {
@@ -209,9 +223,10 @@ pub fn ringlb_gated(
         }
     }
     let clean = p.stop(Duration::from_secs(30));
-    r.summary = p.log.iter().skip_while(|l| !l.starts_with("summary")).cloned().collect::<Vec<_>>().join("\n");
-    if !clean || !r.summary.contains("ringlb stopped cleanly") {
-        return Err(format!("ringlb did not stop cleanly; it printed:\n{}", p.tail(25)));
+    let last = std::fs::read(&status_file).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    match (clean, last) {
+        (true, Some(last)) => r.final_status = last,
+        _ => return Err(format!("ringlb did not stop cleanly; it printed:\n{}", p.tail(25))),
     }
     Ok(r)
 }

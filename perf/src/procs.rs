@@ -1,5 +1,5 @@
 //! Running dpdk-testpmd and ringlb as child processes and reading their
-//! rates from what they print. Every run is bounded: a measurement window,
+//! output. Every run is bounded: a measurement window,
 //! then SIGINT, then SIGKILL if the process does not stop.
 
 use std::io::{BufRead, BufReader};
@@ -90,28 +90,10 @@ fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
 }
 
-/// `key=value` out of a stats line (`rx=123`).
-pub fn field(line: &str, key: &str) -> Option<f64> {
-    line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.trim_end_matches('s').parse().ok())
-}
-
 /// The process's resident memory in bytes: normal pages plus hugetlb pages.
 pub fn memory_bytes(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb =
         |k: &str| s.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok());
     Some((kb("VmRSS:")? + kb("HugetlbPages:").unwrap_or(0)) * 1024)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::field;
-    #[test]
-    fn stats_fields() {
-        let l = "stats t=5.0s rx=435691 tx=435672 drops=1 rx_pps=121844 active=12 created=24609 new_per_s=6960 |";
-        assert_eq!(field(l, "t"), Some(5.0));
-        assert_eq!(field(l, "tx"), Some(435672.0));
-        assert_eq!(field(l, "created"), Some(24609.0));
-        assert_eq!(field(l, "missing"), None);
-    }
 }

@@ -88,8 +88,7 @@ pub fn sibling_run(
     let r = run?;
     let last = last.ok_or("the sibling wrote no status file")?;
     let sync = &last["cluster"]["sync"];
-    let overflowed =
-        r.summary.split_whitespace().find_map(|w| w.strip_prefix("ctl_overflow=")?.parse().ok()).unwrap_or(0);
+    let overflowed = r.final_status["replication"]["ctl_overflow"].as_u64().unwrap_or(0);
     Ok((
         r,
         SyncTransfer {

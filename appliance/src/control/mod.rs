@@ -116,6 +116,8 @@ pub struct Control {
     sample: Option<SampleQuery>,
     /// The running configuration's version (`Config::version`).
     pub config_version: String,
+    /// This run's layout (set by `app` once the workers run).
+    pub runtime: status::Runtime,
 }
 
 /// A sample of the workers' sessions being gathered.
@@ -191,6 +193,7 @@ impl Control {
             counters: ControlCounters::default(),
             sample: None,
             config_version: cfg.version(),
+            runtime: status::Runtime::default(),
         };
         if let Some(h) = &mut c.health {
             c.notes.extend(h.apply(&c.shared));

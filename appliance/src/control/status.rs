@@ -184,12 +184,23 @@ pub struct Midflow {
     pub picked: u64,
 }
 
+/// How this run of the appliance is laid out (fixed at start).
+#[derive(Serialize, Debug, Default, Clone, Copy)]
+pub struct Runtime {
+    pub workers: usize,
+    /// The TSC's frequency (cycles per second).
+    pub tsc_hz: u64,
+    /// The session table's size in bytes, per worker.
+    pub table_bytes_per_worker: u64,
+}
+
 /// Everything in the status file.
 #[derive(Serialize, Debug)]
 pub struct Status {
     pub t_s: f64,
     /// The running configuration's version (`ringlb check` prints it too).
     pub config_version: String,
+    pub runtime: Runtime,
     pub rx: u64,
     pub tx: u64,
     pub handoff: u64,
@@ -221,6 +232,7 @@ impl Status {
         Status {
             t_s,
             config_version: control.config_version.clone(),
+            runtime: control.runtime,
             rx: s.rx,
             tx: s.tx,
             handoff: s.handoff,

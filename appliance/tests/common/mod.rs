@@ -35,11 +35,34 @@ pub fn tmpdir(tag: &str) -> PathBuf {
     d
 }
 
-/// Runs the binary until it has received `expect_rx` frames, then SIGTERM.
-pub fn run_ringlb(cfg_path: &Path, expect_rx: u64, signal: &str) -> String {
+/// What a run of the binary left: its output (for people), and its status
+/// file's last state, written at exit (for assertions: counters by name,
+/// not parsed prose).
+pub struct Run {
+    pub log: String,
+    pub status: serde_json::Value,
+}
+
+impl Run {
+    /// A counter of the final status by its JSON pointer ("/drops/no_session").
+    pub fn count(&self, pointer: &str) -> u64 {
+        self.status
+            .pointer(pointer)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or_else(|| panic!("no counter {pointer} in the status:\n{:#}", self.status))
+    }
+}
+
+/// Runs the binary until its status file shows `expect_rx` frames
+/// received, then sends it `signal`; it must exit 0.
+pub fn run_ringlb(cfg_path: &Path, expect_rx: u64, signal: &str) -> Run {
+    let status_file = cfg_path.with_extension("status.json");
+    let _ = std::fs::remove_file(&status_file);
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
         .args(["run", "-c", cfg_path.to_str().unwrap(), "--stats-interval", "0.2", "--control-socket"])
         .arg(cfg_path.with_extension("sock"))
+        .arg("--status-file")
+        .arg(&status_file)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -52,33 +75,29 @@ pub fn run_ringlb(cfg_path: &Path, expect_rx: u64, signal: &str) -> String {
             let _ = tx.send(line);
         }
     });
+    let read_status =
+        || -> Option<serde_json::Value> { serde_json::from_slice(&std::fs::read(&status_file).ok()?).ok() };
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut log = String::new();
     let mut done = false;
-    while Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(line) => {
-                if let Some(v) = line.split_whitespace().find_map(|w| w.strip_prefix("rx=")) {
-                    if v.parse::<u64>().unwrap_or(0) >= expect_rx && !done {
-                        done = true;
-                        // One more interval so the last bursts are flushed, then stop.
-                        std::thread::sleep(Duration::from_millis(300));
-                        let _ = Command::new("kill").args([signal, &pid.to_string()]).status();
-                    }
-                }
-                log.push_str(&line);
-                log.push('\n');
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(_) => break,
+    while Instant::now() < deadline && !done {
+        std::thread::sleep(Duration::from_millis(100));
+        done = read_status().and_then(|s| s["rx"].as_u64()).is_some_and(|n| n >= expect_rx);
+        if child.try_wait().ok().flatten().is_some() {
+            break;
         }
     }
-    if !done {
+    if done {
+        // One more interval so the last bursts are flushed, then stop.
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill").args([signal, &pid.to_string()]).status();
+    } else {
         let _ = child.kill();
     }
     let status = child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(100)); // the reader's last lines
+    let log: String = rx.try_iter().map(|l| l + "\n").collect();
     assert!(done, "ringlb did not receive {expect_rx} frames in time; output:\n{log}");
     assert!(status.success(), "ringlb exited with {status}; output:\n{log}");
-    assert!(log.contains("ringlb stopped cleanly"), "no clean shutdown summary:\n{log}");
-    log
+    let status = read_status().unwrap_or_else(|| panic!("no status file at exit; output:\n{log}"));
+    Run { log, status }
 }
