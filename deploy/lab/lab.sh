@@ -142,12 +142,20 @@ lab_hugepages() {
 lab_start_ringlb() {
   local cfg=$1 log=$2; shift 2
   : > "$log"
-  ip netns exec "$(lab_ns lb)" "$RINGLB" run -c "$cfg" --control-socket "$LAB_DIR/lb.sock" "$@" > "$log" 2>&1 &
+  rm -f "$LAB_DIR/lb.json"
+  ip netns exec "$(lab_ns lb)" "$RINGLB" run -c "$cfg" --control-socket "$LAB_DIR/lb.sock" \
+    --status-file "$LAB_DIR/lb.json" "$@" > "$log" 2>&1 &
   RINGLB_PID=$!
   LAB_PIDS+=("$RINGLB_PID")
 }
 
 # Stop ringlb with SIGTERM and return its exit status (after at most 10 s).
+# lab_status JQ: a value of the appliance's status file (rewritten every
+# stats interval, and last at exit), e.g. lab_status .syn_proxy.joined.
+lab_status() {
+  jq -r "$1" "$LAB_DIR/lb.json"
+}
+
 lab_stop_ringlb() {
   [ -n "${RINGLB_PID:-}" ] || return 0
   kill -TERM "$RINGLB_PID" 2>/dev/null || true

@@ -61,10 +61,10 @@ sleep 1
 # 3. What the appliance did.
 lab_stop_ringlb || fail "ringlb exited non-zero on SIGTERM"
 sed -n '/^summary/,$p' "$LAB_DIR/ringlb.log" | sed "s/^/lab-flood-$MODE: /"
-read -r cookies opened failed_conns <<< "$(sed -n 's/^  syn_proxy cookies_sent=\([0-9]*\) opened=\([0-9]*\) joined=[0-9]* failed=\([0-9]*\).*/\1 \2 \3/p' "$LAB_DIR/ringlb.log")"
+read -r cookies opened failed_conns <<< "$(lab_status '.syn_proxy | "\(.cookies_sent) \(.opened) \(.failed)"')"
 # A cookie that does not check is refused as forged, or as stale when its
 # slice bits name no live slice (the spoofed ACK's number is arbitrary).
-forged=$(sed -n '/^summary/,$p' "$LAB_DIR/ringlb.log" | grep -oE 'cookie_(forged|stale)=[0-9]+' | awk -F= '{ n += $2 } END { print n + 0 }' || true)
+forged=$(lab_status '.drops.cookie_forged + .drops.cookie_stale')
 echo "lab-flood-$MODE: cookies sent ${cookies:-0} for $FLOOD_SYNS flood SYNs + the real clients; connections opened ${opened:-0} for $REQUESTS requests; cookies refused (forged or stale) ${forged:-0}"
 # ab's REQUESTS connections and the readiness checks' few; none of the flood's.
 [ "${opened:-0}" -ge "$REQUESTS" ] && [ "${opened:-0}" -le $((REQUESTS + 100)) ] || fail "opened ${opened:-0} connections for $REQUESTS real ones"

@@ -134,10 +134,9 @@ echo "lab-l7: s2 now answers $code; s3's nginx is killed"
 ab_run "lab-l7: ab 1000 requests, concurrency 50, s2 answering 503 and s3 stopped" "http://$VIP/index.html" 1000 "$CONCURRENCY"
 
 lab_stop_ringlb || fail "ringlb exited non-zero on SIGTERM"
-grep -q "ringlb stopped cleanly" "$LAB_DIR/ringlb.log" || fail "no clean-shutdown summary"
 sed -n '/^summary/,$p' "$LAB_DIR/ringlb.log" | sed "s/^/lab-l7: /"
-redirects=$(sed -n 's/^  syn_proxy .* l7_redirects=\([0-9]*\).*/\1/p' "$LAB_DIR/ringlb.log")
-read -r resumes resume_offset <<< "$(sed -n 's/^  syn_proxy .* l7_resumes=\([0-9]*\) .* l7_resume_offset=\([0-9]*\).*/\1 \2/p' "$LAB_DIR/ringlb.log")"
+redirects=$(lab_status .syn_proxy.l7_redirects)
+read -r resumes resume_offset <<< "$(lab_status '.syn_proxy | "\(.l7_resumes) \(.l7_resume_offset)"')"
 echo "lab-l7: the download was resumed $resumes time(s); the latest resume began at body byte ${resume_offset:-?} (the client had $killed_at bytes at the kill)"
 [ "${resumes:-0}" -ge 1 ] || fail "the download was not resumed"
 # The client had killed_at bytes before the kill, and ACKed them: the resume starts at or after them.
@@ -158,7 +157,7 @@ done
 for s in 11 12 13; do
   grep -qE "server web/198.18.1.$s:8080 sessions=[0-9]+.* race_won=[1-9]" "$LAB_DIR/ringlb.log" || fail "198.18.1.$s never won a race"
 done
-read -r joined failed_conns <<< "$(sed -n 's/^  syn_proxy cookies_sent=[0-9]* opened=[0-9]* joined=\([0-9]*\) failed=\([0-9]*\).*/\1 \2/p' "$LAB_DIR/ringlb.log")"
+read -r joined failed_conns <<< "$(lab_status '.syn_proxy | "\(.joined) \(.failed)"')"
 [ "${joined:-0}" -ge $((2 * REQUESTS / CONCURRENCY)) ] || fail "only ${joined:-0} connections joined"
 [ "${failed_conns:-1}" = 0 ] || fail "$failed_conns connections failed"
 
