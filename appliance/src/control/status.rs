@@ -227,6 +227,19 @@ pub struct Status {
     pub cluster: Option<ClusterStatus>,
 }
 
+/// Per-server counts by "service/ip:port". A server in several groups of
+/// an `l7` service is one label with several entries: their counts add up.
+/// `nonzero`: only the labels with a count.
+fn by_label(labels: &[String], counts: &[u64], nonzero: bool) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for (l, &n) in labels.iter().zip(counts) {
+        if n > 0 || !nonzero {
+            *m.entry(l.clone()).or_insert(0) += n;
+        }
+    }
+    m
+}
+
 impl Status {
     pub fn new(t_s: f64, s: &Snapshot, labels: &[String], control: &Control) -> Status {
         Status {
@@ -248,7 +261,7 @@ impl Status {
                 icmp_errors: s.icmp_errors,
                 fragments: s.fragments,
             },
-            per_server: labels.iter().cloned().zip(s.per_server.iter().copied()).collect(),
+            per_server: by_label(labels, &s.per_server, false),
             replication: Replication {
                 installed: s.sync_installed,
                 updated: s.sync_updated,
@@ -278,18 +291,8 @@ impl Status {
                 l7_resumes: s.l7_resumes,
                 l7_resume_refused: s.l7_resume_refused,
                 l7_resume_offset: s.l7_resume_offset,
-                redirected_from: labels
-                    .iter()
-                    .cloned()
-                    .zip(s.per_server_redirects.iter().copied())
-                    .filter(|(_, n)| *n > 0)
-                    .collect(),
-                race_won: labels
-                    .iter()
-                    .cloned()
-                    .zip(s.per_server_race_won.iter().copied())
-                    .filter(|(_, n)| *n > 0)
-                    .collect(),
+                redirected_from: by_label(labels, &s.per_server_redirects, true),
+                race_won: by_label(labels, &s.per_server_race_won, true),
             }),
             cluster: control.cluster_status(),
         }
@@ -322,5 +325,19 @@ impl Status {
             ));
         }
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::by_label;
+
+    #[test]
+    fn a_server_in_two_groups_counts_once_with_both_counts() {
+        let labels = ["web/10.0.0.1:80", "web/10.0.0.2:80", "web/10.0.0.1:80"].map(String::from);
+        let all = by_label(&labels, &[3, 0, 4], false);
+        assert_eq!(all.into_iter().collect::<Vec<_>>(), [("web/10.0.0.1:80".into(), 7), ("web/10.0.0.2:80".into(), 0)]);
+        let some = by_label(&labels, &[3, 0, 4], true);
+        assert_eq!(some.len(), 1);
     }
 }
