@@ -134,7 +134,6 @@ if [ "$RETURN" = rebuild ]; then
   load_wait
   load_check "the failover with sessions rebuilt from the agents"
   lab_stop_appliance 2 || fail "lb2 exited non-zero on SIGTERM"
-  grep -q "ringlb stopped cleanly" "$LAB_DIR/lb2.log" || fail "lb2: no clean-shutdown summary"
   if compgen -G "/dev/hugepages/rtemap*" >/dev/null; then fail "hugepage files left in /dev/hugepages"; fi
   echo "PASS $T"
   exit 0
@@ -209,6 +208,5 @@ for n in 1 2; do
 done
 
 for n in 1 2; do lab_stop_appliance "$n" || fail "lb$n exited non-zero on SIGTERM"; done
-for n in 1 2; do grep -q "ringlb stopped cleanly" "$LAB_DIR/lb$n.log" || fail "lb$n: no clean-shutdown summary"; done
 if compgen -G "/dev/hugepages/rtemap*" >/dev/null; then fail "hugepage files left in /dev/hugepages"; fi
 echo "PASS $T"
