@@ -1138,3 +1138,100 @@ fn l7_a_replacement_that_fails_partway_through_its_head_is_replaced_from_the_sta
     assert_eq!(seq(&first), cookie.wrapping_add(1 + HEAD_200.len() as u32 + 600));
     assert_eq!((stats[0].l7_resumes.get(), stats[0].l7_resume_refused.get()), (1, 0));
 }
+
+#[test]
+fn l7_blind_segments_in_the_replacements_name_do_not_end_a_resume() {
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, after, _) = fail_halfway(&mut w, &stats);
+    let s4 = 0x9000_0001u32;
+    let mut one = from("198.18.0.24", S4_MAC, s4, after, ACK, &RANGE_HEAD[..40]);
+    assert_eq!(w.process(&mut one, 0, 13, false), Verdict::Consumed);
+    own_frames(&mut w);
+    // In S4's name (its address, port and MAC), but not S4's TCP: a FIN
+    // ahead of its next byte (s4 + 40), one at it that does not ACK the
+    // client's request, one behind it, and RSTs off its next byte.
+    let forged: [(u32, u32, u8, &[u8]); 6] = [
+        (s4 + 1000, after, FIN | ACK, b"x"),
+        (s4 + 40, after + 7, FIN | ACK, b"x"),
+        (s4 + 20, after, FIN | ACK, &RANGE_HEAD[20..30]),
+        (s4 + 1000, after, RST | ACK, b""),
+        (s4 + 45, after, RST, b""),
+        (s4 + 39, after, RST | ACK, b""),
+    ];
+    for (seq, ack, flags, payload) in forged {
+        let mut f = from("198.18.0.24", S4_MAC, seq, ack, flags, payload);
+        let v = w.process(&mut f, 0, 14, false);
+        let frames = own_frames(&mut w);
+        assert!(client_rsts(frames).is_empty(), "{flags:#x} at {seq:#x} acking {ack:#x} reset the client ({v:?})");
+        assert_eq!(stats[0].proxy_active.get(), 1, "{flags:#x} at {seq:#x} acking {ack:#x} ended it ({v:?})");
+    }
+    // S4's real rest of the head: the body lands at the client's byte 600.
+    let body = body();
+    let mut two = from("198.18.0.24", S4_MAC, s4 + 40, after, ACK, &[&RANGE_HEAD[40..], &body[600..1000]].concat());
+    assert_eq!(w.process(&mut two, 0, 15, false), Verdict::Tx(0));
+    assert_eq!(check(&two).expect("valid after the strip").payload.as_slice(), &body[600..1000]);
+    assert_eq!(seq(&two), cookie.wrapping_add(1 + HEAD_200.len() as u32 + 600));
+    assert_eq!((stats[0].l7_resumes.get(), stats[0].l7_resume_refused.get()), (1, 0));
+}
+
+#[test]
+fn l7_a_blind_client_reset_does_not_disable_failover() {
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (_, after) = download_halfway(&mut w);
+    // RSTs in the client's name, off its next byte: the server's TCP
+    // would refuse them, and the appliance keeps tracking the download.
+    for seq in [after + 1000, after.wrapping_sub(1)] {
+        let mut blind = from_client(seq, None, RST, b"");
+        assert_eq!(w.process(&mut blind, 0, 7, false), Verdict::Drop(DropReason::ProxyRefused), "at {seq:#x}");
+        assert!(own_frames(&mut w).is_empty());
+    }
+    // S3 then fails for real: S4 takes over.
+    let next = S3_ISN + 1 + HEAD_200.len() as u32 + 1000;
+    let mut fin = from("198.18.0.23", S3_MAC, next, after, FIN | ACK, b"");
+    assert_eq!(w.process(&mut fin, 0, 8, false), Verdict::Consumed);
+    assert_eq!(flags_to(&own_frames(&mut w)), [(RST, S3_MAC), (SYN, S4_MAC)]);
+}
+
+#[test]
+fn l7_a_replacement_that_stalls_behind_the_client_with_no_member_left_resets_it() {
+    // S4 took over at byte 600 and sent to 1000; the client has S3's
+    // bytes to 1400. S4 goes silent: no member is left, and S4's FIN
+    // would fall behind what the client has, so both ends are reset.
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, after, _) = fail_halfway(&mut w, &stats);
+    let body = body();
+    let mut first = from("198.18.0.24", S4_MAC, 0x9000_0001, after, ACK, &[RANGE_HEAD, &body[600..1000]].concat());
+    assert_eq!(w.process(&mut first, 0, 13, false), Verdict::Tx(0));
+    let mut frames = Vec::new();
+    for now in (20..8_000).step_by(10) {
+        w.sweep(now);
+        frames.extend(own_frames(&mut w));
+    }
+    assert_eq!(client_rsts(frames.clone()), [client_next_byte(cookie)]);
+    assert_eq!(flags_to(&frames).iter().filter(|f| **f == (RST, S4_MAC)).count(), 1);
+    assert_eq!(stats[0].proxy_active.get(), 0);
+}
+
+#[test]
+fn l7_a_resume_that_ends_is_counted_once() {
+    // S4 never answers the SYN: one failure, one RST to the client, however long the sweep runs.
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, _, _) = fail_halfway_to_syn(&mut w);
+    assert_eq!(client_resets(&mut w, 20, 12_000), [client_next_byte(cookie)]);
+    assert_eq!((stats[0].proxy_failed.get(), stats[0].l7_resume_refused.get()), (1, 1));
+
+    // The client itself resets while S4's head is awaited: it passes to
+    // S4, and nothing is refused nor reset later.
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (_, after, _) = fail_halfway(&mut w, &stats);
+    let mut rst = from_client(after, None, RST, b"");
+    assert_eq!(w.process(&mut rst, 0, 13, false), Verdict::Tx(0));
+    assert_eq!(check(&rst).unwrap().dst_mac, S4_MAC);
+    assert_eq!(client_resets(&mut w, 20, 12_000), Vec::<u32>::new());
+    assert_eq!((stats[0].proxy_failed.get(), stats[0].l7_resume_refused.get()), (0, 0));
+}

@@ -3,11 +3,11 @@
 //! server by the group's round robin (or a race of several); and the
 //! choice of another server when one fails before answering.
 
-use super::{tcp_header, Proxied, State};
+use super::{failover, tcp_header, Proxied, State};
 use crate::dataplane::shared::{L7Rt, Shared};
 use crate::dataplane::{Verdict, Worker};
 use crate::l7::conn::{Action, Emit, Seg};
-use crate::l7::request::{self, Gathered, Head, HEAD_CAP};
+use crate::l7::request::{self, Gathered, Head, RequestPool, HEAD_CAP};
 use crate::packet::{tcp_flags, L4Info};
 use crate::sched::wrr::SmoothWrr;
 use crate::session::FlowKey;
@@ -161,6 +161,29 @@ pub(super) fn next_server(p: &mut Proxied, l7: &L7Rt, schedulers: &mut [SmoothWr
     p.tried |= 1 << i.min(63);
     p.redirects += 1;
     Some(members[i])
+}
+
+/// `l7`: the bound server failed before any of its answer reached the
+/// client (it refused the SYN, stayed silent, closed, or answered with an
+/// error status), and the request goes to another member of the group
+/// (seed 004's transparent error redirect; a download's replacement is
+/// asked for the rest again, with a deadline of its own). Gives the SYN
+/// for the new one; None when no member is left.
+pub(super) fn redirect(
+    p: &mut Proxied,
+    l7: &L7Rt,
+    schedulers: &mut [SmoothWrr],
+    shared: &Shared,
+    pool: Option<&mut RequestPool>,
+    now_ms: u32,
+) -> Option<Emit> {
+    let next = next_server(p, l7, schedulers, shared)?;
+    (p.server, p.racing) = (next, 0);
+    (p.request_acked, p.request_sends) = (false, 0);
+    if let Some(pool) = pool {
+        failover::restart_resume(p, pool, now_ms);
+    }
+    Some(p.conn.rebind(now_ms))
 }
 
 /// The status of an HTTP/1.x response whose first bytes `payload` holds

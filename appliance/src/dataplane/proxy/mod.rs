@@ -43,7 +43,7 @@ mod timers;
 
 pub use emit::Emits;
 use failover::{Progress, Resumed};
-use l7::{next_server, status_of};
+use l7::{redirect, status_of};
 
 use super::{Verdict, Worker};
 use crate::l7::conn::{Action, Conn, Emit, Seg, State};
@@ -178,18 +178,20 @@ impl Worker<'_> {
                         }
                     }
                 }
-                if d.resuming() {
+                let rst = seg.flags & tcp_flags::RST != 0;
+                if rst && !at_next {
+                    // Not the client's TCP (its server's would refuse it
+                    // too): it neither ends the download nor its failover.
+                    return Verdict::Drop(DropReason::ProxyRefused);
+                }
+                if d.resuming() && !rst {
                     // Another server is taking the download over: the
-                    // client's segments wait (TCP sends them again); its
-                    // RST ends it all, a blind one nothing.
-                    if seg.flags & tcp_flags::RST == 0 {
-                        return Verdict::Consumed;
-                    }
-                    if !at_next {
-                        return Verdict::Drop(DropReason::ProxyRefused);
-                    }
-                } else if at_next && (seg.payload_len > 0 || seg.flags & tcp_flags::FIN != 0) {
-                    // The client moved on: a resume could not replay it.
+                    // client's segments wait (TCP sends them again).
+                    return Verdict::Consumed;
+                }
+                if at_next && (rst || seg.payload_len > 0 || seg.flags & tcp_flags::FIN != 0) {
+                    // The client moved on (a resume could not replay it),
+                    // or gave up (nothing is left to resume for it).
                     p.track = None;
                     if let (Some(id), Some(pool)) = (p.buf.take(), self.requests.as_mut()) {
                         pool.give(id);
@@ -380,7 +382,7 @@ impl Worker<'_> {
         let Some(seg) = seg_of(frame, info) else {
             return Verdict::Drop(DropReason::Malformed);
         };
-        let Some(p) = self.proxied.as_mut().and_then(|t| t.get_mut(key.pack(), hash, now_ms)) else {
+        let Some(mut p) = self.proxied.as_mut().and_then(|t| t.get_mut(key.pack(), hash, now_ms)) else {
             return Verdict::Drop(DropReason::NoSession);
         };
         let from = (info.src_ip, info.src_port);
@@ -446,48 +448,43 @@ impl Worker<'_> {
             // head kept), so a blind segment in its name moves nothing.
             let head_seen = p.track.map_or(0, |d| d.head_seen());
             let in_order = seg.seq == p.conn.server_isn.wrapping_add(1).wrapping_add(head_seen);
-            let refused = seg.flags & (tcp_flags::RST | tcp_flags::FIN) != 0 && payload.is_empty();
+            let resuming = p.track.is_some_and(|d| d.resuming());
+            if seg.flags & tcp_flags::RST != 0 && !in_order {
+                // Not the server's TCP: nothing of its answer passed yet,
+                // so the appliance knows its next byte exactly.
+                return Verdict::Drop(DropReason::ProxyRefused);
+            }
+            let closed = seg.flags & tcp_flags::RST != 0 || seg.flags & tcp_flags::FIN != 0 && payload.is_empty();
             let error = status_of(payload).is_some_and(|code| l7.redirect.on_status.contains(&code));
-            if (refused || error) && in_order && !p.client_moved_on {
-                let old = *p;
-                let next = next_server(p, l7, &mut self.l7_schedulers[usize::from(svc)], shared);
-                if let Some(next) = next {
-                    let failed_server = old.server;
-                    (p.server, p.racing) = (next, 0);
-                    let syn = p.conn.rebind(now_ms);
-                    (p.request_acked, p.request_sends) = (false, 0);
-                    if let Some(pool) = self.requests.as_mut() {
-                        failover::restart_resume(p, pool, now_ms);
-                    }
-                    let p = *p;
-                    self.stats.server_redirects[usize::from(failed_server)].inc();
-                    self.stats.l7_redirects.inc();
-                    if seg.flags & tcp_flags::RST == 0 {
-                        self.emit(&old, key, Emit::RstToServer { seq: old.conn.client_next() });
-                    }
-                    self.emit(&p, key, syn);
-                    return Verdict::Consumed;
-                }
-                if p.track.is_some_and(|d| d.resuming()) {
-                    // No other server for the rest of a download.
-                    let gone = *p;
-                    return self.refuse_resume(&gone, key, hash);
+            if (closed || error) && in_order && !p.client_moved_on {
+                if let Some(v) = self.fail_before_answer(key, hash, svc, seg.flags & tcp_flags::RST != 0, now_ms) {
+                    return v;
                 }
                 // No other server: an error answer goes to the client as it is.
+                let Some(again) = self.proxied.as_mut().and_then(|t| t.get_mut(key.pack(), hash, now_ms)) else {
+                    return Verdict::Drop(DropReason::NoSession);
+                };
+                p = again;
             }
-            if !payload.is_empty() && p.track.is_some_and(|d| d.resuming()) {
+            if !payload.is_empty() && resuming {
                 // A resumed download: the replacement's head must answer
-                // the Range request exactly (it may come in pieces).
+                // the Range request exactly (it may come in pieces), and
+                // each of its segments ACKs exactly that request.
+                if seg.flags & tcp_flags::ACK == 0 || seg.ack != p.conn.client_next() {
+                    return Verdict::Drop(DropReason::ProxyRefused);
+                }
                 let pool = self.requests.as_mut();
                 match pool.map_or(Resumed::Refused, |pool| failover::resumed(p, pool, &seg, payload, now_ms)) {
                     Resumed::Head { strip, from } => {
                         p.answered = true;
                         head_to_strip = Some((strip, from));
                     }
-                    Resumed::Partial { .. } if seg.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 => {
-                        // It closed before its head was complete.
-                        let gone = *p;
-                        return self.refuse_resume(&gone, key, hash);
+                    Resumed::Partial { ack }
+                        if seg.flags & tcp_flags::FIN != 0 && seg.seq.wrapping_add(seg.payload_len) == ack =>
+                    {
+                        // It closed right after part of its head: another
+                        // member is asked, or the client is reset.
+                        return self.fail_before_answer(key, hash, svc, false, now_ms).unwrap_or(Verdict::Consumed);
                     }
                     Resumed::Partial { ack } => {
                         let p = *p;
@@ -548,10 +545,10 @@ impl Worker<'_> {
         if let (Some(l7), State::Connecting, State::Closed) = (l7, before, p.conn.state) {
             // `l7`: the server refused the replayed SYN: another one, if any.
             let failed_server = p.server;
-            match next_server(p, l7, &mut self.l7_schedulers[usize::from(svc)], shared) {
-                Some(next) => {
-                    (p.server, p.racing) = (next, 0);
-                    emits = [Some(p.conn.rebind(now_ms)), None];
+            let sched = &mut self.l7_schedulers[usize::from(svc)];
+            match redirect(p, l7, sched, shared, self.requests.as_mut(), now_ms) {
+                Some(syn) => {
+                    emits = [Some(syn), None];
                     self.stats.server_redirects[usize::from(failed_server)].inc();
                     self.stats.l7_redirects.inc();
                 }
@@ -621,6 +618,42 @@ impl Worker<'_> {
             Action::Forward => self.splice_to_client(frame, &info, svc, &p),
             Action::Consume => Verdict::Consumed,
             Action::Drop(_) => Verdict::Drop(DropReason::ProxyRefused),
+        }
+    }
+
+    /// `l7`, before any of its answer reached the client: the bound server
+    /// failed (it closed, reset, or answered with an error status). The
+    /// request goes to another member (the old one reset unless it reset
+    /// first); with none left, a download's resume is refused. None: no
+    /// member is left and nothing is being resumed (the failure reaches
+    /// the client as it is).
+    fn fail_before_answer(
+        &mut self,
+        key: &FlowKey,
+        hash: u64,
+        svc: u16,
+        server_reset: bool,
+        now_ms: u32,
+    ) -> Option<Verdict> {
+        let shared = self.shared;
+        let l7 = shared.services[usize::from(svc)].l7.as_ref()?;
+        let p = self.proxied.as_mut()?.get_mut(key.pack(), hash, now_ms)?;
+        let old = *p;
+        let sched = &mut self.l7_schedulers[usize::from(svc)];
+        match redirect(p, l7, sched, shared, self.requests.as_mut(), now_ms) {
+            Some(syn) => {
+                let new = *p;
+                self.stats.server_redirects[usize::from(old.server)].inc();
+                self.stats.l7_redirects.inc();
+                if !server_reset {
+                    self.emit(&old, key, Emit::RstToServer { seq: old.conn.client_next() });
+                }
+                self.emit(&new, key, syn);
+                Some(Verdict::Consumed)
+            }
+            // No other server for the rest of a download.
+            None if old.track.is_some_and(|d| d.resuming()) => Some(self.refuse_resume(&old, key, hash)),
+            None => None,
         }
     }
 

@@ -3,7 +3,7 @@
 //! slow requests given up, idle connections removed.
 
 use super::failover::fail_over;
-use super::l7::next_server;
+use super::l7::redirect;
 use super::{Proxied, State, REQUEST_RTO_MS, REQUEST_TIMEOUT_MS, REQUEST_TRIES};
 use crate::dataplane::Worker;
 use crate::l7::conn::Emit;
@@ -51,12 +51,12 @@ impl Worker<'_> {
                             n_due += 1;
                             let l7 = shared.services[usize::from(p.svc)].l7.as_ref();
                             let sched = schedulers.get_mut(usize::from(p.svc));
-                            match l7.zip(sched).and_then(|(l7, sched)| next_server(p, l7, sched, shared)) {
-                                Some(next) => {
+                            let pool = pool.as_deref_mut();
+                            match l7.zip(sched).and_then(|(l7, sched)| redirect(p, l7, sched, shared, pool, now_ms)) {
+                                Some(syn) => {
                                     stats.server_redirects[usize::from(old.server)].inc();
                                     redirected += 1;
-                                    (p.server, p.racing) = (next, 0);
-                                    due[n_due] = (key, *p, p.conn.rebind(now_ms));
+                                    due[n_due] = (key, *p, syn);
                                 }
                                 None => {
                                     failed += 1;
@@ -70,8 +70,9 @@ impl Worker<'_> {
                     true
                 }
                 // `l7`: a download's replacement did not answer in time
-                // (whether or not it closed meanwhile).
-                _ if p.track.is_some_and(|d| d.resume_expired(now_ms)) => {
+                // (whether or not it closed meanwhile; one that was given
+                // up on above is `Closed`, and counted already).
+                State::Spliced | State::Closing if p.track.is_some_and(|d| d.resume_expired(now_ms)) => {
                     (failed, resume_refused) = (failed + 1, resume_refused + 1);
                     due[n_due] = (key, *p, reset_client);
                     due[n_due + 1] = (key, *p, Emit::RstToServer { seq: p.conn.client_next() });
@@ -102,6 +103,7 @@ impl Worker<'_> {
                 // the client has all it was sent: another server carries on.
                 State::Spliced if p.answered && p.track.is_some_and(|d| d.stalled(now_ms)) => {
                     let old = *p;
+                    let mut stays = true;
                     let l7 = shared.services[usize::from(p.svc)].l7.as_ref();
                     let sched = schedulers.get_mut(usize::from(p.svc));
                     let syn = match (l7, sched, pool.as_deref_mut()) {
@@ -115,6 +117,16 @@ impl Worker<'_> {
                             due[n_due + 1] = (key, *p, syn);
                             n_due += 2;
                         }
+                        None if old.track.is_some_and(|d| d.client_is_past_server()) => {
+                            // Nobody to take over, and the client is further
+                            // on than this server's FIN would be: it would
+                            // discard it and wait. Both ends are reset.
+                            failed += 1;
+                            due[n_due] = (key, old, reset_client);
+                            due[n_due + 1] = (key, old, Emit::RstToServer { seq: old.conn.client_next() });
+                            n_due += 2;
+                            stays = false;
+                        }
                         None => {
                             // Nobody to take over: it stays as it is, untracked.
                             p.track = None;
@@ -123,7 +135,7 @@ impl Worker<'_> {
                             }
                         }
                     }
-                    true
+                    stays
                 }
                 State::Spliced => idle <= timeouts.established_ms,
                 State::Closing | State::Closed => idle <= timeouts.closing_ms,
