@@ -1221,7 +1221,9 @@ fn l7_a_resume_that_ends_is_counted_once() {
     let (shared, stats) = setup_with(DOWNLOAD);
     let mut w = Worker::new(0, &shared, &stats[0]);
     let (cookie, _, _) = fail_halfway_to_syn(&mut w);
-    assert_eq!(client_resets(&mut w, 20, 12_000), [client_next_byte(cookie)]);
+    assert_eq!(client_resets(&mut w, 20, 3_000), [client_next_byte(cookie)]);
+    assert_eq!(stats[0].proxy_active.get(), 0, "gone at once: blind packets cannot hold it (and its buffer)");
+    assert_eq!(client_resets(&mut w, 3_000, 12_000), Vec::<u32>::new());
     assert_eq!((stats[0].proxy_failed.get(), stats[0].l7_resume_refused.get()), (1, 1));
 
     // The client itself resets while S4's head is awaited: it passes to
@@ -1234,4 +1236,75 @@ fn l7_a_resume_that_ends_is_counted_once() {
     assert_eq!(check(&rst).unwrap().dst_mac, S4_MAC);
     assert_eq!(client_resets(&mut w, 20, 12_000), Vec::<u32>::new());
     assert_eq!((stats[0].proxy_failed.get(), stats[0].l7_resume_refused.get()), (0, 0));
+}
+
+#[test]
+fn l7_blind_segments_before_the_answer_neither_close_nor_pin_the_request() {
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let cookie = l7_accepted(&mut w);
+    send_request(&mut w, cookie, GET, 1);
+    let after = CLIENT_ISN.wrapping_add(1 + GET.len() as u32);
+    let mut synack = from("198.18.0.23", S3_MAC, S3_ISN, CLIENT_ISN.wrapping_add(1), SYN | ACK, b"");
+    assert_eq!(w.process(&mut synack, 0, 3, false), Verdict::Consumed);
+    own_frames(&mut w);
+    // Joined, nothing answered yet. In the client's name, off its next
+    // byte: a RST, a FIN, data (which would pin the request to S3); and
+    // the request's own bytes again (the appliance ACKed them, the ACK was
+    // lost). In S3's name, off its next byte: a FIN.
+    let client_side: [(u32, u8, &[u8]); 4] = [
+        (after + 1000, RST, b""),
+        (after + 9, FIN | ACK, b""),
+        (after + 500, ACK | PSH, b"xyz"),
+        (CLIENT_ISN.wrapping_add(1), ACK | PSH, GET),
+    ];
+    for (seq, flags, payload) in client_side {
+        let mut f = from_client(seq, Some(cookie.wrapping_add(1)), flags, payload);
+        let v = w.process(&mut f, 0, 4, false);
+        assert_eq!(v, Verdict::Drop(DropReason::ProxyRefused), "{flags:#x} at {seq:#x}");
+    }
+    let mut fin = from("198.18.0.23", S3_MAC, S3_ISN + 5000, after, FIN | ACK, b"");
+    assert_eq!(w.process(&mut fin, 0, 5, false), Verdict::Drop(DropReason::ProxyRefused));
+    // The answer is still tracked: S3's death halfway moves the download to S4.
+    let mut head = from("198.18.0.23", S3_MAC, S3_ISN + 1, after, ACK | PSH, HEAD_200);
+    assert_eq!(w.process(&mut head, 0, 6, false), Verdict::Tx(0));
+    let at = S3_ISN + 1 + HEAD_200.len() as u32;
+    let mut data = from("198.18.0.23", S3_MAC, at, after, ACK, &body()[..1000]);
+    assert_eq!(w.process(&mut data, 0, 7, false), Verdict::Tx(0));
+    let mut ack = from_client(after, Some(cookie.wrapping_add(1 + HEAD_200.len() as u32 + 600)), ACK, b"");
+    assert_eq!(w.process(&mut ack, 0, 8, false), Verdict::Tx(0));
+    // Blind FINs from both sides again, now that the download is tracked
+    // (a blind sender knows neither side's sequence numbers).
+    let mut fin = from("198.18.0.23", S3_MAC, at + 5000, after ^ 0x4000, FIN | ACK, b"");
+    w.process(&mut fin, 0, 9, false);
+    let mut fin = from_client(after + 77, Some(cookie.wrapping_add(1)), FIN | ACK, b"");
+    assert_eq!(w.process(&mut fin, 0, 9, false), Verdict::Drop(DropReason::ProxyRefused));
+    own_frames(&mut w);
+    let mut last = from("198.18.0.23", S3_MAC, at + 1000, after, FIN | ACK, b"");
+    assert_eq!(w.process(&mut last, 0, 10, false), Verdict::Consumed);
+    assert_eq!(flags_to(&own_frames(&mut w)), [(RST, S3_MAC), (SYN, S4_MAC)]);
+}
+
+#[test]
+fn l7_a_replacement_reset_off_the_head_kept_draws_a_challenge_ack() {
+    // S4's first head piece was lost: its second is ahead of what the
+    // appliance has. Its RST then comes at its own next byte, not the
+    // appliance's: a challenge ACK asks where it stands, and its answer
+    // (a RST at the ACK, as a closed socket gives) ends the resume.
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, after, _) = fail_halfway(&mut w, &stats);
+    let s4 = 0x9000_0001u32;
+    let mut ahead = from("198.18.0.24", S4_MAC, s4 + 40, after, ACK, &RANGE_HEAD[40..]);
+    assert_eq!(w.process(&mut ahead, 0, 13, false), Verdict::Consumed);
+    own_frames(&mut w);
+    let mut rst = from("198.18.0.24", S4_MAC, s4 + RANGE_HEAD.len() as u32, after, RST | ACK, b"");
+    assert_eq!(w.process(&mut rst, 0, 14, false), Verdict::Drop(DropReason::ProxyRefused));
+    let frames = own_frames(&mut w);
+    assert_eq!(flags_to(&frames), [(ACK, S4_MAC)]);
+    assert_eq!((seq(&frames[0].1), ack_of(&frames[0].1)), (after, s4));
+    let mut answer = from("198.18.0.24", S4_MAC, s4, 0, RST, b"");
+    w.process(&mut answer, 0, 15, false);
+    assert_eq!(client_rsts(own_frames(&mut w)), [client_next_byte(cookie)]);
+    assert_eq!(stats[0].proxy_active.get(), 0);
 }

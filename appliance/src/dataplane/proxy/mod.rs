@@ -179,7 +179,7 @@ impl Worker<'_> {
                     }
                 }
                 let rst = seg.flags & tcp_flags::RST != 0;
-                if rst && !at_next {
+                if seg.flags & (tcp_flags::RST | tcp_flags::FIN) != 0 && !at_next {
                     // Not the client's TCP (its server's would refuse it
                     // too): it neither ends the download nor its failover.
                     return Verdict::Drop(DropReason::ProxyRefused);
@@ -200,6 +200,17 @@ impl Worker<'_> {
             }
             if l7 && matches!(p.conn.state, State::Buffering | State::Connecting) && !syn {
                 return self.gather(frame, info, &seg, svc, key, hash, now_ms);
+            }
+            let ends_or_sends = seg.flags & (tcp_flags::RST | tcp_flags::FIN) != 0 || seg.payload_len > 0;
+            if l7 && p.conn.state == State::Spliced && !p.answered && !p.client_moved_on && ends_or_sends {
+                // `l7`, before the answer: the client has sent nothing past
+                // its request (which the appliance ACKed), so its next byte
+                // is known. A segment elsewhere is a blind one, or the
+                // request again: it must neither close the connection nor
+                // pin the request to this server.
+                if seg.seq != p.conn.client_next() {
+                    return Verdict::Drop(DropReason::ProxyRefused);
+                }
             }
             if !(syn && matches!(p.conn.state, State::Closing | State::Closed)) {
                 let (action, emit) = p.conn.on_client(&seg);
@@ -447,11 +458,20 @@ impl Worker<'_> {
             // yet: its ISN + 1; a download's replacement, the part of its
             // head kept), so a blind segment in its name moves nothing.
             let head_seen = p.track.map_or(0, |d| d.head_seen());
-            let in_order = seg.seq == p.conn.server_isn.wrapping_add(1).wrapping_add(head_seen);
+            let expected = p.conn.server_isn.wrapping_add(1).wrapping_add(head_seen);
+            let in_order = seg.seq == expected;
             let resuming = p.track.is_some_and(|d| d.resuming());
+            // Nothing of its answer passed yet, so the appliance knows the
+            // server's next byte exactly: a RST elsewhere is not accepted,
+            // but draws a challenge ACK (RFC 5961) at that byte, which a
+            // server that really closed answers with a RST there; a FIN
+            // that does not reach it is not the server's.
             if seg.flags & tcp_flags::RST != 0 && !in_order {
-                // Not the server's TCP: nothing of its answer passed yet,
-                // so the appliance knows its next byte exactly.
+                let p = *p;
+                self.emit(&p, key, Emit::AckToServer { seq: p.conn.client_next(), ack: expected });
+                return Verdict::Drop(DropReason::ProxyRefused);
+            }
+            if seg.flags & tcp_flags::FIN != 0 && expected.wrapping_sub(seg.seq) > seg.payload_len {
                 return Verdict::Drop(DropReason::ProxyRefused);
             }
             let closed = seg.flags & tcp_flags::RST != 0 || seg.flags & tcp_flags::FIN != 0 && payload.is_empty();

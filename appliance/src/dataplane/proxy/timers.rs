@@ -40,6 +40,7 @@ impl Worker<'_> {
                 }
                 State::Buffering => true,
                 State::Connecting => {
+                    let mut stays = true;
                     if let Some(e) = p.conn.on_timer(now_ms) {
                         if p.conn.state != State::Closed {
                             due[n_due] = (key, *p, e); // the SYN again
@@ -62,12 +63,17 @@ impl Worker<'_> {
                                     failed += 1;
                                     resume_refused += u64::from(old.track.is_some_and(|d| d.resuming()));
                                     due[n_due] = (key, old, e);
+                                    // A download's client is reset at a byte far from
+                                    // its cookie: no segment of it can open the
+                                    // tuple again, so the entry (and its buffer)
+                                    // goes at once.
+                                    stays = old.track.is_none();
                                 }
                             }
                             n_due += 1;
                         }
                     }
-                    true
+                    stays
                 }
                 // `l7`: a download's replacement did not answer in time
                 // (whether or not it closed meanwhile; one that was given
