@@ -76,13 +76,13 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), String> {
     // is an error before anything else starts.
     let (ops_server, ops_inbox) = crate::ops::server::start(opts.control_socket.as_deref(), opts.metrics)?;
     if let Some(p) = &opts.control_socket {
-        println!("control socket {}", p.display());
+        log::info!("control socket {}", p.display());
     }
     if let Some(a) = opts.metrics {
-        println!("metrics at http://{a}/metrics");
+        log::info!("metrics at http://{a}/metrics");
     }
     let args = eal_args(cfg);
-    println!("config version {} (BLAKE3 of the effective configuration; `ringlb check` prints it)", cfg.version());
+    log::info!("config version {} (BLAKE3 of the effective configuration; `ringlb check` prints it)", cfg.version());
     let eal = Eal::init(&args).map_err(|e| format!("{e}\nEAL arguments were: {}", args[1..].join(" ")))?;
     let result = run_with_eal(&eal, cfg, opts, &quit, ops_inbox);
     eal.cleanup();
@@ -100,7 +100,7 @@ fn run_with_eal(
     let workers = cfg.eal.worker_cores.len();
     // Not fatal: without telemetry the appliance still runs (and says so).
     if let Err(e) = crate::ops::telemetry::register() {
-        println!("ringlb: no DPDK telemetry commands: {e}");
+        log::warn!("no DPDK telemetry commands: {e}");
     }
     // The cluster's addresses are kernel UDP sockets: bind them before anything starts.
     let cluster_sockets = match &cfg.cluster {
@@ -109,7 +109,7 @@ fn run_with_eal(
             let (s, rcvbuf) = Sockets::bind(c.address).map_err(|e| {
                 format!("cluster.address {} (and {} for sync): {e}", c.address, crate::control::sync_address(c.address))
             })?;
-            println!(
+            log::info!(
                 "cluster sockets: ring {}, sync {} (receive buffer {} KiB)",
                 c.address,
                 crate::control::sync_address(c.address),
@@ -155,7 +155,7 @@ fn run_with_eal(
             Some(m) => m,
             None => port.mac().map_err(|e| e.to_string())?,
         };
-        println!(
+        log::info!(
             "port {i}: {} (dpdk port {}) mac {} ip {}/{} rx queues {rxq} tx queues {txq}",
             cfg.ports[i].device,
             port.id(),
@@ -234,7 +234,7 @@ fn run_with_eal(
     }
     let slots = SessionTable::slots_for(shared.session_capacity_per_worker);
     let table_bytes = slots * std::mem::size_of::<Entry>();
-    println!(
+    log::info!(
         "ringlb running: {workers} worker(s), {} service(s), {} server(s), session capacity {} ({} per worker; \
          table {slots} slots x {} B = {table_bytes} bytes per worker), tsc {} Hz",
         cfg.services.len(),

@@ -41,6 +41,9 @@ enum Cmd {
         /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9469).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<SocketAddr>,
+        /// How much to log (one line per event, on stdout).
+        #[arg(long, value_enum, default_value_t)]
+        log_level: ops::logging::LogLevel,
     },
     /// Validate a configuration and print it as the appliance reads it.
     Check {
@@ -125,7 +128,8 @@ fn real_main(cli: Cli) -> Result<(), String> {
             print(&format!("# {file}: OK, version {}\n{}\n", cfg.version(), cfg.render()));
             Ok(())
         }
-        Cmd::Run { config, stats_interval, duration, status_file, control_socket, metrics } => {
+        Cmd::Run { config, stats_interval, duration, status_file, control_socket, metrics, log_level } => {
+            ops::logging::init(log_level);
             let cfg = ringlb::config::load(&config.display().to_string()).map_err(|e| e.to_string())?;
             let opts = ringlb::app::RunOptions {
                 stats_interval,
@@ -141,20 +145,12 @@ fn real_main(cli: Cli) -> Result<(), String> {
             print(&if ask.json { format!("{v}\n") } else { client::status_text(&v) });
             Ok(())
         }
-        Cmd::Servers(ask) => show_servers(&ask, &Request::Servers),
+        Cmd::Servers(ask) => show::<ServerRow>(&ask, &Request::Servers, client::servers_table),
         Cmd::Sessions { service, limit, ask } => {
-            let v = client::ask(&ask.socket, &Request::Sessions { service, limit })?;
-            if ask.json {
-                print(&format!("{v}\n"));
-                return Ok(());
-            }
-            let rows: Vec<SessionRow> =
-                serde_json::from_value(v).map_err(|e| format!("an answer this ringlb cannot read: {e}"))?;
-            print(&client::sessions_table(&rows));
-            Ok(())
+            show::<SessionRow>(&ask, &Request::Sessions { service, limit }, client::sessions_table)
         }
-        Cmd::Drain { server, ask } => show_servers(&ask, &Request::Drain { server }),
-        Cmd::Undrain { server, ask } => show_servers(&ask, &Request::Undrain { server }),
+        Cmd::Drain { server, ask } => show::<ServerRow>(&ask, &Request::Drain { server }, client::servers_table),
+        Cmd::Undrain { server, ask } => show::<ServerRow>(&ask, &Request::Undrain { server }, client::servers_table),
         Cmd::Metrics { socket } => {
             let v = client::ask(&socket, &Request::Metrics)?;
             print(v.as_str().ok_or("the metrics answer is not text")?);
@@ -167,15 +163,16 @@ fn real_main(cli: Cli) -> Result<(), String> {
     }
 }
 
-fn show_servers(ask: &Ask, request: &Request) -> Result<(), String> {
+/// Asks the appliance, and prints its answer: as JSON with `--json`, else
+/// as rows of `T` in a table.
+fn show<T: serde::de::DeserializeOwned>(ask: &Ask, request: &Request, table: fn(&[T]) -> String) -> Result<(), String> {
     let v = client::ask(&ask.socket, request)?;
     if ask.json {
         print(&format!("{v}\n"));
         return Ok(());
     }
-    let rows: Vec<ServerRow> =
-        serde_json::from_value(v).map_err(|e| format!("an answer this ringlb cannot read: {e}"))?;
-    print(&client::servers_table(&rows));
+    let rows: Vec<T> = serde_json::from_value(v).map_err(|e| format!("an answer this ringlb cannot read: {e}"))?;
+    print(&table(&rows));
     Ok(())
 }
 

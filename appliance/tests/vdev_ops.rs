@@ -123,7 +123,7 @@ fn the_control_socket_and_metrics_show_what_the_appliance_does() {
     assert!(status.success(), "{}", log.join("\n"));
     assert!(log.iter().any(|l| l.contains("ops: drained web/198.18.0.12:80")), "the drain is logged");
     assert!(!socket.exists(), "the socket file goes with the appliance");
-    let last_stats = log.iter().rev().find(|l| l.starts_with("stats ")).expect("a stats line");
+    let last_stats = log.iter().rev().find(|l| l.contains(" INFO  stats t=")).expect("a stats line");
     assert!(
         last_stats.contains(&format!(" rx={FLOWS} tx={FLOWS} ")),
         "telemetry matched this stats line: {last_stats}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lab test of the cluster (seed 001): three ringlb appliances with identical
+# Lab test of the cluster: three ringlb appliances with identical
 # addresses behind a port-trunked router (deploy/lab/trunk.sh), real kernel
 # clients (ab, curl) and nginx servers.
 #   tests/lab/cluster_test.sh nat|dsr
@@ -35,7 +35,7 @@ fail() {
   echo "FAIL $T: $*"
   # LAB_KEEP=DIR keeps the logs and status files of a failed run there.
   [ -z "${LAB_KEEP:-}" ] || cp -r "$LAB_DIR" "$LAB_KEEP" 2>/dev/null || true
-  for n in 1 2 3; do [ -f "$LAB_DIR/lb$n.log" ] && { echo "--- lb$n"; grep -v '^stats' "$LAB_DIR/lb$n.log" | tail -15; }; done
+  for n in 1 2 3; do [ -f "$LAB_DIR/lb$n.log" ] && { echo "--- lb$n"; grep -v ' INFO  stats t=' "$LAB_DIR/lb$n.log" | tail -15; }; done
   exit 1
 }
 cleanup() {

@@ -24,7 +24,7 @@
 #      client's cache points at lb1 again) or, with `stay`, leaves it with
 #      lb2; all while (2) still runs;
 #   4. 0 failed requests, every download's sha256 equal to the file's.
-# LAB_TIMERS=seed runs the ring on the seed's timers (2000/2500 ms; takeover
+# LAB_TIMERS=seed runs the ring on the seed profile (2000/2500 ms; takeover
 # goal 5.75 s instead of the fast profile's 1.5 s).
 # Namespaces, processes and hugepage files are removed on exit, also on failure.
 set -euo pipefail
@@ -45,7 +45,7 @@ say() { echo "$T: $*"; }
 fail() {
   echo "FAIL $T: $*"
   [ -z "${LAB_KEEP:-}" ] || cp -r "$LAB_DIR" "$LAB_KEEP" 2>/dev/null || true
-  for n in 1 2; do [ -f "$LAB_DIR/lb$n.log" ] && { echo "--- lb$n"; grep -v '^stats' "$LAB_DIR/lb$n.log" | tail -15; }; done
+  for n in 1 2; do [ -f "$LAB_DIR/lb$n.log" ] && { echo "--- lb$n"; grep -v ' INFO  stats t=' "$LAB_DIR/lb$n.log" | tail -15; }; done
   exit 1
 }
 cleanup() {
@@ -101,7 +101,7 @@ kill_owner() {
     sleep 0.01
   done
   [ -n "$moved_ms" ] || fail "the client's ARP cache still points at the dead lb1 8 s after the kill: $(lab_vip_mac)"
-  # Goals: the 1.5 s for the fast profile; for the seed's, one ring
+  # Goals: the 1.5 s for the fast profile; for the seed profile, one ring
   # round (detection 2,750 ms + the new view's broadcast timeout 2,500 ms, as
   # ringlb_ring::Timers::convergence_bound_ms counts it) plus 500 ms.
   timers=${LAB_TIMERS:-fast}; goal=1500; [ "$timers" = seed ] && goal=5750

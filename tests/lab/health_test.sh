@@ -27,7 +27,7 @@ T="lab-health"
 say() { echo "$T: $*"; }
 fail() {
   echo "FAIL $T: $*"
-  [ -f "$LAB_DIR/lb1.log" ] && { echo "--- lb1"; grep -v '^stats' "$LAB_DIR/lb1.log" | tail -15; }
+  [ -f "$LAB_DIR/lb1.log" ] && { echo "--- lb1"; grep -v ' INFO  stats t=' "$LAB_DIR/lb1.log" | tail -15; }
   exit 1
 }
 cleanup() {

@@ -146,7 +146,7 @@ impl<'a> Driver<'a> {
                 Answer::Now(response, note) => {
                     call.answer(response);
                     if let Some(n) = note {
-                        println!("{n}");
+                        log::info!("{n}");
                     }
                 }
                 Answer::Sample(id) => {
@@ -178,11 +178,11 @@ impl<'a> Driver<'a> {
         while !quit.load(Relaxed) && opts.duration.is_none_or(|d| self.started.elapsed() < d) {
             if !ports_up && (control.ready_for_traffic() || self.started.elapsed() >= READY_LIMIT) {
                 if !control.ready_for_traffic() {
-                    println!("ringlb: not in sync with the siblings after {READY_LIMIT:?}: starting the ports anyway");
+                    log::warn!("not in sync with the siblings after {READY_LIMIT:?}: starting the ports anyway");
                 }
                 start_ports()?;
                 ports_up = true;
-                println!("ports started after {} ms", self.started.elapsed().as_millis());
+                log::info!("ports started after {} ms", self.started.elapsed().as_millis());
             }
             let now = self.now();
             let mut busy = self.receive(control, now);
@@ -194,7 +194,7 @@ impl<'a> Driver<'a> {
             self.answer_ops(control);
             let mut noted = false;
             while let Some(n) = control.poll_note() {
-                println!("{n}");
+                log::log!(n.level, "{}", n.text);
                 noted = true;
             }
             if noted {
@@ -278,7 +278,7 @@ impl<'a> Driver<'a> {
         let status = Status::new(t, &snap, self.labels, control);
         crate::ops::telemetry::publish(&snap, self.labels);
         if line {
-            println!("{}{}", crate::app::stats_line(t, &snap, &self.last, dt, self.labels), status.cluster_line());
+            log::info!("{}{}", crate::app::stats_line(t, &snap, &self.last, dt, self.labels), status.cluster_line());
         }
         if let Some(path) = &opts.status_file {
             write_atomically(path, &status);

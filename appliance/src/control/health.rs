@@ -1,10 +1,11 @@
-//! Server health and load from the ring (SPEC B10, seed 001's load-aware
-//! dispatch). A server with an agent (`server_groups.*.agent`) is up while
-//! its agent is a member of the ring's view: the agent leaves the ring when
-//! its acceptability check fails, and the ring's detection bound is how
-//! soon the appliances see it go. A server down gets weight 0: no new
-//! flows (its existing sessions go on). Under `scheduler: least_load` each
-//! server's weight is divided by (1 + the load its agent last reported).
+//! Server health and load from the ring (acceptability checks and
+//! load-aware dispatch). A server with an agent (`server_groups.*.agent`)
+//! is up while its agent is a member of the ring's view: the agent leaves
+//! the ring when its acceptability check fails, and the ring's detection
+//! bound is how soon the appliances see it go. A server down gets weight
+//! 0: no new flows (its existing sessions go on). Under
+//! `scheduler: least_load` each server's weight is divided by (1 + the
+//! load its agent last reported).
 //!
 //! The result is each server's weight now, which the workers read at every
 //! pick (`Shared::server_weight`). Servers without an agent, of a service
@@ -12,6 +13,7 @@
 //! `dataplane::probe`); a server down by its probe has weight 0 there, and
 //! this module only reports it.
 
+use super::Note;
 use crate::config::{Config, SchedulerKind};
 use crate::dataplane::Shared;
 use std::collections::BTreeMap;
@@ -110,7 +112,7 @@ impl Health {
 
     /// Sets each server's weight now; returns a note per server that went
     /// down or came back.
-    pub fn apply(&mut self, shared: &Shared) -> Vec<String> {
+    pub fn apply(&mut self, shared: &Shared) -> Vec<Note> {
         let mut notes = Vec::new();
         for (id, s) in self.servers.iter_mut().enumerate() {
             let load = s.agent.and_then(|a| self.loads.get(&a).copied()).unwrap_or(0.0);
@@ -122,10 +124,13 @@ impl Health {
             if (now == 0) != (s.weight_now == 0) && s.weight != 0 {
                 if now == 0 {
                     self.downs += 1;
-                    notes.push(format!("health: server {} down (its agent left the ring): no new flows", s.label));
+                    notes.push(Note::warn(format!(
+                        "health: server {} down (its agent left the ring): no new flows",
+                        s.label
+                    )));
                 } else {
                     self.ups += 1;
-                    notes.push(format!("health: server {} up again (its agent is back in the ring)", s.label));
+                    notes.push(format!("health: server {} up again (its agent is back in the ring)", s.label).into());
                 }
             }
             if now != s.weight_now {
@@ -137,10 +142,13 @@ impl Health {
                 s.probe_up = probe_up;
                 if probe_up {
                     self.ups += 1;
-                    notes.push(format!("health: server {} up again (its probe's SYN-ACKs are back)", s.label));
+                    notes.push(format!("health: server {} up again (its probe's SYN-ACKs are back)", s.label).into());
                 } else {
                     self.downs += 1;
-                    notes.push(format!("health: server {} down (its probe got no SYN-ACK): no new flows", s.label));
+                    notes.push(Note::warn(format!(
+                        "health: server {} down (its probe got no SYN-ACK): no new flows",
+                        s.label
+                    )));
                 }
             }
         }

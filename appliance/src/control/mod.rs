@@ -110,7 +110,7 @@ pub struct Control {
     health: Option<health::Health>,
     last_vip_check_ms: u64,
     last_health_ms: u64,
-    notes: VecDeque<String>,
+    notes: Notes,
     pub counters: ControlCounters,
     /// The operator's sample of the sessions under way (`ringlb sessions`).
     sample: Option<SampleQuery>,
@@ -132,7 +132,7 @@ impl Control {
     /// `incarnation` must grow from one start of this appliance to the next
     /// (the driver uses the wall clock in milliseconds).
     pub fn new(cfg: &Config, shared: Arc<Shared>, workers: Vec<WorkerPort>, now: Now, incarnation: u64) -> Control {
-        let mut notes = VecDeque::new();
+        let mut notes = Notes::default();
         let (ring, siblings) = match &cfg.cluster {
             None => (None, None),
             Some(c) => {
@@ -203,12 +203,7 @@ impl Control {
         c
     }
 
-    fn ctx<'a>(
-        shared: &'a Shared,
-        workers: &'a mut [WorkerPort],
-        notes: &'a mut VecDeque<String>,
-        now: Now,
-    ) -> Ctx<'a> {
+    fn ctx<'a>(shared: &'a Shared, workers: &'a mut [WorkerPort], notes: &'a mut Notes, now: Now) -> Ctx<'a> {
         Ctx { shared, workers, notes, now }
     }
 
@@ -279,8 +274,8 @@ impl Control {
     }
 
     /// A line for the log (view changes, resyncs, ...).
-    pub fn poll_note(&mut self) -> Option<String> {
-        self.notes.pop_front()
+    pub fn poll_note(&mut self) -> Option<Note> {
+        self.notes.0.pop_front()
     }
 
     /// Takes the workers' events: locks go to the other workers, and
@@ -347,7 +342,7 @@ impl Control {
                 RingEvent::IdAccepted(id) => self.notes.push_back(format!("ring: id {id:#x}")),
                 RingEvent::Purge { reason } => {
                     r.purges += 1;
-                    self.notes.push_back(format!("ring: purge ({reason})"));
+                    self.notes.warn(format!("ring: purge ({reason})"));
                 }
                 RingEvent::App { origin, payload } => {
                     r.app_messages += 1;
@@ -435,7 +430,7 @@ impl Control {
             let live: Vec<SocketAddrV4> = r.member.member_entries().iter().map(|m| m.addr).collect();
             for (agent, question) in rb.start(&taken, &live, now, &self.shared) {
                 if let Err(e) = r.member.send_app(now.ms, Dest::To(agent), question) {
-                    self.notes.push_back(format!("rebuild: cannot ask {agent}: {e}"));
+                    self.notes.warn(format!("rebuild: cannot ask {agent}: {e}"));
                 }
             }
         }
@@ -526,5 +521,45 @@ impl Control {
 
     pub fn cluster_status(&self) -> Option<status::ClusterStatus> {
         status::cluster(self.ring.as_ref()?, self.siblings.as_ref(), self.vips.as_ref())
+    }
+}
+
+/// One event for the log, at its level.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub level: log::Level,
+    pub text: String,
+}
+
+impl Note {
+    /// Something an operator should look at (a server down, a purge, a resync).
+    pub fn warn(text: String) -> Note {
+        Note { level: log::Level::Warn, text }
+    }
+}
+
+impl From<String> for Note {
+    fn from(text: String) -> Note {
+        Note { level: log::Level::Info, text }
+    }
+}
+
+/// The notes waiting for the log, oldest first.
+#[derive(Debug, Default)]
+pub struct Notes(VecDeque<Note>);
+
+impl Notes {
+    /// An event (a `String` is one at level info).
+    pub fn push_back(&mut self, note: impl Into<Note>) {
+        self.0.push_back(note.into());
+    }
+
+    /// An event an operator should look at.
+    pub fn warn(&mut self, text: String) {
+        self.0.push_back(Note::warn(text));
+    }
+
+    pub fn extend<N: Into<Note>>(&mut self, notes: impl IntoIterator<Item = N>) {
+        self.0.extend(notes.into_iter().map(Into::into));
     }
 }

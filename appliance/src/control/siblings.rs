@@ -1,4 +1,4 @@
-//! Sibling sync on the control thread (seed 001; SYNC.md): turns worker
+//! Sibling sync on the control thread (`ring/SYNC.md`): turns worker
 //! events into records for the siblings and siblings' records into worker
 //! commands; pulls a resync from every sibling that joins our view (and from
 //! one whose stream to us broke); serves the resyncs siblings ask of us by
@@ -21,7 +21,7 @@ use std::net::SocketAddrV4;
 pub(super) struct Ctx<'a> {
     pub shared: &'a Shared,
     pub workers: &'a mut [WorkerPort],
-    pub notes: &'a mut VecDeque<String>,
+    pub notes: &'a mut super::Notes,
     pub now: Now,
 }
 
@@ -118,7 +118,7 @@ impl Siblings {
             self.current.iter().filter(|(a, _)| !sibs.iter().any(|(b, _)| b == a)).map(|s| s.0).collect();
         for g in gone {
             let g_ring = ring_address(g);
-            cx.notes.push_back(format!("sync: sibling {g_ring} left the view: forgotten (its sessions stay here)"));
+            cx.notes.warn(format!("sync: sibling {g_ring} left the view: forgotten (its sessions stay here)"));
             if self.pull.waiting.remove(&g) {
                 self.finish_pull_if_done(cx);
             }
@@ -259,7 +259,7 @@ impl Siblings {
         }
         if self.resync_after_backlog && cx.workers.iter().all(|w| w.backlog() == 0) {
             self.resync_after_backlog = false;
-            cx.notes.push_back("sync: worker queues caught up after an overflow: pulling a resync".into());
+            cx.notes.warn("sync: worker queues caught up after an overflow: pulling a resync".into());
             for (a, _) in self.current.clone() {
                 self.request_resync(a, cx);
             }
@@ -367,7 +367,7 @@ impl Siblings {
                 }
                 SyncEvent::StreamReset { from } => {
                     let who = ring_address(from);
-                    cx.notes.push_back(format!("sync: {who}'s stream to us restarted: pulling a resync from it"));
+                    cx.notes.warn(format!("sync: {who}'s stream to us restarted: pulling a resync from it"));
                     self.request_resync(from, cx);
                 }
                 SyncEvent::MarkAcked(m) => {

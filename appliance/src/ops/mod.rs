@@ -13,6 +13,7 @@
 
 pub mod answer;
 pub mod client;
+pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
