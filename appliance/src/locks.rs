@@ -1,4 +1,4 @@
-//! Client locks (seed 001, C5) for services with persistence: a client's
+//! Client locks for services with persistence: a client's
 //! address → the server its new connections go to, for a fixed lifetime
 //! from the lock's creation. A client's connections land on many workers
 //! (flows are owned by client endpoint, not address), so every worker holds

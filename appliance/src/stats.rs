@@ -238,7 +238,7 @@ pub struct WorkerStats {
     pub proxy_active: Counter,
     pub proxy_emit_full: Counter,
     /// `l7`: requests sent to another server of their group after their
-    /// server failed before answering (seed 004's error redirect).
+    /// server failed before answering (transparent error redirect).
     pub l7_redirects: Counter,
     /// `l7` mid-download failover: downloads carried on by another server
     /// after theirs failed; resumes refused (the replacement's answer was

@@ -120,8 +120,8 @@ AGENT
 
 # lab_failover_config N FILE: appliance N's configuration (its own ring
 # address, port address and MAC; LAB_PREEMPT=false keeps a VIP with the
-# appliance that took it; LAB_TIMERS=seed runs the ring on the seed's
-# 2000/2500 ms timers instead of the fast profile).
+# appliance that took it; LAB_TIMERS=seed runs the ring on the `seed`
+# profile's 2000/2500 ms timers instead of the fast profile).
 lab_failover_config() {
   sed -e "s|address: 10.255.0.1:7400|address: 10.255.0.$1:7400|" \
       -e "s|ip: 198.18.0.1/24|ip: 198.18.0.$1/24|" \

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# The port-trunk lab (seed 001): three ringlb appliances with identical
+# The port-trunk lab: three ringlb appliances with identical
 # addresses behind a router that spreads TCP flows over them by an L4 hash,
 # as a port-trunked switch or an LACP bond does. Sourced by lab.sh:
 #

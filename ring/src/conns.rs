@@ -1,6 +1,6 @@
 //! The kernel's current TCP connections, read from /proc/net/tcp and
 //! /proc/net/tcp6: what a server reports when a new dispatcher rebuilds its
-//! connection map (B9).
+//! connection map (state reconstruction).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};

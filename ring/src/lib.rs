@@ -1,9 +1,9 @@
-//! The ring of seeds 000/003: a logical, token-passing, fault-tolerant ring
-//! of dispatchers and servers, as a sans-IO state machine (`member`), its
-//! wire format (`wire`), anti-replay (`replay`), the reliable message layer
-//! of seed 002 (`reliable`), and a thin UDP driver (`driver`). Beside it,
-//! sharing its key and peers: the sibling sync transport of seed 001
-//! (`sync`), reliable ordered record streams between appliances.
+//! The ring: a logical, token-passing, fault-tolerant ring of dispatchers
+//! and servers, as a sans-IO state machine (`member`), its wire format
+//! (`wire`), anti-replay (`replay`), the reliable message layer (`reliable`),
+//! and a thin UDP driver (`driver`). Beside it, sharing its key and peers:
+//! the sibling sync transport (`sync`), reliable ordered record streams
+//! between appliances that share one address behind a port-trunked router.
 
 #![forbid(unsafe_code)]
 

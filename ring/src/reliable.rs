@@ -1,6 +1,6 @@
-//! The reliable message layer of seed 002 (claims 4, 19): a token packet
-//! states how many data-carriage packets make up one message; the receiver
-//! reassembles, asks for what is missing (NACK), and acknowledges the whole.
+//! The reliable message layer: a token packet states how many data-carriage
+//! packets make up one message; the receiver reassembles, asks for what is
+//! missing (NACK), and acknowledges the whole.
 //! Sans-IO like the rest: it is given time and messages, it returns messages.
 
 use crate::wire::Msg;

@@ -17,7 +17,7 @@ pub const MAX_MEMBERS: usize = 256;
 /// Capability bits a member announces.
 pub const CAP_DISPATCH: u8 = 0x01;
 /// A ringlb appliance: it shares session state with the other appliances
-/// of the view, its siblings (seed 001). Server agents do not set it.
+/// of the view, its siblings. Server agents do not set it.
 pub const CAP_APPLIANCE: u8 = 0x02;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +45,7 @@ pub struct MemberEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ViewMsg {
     pub version: u64,
-    /// Ring creation time (the master's clock, ms), a B8 state variable.
+    /// Ring creation time (the master's clock, ms), one of a member's state variables.
     pub created_ms: u64,
     /// Sorted by address; the first is the master.
     pub members: Vec<MemberEntry>,
@@ -102,7 +102,7 @@ pub enum Msg {
         hops_left: u8,
         payload: Vec<u8>,
     },
-    /// Reliable layer (seed 002): the token says how many carriage packets make the message.
+    /// Reliable layer: the token says how many carriage packets make the message.
     RelToken {
         msg_id: u64,
         count: u32,
@@ -131,7 +131,7 @@ pub struct Packet {
     pub msgs: Vec<Msg>,
 }
 
-/// Ordering key of an address: IP, then port (B1: members ordered by address).
+/// Ordering key of an address: IP, then port (members are ordered by address).
 pub fn order(a: &SocketAddrV4) -> u64 {
     (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port())
 }

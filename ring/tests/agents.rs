@@ -288,7 +288,7 @@ fn example_config_parses_and_bad_config_or_key_is_named() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// State reconstruction's query (B9) end to end: a member (this test, via the
+/// State reconstruction's query end to end: a member (this test, via the
 /// library's UDP driver) joins a ring of two real agents, asks one of them
 /// for its connections to a port, and receives over the reliable layer
 /// exactly what `ss` shows.

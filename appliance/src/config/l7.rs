@@ -20,8 +20,8 @@ pub(super) struct RawL7 {
     #[serde(default)]
     retries: Option<Spanned<u8>>,
     /// `first` (default): the SYN goes to one server; `race`: to `fanout`
-    /// servers at once, and the first to answer gets the request (seed
-    /// 004's SYN multicast).
+    /// servers at once, and the first to answer gets the request (SYN
+    /// multicast).
     #[serde(default)]
     connect: Option<Spanned<String>>,
     #[serde(default)]

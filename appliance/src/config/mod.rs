@@ -119,7 +119,7 @@ pub enum SchedulerKind {
     /// Maglev consistent hashing of the client endpoint.
     Maglev,
     /// Smooth weighted round robin with each weight scaled by the load its
-    /// server's agent reports (weight / (1 + load)): seed 001's load-aware
+    /// server's agent reports (weight / (1 + load)): load-aware
     /// dispatch. Servers without an agent keep their weight.
     #[serde(rename = "least_load")]
     LeastLoad,

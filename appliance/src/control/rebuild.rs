@@ -1,4 +1,4 @@
-//! State reconstruction (SPEC B9; seed 003): an appliance that takes a VIP
+//! State reconstruction: an appliance that takes a VIP
 //! rebuilds the VIP's sessions from the servers. It asks the `ringlb-agent`
 //! of every server of the VIP's services (`server_groups.*.agent`) for the
 //! server's established connections ("conns? <ports>", a ring App message to

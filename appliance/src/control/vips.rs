@@ -1,5 +1,6 @@
-//! Who answers for each VIP when `cluster.vips: owned` (SPEC B5, D1; seed
-//! 002's pool of virtual addresses, active/standby when there is one VIP).
+//! Who answers for each VIP when `cluster.vips: owned`: a pool of virtual
+//! addresses spread over the appliances and moved when one fails or joins
+//! (active/standby when there is one VIP).
 //!
 //! Every appliance computes the same assignment from what the ring tells
 //! them all: the candidates are the appliances of the master's view that

@@ -1,7 +1,9 @@
 //! One proxied connection's handshake with its server, as a state machine
 //! without I/O (segments in, decisions and segments to send out), so
 //! every step is testable on numbers alone. This is the part `syn_proxy`
-//! needs (seed 004's TCP state migration, DPVS's synproxy in spirit):
+//! needs (TCP state migration: the appliance takes the client's handshake,
+//! then hands the connection to a server by replaying it; DPVS's synproxy in
+//! spirit):
 //!
 //! 1. The client's SYN was answered with a cookie and a zero window, so
 //!    no state exists until its ACK returns the cookie. Then the
@@ -12,7 +14,7 @@
 //!    The appliance ACKs it, and opens the client's window with a window
 //!    update: from then on segments are spliced (see `splice`).
 //!
-//! An `l7` connection has a step before (seed 004's delayed binding): the
+//! An `l7` connection has a step before (delayed binding): the
 //! client's window is open, its cookie ACK makes the connection
 //! `Buffering` (`Conn::accept`) while the appliance gathers and ACKs its
 //! request; the request's head picks the server (`Conn::bind`), and once
@@ -167,8 +169,8 @@ impl Conn {
 
     /// `l7`: the bound server failed before any of its answer reached the
     /// client (it refused, stayed silent, closed, or answered with an
-    /// error status); the request goes to another server (seed 004's
-    /// transparent error redirect): gives the SYN to replay to it.
+    /// error status); the request goes to another server (transparent
+    /// error redirect): gives the SYN to replay to it.
     pub fn rebind(&mut self, now_ms: u32) -> Emit {
         self.state = State::Connecting;
         self.server_isn = 0;

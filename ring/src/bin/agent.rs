@@ -7,7 +7,7 @@
 //! While running it broadcasts load reports (load average, active
 //! connections), answers connection-list queries from other members over the
 //! reliable layer, and leaves the ring while its acceptability check (an HTTP
-//! GET to a local URL) fails, re-joining once it passes (B10).
+//! GET to a local URL) fails, re-joining once it passes.
 
 #![forbid(unsafe_code)]
 
@@ -120,7 +120,7 @@ fn timers(profile: &str) -> Option<Timers> {
     }
 }
 
-/// GET `url`; true on a 2xx answer within the timeout (B10's acceptability check).
+/// GET `url`; true on a 2xx answer within the timeout (the acceptability check).
 fn healthy(h: &Health) -> bool {
     let Some(rest) = h.url.strip_prefix("http://") else { return false };
     let (hostport, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
@@ -354,7 +354,7 @@ fn handle_event(cfg: &AgentConfig, status: &mut Status, reader: &mut conns::Read
             let text = String::from_utf8_lossy(&payload).into_owned();
             if let Some(ports) = text.strip_prefix("conns? ") {
                 // A (new) dispatcher rebuilding its connection map asks for
-                // ours (B9): only an appliance of the current view is answered.
+                // ours: only an appliance of the current view is answered.
                 if !view.iter().any(|m| m.addr == origin && m.caps & CAP_APPLIANCE != 0) {
                     status.refused_outside_view += 1;
                     return;

@@ -1,4 +1,4 @@
-//! Application messages riding the ring (B2): delivered at most once per
+//! Application messages riding the ring: delivered at most once per
 //! (origin, incarnation, seq), removed when addressed only to the receiver,
 //! when their hop budget runs out, or when they come back to their origin.
 
@@ -49,7 +49,7 @@ impl AppForwarding {
         let (origin, incarnation, seq) = id;
         let mut out = AppOutcome::default();
         if origin == *me {
-            // It went all the way round: remove it (B2).
+            // It went all the way round: remove it.
             counters.app_own_returned += 1;
             return out;
         }

@@ -1,4 +1,4 @@
-//! Failure detection (B4, B7): silence from the upstream neighbour for the
+//! Failure detection: silence from the upstream neighbour for the
 //! communication timeout starts an out-of-band probe; a probe that goes
 //! unanswered means a purge. Separately, a member whose master's heartbeat
 //! stops coming round leaves its ring even while every link is alive.

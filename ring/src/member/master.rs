@@ -1,4 +1,4 @@
-//! The master's duties (B3, B6): circulate the heartbeat that carries the
+//! The master's duties: circulate the heartbeat that carries the
 //! view (the implicit token), announce the view to configured peers outside
 //! it so separated rings meet, admit members, and assign ids (at most once:
 //! only a master assigns, from a hash of its own identity and a counter).
@@ -81,7 +81,7 @@ impl MasterDuties {
         u64::from_be_bytes(x) | 1
     }
 
-    /// Adds or refreshes `entry` in `view` (B6), assigning an id if it has
+    /// Adds or refreshes `entry` in `view` (admission), assigning an id if it has
     /// none, and versions the change above `floor`.
     pub fn admit(
         &mut self,

@@ -5,20 +5,20 @@
 //!
 //! The protocol (PROTOCOL.md has the full text):
 //! - Members are ordered by address. Each sends to its nearest downstream
-//!   neighbour and hears from its nearest upstream one, wrapping (B1).
+//!   neighbour and hears from its nearest upstream one, wrapping.
 //! - The smallest member of a view is its master: it circulates the
 //!   heartbeat packet (the implicit token) carrying the view, and it alone
-//!   admits members and assigns ids (B3, B6).
+//!   admits members and assigns ids.
 //! - Every member sends to its downstream at least once per heartbeat
 //!   interval (forwarded heartbeat or keepalive). Silence from upstream for
 //!   the communication timeout starts an out-of-band probe; if the probe
 //!   fails too, the member broadcasts a purge: every member leaves and
-//!   re-enters (forming) for the broadcast timeout (B4, B7).
+//!   re-enters (forming) for the broadcast timeout.
 //! - Views merge towards the smallest master: a member that sees a view with
 //!   a smaller master joins it; masters announce their view to configured
 //!   peers outside it, so partitions heal into one ring.
 //! - The dispatcher is a function of the view: the smallest dispatch-capable
-//!   member; a lone member runs standalone (B5).
+//!   member; a lone member runs standalone.
 
 //!
 //! The member is a facade over sub-machines, one file each: `view` (phase,
@@ -56,7 +56,7 @@ pub struct Timers {
 }
 
 impl Timers {
-    /// The seed's values: communication 2,000 ms, broadcast 2,500 ms.
+    /// The ring's original values (the `seed` profile): communication 2,000 ms, broadcast 2,500 ms.
     pub const SEED: Timers = Timers { heartbeat_ms: 250, comm_timeout_ms: 2000, broadcast_timeout_ms: 2500 };
     /// Sub-second failover.
     pub const FAST: Timers = Timers { heartbeat_ms: 50, comm_timeout_ms: 300, broadcast_timeout_ms: 400 };
@@ -87,11 +87,11 @@ impl Timers {
 #[derive(Clone)]
 pub struct Config {
     pub me: SocketAddrV4,
-    /// Every address that may be a member: the "broadcast address" (B8).
+    /// Every address that may be a member: the ring's "broadcast address".
     pub peers: Vec<SocketAddrV4>,
     pub dispatch_capable: bool,
     /// A ringlb appliance: it shares session state with the other
-    /// appliances in the view (its siblings, seed 001). Agents are not.
+    /// appliances in the view (its siblings). Agents are not.
     pub appliance: bool,
     pub timers: Timers,
     pub key: Key,
@@ -148,7 +148,7 @@ pub struct Counters {
     pub app_duplicates: u64,
 }
 
-/// The per-member state variables of B8.
+/// A member's state variables, all derived from the view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateVars {
     pub own: SocketAddrV4,
@@ -563,7 +563,7 @@ impl Member {
         }
     }
 
-    /// Master only: add or refresh a member (B6).
+    /// Master only: add or refresh a member.
     fn admit(&mut self, now: u64, entry: MemberEntry) {
         let r = &mut self.ring;
         match self.master.admit(&mut r.view, &mut r.version_floor, entry, &self.cfg.me, self.cfg.incarnation) {
@@ -651,7 +651,7 @@ impl Member {
 
     // ---------- purge and forming ----------
 
-    /// Out-of-band broadcast: every member of our ring leaves and re-enters (B4, B7).
+    /// Out-of-band broadcast: every member of our ring leaves and re-enters.
     fn purge(&mut self, now: u64, reason: &'static str) {
         self.counters.purges_sent += 1;
         self.events.push_back(Event::Purge { reason });

@@ -1,4 +1,4 @@
-//! Sibling sync (seed 001, SYNC.md): reliable, ordered, batched streams of
+//! Sibling sync (SYNC.md): reliable, ordered, batched streams of
 //! opaque records between ringlb appliances, one stream per direction of
 //! each sibling pair, authenticated with the cluster key. A sans-IO state
 //! machine like the ring's member: it is given the time, datagrams and

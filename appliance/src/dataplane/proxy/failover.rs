@@ -1,4 +1,4 @@
-//! `l7` mid-download failover (seed 002 claim 9): a download whose server
+//! `l7` mid-download failover: a download whose server
 //! dies halfway is carried on by another server of its group, and the
 //! client sees one unbroken response.
 //!

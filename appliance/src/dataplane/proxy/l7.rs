@@ -147,7 +147,7 @@ impl Worker<'_> {
 }
 
 /// `l7`: another member of the connection's group it has not tried yet,
-/// by the group's weighted round robin (seed 004's transparent error
+/// by the group's weighted round robin (transparent error
 /// redirect). None: its retries are used up, or every other member was
 /// tried or is down.
 pub(super) fn next_server(p: &mut Proxied, l7: &L7Rt, schedulers: &mut [SmoothWrr], shared: &Shared) -> Option<u16> {
@@ -166,7 +166,7 @@ pub(super) fn next_server(p: &mut Proxied, l7: &L7Rt, schedulers: &mut [SmoothWr
 /// `l7`: the bound server failed before any of its answer reached the
 /// client (it refused the SYN, stayed silent, closed, or answered with an
 /// error status), and the request goes to another member of the group
-/// (seed 004's transparent error redirect; a download's replacement is
+/// (transparent error redirect; a download's replacement is
 /// asked for the rest again, with a deadline of its own). Gives the SYN
 /// for the new one; None when no member is left.
 pub(super) fn redirect(

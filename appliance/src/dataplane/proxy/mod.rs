@@ -13,7 +13,8 @@
 //! blocks shifted back; windows are rescaled where the two sides' window
 //! scales differ.
 //!
-//! An `l7` service (seed 004's delayed binding) answers the SYN the same
+//! An `l7` service (delayed binding: the server is chosen
+//! once the request's head has arrived) answers the SYN the same
 //! way but with an open window: the client's cookie ACK makes the
 //! connection `Buffering`, and the appliance gathers and ACKs the
 //! client's request itself (`l7::request`, at most 16 KiB) until its head
