@@ -1242,26 +1242,25 @@ fn l7_a_resume_that_ends_is_counted_once() {
 fn l7_blind_segments_before_the_answer_neither_close_nor_pin_the_request() {
     let (shared, stats) = setup_with(DOWNLOAD);
     let mut w = Worker::new(0, &shared, &stats[0]);
-    let cookie = l7_accepted(&mut w);
-    send_request(&mut w, cookie, GET, 1);
-    let after = CLIENT_ISN.wrapping_add(1 + GET.len() as u32);
-    let mut synack = from("198.18.0.23", S3_MAC, S3_ISN, CLIENT_ISN.wrapping_add(1), SYN | ACK, b"");
-    assert_eq!(w.process(&mut synack, 0, 3, false), Verdict::Consumed);
-    own_frames(&mut w);
+    let (cookie, after) = joined_to_s3(&mut w);
     // Joined, nothing answered yet. In the client's name, off its next
-    // byte: a RST, a FIN, data (which would pin the request to S3); and
-    // the request's own bytes again (the appliance ACKed them, the ACK was
-    // lost). In S3's name, off its next byte: a FIN.
-    let client_side: [(u32, u8, &[u8]); 4] = [
+    // byte: a RST, a FIN, data (which would pin the request to S3); a RST
+    // in the request's bytes, and one a byte on (where it would be after a
+    // FIN of the client's). In S3's name, off its next byte: a FIN. (The
+    // request's own bytes again:
+    // `l7_the_request_again_before_the_answer_draws_an_ack_at_a_bounded_rate`.)
+    let client_side: [(u32, u8, &[u8]); 5] = [
         (after + 1000, RST, b""),
         (after + 9, FIN | ACK, b""),
         (after + 500, ACK | PSH, b"xyz"),
-        (CLIENT_ISN.wrapping_add(1), ACK | PSH, GET),
+        (after - 5, RST, b""),
+        (after + 1, RST, b""),
     ];
     for (seq, flags, payload) in client_side {
         let mut f = from_client(seq, Some(cookie.wrapping_add(1)), flags, payload);
         let v = w.process(&mut f, 0, 4, false);
         assert_eq!(v, Verdict::Drop(DropReason::ProxyRefused), "{flags:#x} at {seq:#x}");
+        assert!(own_frames(&mut w).is_empty(), "{flags:#x} at {seq:#x} drew an answer");
     }
     let mut fin = from("198.18.0.23", S3_MAC, S3_ISN + 5000, after, FIN | ACK, b"");
     assert_eq!(w.process(&mut fin, 0, 5, false), Verdict::Drop(DropReason::ProxyRefused));
@@ -1306,5 +1305,222 @@ fn l7_a_replacement_reset_off_the_head_kept_draws_a_challenge_ack() {
     let mut answer = from("198.18.0.24", S4_MAC, s4, 0, RST, b"");
     w.process(&mut answer, 0, 15, false);
     assert_eq!(client_rsts(own_frames(&mut w)), [client_next_byte(cookie)]);
+    assert_eq!(stats[0].proxy_active.get(), 0);
+}
+
+/// An `l7` connection joined to S3, its request (`GET`) sent, nothing
+/// answered: returns (cookie, the client's next sequence number).
+fn joined_to_s3(w: &mut Worker) -> (u32, u32) {
+    let cookie = l7_accepted(w);
+    send_request(w, cookie, GET, 1);
+    let mut synack = from("198.18.0.23", S3_MAC, S3_ISN, CLIENT_ISN.wrapping_add(1), SYN | ACK, b"");
+    assert_eq!(w.process(&mut synack, 0, 3, false), Verdict::Consumed);
+    own_frames(w);
+    (cookie, CLIENT_ISN.wrapping_add(1 + GET.len() as u32))
+}
+
+#[test]
+fn l7_the_request_again_before_the_answer_draws_an_ack_at_a_bounded_rate() {
+    // The appliance ACKed the request itself. When that ACK is lost the
+    // client sends the request again (perhaps with more bytes or its FIN
+    // collapsed onto it); an idle one sends a keep-alive probe a byte back
+    // (Windows sends one byte, which lands here; Linux sends none, and its
+    // probe passes to the server like any ACK). Each draws an ACK of the
+    // client's next byte, at most one per 500 ms, and none pins the
+    // request to S3.
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, after) = joined_to_s3(&mut w);
+    let mut acks_for = |at: u32, payload: &[u8], now: u32| {
+        let mut f = from_client(at, Some(cookie.wrapping_add(1)), ACK | PSH, payload);
+        assert_eq!(w.process(&mut f, 0, now, false), Verdict::Consumed, "{} bytes at {at:#x}", payload.len());
+        let frames = own_frames(&mut w);
+        for (_, f) in &frames {
+            let c = check(f).expect("a valid ACK");
+            assert_eq!((c.src, c.dst, c.flags, c.dst_mac), (ip(VIP), ip(CLIENT), ACK, ROUTER_MAC));
+            assert!(window(f) > 0, "the window stays open");
+        }
+        frames.iter().map(|(_, f)| (seq(f), ack(f))).collect::<Vec<_>>()
+    };
+    let acked = (cookie.wrapping_add(1), after);
+    assert_eq!(acks_for(CLIENT_ISN.wrapping_add(1), GET, 200), [acked]);
+    assert_eq!(acks_for(CLIENT_ISN.wrapping_add(1), GET, 300), [], "at most one per 500 ms");
+    assert_eq!(acks_for(after.wrapping_sub(1), b"x", 800), [acked], "a keep-alive probe");
+    let collapsed = [GET, b"GET /next HTTP/1.1\r\n"].concat();
+    assert_eq!(acks_for(CLIENT_ISN.wrapping_add(1), &collapsed, 1400), [acked], "only the bytes already ACKed");
+    let mut with_fin = from_client(CLIENT_ISN.wrapping_add(1), Some(cookie.wrapping_add(1)), FIN | ACK, GET);
+    assert_eq!(w.process(&mut with_fin, 0, 1450, false), Verdict::Consumed);
+    assert!(own_frames(&mut w).is_empty(), "50 ms after the last ACK");
+    // Not pinned: S3 closing before it answers still moves the request to S4.
+    let mut fin = from("198.18.0.23", S3_MAC, S3_ISN + 1, after, FIN | ACK, b"");
+    assert_eq!(w.process(&mut fin, 0, 1500, false), Verdict::Consumed);
+    assert_eq!(flags_to(&own_frames(&mut w)), [(RST, S3_MAC), (SYN, S4_MAC)]);
+}
+
+#[test]
+fn l7_a_flood_of_blind_resets_draws_a_bounded_number_of_challenge_acks() {
+    // RFC 5961: a RST off the server's next byte draws a challenge ACK; a
+    // flood of them must not draw a flood of ACKs (at most one per 500 ms
+    // per connection), nor close anything.
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (_, after) = joined_to_s3(&mut w);
+    let mut challenges = Vec::new();
+    for (i, now) in (0..200u32).map(|i| (i, 10 + i * 5)) {
+        let mut rst = from("198.18.0.23", S3_MAC, S3_ISN + 1000 + i * 1460, after, RST, b"");
+        assert_eq!(w.process(&mut rst, 0, now, false), Verdict::Drop(DropReason::ProxyRefused));
+        for (_, f) in own_frames(&mut w) {
+            assert_eq!(check(&f).unwrap().flags, ACK);
+            assert_eq!((seq(&f), ack(&f)), (after, S3_ISN + 1));
+            challenges.push(now);
+        }
+    }
+    assert_eq!(challenges, [10, 510], "one per 500 ms over a second of RSTs");
+    // The connection is as it was: S3's answer reaches the client.
+    let mut head = from("198.18.0.23", S3_MAC, S3_ISN + 1, after, ACK | PSH, HEAD_200);
+    assert_eq!(w.process(&mut head, 0, 1100, false), Verdict::Tx(0));
+}
+
+#[test]
+fn l7_a_client_reset_after_its_own_fin_passes_before_the_answer() {
+    // The client half-closes after its request (its FIN passes to S3),
+    // then gives up: its RST comes at its next byte after the FIN.
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, after) = joined_to_s3(&mut w);
+    let mut fin = from_client(after, Some(cookie.wrapping_add(1)), FIN | ACK, b"");
+    assert_eq!(w.process(&mut fin, 0, 4, false), Verdict::Tx(0));
+    assert_eq!(check(&fin).unwrap().dst_mac, S3_MAC);
+    let mut rst = from_client(after.wrapping_add(1), None, RST, b"");
+    assert_eq!(w.process(&mut rst, 0, 5, false), Verdict::Tx(0));
+    assert_eq!((check(&rst).unwrap().dst_mac, seq(&rst)), (S3_MAC, after.wrapping_add(1)));
+}
+
+#[test]
+fn l7_a_first_answer_cut_short_by_its_fin_is_carried_on_by_another_server() {
+    // S3's head and the first 1000 body bytes come with its FIN: the
+    // client must not see the response end short. The FIN is held; once
+    // the client has those bytes, S4 carries on at once.
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, after) = joined_to_s3(&mut w);
+    let answer = [HEAD_200, &body()[..1000]].concat();
+    let mut first = from("198.18.0.23", S3_MAC, S3_ISN + 1, after, FIN | ACK | PSH, &answer);
+    assert_eq!(w.process(&mut first, 0, 4, false), Verdict::Tx(0));
+    let c = check(&first).expect("valid with its FIN cleared");
+    assert_eq!((c.flags & FIN, c.payload.len()), (0, answer.len()), "the bytes pass, the FIN does not");
+    let mut ack = from_client(after, Some(cookie.wrapping_add(1 + answer.len() as u32)), ACK, b"");
+    assert_eq!(w.process(&mut ack, 0, 5, false), Verdict::Tx(0));
+    w.sweep(10);
+    assert_eq!(flags_to(&own_frames(&mut w)), [(RST, S3_MAC), (SYN, S4_MAC)], "no stall time: S3 closed");
+}
+
+#[test]
+fn l7_a_replacement_whose_head_comes_with_its_fin_before_the_end_does_not_end_the_download() {
+    // S4's 206 head, body 600..1000 and its FIN in one segment, while the
+    // client already has S3's bytes to 1400: S4's FIN would fall behind
+    // the client's next byte. It is held, and with no member left the
+    // client is reset at its next byte (a response cut short is an error,
+    // not an end).
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, after, _) = fail_halfway(&mut w, &stats);
+    let piece = [RANGE_HEAD, &body()[600..1000]].concat();
+    let mut first = from("198.18.0.24", S4_MAC, 0x9000_0001, after, FIN | ACK, &piece);
+    assert_eq!(w.process(&mut first, 0, 13, false), Verdict::Tx(0));
+    let c = check(&first).expect("valid after the strip");
+    assert_eq!((c.flags & FIN, c.payload.as_slice()), (0, &body()[600..1000]));
+    assert!(own_frames(&mut w).is_empty());
+    assert_eq!(client_resets(&mut w, 20, 40), [client_next_byte(cookie)]);
+    assert_eq!(stats[0].proxy_active.get(), 0);
+}
+
+#[test]
+fn l7_a_replacement_head_piece_out_of_order_with_its_fin_draws_a_duplicate_ack() {
+    // S4's first head piece is lost; its second comes with a FIN. It is
+    // not a close yet (the appliance lacks bytes before it): a duplicate
+    // ACK asks for the missing piece.
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (_, after, _) = fail_halfway(&mut w, &stats);
+    let s4 = 0x9000_0001u32;
+    let mut ahead = from("198.18.0.24", S4_MAC, s4 + 40, after, FIN | ACK, &RANGE_HEAD[40..]);
+    assert_eq!(w.process(&mut ahead, 0, 13, false), Verdict::Consumed);
+    let frames = own_frames(&mut w);
+    assert_eq!(flags_to(&frames), [(ACK, S4_MAC)]);
+    assert_eq!((seq(&frames[0].1), ack_of(&frames[0].1)), (after, s4));
+    assert_eq!(stats[0].proxy_active.get(), 1);
+}
+
+#[test]
+fn l7_a_client_fin_before_the_answer_pins_the_request() {
+    // The client's FIN passed to S3: another server could not be given
+    // it, so S3's failure (here a close without an answer) reaches the
+    // client as it is, and nothing is resumed later.
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, after) = joined_to_s3(&mut w);
+    let mut fin = from_client(after, Some(cookie.wrapping_add(1)), FIN | ACK, b"");
+    assert_eq!(w.process(&mut fin, 0, 4, false), Verdict::Tx(0));
+    let mut close = from("198.18.0.23", S3_MAC, S3_ISN + 1, after.wrapping_add(1), FIN | ACK, b"");
+    assert_eq!(w.process(&mut close, 0, 5, false), Verdict::Tx(0), "to the client");
+    assert_eq!(check(&close).unwrap().dst, ip(CLIENT));
+    assert!(own_frames(&mut w).is_empty());
+    assert_eq!(stats[0].l7_redirects.get(), 0);
+}
+
+#[test]
+fn l7_a_held_fin_sent_again_is_held_again() {
+    // S3's first answer comes with its FIN (held); S3 sends the FIN again,
+    // with its last bytes, before the client ACKed them: the FIN still
+    // does not reach the client, and once the client has everything, S4
+    // carries on.
+    let (shared, stats) = setup_with(DOWNLOAD);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let (cookie, after) = joined_to_s3(&mut w);
+    let answer = [HEAD_200, &body()[..1000]].concat();
+    let mut first = from("198.18.0.23", S3_MAC, S3_ISN + 1, after, FIN | ACK | PSH, &answer);
+    assert_eq!(w.process(&mut first, 0, 4, false), Verdict::Tx(0));
+    let tail = S3_ISN + 1 + HEAD_200.len() as u32 + 900;
+    for (at, payload) in [(tail, &body()[900..1000]), (tail + 100, &[][..])] {
+        let mut again = from("198.18.0.23", S3_MAC, at, after, FIN | ACK, payload);
+        let v = w.process(&mut again, 0, 300, false);
+        assert!(v == Verdict::Tx(0) || v == Verdict::Consumed, "{v:?}");
+        if v == Verdict::Tx(0) {
+            let c = check(&again).expect("valid with its FIN cleared");
+            assert_eq!((c.dst, c.flags & FIN, c.payload.len()), (ip(CLIENT), 0, payload.len()));
+        }
+        assert!(own_frames(&mut w).is_empty());
+    }
+    let mut ack = from_client(after, Some(cookie.wrapping_add(1 + answer.len() as u32)), ACK, b"");
+    assert_eq!(w.process(&mut ack, 0, 400, false), Verdict::Tx(0));
+    w.sweep(410);
+    assert_eq!(flags_to(&own_frames(&mut w)), [(RST, S3_MAC), (SYN, S4_MAC)]);
+}
+
+#[test]
+fn l7_a_held_fin_with_no_member_left_resets_both_ends() {
+    // One usable member (S2 has weight 0): S1's answer cut short by its
+    // FIN cannot be carried on. The client, which has every byte sent, is
+    // reset (a response cut short is an error, not an end), and so is S1.
+    let (shared, stats) = setup_with("mode: l7, group: nat, l7: { retries: 1 }");
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let cookie = l7_accepted(&mut w);
+    send_request(&mut w, cookie, GET, 1);
+    let after = CLIENT_ISN.wrapping_add(1 + GET.len() as u32);
+    let mut synack = from("198.18.0.21", S1_MAC, S3_ISN, CLIENT_ISN.wrapping_add(1), SYN | ACK, b"");
+    assert_eq!(w.process(&mut synack, 0, 3, false), Verdict::Consumed);
+    own_frames(&mut w);
+    let answer = [HEAD_200, &body()[..1000]].concat();
+    let mut first = from("198.18.0.21", S1_MAC, S3_ISN + 1, after, FIN | ACK | PSH, &answer);
+    assert_eq!(w.process(&mut first, 0, 4, false), Verdict::Tx(0));
+    assert_eq!(check(&first).unwrap().flags & FIN, 0);
+    let end = cookie.wrapping_add(1 + answer.len() as u32);
+    let mut ack = from_client(after, Some(end), ACK, b"");
+    assert_eq!(w.process(&mut ack, 0, 5, false), Verdict::Tx(0));
+    w.sweep(10);
+    let frames = own_frames(&mut w);
+    assert_eq!(flags_to(&frames), [(RST, ROUTER_MAC), (RST, S1_MAC)]);
+    assert_eq!(client_rsts(frames), [end], "at the client's next byte");
     assert_eq!(stats[0].proxy_active.get(), 0);
 }

@@ -13,7 +13,10 @@
 //! sequence number, closes it before the body's end (what `kill -9` of
 //! the server process gives: its kernel FINs the socket), or sends
 //! nothing for `STALL_MS` while the client has everything sent so far,
-//! has room for more, and ACKed its last byte at least as long ago. While
+//! has room for more, and ACKed its last byte at least as long ago. A FIN
+//! that comes in the segment starting the body is held from the client
+//! (it must not see the response end short), and the download moves as
+//! soon as the client has the bytes before it. While
 //! a download is tracked the client sends nothing but ACKs, so each of
 //! its segments is at its next byte and each of the server's ACKs exactly
 //! the client's request: a segment that is not is a forgery (or a
@@ -84,6 +87,10 @@ pub struct Download {
     failed: u64,
     /// A resume under way.
     resuming: Option<Resuming>,
+    /// The serving server closed before the body's end in the segment
+    /// that started it (its FIN was held from the client): it will send
+    /// nothing more.
+    closed: bool,
 }
 
 /// A resume under way: from this body byte, asked for at `since_ms`;
@@ -142,12 +149,27 @@ impl Download {
     }
 
     /// The server has sent nothing new for `STALL_MS` though the client
-    /// has all it was sent and room for more.
+    /// has all it was sent and room for more (or it closed, and the client
+    /// has all it was sent).
     pub fn stalled(&self, now_ms: u32) -> bool {
-        self.resuming.is_none()
-            && !after(self.sent_to_client, self.client_acked)
-            && self.client_window >= MIN_OPEN_WINDOW
-            && now_ms.wrapping_sub(self.progress_ms) > STALL_MS
+        let silent = self.client_window >= MIN_OPEN_WINDOW && now_ms.wrapping_sub(self.progress_ms) > STALL_MS;
+        self.resuming.is_none() && !after(self.sent_to_client, self.client_acked) && (self.closed || silent)
+    }
+
+    /// Every body byte was sent to the client.
+    pub fn complete(&self) -> bool {
+        !after(self.body_start.wrapping_add(self.body_len), self.sent_to_client)
+    }
+
+    /// The serving server closed early; its FIN was held from the client.
+    pub fn server_closed(&mut self) {
+        self.closed = true;
+    }
+
+    /// The serving server closed early (see `server_closed`): with nobody
+    /// to take over, the client must learn the response was cut short.
+    pub fn held_fin(&self) -> bool {
+        self.closed
     }
 
     /// The replacement had `RESUME_TIMEOUT_MS` to answer, and did not.
@@ -187,6 +209,9 @@ pub enum Progress {
     /// The server failed: a RST at its next byte, or a FIN before the
     /// body's end (`data`: the segment carries bytes to pass on first).
     Failed { data: bool },
+    /// The server's held FIN (see `Download::server_closed`) again: its
+    /// bytes pass, the FIN is held again.
+    HeldFin,
 }
 
 /// The first bytes of a response reached the client (`payload`, at the
@@ -229,6 +254,7 @@ pub fn track(p: &mut Proxied, pool: &mut RequestPool, seg: &Seg, payload: &[u8],
         etag: matches!(validator, Validator::ETag(_)),
         failed: 0,
         resuming: None,
+        closed: false,
     });
     p.request_at = 0;
 }
@@ -259,7 +285,9 @@ pub fn progress(d: &mut Download, seg: &Seg, delta: u32, client_next: u32, now_m
     let body_end = d.body_start.wrapping_add(d.body_len);
     let complete = !after(body_end, d.sent_to_client);
     if seg.flags & FIN != 0 && end == d.server_next && !complete {
-        return Progress::Failed { data: seg.payload_len > 0 };
+        // Sent again (the client has not ACKed it yet) when held already:
+        // the sweep moves the download once the client has it all.
+        return if d.closed { Progress::HeldFin } else { Progress::Failed { data: seg.payload_len > 0 } };
     }
     if complete {
         Progress::Done
@@ -310,8 +338,10 @@ pub fn fail_over(
     p.conn.request_len = range_len as u32;
     p.request_at = d.request_len;
     d.resuming = Some(Resuming { from, since_ms: now_ms, head_seen: 0 });
+    d.closed = false;
     p.track = Some(d);
     (p.server, p.racing, p.answered, p.request_acked, p.request_sends) = (next, 0, false, false, 0);
+    p.acked_server_ms = None; // the new server's challenge ACKs are its own
     Some(p.conn.rebind(now_ms))
 }
 

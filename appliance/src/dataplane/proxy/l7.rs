@@ -179,6 +179,7 @@ pub(super) fn redirect(
 ) -> Option<Emit> {
     let next = next_server(p, l7, schedulers, shared)?;
     (p.server, p.racing) = (next, 0);
+    p.acked_server_ms = None; // the new server's challenge ACKs are its own
     (p.request_acked, p.request_sends) = (false, 0);
     if let Some(pool) = pool {
         failover::restart_resume(p, pool, now_ms);

@@ -70,6 +70,11 @@ pub const REQUEST_TIMEOUT_MS: u32 = 10_000;
 /// long after (doubling each time), at most `REQUEST_TRIES` times in all.
 const REQUEST_RTO_MS: u32 = 200;
 const REQUEST_TRIES: u8 = 5;
+/// `l7`: a segment the appliance will not pass (one in forged names, or
+/// bytes it already ACKed) draws an ACK at most this often per connection
+/// and direction, so a flood of forged segments draws no flood of answers
+/// (RFC 5961 section 7; Linux's `tcp_invalid_ratelimit` is the same).
+const UNPASSED_ACK_GAP_MS: u32 = 500;
 
 /// One proxied connection as a worker keeps it.
 #[derive(Clone, Copy, Default)]
@@ -106,8 +111,9 @@ pub struct Proxied {
     /// reached the client (from then on it is the client's server).
     request_acked: bool,
     answered: bool,
-    /// `l7`: the client sent bytes past the request before the answer:
-    /// they went to the server, so the request cannot go elsewhere.
+    /// `l7`: the client sent bytes past the request, or its FIN, before the
+    /// answer: they went to the server (another could not be given them),
+    /// so the request cannot go elsewhere, nor its download be resumed.
     client_moved_on: bool,
     /// `l7`, `connect: race`: the servers the SYN went to, while none has
     /// answered (`racing` of them; 0: not racing). The first SYN-ACK binds.
@@ -118,6 +124,20 @@ pub struct Proxied {
     request_at: u16,
     /// `l7`: a download that another server can carry on if this one fails.
     track: Option<failover::Download>,
+    /// `l7`: when the appliance last ACKed a segment it did not pass, to
+    /// the client and to the server (see `UNPASSED_ACK_GAP_MS`).
+    acked_client_ms: Option<u32>,
+    acked_server_ms: Option<u32>,
+}
+
+/// Whether an ACK for a segment not passed may go now (`last`: when the
+/// previous one went, updated when this one may).
+fn unpassed_ack_due(last: &mut Option<u32>, now_ms: u32) -> bool {
+    if last.is_some_and(|then| now_ms.wrapping_sub(then) < UNPASSED_ACK_GAP_MS) {
+        return false;
+    }
+    *last = Some(now_ms);
+    true
 }
 
 /// The proxied-connection table of one worker.
@@ -206,16 +226,39 @@ impl Worker<'_> {
             if l7 && p.conn.state == State::Spliced && !p.answered && !p.client_moved_on && ends_or_sends {
                 // `l7`, before the answer: the client has sent nothing past
                 // its request (which the appliance ACKed), so its next byte
-                // is known. A segment elsewhere is a blind one, or the
-                // request again: it must neither close the connection nor
-                // pin the request to this server.
-                if seg.seq != p.conn.client_next() {
-                    return Verdict::Drop(DropReason::ProxyRefused);
+                // is known. A segment elsewhere must
+                // neither close the connection nor pin the request to this
+                // server.
+                let next = p.conn.client_next();
+                let rst = seg.flags & tcp_flags::RST != 0;
+                if seg.seq != next {
+                    let behind = next.wrapping_sub(seg.seq);
+                    if rst || behind > p.conn.request_len {
+                        return Verdict::Drop(DropReason::ProxyRefused); // a blind one
+                    }
+                    // Bytes the appliance ACKed, again: its ACK was lost, or
+                    // it is a keep-alive probe. They are ACKed once more.
+                    if unpassed_ack_due(&mut p.acked_client_ms, now_ms) {
+                        // The window the appliance gave while it gathered
+                        // the request (the client sends nothing more before
+                        // the answer; the server's next segment sets its own).
+                        let room =
+                            (HEAD_CAP as u32).saturating_sub(p.conn.request_len) >> p.conn.our_wscale.unwrap_or(0);
+                        let window = u16::try_from(room).unwrap_or(u16::MAX).max(1);
+                        let ack = Emit::WindowToClient { seq: p.conn.cookie.wrapping_add(1), ack: next, window };
+                        let p = *p;
+                        self.emit(&p, key, ack);
+                    }
+                    return Verdict::Consumed;
                 }
             }
             if !(syn && matches!(p.conn.state, State::Closing | State::Closed)) {
                 let (action, emit) = p.conn.on_client(&seg);
-                if l7 && !p.answered && action == Action::Forward && seg.payload_len > 0 {
+                if l7
+                    && !p.answered
+                    && action == Action::Forward
+                    && (seg.payload_len > 0 || seg.flags & tcp_flags::FIN != 0)
+                {
                     p.client_moved_on = true;
                 }
                 let p = *p;
@@ -337,6 +380,8 @@ impl Worker<'_> {
             racing: 0,
             request_at: 0,
             track: None,
+            acked_client_ms: None,
+            acked_server_ms: None,
         };
         let Some(table) = self.proxied.as_mut() else {
             return Verdict::Drop(DropReason::NoSession);
@@ -391,7 +436,7 @@ impl Worker<'_> {
         now_ms: u32,
     ) -> Verdict {
         let shared = self.shared;
-        let Some(seg) = seg_of(frame, info) else {
+        let Some(mut seg) = seg_of(frame, info) else {
             return Verdict::Drop(DropReason::Malformed);
         };
         let Some(mut p) = self.proxied.as_mut().and_then(|t| t.get_mut(key.pack(), hash, now_ms)) else {
@@ -466,13 +511,18 @@ impl Worker<'_> {
             // server's next byte exactly: a RST elsewhere is not accepted,
             // but draws a challenge ACK (RFC 5961) at that byte, which a
             // server that really closed answers with a RST there; a FIN
-            // that does not reach it is not the server's.
+            // that does not reach it is not the server's (but a piece of a
+            // replacement's head ahead of what was kept is gathered, FIN
+            // or not: it gets a duplicate ACK and closes nothing).
             if seg.flags & tcp_flags::RST != 0 && !in_order {
-                let p = *p;
-                self.emit(&p, key, Emit::AckToServer { seq: p.conn.client_next(), ack: expected });
+                if unpassed_ack_due(&mut p.acked_server_ms, now_ms) {
+                    let p = *p;
+                    self.emit(&p, key, Emit::AckToServer { seq: p.conn.client_next(), ack: expected });
+                }
                 return Verdict::Drop(DropReason::ProxyRefused);
             }
-            if seg.flags & tcp_flags::FIN != 0 && expected.wrapping_sub(seg.seq) > seg.payload_len {
+            let head_piece = resuming && !payload.is_empty();
+            if seg.flags & tcp_flags::FIN != 0 && expected.wrapping_sub(seg.seq) > seg.payload_len && !head_piece {
                 return Verdict::Drop(DropReason::ProxyRefused);
             }
             let closed = seg.flags & tcp_flags::RST != 0 || seg.flags & tcp_flags::FIN != 0 && payload.is_empty();
@@ -508,6 +558,9 @@ impl Worker<'_> {
                         return self.fail_before_answer(key, hash, svc, false, now_ms).unwrap_or(Verdict::Consumed);
                     }
                     Resumed::Partial { ack } => {
+                        // A piece kept is ACKed; one out of order draws a
+                        // duplicate ACK (not limited: only the replacement
+                        // knows the exact ACK checked above).
                         let p = *p;
                         self.emit(&p, key, Emit::AckToServer { seq: p.conn.client_next(), ack });
                         return Verdict::Consumed;
@@ -523,12 +576,34 @@ impl Worker<'_> {
                     failover::track(p, pool, &seg, payload, now_ms);
                 }
             }
+            if let (true, Some(d)) = (seg.flags & tcp_flags::FIN != 0, p.track.as_mut().filter(|d| !d.resuming())) {
+                // The first answer (or a replacement's) closes before the
+                // body's end, in the segment that starts it: the client
+                // must not see the response end short. The FIN is held;
+                // the download moves on once the client has these bytes.
+                if !d.complete() {
+                    d.server_closed();
+                    seg.flags &= !tcp_flags::FIN;
+                    let tcp = usize::from(info.l4_off);
+                    if frame.get_mut(tcp..).map(splice::clear_fin).and_then(Result::ok).is_none() {
+                        return Verdict::Drop(DropReason::Malformed);
+                    }
+                }
+            }
         } else if let (Some(l7), State::Spliced, true, Some(mut d)) = (l7, before, p.answered, p.track) {
             // `l7`, a tracked download: its body, and its server's failure.
             p.track = match failover::progress(&mut d, &seg, p.conn.delta, p.conn.client_next(), now_ms) {
                 Progress::Body => Some(d),
                 Progress::Done => None,
                 Progress::Forged => return Verdict::Drop(DropReason::ProxyRefused),
+                Progress::HeldFin => {
+                    seg.flags &= !tcp_flags::FIN;
+                    let tcp = usize::from(info.l4_off);
+                    if frame.get_mut(tcp..).map(splice::clear_fin).and_then(Result::ok).is_none() {
+                        return Verdict::Drop(DropReason::Malformed);
+                    }
+                    Some(d)
+                }
                 Progress::Failed { data } => {
                     p.track = Some(d);
                     let old = *p;

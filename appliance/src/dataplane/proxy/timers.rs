@@ -123,10 +123,11 @@ impl Worker<'_> {
                             due[n_due + 1] = (key, *p, syn);
                             n_due += 2;
                         }
-                        None if old.track.is_some_and(|d| d.client_is_past_server()) => {
+                        None if old.track.is_some_and(|d| d.client_is_past_server() || d.held_fin()) => {
                             // Nobody to take over, and the client is further
-                            // on than this server's FIN would be: it would
-                            // discard it and wait. Both ends are reset.
+                            // on than this server's FIN would be (it would
+                            // discard it and wait), or its FIN was held back
+                            // (the response is cut short). Both ends are reset.
                             failed += 1;
                             due[n_due] = (key, old, reset_client);
                             due[n_due + 1] = (key, old, Emit::RstToServer { seq: old.conn.client_next() });
