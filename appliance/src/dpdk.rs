@@ -285,6 +285,13 @@ impl<const N: usize> Burst<N> {
         // `len` entries are owned, valid mbufs, borrowed for as long as self.
         unsafe { std::slice::from_raw_parts_mut(self.ptrs.as_mut_ptr().cast::<Mbuf>(), self.len) }
     }
+    /// The bytes of the frames held (each mbuf's packet length, from its
+    /// header's first cache line, which the worker reads anyway).
+    #[inline]
+    pub fn bytes(&self) -> u64 {
+        // SAFETY: the first `len` pointers are owned, valid mbufs.
+        self.ptrs[..self.len].iter().map(|&p| u64::from(unsafe { (*p).pkt_len })).sum()
+    }
     /// Takes the mbufs out, in order.
     #[inline]
     pub fn drain(&mut self) -> impl Iterator<Item = Mbuf> + '_ {

@@ -228,7 +228,10 @@ const EVICT_FAR: usize = 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Installed {
     New,
-    Updated,
+    /// It replaced the tuple's entry, which was for server `was`.
+    Updated {
+        was: u16,
+    },
     /// Present already and the install asked not to overwrite.
     Kept,
     /// About an older connection of the tuple than the one held: ignored.
@@ -383,7 +386,7 @@ impl SessionTable {
         }
         let flags = if live && same { held.port_flags } else { entry.port_flags } & !PORT_MASK;
         self.slots[i] = Entry { key: held.key, port_flags: (entry.port_flags & PORT_MASK) | flags, ..entry };
-        Ok(Installed::Updated)
+        Ok(Installed::Updated { was: held.server })
     }
 
     /// Removes `key` if `pred` accepts its entry; returns the entry removed.
@@ -924,7 +927,7 @@ mod tests {
         assert_eq!(t.install(&k, h, older, InstallMode::IfAbsent), Ok(Installed::Kept));
         assert_eq!(t.lookup(&k, h, 11, |_| panic!()).unwrap().server, 2);
         let newer = Entry::replica(12, 2, 0, State::Established, 1, [9; 6]);
-        assert_eq!(t.install(&k, h, newer, InstallMode::Upsert), Ok(Installed::Updated));
+        assert_eq!(t.install(&k, h, newer, InstallMode::Upsert), Ok(Installed::Updated { was: 2 }));
         assert_eq!(t.lookup(&k, h, 12, |_| panic!()).unwrap().state, State::Established);
         // A local packet adopts the replica; an update keeps it ours.
         assert!(t.lookup(&k, h, 13, |_| panic!()).unwrap().touch(13));
@@ -1003,7 +1006,7 @@ mod tests {
         assert_eq!(t.lookup(&k, h, 2, |_| panic!()).unwrap().server, 1);
         // News of a newer one (born 300) replaces it, as a replica.
         let newer = Entry::replica(3, 3, 300, State::SynSeen, 0, [0; 6]);
-        assert_eq!(t.install(&k, h, newer, InstallMode::IfAbsent), Ok(Installed::Updated));
+        assert_eq!(t.install(&k, h, newer, InstallMode::IfAbsent), Ok(Installed::Updated { was: 1 }));
         let e = t.lookup(&k, h, 3, |_| panic!()).unwrap();
         assert_eq!((e.server, e.born, e.is_replica()), (3, 300, true));
         // Births wrap: 65530 is before 10.

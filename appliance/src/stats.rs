@@ -178,6 +178,9 @@ impl Counter {
 pub struct WorkerStats {
     pub rx: Counter,
     pub tx: Counter,
+    /// The frames' bytes (Ethernet header on, no FCS), received and sent.
+    pub rx_bytes: Counter,
+    pub tx_bytes: Counter,
     pub handoff_out: Counter,
     pub arp_replies_sent: Counter,
     pub echo_replies_sent: Counter,
@@ -250,6 +253,10 @@ pub struct WorkerStats {
     pub drops: [Counter; DropReason::COUNT],
     /// New sessions per server, indexed by global server id.
     pub server_new_sessions: Box<[Counter]>,
+    /// Sessions in this worker's table per server (local and siblings'
+    /// replicas; `syn_proxy`/`l7` connections are `proxy_active`). Kept by
+    /// `session_started`, `session_ended` and `session_moved`.
+    pub server_sessions_active: Box<[Counter]>,
     /// `l7`: per server, attempts on it that failed (it refused, was
     /// silent, closed, or answered with a `redirect_on` status), whether
     /// the request then went to another server or another racer won.
@@ -263,6 +270,8 @@ impl WorkerStats {
         WorkerStats {
             rx: Counter::default(),
             tx: Counter::default(),
+            rx_bytes: Counter::default(),
+            tx_bytes: Counter::default(),
             handoff_out: Counter::default(),
             arp_replies_sent: Counter::default(),
             echo_replies_sent: Counter::default(),
@@ -302,16 +311,44 @@ impl WorkerStats {
             l7_resume_offset: Counter::default(),
             drops: Default::default(),
             server_new_sessions: (0..servers).map(|_| Counter::default()).collect(),
+            server_sessions_active: (0..servers).map(|_| Counter::default()).collect(),
             server_redirects: (0..servers).map(|_| Counter::default()).collect(),
             server_race_won: (0..servers).map(|_| Counter::default()).collect(),
         }
     }
 
+    /// A session for `server` entered the table.
+    #[inline]
+    pub fn session_started(&self, server: u16) {
+        self.sessions_active.inc();
+        if let Some(c) = self.server_sessions_active.get(usize::from(server)) {
+            c.inc();
+        }
+    }
+
+    /// A session for `server` left the table.
+    #[inline]
+    pub fn session_ended(&self, server: u16) {
+        self.sessions_active.dec();
+        if let Some(c) = self.server_sessions_active.get(usize::from(server)) {
+            c.dec();
+        }
+    }
+
+    /// A session's entry now names another server (replaced in place).
+    #[inline]
+    pub fn session_moved(&self, from: u16, to: u16) {
+        if from != to {
+            self.session_ended(from);
+            self.session_started(to);
+        }
+    }
+
     /// A session left the table (idle expiry).
     #[inline]
-    pub fn session_expired(&self) {
+    pub fn session_expired(&self, server: u16) {
         self.sessions_expired.inc();
-        self.sessions_active.dec();
+        self.session_ended(server);
     }
 
     #[inline]
@@ -329,6 +366,8 @@ impl WorkerStats {
 pub struct Snapshot {
     pub rx: u64,
     pub tx: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
     pub handoff: u64,
     pub arp_replies: u64,
     pub echo_replies: u64,
@@ -369,6 +408,7 @@ pub struct Snapshot {
     pub l7_resume_offset: u64,
     pub drops: [u64; DropReason::COUNT],
     pub per_server: Vec<u64>,
+    pub per_server_active: Vec<u64>,
     pub per_server_redirects: Vec<u64>,
     pub per_server_race_won: Vec<u64>,
 }
@@ -378,6 +418,7 @@ impl Snapshot {
         let servers = workers.first().map_or(0, |w| w.server_new_sessions.len());
         let mut s = Snapshot {
             per_server: vec![0; servers],
+            per_server_active: vec![0; servers],
             per_server_redirects: vec![0; servers],
             per_server_race_won: vec![0; servers],
             ..Default::default()
@@ -385,6 +426,8 @@ impl Snapshot {
         for w in workers {
             s.rx += w.rx.get();
             s.tx += w.tx.get();
+            s.rx_bytes += w.rx_bytes.get();
+            s.tx_bytes += w.tx_bytes.get();
             s.handoff += w.handoff_out.get();
             s.arp_replies += w.arp_replies_sent.get();
             s.echo_replies += w.echo_replies_sent.get();
@@ -433,6 +476,9 @@ impl Snapshot {
             }
             for (d, c) in s.per_server.iter_mut().zip(w.server_new_sessions.iter()) {
                 *d += c.get();
+            }
+            for (d, c) in s.per_server_active.iter_mut().zip(w.server_sessions_active.iter()) {
+                *d = d.wrapping_add(c.get());
             }
         }
         s

@@ -234,8 +234,10 @@ impl Output<'_> {
     }
 
     fn flush_tx(&mut self, p: usize) {
+        let bytes = self.tx_burst[p].bytes();
         let sent = self.tx[p].tx(&mut self.tx_burst[p]);
         self.stats.tx.add(sent as u64);
+        self.stats.tx_bytes.add(bytes - self.tx_burst[p].bytes());
         for _ in self.tx_burst[p].drain() {
             self.stats.drop(DropReason::TxFull);
         }
@@ -412,6 +414,7 @@ pub fn run(setup: WorkerSetup) -> i32 {
             }
             got += n;
             stats.rx.add(n as u64);
+            stats.rx_bytes.add(burst.bytes());
             process_burst(
                 &mut dp,
                 &mut burst,

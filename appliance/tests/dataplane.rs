@@ -44,6 +44,13 @@ fn setup(workers: &str, capacity: usize) -> (Config, Shared, Vec<WorkerStats>) {
     (cfg, shared, stats)
 }
 
+/// Sessions per server in a worker's table, checked against its total.
+fn active_by_server(stats: &WorkerStats) -> Vec<u64> {
+    let v: Vec<u64> = stats.server_sessions_active.iter().map(|c| c.get()).collect();
+    assert_eq!(v.iter().sum::<u64>(), stats.sessions_active.get(), "per server {v:?}");
+    v
+}
+
 fn client(i: u32) -> [u8; 4] {
     (0xcb00_7100u32 + i).to_be_bytes() // 203.0.113.x
 }
@@ -285,6 +292,7 @@ fn a_confirmed_close_moves_to_the_close_timer_and_idle_sessions_expire() {
     }
     assert_eq!(stats[0].sessions_expired.get(), 1);
     assert_eq!(stats[0].sessions_active.get(), 1);
+    assert_eq!(active_by_server(&stats[0]).iter().sum::<u64>(), 1);
     // Flow 1's late ACK finds no session (this Maglev service picks it up
     // mid-flow, which counts); flow 2's finds its own.
     assert_eq!(to_vip(&mut w, 1, ACK, t).0, Verdict::Tx(0));
@@ -445,6 +453,24 @@ fn rebuilt_install(c: u32, cport: u16, vip: &str, server: u16) -> ringlb::contro
 }
 
 #[test]
+fn a_siblings_sessions_count_for_their_server_as_they_come_move_and_go() {
+    use ringlb::control::channel::Command;
+    use ringlb::session::InstallMode;
+    let (cfg, shared, stats) = setup("[1]", 1000);
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let [a, b] = [cfg.services[0].servers[0], cfg.services[0].servers[2]];
+    w.apply(rebuilt_install(7, 4242, "198.18.100.1", a), 1);
+    assert_eq!(active_by_server(&stats[0])[usize::from(a)], 1);
+    // Its update names another server: the session moves with it.
+    let Command::Install { rec, .. } = rebuilt_install(7, 4242, "198.18.100.1", b) else { unreachable!() };
+    w.apply(Command::Install { rec, mode: InstallMode::Upsert }, 2);
+    let by_server = active_by_server(&stats[0]);
+    assert_eq!((by_server[usize::from(a)], by_server[usize::from(b)]), (0, 1));
+    w.apply(Command::Remove { key: rec.key, born: rec.born }, 3);
+    assert!(active_by_server(&stats[0]).iter().all(|&n| n == 0));
+}
+
+#[test]
 fn while_a_vip_is_rebuilt_packets_without_session_wait_for_the_servers_list() {
     let (cfg, shared, stats) = setup("[1]", 1000);
     let mut w = Worker::new(0, &shared, &stats[0]);
@@ -518,6 +544,7 @@ fn a_server_down_gets_no_new_flows_and_a_new_syn_on_its_tuple_is_placed_afresh()
         }
     }
     let c = on_third.expect("some flow reached the third server");
+    assert_eq!(active_by_server(&stats[0])[usize::from(dsr[2])], 1);
     // ... which then goes down: new flows avoid it, also on both schedulers.
     shared.set_server_weight(dsr[2], 0);
     for n in 0..60u32 {
@@ -542,6 +569,7 @@ fn a_server_down_gets_no_new_flows_and_a_new_syn_on_its_tuple_is_placed_afresh()
     let mut again = syn(c, 1000);
     assert_eq!(w.process(&mut again, 0, 3, false), Verdict::Tx(0));
     assert_ne!(check(&again).unwrap().dst_mac, DSR_MACS[2]);
+    assert_eq!(active_by_server(&stats[0])[usize::from(dsr[2])], 0, "the session moved off it");
     // Every server down: a new flow is a counted drop.
     for &id in dsr {
         shared.set_server_weight(id, 0);
@@ -636,12 +664,14 @@ fn on_server_down_reset_ends_the_session_with_a_rst_to_the_client_and_keep_does_
         if policy == "keep" {
             assert_eq!(seen.flags, ACK, "kept: forwarded to its server");
             assert!(DSR_MACS.contains(&seen.dst_mac));
+            assert_eq!(active_by_server(&stats[0]).iter().sum::<u64>(), 1);
             continue;
         }
         assert_eq!(seen.flags, RST, "reset: the client gets a RST");
         assert_eq!((seen.src, seen.sport, seen.dst, seen.dport), (ip("198.18.100.1"), 80, client(4), 4444));
         assert_eq!((seen.dst_mac, seen.src_mac), (ROUTER_MAC, PORT_MAC));
         assert_eq!(stats[0].down_resets.get(), 1);
+        assert!(active_by_server(&stats[0]).iter().all(|&n| n == 0));
         // The session is gone: its next packet has none.
         assert_eq!(w.process(&mut pkt(ACK), 0, 2, false), Verdict::Drop(DropReason::NoSession));
     }

@@ -90,6 +90,7 @@ fn the_control_socket_and_metrics_show_what_the_appliance_does() {
         })
         .collect();
     write_pcap(&input, &frames);
+    let frame_bytes: usize = frames.iter().map(Vec::len).sum();
     let device = format!("net_pcap0,rx_pcap={},tx_pcap={}", input.display(), output.display());
     let cfg = dir.join("ops.yaml");
     // Its own EAL runtime directory, where its telemetry socket is.
@@ -112,7 +113,7 @@ fn the_control_socket_and_metrics_show_what_the_appliance_does() {
             let _ = tx.send(l);
         }
     });
-    let result = std::panic::catch_unwind(|| check_running(&socket, &metrics, &prefix));
+    let result = std::panic::catch_unwind(|| check_running(&socket, &metrics, &prefix, frame_bytes));
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let status = child.wait().unwrap();
     let log: Vec<String> = rx.try_iter().collect();
@@ -152,7 +153,7 @@ fn telemetry(prefix: &str, cmd: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no answer to {cmd}: {text}{}", String::from_utf8_lossy(&out.stderr)))
 }
 
-fn check_running(socket: &Path, metrics: &str, prefix: &str) {
+fn check_running(socket: &Path, metrics: &str, prefix: &str, frame_bytes: usize) {
     let sock = socket.to_str().unwrap();
     // Until the whole pcap has passed.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -179,6 +180,8 @@ fn check_running(socket: &Path, metrics: &str, prefix: &str) {
     let servers = json(&ringlb(&["servers", "--json", "--socket", sock]));
     let new: Vec<u64> = servers.as_array().unwrap().iter().map(|r| r["new_sessions"].as_u64().unwrap()).collect();
     assert_eq!(new, [500, 1000, 1500]);
+    let active: Vec<u64> = servers.as_array().unwrap().iter().map(|r| r["active_sessions"].as_u64().unwrap()).collect();
+    assert_eq!(active, [500, 1000, 1500], "every session is still in the table");
     let table = stdout(&ringlb(&["servers", "--socket", sock]));
     assert!(table.starts_with("SERVER") && table.contains("web/198.18.0.12:80  2       2    up"), "{table}");
 
@@ -217,6 +220,10 @@ fn check_running(socket: &Path, metrics: &str, prefix: &str) {
     let text = stdout(&ringlb(&["metrics", "--socket", sock]));
     for series in [
         format!("ringlb_rx_packets_total {FLOWS}"),
+        format!("ringlb_rx_bytes_total {frame_bytes}"),
+        // Rewritten in place: the same frame lengths go out.
+        format!("ringlb_tx_bytes_total {frame_bytes}"),
+        "ringlb_server_sessions_active{server=\"web/198.18.0.13:80\",service=\"web\"} 1500".into(),
         "ringlb_server_new_sessions_total{server=\"web/198.18.0.11:80\",service=\"web\"} 500".into(),
         "ringlb_server_drained{server=\"web/198.18.0.12:80\",service=\"web\"} 1".into(),
         "ringlb_drops_total{reason=\"malformed\"} 0".into(),

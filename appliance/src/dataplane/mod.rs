@@ -206,7 +206,7 @@ fn after_server_packet(state: State, info: &L4Info) -> State {
 /// A session left the table: count it, and tell the siblings if it was ours.
 #[inline]
 fn expired(outbox: &mut Outbox, stats: &WorkerStats, key: &FlowKey, e: &Entry) {
-    stats.session_expired();
+    stats.session_expired(e.server);
     if !e.is_replica() {
         outbox.session_gone(key, e.born, stats);
     }
@@ -753,7 +753,7 @@ impl<'a> Worker<'a> {
     fn reset_client(&mut self, frame: &mut [u8], info: &L4Info, key: &FlowKey, hash: u64, in_port: u8) -> Verdict {
         let stats = self.stats;
         if let Some(e) = self.table.remove_if(key, hash, |_| true) {
-            stats.sessions_active.dec();
+            stats.session_ended(e.server);
             stats.down_resets.inc();
             if !e.is_replica() {
                 self.outbox.session_gone(key, e.born, stats);
@@ -814,8 +814,21 @@ impl<'a> Worker<'a> {
         let entry = Entry::new(now_ms, server, born, state, in_port, client_mac);
         let reused = reuse != Reuse::No;
         if reused {
-            if let Some(e) = self.table.lookup(key, hash, now_ms, |_| ()) {
-                e.renew(entry);
+            let outbox = &mut self.outbox;
+            let renewed = match self.table.lookup(key, hash, now_ms, |e| expired(outbox, stats, key, e)) {
+                Some(e) => {
+                    stats.session_moved(e.server, server);
+                    e.renew(entry);
+                    true
+                }
+                None => false,
+            };
+            if !renewed {
+                // It expired just now (counted): the new one goes in afresh.
+                if self.table.insert(key, hash, entry).is_err() {
+                    return Verdict::Drop(DropReason::TableFull);
+                }
+                stats.session_started(server);
             }
         } else if self.table.insert(key, hash, entry).is_err() {
             // Full: make room from an expired, half-open or closing entry
@@ -825,7 +838,7 @@ impl<'a> Worker<'a> {
             }
         }
         if !reused {
-            stats.sessions_active.inc();
+            stats.session_started(server);
         }
         stats.sessions_created.inc();
         stats.server_new_sessions[usize::from(server)].inc();
@@ -845,7 +858,7 @@ impl<'a> Worker<'a> {
             expired(&mut self.outbox, self.stats, &key, &e);
         } else {
             self.stats.sessions_evicted.inc();
-            self.stats.sessions_active.dec();
+            self.stats.session_ended(e.server);
             if !e.is_replica() {
                 self.outbox.session_gone(&key, e.born, self.stats);
             }

@@ -111,9 +111,9 @@ impl Worker<'_> {
                 let hash = self.table.hash(&key);
                 // Only the replica of that connection: not one carried here (a
                 // sibling's end of it is not ours), nor a newer one of the tuple.
-                if self.table.remove_if(&key, hash, |e| e.is_replica() && e.born == born).is_some() {
+                if let Some(e) = self.table.remove_if(&key, hash, |e| e.is_replica() && e.born == born) {
                     stats.sync_removed.inc();
-                    stats.sessions_active.dec();
+                    stats.session_ended(e.server);
                 }
             }
             Command::Lock(rec) => {
@@ -149,9 +149,12 @@ impl Worker<'_> {
         match self.table.install(&rec.key, hash, entry, mode) {
             Ok(Installed::New) => {
                 stats.sync_installed.inc();
-                stats.sessions_active.inc();
+                stats.session_started(rec.server);
             }
-            Ok(Installed::Updated) => stats.sync_updated.inc(),
+            Ok(Installed::Updated { was }) => {
+                stats.sync_updated.inc();
+                stats.session_moved(was, rec.server);
+            }
             Ok(Installed::Kept) => stats.sync_kept.inc(),
             Ok(Installed::Stale) => stats.sync_stale.inc(),
             Err(TableFull) => stats.sync_refused.inc(),

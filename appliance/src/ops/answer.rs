@@ -176,6 +176,7 @@ impl Answerer {
                 up: shared.carrying_weight(i as u16) > 0 || s.weight == 0 && shared.probe_up(i as u16),
                 drained: shared.drained(i as u16),
                 new_sessions: snap.per_server.get(i).copied().unwrap_or(0),
+                active_sessions: snap.per_server_active.get(i).copied().unwrap_or(0),
                 redirected: snap.per_server_redirects.get(i).copied().unwrap_or(0),
             })
             .collect()

@@ -48,7 +48,8 @@ pub fn table(rows: &[Vec<String>]) -> String {
 
 /// `ringlb servers` (and drain's answer) for humans.
 pub fn servers_table(rows: &[ServerRow]) -> String {
-    let mut t = vec![["SERVER", "WEIGHT", "NOW", "STATE", "NEW SESSIONS", "REDIRECTED"].map(String::from).to_vec()];
+    let mut t =
+        vec![["SERVER", "WEIGHT", "NOW", "STATE", "ACTIVE", "NEW SESSIONS", "REDIRECTED"].map(String::from).to_vec()];
     for r in rows {
         let state = match (r.up, r.drained) {
             (_, true) => "drained",
@@ -60,6 +61,7 @@ pub fn servers_table(rows: &[ServerRow]) -> String {
             r.weight.to_string(),
             r.weight_now.to_string(),
             state.into(),
+            r.active_sessions.to_string(),
             r.new_sessions.to_string(),
             r.redirected.to_string(),
         ]);

@@ -29,6 +29,8 @@ fn record(s: &Snapshot, status: &Status, servers: &[ServerRow]) {
     let packets = [
         ("ringlb_rx_packets_total", "Packets the workers received.", s.rx),
         ("ringlb_tx_packets_total", "Packets the workers sent.", s.tx),
+        ("ringlb_rx_bytes_total", "Bytes of the frames the workers received.", s.rx_bytes),
+        ("ringlb_tx_bytes_total", "Bytes of the frames the workers sent.", s.tx_bytes),
         ("ringlb_handoff_packets_total", "Packets handed to the worker that owns their flow.", s.handoff),
         ("ringlb_arp_replies_total", "ARP replies sent.", s.arp_replies),
         ("ringlb_echo_replies_total", "ICMP echo replies sent.", s.echo_replies),
@@ -60,6 +62,7 @@ fn record(s: &Snapshot, status: &Status, servers: &[ServerRow]) {
     gauge!("ringlb_sessions_active").set(s.active as f64);
 
     describe_counter!("ringlb_server_new_sessions_total", "Sessions created for the server.");
+    describe_gauge!("ringlb_server_sessions_active", "Sessions for the server in the session tables now.");
     describe_counter!("ringlb_server_redirects_total", "l7: requests taken from the server because it failed them.");
     describe_gauge!("ringlb_server_weight", "The server's weight for new flows now (0: down or drained).");
     describe_gauge!("ringlb_server_up", "1 if the server is up by its agent and probe.");
@@ -67,6 +70,7 @@ fn record(s: &Snapshot, status: &Status, servers: &[ServerRow]) {
     for r in servers {
         let labels = [("server", r.server.clone()), ("service", r.service.clone())];
         counter!("ringlb_server_new_sessions_total", &labels).absolute(r.new_sessions);
+        gauge!("ringlb_server_sessions_active", &labels).set(r.active_sessions as f64);
         counter!("ringlb_server_redirects_total", &labels).absolute(r.redirected);
         gauge!("ringlb_server_weight", &labels).set(f64::from(r.weight_now));
         gauge!("ringlb_server_up", &labels).set(f64::from(u8::from(r.up)));

@@ -72,8 +72,11 @@ pub struct ServerRow {
     /// Up by its agent and its probe (a drained server is still up).
     pub up: bool,
     pub drained: bool,
-    /// Sessions created for it since the start.
+    /// Sessions created for it since the start, and those in the session
+    /// tables now (`syn_proxy`/`l7` connections are not in them).
     pub new_sessions: u64,
+    #[serde(default)]
+    pub active_sessions: u64,
     /// `l7`: requests taken from it because it failed them.
     pub redirected: u64,
 }
