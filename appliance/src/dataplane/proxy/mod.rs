@@ -140,6 +140,15 @@ fn unpassed_ack_due(last: &mut Option<u32>, now_ms: u32) -> bool {
     true
 }
 
+/// A client segment's way to the server: its server, the sequence delta
+/// and the window rescaling.
+#[derive(Clone, Copy)]
+struct Splice {
+    server: u16,
+    delta: u32,
+    shift: i8,
+}
+
 /// The proxied-connection table of one worker.
 pub type ProxyTable = ConnTable<Proxied>;
 
@@ -261,12 +270,15 @@ impl Worker<'_> {
                 {
                     p.client_moved_on = true;
                 }
-                let p = *p;
+                // What the splice needs, not the whole entry (which is
+                // copied only to emit a segment of the connection's own).
+                let to_server = Splice { server: p.server, delta: p.conn.delta, shift: p.shift_to_server };
                 if let Some(e) = emit {
+                    let p = *p;
                     self.emit(&p, key, e);
                 }
                 return match action {
-                    Action::Forward => self.splice_to_server(frame, info, &p),
+                    Action::Forward => self.splice_to_server(frame, info, to_server),
                     Action::Consume => Verdict::Consumed,
                     Action::Drop(_) => Verdict::Drop(DropReason::ProxyRefused),
                 };
@@ -777,7 +789,7 @@ impl Worker<'_> {
     }
 
     /// A client's segment of a joined connection, on its way to the server.
-    fn splice_to_server(&self, frame: &mut [u8], info: &L4Info, p: &Proxied) -> Verdict {
+    fn splice_to_server(&self, frame: &mut [u8], info: &L4Info, p: Splice) -> Verdict {
         let shared = self.shared;
         let srv = &shared.servers[usize::from(p.server)];
         let nb = &shared.neighbors[usize::from(srv.neighbor)];
@@ -785,9 +797,9 @@ impl Worker<'_> {
             return Verdict::Drop(DropReason::NoNeighbor);
         };
         let tcp = usize::from(info.l4_off);
-        let translated = frame.get_mut(tcp..).map(|t| {
-            splice::client_to_server(t, p.conn.delta).and_then(|()| splice::rescale_window(t, p.shift_to_server))
-        });
+        let translated = frame
+            .get_mut(tcp..)
+            .map(|t| splice::client_to_server(t, p.delta).and_then(|()| splice::rescale_window(t, p.shift)));
         if !matches!(translated, Some(Ok(()))) {
             return Verdict::Drop(DropReason::Malformed);
         }
