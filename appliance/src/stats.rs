@@ -338,9 +338,15 @@ impl WorkerStats {
     /// A session's entry now names another server (replaced in place).
     #[inline]
     pub fn session_moved(&self, from: u16, to: u16) {
-        if from != to {
-            self.session_ended(from);
-            self.session_started(to);
+        if from == to {
+            return;
+        }
+        // The total does not change (a snapshot must never see it dip).
+        if let Some(c) = self.server_sessions_active.get(usize::from(from)) {
+            c.dec();
+        }
+        if let Some(c) = self.server_sessions_active.get(usize::from(to)) {
+            c.inc();
         }
     }
 

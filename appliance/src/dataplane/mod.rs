@@ -824,7 +824,8 @@ impl<'a> Worker<'a> {
                 None => false,
             };
             if !renewed {
-                // It expired just now (counted): the new one goes in afresh.
+                // Not expected (the caller found it live at this same
+                // time); should it have gone, the new one goes in afresh.
                 if self.table.insert(key, hash, entry).is_err() {
                     return Verdict::Drop(DropReason::TableFull);
                 }
