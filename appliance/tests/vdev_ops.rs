@@ -261,8 +261,8 @@ fn check_running(socket: &Path, metrics: &str, prefix: &str, frame_bytes: usize)
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(
-        (stats["rx"].as_u64(), stats["created"].as_u64()),
-        (Some(u64::from(FLOWS)), Some(u64::from(FLOWS))),
+        (stats["rx"].as_u64(), stats["created"].as_u64(), stats["rx_bytes"].as_u64()),
+        (Some(u64::from(FLOWS)), Some(u64::from(FLOWS)), Some(frame_bytes as u64)),
         "{stats}"
     );
     let servers = telemetry(prefix, "/ringlb/servers");

@@ -1,6 +1,6 @@
 //! The appliance's counters as DPDK telemetry commands, for the tools
 //! that read EAL's telemetry socket (`dpdk-telemetry.py`, telegraf's dpdk
-//! input): `/ringlb/stats` (the stats line's figures), `/ringlb/drops`
+//! input): `/ringlb/stats` (the stats line's figures, and bytes), `/ringlb/drops`
 //! (by reason) and `/ringlb/servers` (new sessions per server). The
 //! control thread publishes them each time it prints the stats line, so
 //! both show the same numbers.
@@ -27,6 +27,8 @@ pub fn publish(s: &Snapshot, labels: &[String]) {
     let stats = [
         ("rx", s.rx),
         ("tx", s.tx),
+        ("rx_bytes", s.rx_bytes),
+        ("tx_bytes", s.tx_bytes),
         ("drops", s.drops_total()),
         ("handoff", s.handoff),
         ("active", s.active),
