@@ -166,6 +166,12 @@ fn seg_of(frame: &[u8], info: &L4Info) -> Option<Seg> {
     })
 }
 
+/// Clears the FIN of `frame`'s TCP header (checksum kept); false when the
+/// header is not there.
+fn clear_fin(frame: &mut [u8], info: &L4Info) -> bool {
+    frame.get_mut(usize::from(info.l4_off)..).map(splice::clear_fin).and_then(Result::ok).is_some()
+}
+
 fn flow_of(key: &FlowKey) -> CookieFlow {
     CookieFlow { client_ip: key.client_ip, client_port: key.client_port, vip: key.vip, vport: key.vport }
 }
@@ -596,8 +602,7 @@ impl Worker<'_> {
                 if !d.complete() {
                     d.server_closed();
                     seg.flags &= !tcp_flags::FIN;
-                    let tcp = usize::from(info.l4_off);
-                    if frame.get_mut(tcp..).map(splice::clear_fin).and_then(Result::ok).is_none() {
+                    if !clear_fin(frame, info) {
                         return Verdict::Drop(DropReason::Malformed);
                     }
                 }
@@ -610,8 +615,7 @@ impl Worker<'_> {
                 Progress::Forged => return Verdict::Drop(DropReason::ProxyRefused),
                 Progress::HeldFin => {
                     seg.flags &= !tcp_flags::FIN;
-                    let tcp = usize::from(info.l4_off);
-                    if frame.get_mut(tcp..).map(splice::clear_fin).and_then(Result::ok).is_none() {
+                    if !clear_fin(frame, info) {
                         return Verdict::Drop(DropReason::Malformed);
                     }
                     Some(d)
@@ -633,8 +637,7 @@ impl Worker<'_> {
                             return Verdict::Consumed;
                         }
                         // Its last bytes pass, its FIN does not.
-                        let tcp = usize::from(info.l4_off);
-                        if frame.get_mut(tcp..).map(splice::clear_fin).and_then(Result::ok).is_none() {
+                        if !clear_fin(frame, info) {
                             return Verdict::Drop(DropReason::Malformed);
                         }
                         return self.splice_to_client(frame, info, svc, &old);
