@@ -24,6 +24,7 @@ run "deploy scripts and install" bash tests/deploy_test.sh
 run "lab DSR" bash tests/lab/lab_test.sh dsr
 run "lab NAT" bash tests/lab/lab_test.sh nat
 run "lab operations (Prometheus scrape, status/servers, drain under load)" bash tests/lab/ops_test.sh
+run "lab hot reload under load (servers, weights, wrr → maglev, refusals, SIGHUP)" bash tests/lab/reload_test.sh
 run "lab SYN proxy" bash tests/lab/lab_test.sh syn-proxy
 run "lab SYN flood, syn_proxy" bash tests/lab/flood_test.sh syn-proxy
 run "lab SYN flood, l7" bash tests/lab/flood_test.sh l7

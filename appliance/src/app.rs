@@ -71,6 +71,10 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), String> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&quit)).map_err(|e| format!("installing signal handler: {e}"))?;
     }
+    // SIGHUP: reload the configuration file (`ringlb reload` does the same).
+    let sighup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&sighup))
+        .map_err(|e| format!("installing signal handler: {e}"))?;
 
     // The operator's listeners first: a socket another appliance holds
     // is an error before anything else starts.
@@ -84,7 +88,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), String> {
     let args = eal_args(cfg);
     log::info!("config version {} (BLAKE3 of the effective configuration; `ringlb check` prints it)", cfg.version());
     let eal = Eal::init(&args).map_err(|e| format!("{e}\nEAL arguments were: {}", args[1..].join(" ")))?;
-    let result = run_with_eal(&eal, cfg, opts, &quit, ops_inbox);
+    let result = run_with_eal(&eal, cfg, opts, (&quit, &sighup), ops_inbox);
     eal.cleanup();
     drop(ops_server);
     result
@@ -94,7 +98,7 @@ fn run_with_eal(
     eal: &Eal,
     cfg: &Config,
     opts: &RunOptions,
-    quit: &Arc<AtomicBool>,
+    (quit, sighup): (&Arc<AtomicBool>, &Arc<AtomicBool>),
     ops_inbox: std::sync::mpsc::Receiver<crate::ops::server::Call>,
 ) -> Result<(), String> {
     let workers = cfg.eal.worker_cores.len();
@@ -169,7 +173,8 @@ fn run_with_eal(
     let ports = configured;
 
     let shared = Arc::new(Shared::new(cfg, &macs));
-    let stats: Arc<Vec<WorkerStats>> = Arc::new((0..workers).map(|_| WorkerStats::new(cfg.servers.len())).collect());
+    let stats: Arc<Vec<WorkerStats>> =
+        Arc::new((0..workers).map(|_| WorkerStats::new(shared.server_capacity)).collect());
     let mut port_index = vec![0xffu8; ports.iter().map(|p| usize::from(p.id())).max().unwrap_or(0) + 1];
     for (i, p) in ports.iter().enumerate() {
         port_index[usize::from(p.id())] = i as u8;
@@ -246,7 +251,10 @@ fn run_with_eal(
     );
 
     let labels: Vec<String> = (0..cfg.servers.len()).map(|i| cfg.server_label(i)).collect();
-    let mut driver = Driver::new(cluster_sockets, &stats, &labels);
+    let mut driver = Driver::new(cluster_sockets, &stats, labels.clone());
+    if let Some(path) = &opts.config_path {
+        driver.reload_from(path.clone(), cfg.clone(), Arc::clone(sighup));
+    }
     driver.serve_ops(ops_inbox, crate::ops::answer::Answerer::new(cfg));
     // The incarnation grows from one start to the next: the wall clock.
     let incarnation = driver::wall_us() / 1000;

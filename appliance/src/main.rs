@@ -78,6 +78,10 @@ enum Cmd {
         #[command(flatten)]
         ask: Ask,
     },
+    /// Make a running appliance re-read its configuration file and apply
+    /// it without a restart (as SIGHUP does); an invalid file, or a change
+    /// only a restart can make, is refused and the running one stays.
+    Reload(Ask),
     /// A running appliance's metrics, in Prometheus's text format.
     Metrics {
         #[arg(long, value_name = "PATH", default_value = ops::DEFAULT_SOCKET)]
@@ -137,6 +141,7 @@ fn real_main(cli: Cli) -> Result<(), String> {
                 status_file,
                 control_socket: Some(control_socket),
                 metrics,
+                config_path: Some(config),
             };
             ringlb::app::run(&cfg, &opts)
         }
@@ -151,6 +156,11 @@ fn real_main(cli: Cli) -> Result<(), String> {
         }
         Cmd::Drain { server, ask } => show::<ServerRow>(&ask, &Request::Drain { server }, client::servers_table),
         Cmd::Undrain { server, ask } => show::<ServerRow>(&ask, &Request::Undrain { server }, client::servers_table),
+        Cmd::Reload(ask) => {
+            let v = client::ask(&ask.socket, &Request::Reload)?;
+            print(&if ask.json { format!("{v}\n") } else { format!("{}\n", v.as_str().unwrap_or_default()) });
+            Ok(())
+        }
         Cmd::Metrics { socket } => {
             let v = client::ask(&socket, &Request::Metrics)?;
             print(v.as_str().ok_or("the metrics answer is not text")?);

@@ -204,6 +204,8 @@ pub struct SessionTable {
     timeouts: Timeouts,
     /// Idle limit by `state | replica << 3` (see `limit`).
     limits: [u32; 16],
+    /// How long one sweep over the whole table takes.
+    cycle_ms: u32,
     sweep_cursor: usize,
     /// When the sweep cycle in progress (and the one before) began.
     cycle_start_ms: u32,
@@ -270,7 +272,30 @@ pub enum InstallMode {
     IfAbsent,
 }
 
+/// Idle limits by `state | replica << 3` for `timeouts`, when one sweep
+/// cycle takes `cycle_ms`.
+fn idle_limits(timeouts: Timeouts, cycle_ms: u32) -> [u32; 16] {
+    let mut limits = [0u32; 16];
+    for s in STATES {
+        let t = timeouts.for_state(s);
+        limits[s as usize] = t;
+        // A replica does not hear of its handshake completing (the
+        // origin sends no event for that): a half-open one lives as long
+        // as an established one, and goes when its origin removes it.
+        let r = if s == State::SynSeen { timeouts.established_ms } else { t };
+        limits[s as usize | 8] = r.saturating_add(r / 2).saturating_add(2 * cycle_ms).min(u32::MAX / 4);
+    }
+    limits
+}
+
 impl SessionTable {
+    /// New idle timeouts (a reload): entries are judged by them from the
+    /// next sweep on.
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.timeouts = timeouts;
+        self.limits = idle_limits(timeouts, self.cycle_ms);
+    }
+
     /// A table that holds up to `capacity` sessions. Slots are the next power
     /// of two ≥ capacity × 4/3, keeping the load factor ≤ 75% so probes stay short.
     /// `sweep_slots_per_ms` is how fast the caller sweeps: a replica's grace
@@ -295,23 +320,14 @@ impl SessionTable {
         crate::cpu::advise_hugepages(v.spare_capacity_mut());
         v.resize(slots, EMPTY);
         let cycle_ms = (slots / sweep_slots_per_ms.max(1)) as u32;
-        let mut limits = [0u32; 16];
-        for s in STATES {
-            let t = timeouts.for_state(s);
-            limits[s as usize] = t;
-            // A replica does not hear of its handshake completing (the
-            // origin sends no event for that): a half-open one lives as long
-            // as an established one, and goes when its origin removes it.
-            let r = if s == State::SynSeen { timeouts.established_ms } else { t };
-            limits[s as usize | 8] = r.saturating_add(r / 2).saturating_add(2 * cycle_ms).min(u32::MAX / 4);
-        }
         Ok(SessionTable {
             slots: v.into_boxed_slice(),
             mask: slots - 1,
             len: 0,
             max_len: capacity,
             timeouts,
-            limits,
+            limits: idle_limits(timeouts, cycle_ms),
+            cycle_ms,
             sweep_cursor: 0,
             cycle_start_ms: 0,
             prev_cycle_start_ms: 0,

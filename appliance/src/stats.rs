@@ -317,6 +317,30 @@ impl WorkerStats {
         }
     }
 
+    /// `server` got a new flow.
+    #[inline]
+    pub fn server_new_session(&self, server: u16) {
+        if let Some(c) = self.server_new_sessions.get(usize::from(server)) {
+            c.inc();
+        }
+    }
+
+    /// A request or download of `server` moved to another server.
+    #[inline]
+    pub fn server_redirected(&self, server: u16) {
+        if let Some(c) = self.server_redirects.get(usize::from(server)) {
+            c.inc();
+        }
+    }
+
+    /// `server` answered a raced connection first.
+    #[inline]
+    pub fn server_won_race(&self, server: u16) {
+        if let Some(c) = self.server_race_won.get(usize::from(server)) {
+            c.inc();
+        }
+    }
+
     /// A session for `server` entered the table.
     #[inline]
     pub fn session_started(&self, server: u16) {

@@ -346,6 +346,12 @@ fn apply_commands(dp: &mut Worker, commands: &mut CommandRx, now: u32, released:
         for c in &burst[..n] {
             match *c {
                 Command::Release { upto } => *released = (*released).max(upto),
+                Command::Switch => {
+                    if let Some(next) = commands.take_switch() {
+                        let old = dp.switch_routing(next);
+                        commands.give_back(old);
+                    }
+                }
                 c => dp.apply(c, now),
             }
         }

@@ -325,7 +325,8 @@ fn arp_learns_only_replies_to_our_requests_and_only_sane_macs() {
     let l = lab(100);
     let mut w = Worker::new(0, &l.shared, &l.stats);
     let udp_server = ip("198.18.0.31");
-    let nb = l.shared.neighbors.iter().find(|n| n.ip == ipu("198.18.0.31")).unwrap();
+    let routing = l.shared.routing();
+    let nb = routing.neighbors().iter().find(|n| n.ip == ipu("198.18.0.31")).unwrap();
     let poison = [2, 0, 0, 0, 6, 6];
     assert_eq!(nb.mac(), None);
     // Unsolicited: a reply nobody asked for, and a request from the server.
@@ -355,7 +356,8 @@ fn arp_learns_only_replies_to_our_requests_and_only_sane_macs() {
     assert_eq!(reason(w.process(&mut f, 0, 7, false)), Some("arp_unsolicited"));
     assert_eq!(nb.mac(), Some(real));
     // A static MAC never changes.
-    let dsr = l.shared.neighbors.iter().find(|n| n.ip == ipu("198.18.0.11")).unwrap();
+    let routing = l.shared.routing();
+    let dsr = routing.neighbors().iter().find(|n| n.ip == ipu("198.18.0.11")).unwrap();
     let mut f = arp_reply(poison, ip("198.18.0.11"), PORT_MAC, ip("198.18.0.1"));
     assert_eq!(reason(w.process(&mut f, 0, 8, false)), Some("arp_unsolicited"));
     assert_eq!(dsr.mac(), Some(DSR_MACS[0]));

@@ -72,7 +72,7 @@ pub fn generate(dir: &Path, flows: u32, packets: u32, queues: usize) -> std::io:
                 vport: pcapgen::VPORT,
                 proto: L4Proto::Tcp,
             };
-            let id = usize::from(shared.maglev_pick(0, &key).expect("the bench service uses Maglev"));
+            let id = usize::from(shared.routing().maglev_pick(0, &key).expect("the bench service uses Maglev"));
             let sv = &cfg.servers[id];
             w.reply_frame(i, (sv.ip.to_be_bytes(), sv.port), server_mac(id))?;
         }

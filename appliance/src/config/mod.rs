@@ -4,6 +4,7 @@
 
 mod cluster;
 mod l7;
+pub mod reload;
 
 pub use cluster::{ClusterConfig, Garp, Secret, VipMode, DEFAULT_DEFER_MS, DEFAULT_GARP};
 pub use l7::{L7Config, L7Group, Redirect};
@@ -439,6 +440,9 @@ pub struct ServerConfig {
     pub neighbor: u16,
     /// The ring address of the server's `ringlb-agent`, if it runs one.
     pub agent: Option<std::net::SocketAddrV4>,
+    /// A reload removed it: it keeps its id (sessions and counters name
+    /// it) but is in no service's list (`config::reload`).
+    pub removed: bool,
 }
 
 /// A next hop the appliance sends to directly: one per distinct server IP.
@@ -970,7 +974,15 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
                 };
                 positions.push(ids.len() as u16);
                 ids.push(servers.len() as u16);
-                servers.push(ServerConfig { ip, port: m.port, weight: m.weight, service: si as u16, neighbor, agent });
+                servers.push(ServerConfig {
+                    ip,
+                    port: m.port,
+                    weight: m.weight,
+                    service: si as u16,
+                    neighbor,
+                    agent,
+                    removed: false,
+                });
             }
             l7_groups.push(L7Group { name: gname.value.clone(), members: positions });
         }

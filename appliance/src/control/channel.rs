@@ -98,7 +98,23 @@ pub enum Command {
     /// Emit up to `limit` sessions (of service `vip:vport` when given) as
     /// `Sampled` events, then `SampleDone` (`ringlb sessions`).
     Sample { id: u32, service: Option<(u32, u16)>, limit: u32 },
+    /// A reload: take the routing waiting in the switch queue (it went in
+    /// before this command, so commands after it already see it), and give
+    /// the old one back.
+    Switch,
 }
+
+/// A routing and the scheduler state a worker needs for it, handed over
+/// at a reload (and the old pair handed back, so that the control thread,
+/// not the worker, frees it).
+pub struct RoutingSwitch {
+    pub routing: std::sync::Arc<crate::dataplane::Routing>,
+    pub schedulers: crate::dataplane::Schedulers,
+}
+
+/// Switches in flight per worker: the control thread starts a reload only
+/// when the last one came back, so one each way is enough.
+const SWITCH_QUEUE_LEN: usize = 2;
 
 /// The worker's sending end: counts what it pushed (deferred first packets
 /// are tagged with that count, and released when siblings have it).
@@ -132,12 +148,28 @@ impl EventTx {
 /// The worker's receiving end.
 pub struct CommandRx {
     q: rtrb::Consumer<Command>,
+    switch_in: rtrb::Consumer<Box<RoutingSwitch>>,
+    switch_out: rtrb::Producer<Box<RoutingSwitch>>,
 }
 
 impl CommandRx {
     #[inline]
     pub fn pop(&mut self) -> Option<Command> {
         self.q.pop().ok()
+    }
+
+    /// The routing a `Command::Switch` announces.
+    pub fn take_switch(&mut self) -> Option<Box<RoutingSwitch>> {
+        self.switch_in.pop().ok()
+    }
+
+    /// Hands the replaced routing back. Its queue has room: the control
+    /// thread sends one switch at a time and takes the old one back first.
+    pub fn give_back(&mut self, old: Box<RoutingSwitch>) {
+        if let Err(rtrb::PushError::Full(old)) = self.switch_out.push(old) {
+            // Unreachable by that protocol; freeing here is still correct.
+            drop(old);
+        }
     }
 }
 
@@ -149,6 +181,8 @@ pub struct WorkerPort {
     taken: u64,
     /// Commands dropped because the backlog was full.
     pub dropped: u64,
+    switch_out: rtrb::Producer<Box<RoutingSwitch>>,
+    switch_back: rtrb::Consumer<Box<RoutingSwitch>>,
 }
 
 impl WorkerPort {
@@ -182,6 +216,24 @@ impl WorkerPort {
         self.backlog.len()
     }
 
+    /// Hands the worker a new routing: the routing, then `Command::Switch`
+    /// behind every command already queued. Err gives it back when the
+    /// worker has not returned the last one yet.
+    pub fn switch(&mut self, next: Box<RoutingSwitch>) -> Result<(), Box<RoutingSwitch>> {
+        match self.switch_out.push(next) {
+            Ok(()) => {
+                self.send(Command::Switch);
+                Ok(())
+            }
+            Err(rtrb::PushError::Full(next)) => Err(next),
+        }
+    }
+
+    /// A routing the worker replaced (it switched), if one came back.
+    pub fn switched_back(&mut self) -> Option<Box<RoutingSwitch>> {
+        self.switch_back.pop().ok()
+    }
+
     pub fn next_event(&mut self) -> Option<Event> {
         let e = self.events.pop().ok()?;
         self.taken += 1;
@@ -198,9 +250,19 @@ impl WorkerPort {
 pub fn worker_channel(len: usize) -> (WorkerPort, CommandRx, EventTx) {
     let (ctx, crx) = rtrb::RingBuffer::new(len);
     let (etx, erx) = rtrb::RingBuffer::new(len);
+    let (switch_out, switch_in) = rtrb::RingBuffer::new(SWITCH_QUEUE_LEN);
+    let (back_tx, switch_back) = rtrb::RingBuffer::new(SWITCH_QUEUE_LEN);
     (
-        WorkerPort { commands: ctx, events: erx, backlog: VecDeque::new(), taken: 0, dropped: 0 },
-        CommandRx { q: crx },
+        WorkerPort {
+            commands: ctx,
+            events: erx,
+            backlog: VecDeque::new(),
+            taken: 0,
+            dropped: 0,
+            switch_out,
+            switch_back,
+        },
+        CommandRx { q: crx, switch_in, switch_out: back_tx },
         EventTx { q: etx, pushed: 0 },
     )
 }

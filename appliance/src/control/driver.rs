@@ -15,8 +15,9 @@
 
 use super::status::Status;
 use super::{Channel, Control, Now};
+use crate::config::{reload, Config};
 use crate::ops::answer::{Answer, Answerer};
-use crate::ops::protocol::Response;
+use crate::ops::protocol::{Request, Response};
 use crate::ops::server::Call;
 use crate::stats::{Snapshot, WorkerStats};
 use nix::poll::{ppoll, PollFd, PollFlags};
@@ -27,6 +28,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub struct Options {
@@ -39,6 +41,8 @@ pub struct Options {
     pub control_socket: Option<PathBuf>,
     /// The Prometheus endpoint's address, if any.
     pub metrics: Option<std::net::SocketAddr>,
+    /// The configuration file, which `ringlb reload` and SIGHUP re-read.
+    pub config_path: Option<PathBuf>,
 }
 
 /// Longest a cluster member waits for the ring and its siblings' sessions
@@ -89,12 +93,23 @@ impl Sockets {
     }
 }
 
+/// Where a reload reads the configuration, and the one running now.
+struct Reloader {
+    path: PathBuf,
+    running: Config,
+    /// Set by SIGHUP.
+    sighup: Arc<AtomicBool>,
+}
+
 /// The control thread's clock and what it prints.
 pub struct Driver<'a> {
     started: Instant,
     sockets: Option<Sockets>,
     stats: Vec<&'a WorkerStats>,
-    labels: &'a [String],
+    /// Per server id: "service/ip:port".
+    labels: Vec<String>,
+    /// What `ringlb reload` and SIGHUP re-read, if the appliance reloads.
+    reloader: Option<Reloader>,
     last: Snapshot,
     last_print: Instant,
     buf: Vec<u8>,
@@ -107,7 +122,7 @@ pub struct Driver<'a> {
 
 impl<'a> Driver<'a> {
     /// `sockets`: the cluster's (None when standalone).
-    pub fn new(sockets: Option<Sockets>, stats: &'a [WorkerStats], labels: &'a [String]) -> Self {
+    pub fn new(sockets: Option<Sockets>, stats: &'a [WorkerStats], labels: Vec<String>) -> Self {
         let stats: Vec<&WorkerStats> = stats.iter().collect();
         Driver {
             started: Instant::now(),
@@ -115,6 +130,7 @@ impl<'a> Driver<'a> {
             sockets,
             stats,
             labels,
+            reloader: None,
             last_print: Instant::now(),
             buf: vec![0; 65_536],
             ops: None,
@@ -127,8 +143,41 @@ impl<'a> Driver<'a> {
         self.ops = Some((inbox, answerer));
     }
 
+    /// Reloads `running` from `path` on `ringlb reload`, and when `sighup` is set.
+    pub fn reload_from(&mut self, path: PathBuf, running: Config, sighup: Arc<AtomicBool>) {
+        self.reloader = Some(Reloader { path, running, sighup });
+    }
+
+    /// Re-reads the configuration file and applies it (`config::reload`):
+    /// Ok says what changed, Err why nothing did.
+    fn reload(&mut self, control: &mut Control) -> Result<String, String> {
+        let Some(r) = &mut self.reloader else { return Err("this appliance was not started from a file".into()) };
+        let new = crate::config::load(&r.path.to_string_lossy()).map_err(|e| e.to_string())?;
+        let (new, changes) = reload::prepare(&r.running, new, control.shared().server_capacity)?;
+        let (from, to) = (r.running.version(), new.version());
+        control.reload(&new)?;
+        self.labels = (0..new.servers.len()).map(|i| new.server_label(i)).collect();
+        if let Some((_, answerer)) = &mut self.ops {
+            *answerer = Answerer::new(&new);
+        }
+        r.running = new;
+        Ok(format!("reload: config version {from} → {to}: {}", changes.summary()))
+    }
+
+    /// A reload by SIGHUP, logged (the control socket's answers its caller).
+    fn reload_on_signal(&mut self, control: &mut Control) {
+        if !self.reloader.as_ref().is_some_and(|r| r.sighup.swap(false, Relaxed)) {
+            return;
+        }
+        match self.reload(control) {
+            Ok(done) => log::info!("{done}"),
+            Err(e) => log::error!("reload refused, the running configuration stays: {e}"),
+        }
+    }
+
     /// Answers the requests waiting (a few per round: they are rare).
     fn answer_ops(&mut self, control: &mut Control) {
+        self.reload_on_signal(control);
         let Some((inbox, answerer)) = &self.ops else { return };
         if let Some((call, id, deadline)) = self.sampling.take() {
             match control.sampled(id) {
@@ -139,8 +188,23 @@ impl<'a> Driver<'a> {
                 None => self.sampling = Some((call, id, deadline)),
             }
         }
-        for _ in 0..4 {
-            let Ok(call) = inbox.try_recv() else { return };
+        let calls: Vec<Call> = (0..4).map_while(|_| inbox.try_recv().ok()).collect();
+        for call in calls {
+            if call.request == Request::Reload {
+                let response = match self.reload(control) {
+                    Ok(done) => {
+                        log::info!("{done}");
+                        Response::ok(done.into())
+                    }
+                    Err(e) => {
+                        log::error!("reload refused, the running configuration stays: {e}");
+                        Response::error(e)
+                    }
+                };
+                call.answer(response);
+                continue;
+            }
+            let Some((_, answerer)) = &self.ops else { return };
             let snap = Snapshot::take(&self.stats);
             match answerer.answer(&call.request, self.started.elapsed().as_secs_f64(), &snap, control) {
                 Answer::Now(response, note) => {
@@ -275,10 +339,10 @@ impl<'a> Driver<'a> {
         self.last_print = Instant::now();
         let t = self.started.elapsed().as_secs_f64();
         let snap = Snapshot::take(&self.stats);
-        let status = Status::new(t, &snap, self.labels, control);
-        crate::ops::telemetry::publish(&snap, self.labels);
+        let status = Status::new(t, &snap, &self.labels, control);
+        crate::ops::telemetry::publish(&snap, &self.labels);
         if line {
-            log::info!("{}{}", crate::app::stats_line(t, &snap, &self.last, dt, self.labels), status.cluster_line());
+            log::info!("{}{}", crate::app::stats_line(t, &snap, &self.last, dt, &self.labels), status.cluster_line());
         }
         if let Some(path) = &opts.status_file {
             write_atomically(path, &status);

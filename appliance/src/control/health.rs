@@ -34,6 +34,8 @@ struct Server {
     /// Probed by the appliance (no agent, the service has `probe`), and up by it.
     probed: bool,
     probe_up: bool,
+    /// Added by a reload: its first weight is not news.
+    fresh: bool,
 }
 
 #[derive(serde::Serialize, Debug, Clone)]
@@ -66,8 +68,9 @@ pub fn parse_load(payload: &[u8]) -> Option<f64> {
 impl Health {
     /// None when no server names an agent (nothing to follow).
     pub fn new(cfg: &Config) -> Option<Health> {
-        let probed =
-            |s: &crate::config::ServerConfig| s.agent.is_none() && cfg.services[usize::from(s.service)].probe.is_some();
+        let probed = |s: &crate::config::ServerConfig| {
+            !s.removed && s.agent.is_none() && cfg.services[usize::from(s.service)].probe.is_some()
+        };
         if !cfg.servers.iter().any(|s| s.agent.is_some() || probed(s)) {
             return None;
         }
@@ -87,10 +90,44 @@ impl Health {
                     weight_now: s.weight,
                     probed: probed(s),
                     probe_up: true,
+                    fresh: false,
                 }
             })
             .collect();
         Some(Health { servers, loads: BTreeMap::new(), downs: 0, ups: 0 })
+    }
+
+    /// Follows a reload (`config::reload` kept the server ids): servers
+    /// kept keep what the ring and the probes said of them; new ones start
+    /// up, as at start; removed ones get weight 0. Call `apply` next.
+    pub fn reload(old: Option<Health>, cfg: &Config) -> Option<Health> {
+        let mut new = Health::new(cfg)?;
+        let Some(old) = old else {
+            // Nothing followed before: the weights in `Shared` are the configured ones.
+            for (s, c) in new.servers.iter_mut().zip(&cfg.servers) {
+                s.weight_now = if c.removed { 0 } else { c.weight };
+                s.fresh = true;
+            }
+            return Some(new);
+        };
+        for (i, s) in new.servers.iter_mut().enumerate() {
+            s.weight = if cfg.servers[i].removed { 0 } else { s.weight };
+            match old.servers.get(i) {
+                Some(o) => {
+                    s.up = o.up;
+                    s.probe_up = o.probe_up;
+                    s.weight_now = o.weight_now;
+                }
+                None => {
+                    s.weight_now = 0;
+                    s.fresh = true;
+                }
+            }
+        }
+        new.loads = old.loads;
+        new.downs = old.downs;
+        new.ups = old.ups;
+        Some(new)
     }
 
     /// A view the master issued: servers whose agent is not in it are down.
@@ -121,7 +158,7 @@ impl Health {
                 (true, true) => scaled(s.weight, load),
                 (true, false) => s.weight,
             };
-            if (now == 0) != (s.weight_now == 0) && s.weight != 0 {
+            if (now == 0) != (s.weight_now == 0) && s.weight != 0 && !s.fresh {
                 if now == 0 {
                     self.downs += 1;
                     notes.push(Note::warn(format!(
@@ -133,8 +170,9 @@ impl Health {
                     notes.push(format!("health: server {} up again (its agent is back in the ring)", s.label).into());
                 }
             }
-            if now != s.weight_now {
+            if now != s.weight_now || s.fresh {
                 s.weight_now = now;
+                s.fresh = false;
                 shared.set_server_weight(id as u16, now);
             }
             let probe_up = shared.probe_up(id as u16);

@@ -29,8 +29,8 @@ pub mod status;
 pub mod vips;
 
 use crate::config::{Config, VipMode};
-use crate::dataplane::Shared;
-use channel::{Command, Event, SessionRecord, WorkerPort};
+use crate::dataplane::{Routing, Shared};
+use channel::{Command, Event, RoutingSwitch, SessionRecord, WorkerPort};
 use ringlb_ring::member::{Config as RingConfig, Event as RingEvent, Member, Transmit};
 use ringlb_ring::sync::{SyncConfig, KEY_CONTEXT};
 use ringlb_ring::wire::{Dest, CAP_APPLIANCE};
@@ -116,6 +116,8 @@ pub struct Control {
     sample: Option<SampleQuery>,
     /// The running configuration's version (`Config::version`).
     pub config_version: String,
+    /// Workers that have not yet handed back the routing a reload replaced.
+    switching: usize,
     /// This run's layout (set by `app` once the workers run).
     pub runtime: status::Runtime,
 }
@@ -193,6 +195,7 @@ impl Control {
             counters: ControlCounters::default(),
             sample: None,
             config_version: cfg.version(),
+            switching: 0,
             runtime: status::Runtime::default(),
         };
         if let Some(h) = &mut c.health {
@@ -288,6 +291,10 @@ impl Control {
         let congested = self.siblings.as_ref().is_some_and(Siblings::congested);
         for w in 0..self.workers.len() {
             self.workers[w].flush();
+            // A reload's old routing, freed here rather than on the worker.
+            while self.workers[w].switched_back().is_some() {
+                self.switching = self.switching.saturating_sub(1);
+            }
             for _ in 0..if congested { 0 } else { EVENTS_PER_POLL } {
                 let Some(ev) = self.workers[w].next_event() else { break };
                 taken += 1;
@@ -476,6 +483,44 @@ impl Control {
             }
         }
         true
+    }
+
+    /// Applies a reloaded configuration (`config::reload::prepare` made it):
+    /// the weights of new and changed servers first, then the new routing,
+    /// which each worker takes between two bursts (`Command::Switch`).
+    /// Err while the workers are still taking up the last reload.
+    pub fn reload(&mut self, cfg: &Config) -> Result<(), String> {
+        if self.switching > 0 {
+            return Err(format!("{} worker(s) have not taken up the last reload yet; try again", self.switching));
+        }
+        let shared = Arc::clone(&self.shared);
+        match health::Health::reload(self.health.take(), cfg) {
+            Some(mut h) => {
+                self.notes.extend(h.apply(&shared));
+                self.health = Some(h);
+            }
+            None => {
+                for (id, s) in cfg.servers.iter().enumerate() {
+                    shared.set_server_weight(id as u16, if s.removed { 0 } else { s.weight });
+                }
+            }
+        }
+        let routing = Arc::new(Routing::build(cfg, &shared.port_macs(), shared.vip_slots(), Some(&shared.routing())));
+        shared.set_routing(Arc::clone(&routing));
+        for w in &mut self.workers {
+            let next = Box::new(RoutingSwitch { routing: Arc::clone(&routing), schedulers: routing.schedulers() });
+            // Room is certain: every worker handed the last one back.
+            if w.switch(next).is_ok() {
+                self.switching += 1;
+            }
+        }
+        self.config_version = cfg.version();
+        Ok(())
+    }
+
+    /// Workers still to take up the last reload.
+    pub fn switching(&self) -> usize {
+        self.switching
     }
 
     /// The state the workers read (the operator's drain flags are set here).

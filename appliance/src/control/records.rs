@@ -88,7 +88,7 @@ pub fn encode(shared: &Shared, r: &Record) -> Option<Encoded> {
     let mut b = Encoded { buf: [0; 32], len: 0 };
     match r {
         Record::Session { rec, mode } => {
-            let (ip, port, _) = shared.server_addr(rec.server)?;
+            let (ip, port, _) = shared.routing().server_addr(rec.server)?;
             b.push(if *mode == InstallMode::Upsert { SESSION } else { SESSION_IF_ABSENT });
             put_key(&mut b, &rec.key);
             b.extend_from_slice(&ip.to_be_bytes());
@@ -104,8 +104,8 @@ pub fn encode(shared: &Shared, r: &Record) -> Option<Encoded> {
             b.extend_from_slice(&born.to_be_bytes());
         }
         Record::Lock(l) => {
-            let (vip, vport, proto) = shared.service_endpoint(l.service)?;
-            let (ip, port, _) = shared.server_addr(l.server)?;
+            let (vip, vport, proto) = shared.routing().service_endpoint(l.service)?;
+            let (ip, port, _) = shared.routing().server_addr(l.server)?;
             b.push(LOCK);
             b.extend_from_slice(&l.client_ip.to_be_bytes());
             b.extend_from_slice(&vip.to_be_bytes());
@@ -184,7 +184,7 @@ pub fn decode(shared: &Shared, bytes: &[u8]) -> Result<Record, Refused> {
             let client_mac = f.take::<6>()?;
             let born = f.u16()?;
             let svc = shared.service_at(key.vip, key.vport, key.proto as u8).ok_or(Refused::Unknown)?;
-            let server = shared.server_of(svc, ip, port).ok_or(Refused::Unknown)?;
+            let server = shared.routing().server_of(svc, ip, port).ok_or(Refused::Unknown)?;
             if usize::from(client_port) >= shared.ports.len() {
                 return Err(Refused::Unknown);
             }
@@ -198,7 +198,7 @@ pub fn decode(shared: &Shared, bytes: &[u8]) -> Result<Record, Refused> {
             let (ip, port) = (f.u32()?, f.u16()?);
             let (remaining_ms, rank) = (f.u32()?, f.u64()?);
             let service = shared.service_at(vip, vport, proto as u8).ok_or(Refused::Unknown)?;
-            let server = shared.server_of(service, ip, port).ok_or(Refused::Unknown)?;
+            let server = shared.routing().server_of(service, ip, port).ok_or(Refused::Unknown)?;
             Record::Lock(LockRecord { client_ip, service, server, remaining_ms, rank })
         }
         RESYNC_REQUEST => Record::ResyncRequest,

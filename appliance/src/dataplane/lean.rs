@@ -155,9 +155,10 @@ impl Worker<'_> {
     #[inline(always)]
     fn flow_look<const PREFETCH: bool>(&mut self, frame: &[u8], in_port: u8, handed_off: bool) -> Option<Look> {
         let shared = self.shared;
+        let routing = &*self.routing;
         let port = shared.ports.get(usize::from(in_port))?;
         let c = packet::parse_common(frame, &port.mac)?;
-        let (svc, kind, hash) = match shared.vips.get_wire(c.dst_key()) {
+        let (svc, kind, hash) = match routing.vips.get_wire(c.dst_key()) {
             Some(vip) if vip.by_address || !(handed_off || self.owns(&c)) => return None,
             Some(vip) => {
                 let kind = match (vip.short_way, vip.nat) {
@@ -197,7 +198,7 @@ impl Worker<'_> {
         if dst_ip == port_ip {
             return None; // to the port's own address: a probe's answer?
         }
-        let svc = self.shared.nat_backends.get(src_ip, src_port, proto)?;
+        let svc = self.routing.nat_backends.get(src_ip, src_port, proto)?;
         (handed_off || self.shared.owner(dst_ip, dst_port) == self.id).then_some(svc)
     }
 
@@ -227,7 +228,7 @@ impl Worker<'_> {
             if let Some(e) = self.table.local_live(look.tuple, look.hash, now_ms) {
                 if matches!(e.state, State::Established | State::Udp) {
                     // DSR: only the Ethernet addresses change.
-                    if let Some(hop) = self.shared.next_hop(e.server).filter(|hop| hop.address(frame)) {
+                    if let Some(hop) = self.routing.next_hop(e.server).filter(|hop| hop.address(frame)) {
                         e.touch_local(now_ms);
                         *verdict = Verdict::Tx(hop.port);
                         return;
@@ -246,8 +247,9 @@ impl Worker<'_> {
             if let Some(e) = self.table.local_live(look.tuple, look.hash, now_ms) {
                 if matches!(e.state, State::Established | State::Udp) {
                     let shared = self.shared;
-                    let server = shared.servers.get(usize::from(e.server));
-                    let hop = shared
+                    let routing = &*self.routing;
+                    let server = routing.servers.get(usize::from(e.server));
+                    let hop = routing
                         .next_hop(e.server)
                         .and_then(|hop| Some((hop.port, hop.mac()?, shared.ports.get(usize::from(hop.port))?.mac)));
                     if let (Some(srv), Some((port, server_mac, egress_mac))) = (server, hop) {
@@ -271,12 +273,13 @@ impl Worker<'_> {
         if look.flags & STATE_FLAGS == 0 && look.ttl > 1 {
             let info = look.info();
             let shared = self.shared;
-            let service = &shared.services[usize::from(look.svc)];
+            let routing = &*self.routing;
+            let service = &routing.services[usize::from(look.svc)];
             let key = self.reply_key(&info, look.svc);
             if let Some(e) = self.table.local_live(key.pack(), look.hash, now_ms) {
                 let from = (info.src_ip, info.src_port);
                 let from_bound_server =
-                    shared.reply_source_check(e.server, from, in_port, packet::src_mac(frame)).is_ok();
+                    routing.reply_source_check(e.server, from, in_port, packet::src_mac(frame)).is_ok();
                 let out = shared.ports.get(usize::from(e.client_port()));
                 if let (true, Some(out), true) = (
                     matches!(e.state, State::Established | State::Udp) && from_bound_server,

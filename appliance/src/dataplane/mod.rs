@@ -13,14 +13,16 @@ mod lean;
 mod probe;
 mod proxy;
 mod replication;
+mod routing;
 mod sample;
 mod shared;
 
+pub use routing::{Routing, Schedulers};
 use shared::AddressKind;
-pub use shared::{Neighbor, PortRt, Shared};
+pub use shared::{Neighbor, PortRt, Shared, MIN_SERVER_CAPACITY};
 
 use crate::config::Mode;
-use crate::control::channel::{EventTx, SessionRecord};
+use crate::control::channel::{EventTx, RoutingSwitch, SessionRecord};
 use crate::l7::request::RequestPool;
 use crate::locks::{LockRecord, LockTable, Offer};
 use crate::packet::{
@@ -89,13 +91,13 @@ pub enum Step {
 pub struct Worker<'a> {
     pub id: usize,
     shared: &'a Shared,
+    /// The routing this worker uses now (`switch_routing` replaces it).
+    routing: Arc<Routing>,
     table: SessionTable,
     schedulers: Vec<Scheduler>,
     /// Client locks (only when a service has persistence).
     locks: Option<LockTable>,
     pub stats: &'a WorkerStats,
-    /// Per neighbour: when we last asked for its MAC (worker 0 only).
-    last_solicit_ms: Vec<Option<u32>>,
     /// Events to the control thread.
     outbox: Outbox,
     /// A dump in progress (resync for a sibling, or republishing).
@@ -272,7 +274,12 @@ impl Tables {
     pub fn allocate(shared: &Shared, id: usize) -> Result<Tables, String> {
         let seed = shared.hash_seed;
         Ok(Tables {
-            sessions: SessionTable::try_new(shared.session_capacity_per_worker, shared.timeouts, seed, SWEEP_BUDGET)?,
+            sessions: SessionTable::try_new(
+                shared.session_capacity_per_worker,
+                shared.routing().timeouts,
+                seed,
+                SWEEP_BUDGET,
+            )?,
             locks: shared.lock_capacity.map(|c| LockTable::try_new(c, seed ^ id as u64)).transpose()?,
             proxied: shared.proxied_capacity.map(proxy::ProxyTable::try_new).transpose()?,
             requests: shared.request_buffers.map(RequestPool::try_new).transpose()?,
@@ -289,39 +296,49 @@ impl<'a> Worker<'a> {
     }
 
     pub fn with_tables(id: usize, shared: &'a Shared, stats: &'a WorkerStats, tables: Tables) -> Self {
-        let schedulers = shared
-            .services
-            .iter()
-            .map(|s| match &s.maglev {
-                Some(m) => Scheduler::Maglev(Arc::clone(m)),
-                None => Scheduler::RoundRobin(SmoothWrr::new(s.servers.len())),
-            })
-            .collect();
+        let routing = shared.routing();
+        let schedulers = routing.schedulers();
+        let prober = probe::Prober::new(shared, &routing);
         Worker {
             id,
             shared,
+            routing,
             table: tables.sessions,
-            schedulers,
+            schedulers: schedulers.services,
             locks: tables.locks,
             stats,
-            last_solicit_ms: vec![None; shared.neighbors.len()],
             outbox: Outbox::new(shared.sync_events),
             dump: None,
             sample: None,
             announcer: announce::Announcer::new(shared.garp, shared.vip_count()),
             client_hops: vec![None; shared.ports.len()],
-            prober: probe::Prober::new(shared),
+            prober,
             proxied: tables.proxied,
             requests: tables.requests,
-            l7_schedulers: shared
-                .services
-                .iter()
-                .map(|s| {
-                    s.l7.as_ref().map_or(Vec::new(), |l| l.groups.iter().map(|g| SmoothWrr::new(g.len())).collect())
-                })
-                .collect(),
+            l7_schedulers: schedulers.l7,
             emits: proxy::Emits::new(),
         }
+    }
+
+    /// Takes a new routing (a reload), between two bursts: its tables, the
+    /// scheduler state built for it, its timeouts and probes. Sessions keep
+    /// their servers (ids are stable); a removed server's sessions meet
+    /// `on_server_down` at their next packet. Returns the old routing for
+    /// the control thread to free: the worker allocates and frees nothing.
+    pub fn switch_routing(&mut self, mut next: Box<RoutingSwitch>) -> Box<RoutingSwitch> {
+        std::mem::swap(&mut self.routing, &mut next.routing);
+        std::mem::swap(&mut self.schedulers, &mut next.schedulers.services);
+        std::mem::swap(&mut self.l7_schedulers, &mut next.schedulers.l7);
+        self.table.set_timeouts(self.routing.timeouts);
+        if self.id == 0 {
+            self.prober.update(&self.routing, self.shared);
+        }
+        next
+    }
+
+    /// The version of the configuration this worker routes by.
+    pub fn routing_version(&self) -> &str {
+        &self.routing.version
     }
 
     /// Every session in this worker's table (local and replicas), with its key.
@@ -397,7 +414,7 @@ impl<'a> Worker<'a> {
     #[inline(never)]
     fn icmp_error(&mut self, info: IcmpErrorInfo, handed_off: bool) -> Step {
         let q = &info.quoted;
-        let svc = match self.shared.vips.get(q.src_ip, q.src_port, q.proto as u8) {
+        let svc = match self.routing.vips.get(q.src_ip, q.src_port, q.proto as u8) {
             Some(v) if info.dst_ip == q.src_ip => v.svc,
             _ => return Step::Done(Verdict::Drop(DropReason::NoService)),
         };
@@ -423,13 +440,14 @@ impl<'a> Worker<'a> {
             return Verdict::Drop(DropReason::NoSession);
         };
         let shared = self.shared;
-        let srv = &shared.servers[usize::from(e.server)];
-        let nb = &shared.neighbors[usize::from(srv.neighbor)];
+        let routing = &*self.routing;
+        let srv = &routing.servers[usize::from(e.server)];
+        let nb = &routing.neighbors[usize::from(srv.neighbor)];
         let Some(server_mac) = nb.mac() else {
             return Verdict::Drop(DropReason::NoNeighbor);
         };
         let egress_mac = shared.ports[usize::from(nb.port)].mac;
-        match shared.services[usize::from(svc)].mode {
+        match routing.services[usize::from(svc)].mode {
             Mode::Dsr => packet::rewrite_dsr(frame, server_mac, egress_mac),
             Mode::Nat if info.ttl <= 1 => return Verdict::Drop(DropReason::TtlExceeded),
             Mode::Nat => packet::rewrite_icmp_error_nat(frame, info, srv.ip, srv.port, server_mac, egress_mac),
@@ -444,7 +462,7 @@ impl<'a> Worker<'a> {
     /// service for its protocol takes fragments, a counted drop otherwise.
     #[inline(never)]
     fn fragment(&mut self, frame: &mut [u8], info: &FragmentInfo) -> Verdict {
-        match self.shared.fragment_vips.get(info.dst_ip, 0, info.proto) {
+        match self.routing.fragment_vips.get(info.dst_ip, 0, info.proto) {
             Some(svc) => self.by_address(frame, svc, info.src_ip, info.dst_ip),
             None => Verdict::Drop(DropReason::Fragment),
         }
@@ -457,7 +475,8 @@ impl<'a> Worker<'a> {
     #[inline(never)]
     fn by_address(&mut self, frame: &mut [u8], svc: u16, src_ip: u32, dst_ip: u32) -> Verdict {
         let shared = self.shared;
-        let service = &shared.services[usize::from(svc)];
+        let routing = &*self.routing;
+        let service = &routing.services[usize::from(svc)];
         if !shared.owns_vip_of(service) {
             return Verdict::Drop(DropReason::VipNotOwned);
         }
@@ -486,7 +505,7 @@ impl<'a> Worker<'a> {
             return None;
         }
         let id = usize::from(info.dst_port - crate::config::PROBE_PORT_BASE);
-        let srv = self.shared.servers.get(id)?;
+        let srv = self.routing.servers.get(id)?;
         if srv.probe.is_none() || srv.ip != info.src_ip || srv.port != info.src_port {
             return None;
         }
@@ -508,9 +527,10 @@ impl<'a> Worker<'a> {
             return;
         }
         let shared = self.shared;
+        let routing = &*self.routing;
         self.prober.due(now_ms, shared, |syn| {
-            let srv = &shared.servers[usize::from(syn.server)];
-            let nb = &shared.neighbors[usize::from(srv.neighbor)];
+            let srv = &routing.servers[usize::from(syn.server)];
+            let nb = &routing.neighbors[usize::from(srv.neighbor)];
             let Some(dst_mac) = nb.mac() else { return false };
             let port = &shared.ports[usize::from(nb.port)];
             send(&ProbeFrame {
@@ -560,7 +580,7 @@ impl<'a> Worker<'a> {
             let port_ip = self.shared.ports.get(usize::from(in_port)).map_or(0, |p| p.ip);
             let mut learned = false;
             if arp.target_ip == port_ip {
-                for n in &self.shared.neighbors {
+                for n in &self.routing.neighbors {
                     if n.ip == arp.sender_ip && n.port == in_port {
                         learned |= n.learn_reply(arp.sender_mac);
                     }
@@ -583,8 +603,8 @@ impl<'a> Worker<'a> {
     #[inline]
     fn l4(&mut self, frame: &mut [u8], info: L4Info, handed_off: bool, port_ip: u32) -> Step {
         let proto = info.proto as u8;
-        if let Some(svc) = self.shared.vips.get(info.dst_ip, info.dst_port, proto).map(|v| v.svc) {
-            if self.shared.services[usize::from(svc)].fragments {
+        if let Some(svc) = self.routing.vips.get(info.dst_ip, info.dst_port, proto).map(|v| v.svc) {
+            if self.routing.services[usize::from(svc)].fragments {
                 return Step::Done(self.by_address(frame, svc, info.src_ip, info.dst_ip));
             }
             let owner = self.shared.owner(info.src_ip, info.src_port);
@@ -600,7 +620,7 @@ impl<'a> Worker<'a> {
             // To the port's own address: perhaps a server's answer to a probe.
             return Step::ToPort { info };
         }
-        if let Some(svc) = self.shared.nat_backends.get(info.src_ip, info.src_port, proto) {
+        if let Some(svc) = self.routing.nat_backends.get(info.src_ip, info.src_port, proto) {
             let owner = self.shared.owner(info.dst_ip, info.dst_port);
             if owner != self.id && !handed_off {
                 return Step::Done(Verdict::Handoff(owner));
@@ -616,7 +636,7 @@ impl<'a> Worker<'a> {
     /// The session key of a NAT reply: the flow as its client sent it.
     #[inline]
     fn reply_key(&self, info: &L4Info, svc: u16) -> FlowKey {
-        let service = &self.shared.services[usize::from(svc)];
+        let service = &self.routing.services[usize::from(svc)];
         FlowKey {
             client_ip: info.dst_ip,
             vip: service.vip,
@@ -640,7 +660,8 @@ impl<'a> Worker<'a> {
         now_ms: u32,
     ) -> Verdict {
         let shared = self.shared;
-        let service = &shared.services[usize::from(svc)];
+        let routing = &*self.routing;
+        let service = &routing.services[usize::from(svc)];
         if service.mode == Mode::Nat && info.ttl <= 1 {
             // Checked before any session is created for it.
             return Verdict::Drop(DropReason::TtlExceeded);
@@ -730,7 +751,8 @@ impl<'a> Worker<'a> {
         now_ms: u32,
     ) -> Verdict {
         let shared = self.shared;
-        let service = &shared.services[usize::from(svc)];
+        let routing = &*self.routing;
+        let service = &routing.services[usize::from(svc)];
         // Not from a SYN (a lone SYN-ACK to a VIP is nobody's handshake) nor
         // from a reset: those never make state.
         if !shared.owns_vip_of(service) || info.flags & (tcp_flags::SYN | tcp_flags::RST) != 0 {
@@ -784,8 +806,10 @@ impl<'a> Worker<'a> {
         reuse: Reuse,
     ) -> Verdict {
         let shared = self.shared;
-        let service = &shared.services[usize::from(svc)];
+        let routing = &*self.routing;
+        let service = &routing.services[usize::from(svc)];
         let stats = self.stats;
+        let mode = service.mode;
         let is_tcp = info.proto == L4Proto::Tcp;
         // A new session (a new connection of the tuple, if it reuses one),
         // only where this appliance owns the VIP: a standby still follows
@@ -842,10 +866,10 @@ impl<'a> Worker<'a> {
             stats.session_started(server);
         }
         stats.sessions_created.inc();
-        stats.server_new_sessions[usize::from(server)].inc();
+        stats.server_new_session(server);
         // Siblings learn of it; with defer on, its first packet waits for them.
         let tag = self.outbox.session(record(key, &entry), now_ms, stats).filter(|_| shared.defer_active());
-        self.rewrite_forward(frame, Some(info), service.mode, server, tag)
+        self.rewrite_forward(frame, Some(info), mode, server, tag)
     }
 
     /// A full table: removes one expired or evictable entry to make room
@@ -878,8 +902,8 @@ impl<'a> Worker<'a> {
         server: u16,
         defer: Option<u64>,
     ) -> Verdict {
-        let srv = &self.shared.servers[usize::from(server)];
-        let nb = &self.shared.neighbors[usize::from(srv.neighbor)];
+        let srv = &self.routing.servers[usize::from(server)];
+        let nb = &self.routing.neighbors[usize::from(srv.neighbor)];
         let Some(server_mac) = nb.mac() else {
             return Verdict::Drop(DropReason::NoNeighbor);
         };
@@ -903,7 +927,8 @@ impl<'a> Worker<'a> {
     /// connections at once agree), and a lock is made and reported.
     fn pick_server(&mut self, svc: u16, key: &FlowKey, now_ms: u32) -> Option<u16> {
         let shared = self.shared;
-        let service = &shared.services[usize::from(svc)];
+        let routing = &*self.routing;
+        let service = &routing.services[usize::from(svc)];
         // Weights now: a server down has 0 (`control::health`).
         let weight = |i: usize| shared.server_weight(service.servers[i]);
         let (Some(life), Some(locks), Some(maglev)) = (service.persistence_ms, &mut self.locks, &service.maglev) else {
@@ -946,7 +971,7 @@ impl<'a> Worker<'a> {
         in_port: u8,
         now_ms: u32,
     ) -> Verdict {
-        let service = &self.shared.services[usize::from(svc)];
+        let service = &self.routing.services[usize::from(svc)];
         if service.proxied {
             return self.proxy_server(frame, info, svc, key, hash, in_port, now_ms);
         }
@@ -956,7 +981,7 @@ impl<'a> Worker<'a> {
             return Verdict::Drop(DropReason::NoSession);
         };
         let from = (info.src_ip, info.src_port);
-        if let Err(reason) = self.shared.reply_source_check(e.server, from, in_port, packet::src_mac(frame)) {
+        if let Err(reason) = self.routing.reply_source_check(e.server, from, in_port, packet::src_mac(frame)) {
             return Verdict::Drop(reason);
         }
         if info.ttl <= 1 {
@@ -1029,17 +1054,17 @@ impl<'a> Worker<'a> {
         if self.id != 0 {
             return;
         }
-        for (i, n) in self.shared.neighbors.iter().enumerate() {
+        for n in self.routing.neighbors.iter() {
             if n.is_static {
                 continue;
             }
-            let since = self.last_solicit_ms[i].map(|t| now_ms.wrapping_sub(t));
+            let since = n.solicited_at().map(|t| now_ms.wrapping_sub(t));
             if n.is_asked() && since.is_none_or(|d| d >= ARP_REPLY_WINDOW_MS) {
                 n.set_asked(false);
             }
             let interval = if n.mac().is_some() { self.shared.arp_refresh_ms } else { UNRESOLVED_RETRY_MS };
             if since.is_none_or(|d| d >= interval) && send(n, &self.shared.ports[usize::from(n.port)]) {
-                self.last_solicit_ms[i] = Some(now_ms);
+                n.set_solicited_at(now_ms);
                 n.set_asked(true);
             }
         }

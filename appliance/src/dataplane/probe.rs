@@ -6,6 +6,7 @@
 //! row bring a server up, `fall` failures take it down (HAProxy's `inter`,
 //! `rise`, `fall`); a server down gets no new flows.
 
+use super::routing::Routing;
 use super::shared::Shared;
 use crate::config::{Probe, PROBE_PORT_BASE};
 use std::sync::atomic::Ordering::Relaxed;
@@ -39,25 +40,49 @@ pub struct ProbeSyn {
 }
 
 impl Prober {
-    pub fn new(shared: &Shared) -> Prober {
-        let probed = shared
-            .servers
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                Some(Probed {
-                    server: i as u16,
-                    probe: s.probe?,
-                    // Spread the first probes over the first interval.
-                    next_at: (i as u32).wrapping_mul(37) % s.probe?.interval_ms,
-                    in_flight: None,
-                    successes: 0,
-                    failures: 0,
-                    up: true,
-                })
-            })
-            .collect();
-        Prober { probed, sent: 0, key: shared.hash_seed ^ 0x7072_6f62_6573 }
+    pub fn new(shared: &Shared, routing: &Routing) -> Prober {
+        // Room for every server the appliance may know, so that a reload
+        // that adds probed servers allocates nothing on the worker.
+        let mut prober = Prober {
+            probed: Vec::with_capacity(shared.server_capacity),
+            sent: 0,
+            key: shared.hash_seed ^ 0x7072_6f62_6573,
+        };
+        prober.update(routing, shared);
+        prober
+    }
+
+    /// Follows a new routing (a reload): servers no longer probed go, new
+    /// ones start up (as at start), those kept keep their state and take
+    /// the new settings.
+    pub fn update(&mut self, routing: &Routing, shared: &Shared) {
+        self.probed.retain_mut(|p| match routing.servers.get(usize::from(p.server)).and_then(|s| s.probe) {
+            Some(probe) => {
+                p.probe = probe;
+                true
+            }
+            None => {
+                // Not probed any more: up as far as the probe is concerned.
+                shared.set_probe_up(p.server, true);
+                false
+            }
+        });
+        for (i, s) in routing.servers.iter().enumerate() {
+            let Some(probe) = s.probe else { continue };
+            if self.probed.iter().any(|p| usize::from(p.server) == i) || self.probed.len() == self.probed.capacity() {
+                continue;
+            }
+            self.probed.push(Probed {
+                server: i as u16,
+                probe,
+                // Spread the first probes over the first interval.
+                next_at: (i as u32).wrapping_mul(37) % probe.interval_ms.max(1),
+                in_flight: None,
+                successes: 0,
+                failures: 0,
+                up: true,
+            });
+        }
     }
 
     pub fn is_idle(&self) -> bool {

@@ -131,7 +131,8 @@ impl Worker<'_> {
                 }
             }
             // The lcore loop holds deferred packets; nothing to do here.
-            Command::Release { .. } => {}
+            // The worker loop handles these (they need its queues).
+            Command::Release { .. } | Command::Switch => {}
             Command::Announce { vip } => self.announcer.start(vip, now_ms),
             Command::Withdraw { vip } => self.announcer.stop(vip),
             Command::Sample { id, service, limit } => self.sample = Some(Sample::new(id, service, limit)),
@@ -140,7 +141,7 @@ impl Worker<'_> {
 
     fn install(&mut self, rec: SessionRecord, mode: InstallMode, now_ms: u32) {
         let stats = self.stats;
-        if self.shared.server_addr(rec.server).is_none() || usize::from(rec.client_port) >= self.shared.ports.len() {
+        if self.routing.server_addr(rec.server).is_none() || usize::from(rec.client_port) >= self.shared.ports.len() {
             stats.sync_refused.inc();
             return;
         }

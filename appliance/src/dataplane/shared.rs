@@ -3,15 +3,17 @@
 //! and their schedulers' tables, servers, neighbours, endpoint lookups, and
 //! the cluster facts the workers need.
 
-use crate::config::{Config, Garp, Mode, SchedulerKind, VipMode, DEFAULT_GARP};
+use super::routing::{Routing, ServiceRt};
+use crate::config::{Config, Garp, Mode, VipMode, DEFAULT_GARP};
 use crate::l7::cookie::CookieJar;
 use crate::packet::Mac;
-use crate::sched::maglev;
-use crate::session::{mix, FlowKey};
-use crate::stats::DropReason;
+use crate::session::mix;
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// Server slots allocated at least, so that a reload can add servers.
+pub const MIN_SERVER_CAPACITY: usize = 256;
 
 /// A next hop, and its MAC once known: written by whichever worker hears
 /// its ARP reply, read by all.
@@ -30,10 +32,12 @@ pub struct Neighbor {
     /// it asks and clears it after `ARP_REPLY_WINDOW_MS`): the only time a
     /// reply is learned, so an unsolicited reply cannot redirect a server.
     asked: AtomicBool,
+    /// When worker 0 last asked for its MAC (`u64::MAX`: never).
+    solicited_at: AtomicU64,
 }
 
 impl Neighbor {
-    fn new(ip: u32, port: u8, port_mac: Mac, static_mac: Option<Mac>) -> Neighbor {
+    pub(super) fn new(ip: u32, port: u8, port_mac: Mac, static_mac: Option<Mac>) -> Neighbor {
         let n = Neighbor {
             ip,
             port,
@@ -41,6 +45,7 @@ impl Neighbor {
             port_mac,
             is_static: static_mac.is_some(),
             asked: AtomicBool::new(false),
+            solicited_at: AtomicU64::new(u64::MAX),
         };
         if let Some(mac) = static_mac {
             n.head.store(n.encode(mac), Relaxed);
@@ -85,6 +90,25 @@ impl Neighbor {
         true
     }
 
+    /// Its configured MAC, if static.
+    pub fn static_mac(&self) -> Option<Mac> {
+        if self.is_static {
+            self.mac()
+        } else {
+            None
+        }
+    }
+
+    /// When worker 0 last asked for its MAC, on its clock.
+    pub(super) fn solicited_at(&self) -> Option<u32> {
+        let t = self.solicited_at.load(Relaxed);
+        (t != u64::MAX).then_some(t as u32)
+    }
+
+    pub(super) fn set_solicited_at(&self, now_ms: u32) {
+        self.solicited_at.store(u64::from(now_ms), Relaxed);
+    }
+
     /// Our request went out (`asked`) or its reply window closed (`!asked`).
     pub(super) fn set_asked(&self, asked: bool) {
         self.asked.store(asked, Relaxed);
@@ -110,141 +134,6 @@ pub struct PortRt {
     pub mac: Mac,
 }
 
-pub(super) struct ServiceRt {
-    /// The VIP's slot in `Shared::vip_owned`.
-    pub vip_slot: usize,
-    pub vip: u32,
-    pub port: u16,
-    pub proto: u8,
-    pub mode: Mode,
-    /// Global server ids.
-    pub servers: Vec<u16>,
-    pub maglev: Option<Arc<maglev::Maglev>>,
-    /// Client-lock lifetime, if the service has persistence.
-    pub persistence_ms: Option<u32>,
-    /// `fragments: true`: every datagram goes by the address hash (`Worker::by_address`).
-    pub fragments: bool,
-    /// `on_server_down: reset`: a session of a server that is down ends
-    /// with a RST to the client at its next packet.
-    pub reset_on_down: bool,
-    /// `syn_proxy: true` or `mode: l7`: SYNs are answered with cookies,
-    /// connections are proxied (`dataplane::proxy`), not kept in the
-    /// session table.
-    pub proxied: bool,
-    /// `mode: l7`: the content rules and each group's servers.
-    pub l7: Option<L7Rt>,
-}
-
-/// An `l7` service's routing as the workers use it.
-pub(super) struct L7Rt {
-    pub rules: crate::l7::rules::Rules,
-    pub redirect: crate::config::Redirect,
-    /// Per group (the default first): global server ids.
-    pub groups: Vec<Vec<u16>>,
-}
-
-pub(super) struct ServerRt {
-    pub ip: u32,
-    pub port: u16,
-    pub service: u16,
-    pub neighbor: u16,
-    /// The appliance probes this server itself (its service has `probe`,
-    /// and it has no agent).
-    pub probe: Option<crate::config::Probe>,
-}
-
-/// (address, port, protocol) → a service's entry, for the handful of
-/// endpoints an appliance serves: a small open-addressed table (linear
-/// probing, at most half full, built before the workers start), so a lookup
-/// is one multiply and, nearly always, one compare. Keys are
-/// `packet::dst_key`s, which the per-packet path takes out of a frame's
-/// tuple without swapping bytes.
-pub(super) struct EndpointMap<V> {
-    /// (key, value); key 0 marks an empty slot (a key carries its protocol
-    /// number, never 0).
-    slots: Vec<(u64, V)>,
-    len: usize,
-}
-
-impl<V> Default for EndpointMap<V> {
-    fn default() -> Self {
-        EndpointMap { slots: Vec::new(), len: 0 }
-    }
-}
-
-impl<V: Copy + Default> EndpointMap<V> {
-    fn key(ip: u32, port: u16, proto: u8) -> u64 {
-        crate::packet::endpoint_key(ip, port, proto)
-    }
-
-    #[inline(always)]
-    fn home(k: u64, slots: usize) -> usize {
-        (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & slots.wrapping_sub(1)
-    }
-
-    /// Adds or replaces an endpoint's value.
-    fn insert(&mut self, ip: u32, port: u16, proto: u8, value: V) {
-        if (self.len + 1) * 2 > self.slots.len() {
-            let grown = vec![(0, V::default()); (self.slots.len() * 2).max(8)];
-            let old = std::mem::replace(&mut self.slots, grown);
-            self.len = 0;
-            for (k, v) in old.into_iter().filter(|&(k, _)| k != 0) {
-                self.put(k, v);
-            }
-        }
-        self.put(Self::key(ip, port, proto), value);
-    }
-
-    fn put(&mut self, k: u64, value: V) {
-        let mask = self.slots.len() - 1;
-        let mut i = Self::home(k, self.slots.len());
-        while self.slots[i].0 != 0 && self.slots[i].0 != k {
-            i = (i + 1) & mask;
-        }
-        if self.slots[i].0 == 0 {
-            self.len += 1;
-        }
-        self.slots[i] = (k, value);
-    }
-
-    /// The value at (address, port, protocol), in host byte order.
-    #[inline]
-    pub fn get(&self, ip: u32, port: u16, proto: u8) -> Option<V> {
-        self.get_wire(Self::key(ip, port, proto))
-    }
-
-    /// The value at a `packet::dst_key`.
-    #[inline(always)]
-    pub fn get_wire(&self, k: u64) -> Option<V> {
-        let mut i = Self::home(k, self.slots.len());
-        loop {
-            // Ends: the table always has an empty slot.
-            let &(key, value) = self.slots.get(i)?;
-            if key == k {
-                return Some(value);
-            }
-            if key == 0 {
-                return None;
-            }
-            i = (i + 1) & (self.slots.len() - 1);
-        }
-    }
-}
-
-/// A VIP endpoint's service, with what the per-packet path decides by it
-/// before it looks at the service itself.
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
-pub(super) struct VipEntry {
-    pub svc: u16,
-    /// `fragments: true`: every datagram goes by the address hash.
-    pub by_address: bool,
-    /// Without `on_server_down: reset`, a packet of an established session
-    /// needs nothing of the service beyond its mode and the session's
-    /// server: it may take the short way (`dataplane::lean`).
-    pub short_way: bool,
-    pub nat: bool,
-}
-
 /// An address an ARP request or ping asks about, as this appliance sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum AddressKind {
@@ -259,15 +148,14 @@ pub(super) enum AddressKind {
 /// VIP ownership are atomics).
 pub struct Shared {
     pub ports: Vec<PortRt>,
-    pub(super) services: Vec<ServiceRt>,
-    pub(super) servers: Vec<ServerRt>,
-    pub neighbors: Vec<Neighbor>,
-    /// (VIP, port, proto) → service.
-    pub(super) vips: EndpointMap<VipEntry>,
-    /// (server IP, port, proto) → NAT service, to recognise replies.
-    pub(super) nat_backends: EndpointMap<u16>,
-    /// (VIP, 0, proto) → the service that takes the VIP's fragments.
-    pub(super) fragment_vips: EndpointMap<u16>,
+    /// The routing tables now: the control thread's and the operator's
+    /// view. Workers hold their own `Arc` of it and take a new one at a
+    /// reload (`Worker::switch_routing`); they never lock this.
+    routing: Mutex<Arc<Routing>>,
+    /// The most servers the appliance can know in its life: per-server
+    /// atomics and counters are allocated for this many, and server ids a
+    /// reload adds are taken from them (`config::reload`).
+    pub server_capacity: usize,
     /// VIP → its slot in `vip_owned`.
     vip_slots: FxHashMap<u32, usize>,
     /// Per distinct VIP (ascending address): does this appliance answer
@@ -295,7 +183,6 @@ pub struct Shared {
     /// Gratuitous ARP on taking a VIP.
     pub garp: Garp,
     pub workers: usize,
-    pub timeouts: crate::session::Timeouts,
     pub session_capacity_per_worker: usize,
     /// Client locks per worker; None when no service has persistence.
     pub lock_capacity: Option<usize>,
@@ -339,107 +226,25 @@ impl Shared {
         let vip_owned: Vec<(u32, AtomicBool)> =
             addresses.iter().map(|&ip| (ip, AtomicBool::new(owned_at_start))).collect();
         let vip_slots: FxHashMap<u32, usize> = addresses.iter().enumerate().map(|(i, &ip)| (ip, i)).collect();
-        let services: Vec<ServiceRt> = cfg
-            .services
-            .iter()
-            .map(|s| {
-                let names: Vec<String> = s
-                    .servers
-                    .iter()
-                    .map(|&id| {
-                        let sv = &cfg.servers[usize::from(id)];
-                        format!("{}:{}", std::net::Ipv4Addr::from(sv.ip), sv.port)
-                    })
-                    .collect();
-                let weights: Vec<u32> = s.servers.iter().map(|&id| cfg.servers[usize::from(id)].weight).collect();
-                let maglev = (s.scheduler == SchedulerKind::Maglev).then(|| {
-                    let bs: Vec<maglev::Backend> =
-                        names.iter().zip(&weights).map(|(name, &weight)| maglev::Backend { name, weight }).collect();
-                    Arc::new(maglev::Maglev::new(&bs, s.maglev_table_size))
-                });
-                ServiceRt {
-                    vip_slot: vip_slots[&s.vip],
-                    vip: s.vip,
-                    port: s.port,
-                    proto: s.proto as u8,
-                    mode: s.mode,
-
-                    servers: s.servers.clone(),
-                    maglev,
-                    persistence_ms: s.persistence_ms,
-                    fragments: s.fragments,
-                    reset_on_down: s.on_server_down == crate::config::OnServerDown::Reset,
-                    proxied: s.syn_proxy || s.mode == Mode::L7,
-                    l7: s.l7.as_ref().map(|l| L7Rt {
-                        rules: l.rules.clone(),
-                        redirect: l.redirect.clone(),
-                        groups: l
-                            .groups
-                            .iter()
-                            .map(|g| g.members.iter().map(|&p| s.servers[usize::from(p)]).collect())
-                            .collect(),
-                    }),
-                }
-            })
-            .collect();
-        let mut vips = EndpointMap::default();
-        let mut nat_backends = EndpointMap::default();
-        let mut fragment_vips = EndpointMap::default();
-        for (i, s) in cfg.services.iter().enumerate() {
-            // Proxied services' packets go the long way, which knows them.
-            let short_way =
-                s.on_server_down != crate::config::OnServerDown::Reset && !s.syn_proxy && s.mode != Mode::L7;
-            let entry = VipEntry { svc: i as u16, by_address: s.fragments, short_way, nat: s.mode == Mode::Nat };
-            vips.insert(s.vip, s.port, s.proto as u8, entry);
-            if s.fragments {
-                fragment_vips.insert(s.vip, 0, s.proto as u8, i as u16);
-            }
-            // NAT and L7 servers' replies come back through the appliance.
-            if s.mode != Mode::Dsr {
-                for &id in &s.servers {
-                    let sv = &cfg.servers[usize::from(id)];
-                    nat_backends.insert(sv.ip, sv.port, s.proto as u8, i as u16);
-                }
-            }
-        }
-        let neighbors = cfg
-            .neighbors
-            .iter()
-            .map(|n| {
-                let port_mac = port_macs.get(usize::from(n.port)).copied().unwrap_or([0; 6]);
-                Neighbor::new(n.ip, n.port, port_mac, n.static_mac)
-            })
-            .collect();
+        let routing = Routing::build(cfg, port_macs, &vip_slots, None);
+        let server_capacity = cfg.servers.len().max(MIN_SERVER_CAPACITY);
         let workers = cfg.eal.worker_cores.len();
         let cluster = cfg.cluster.as_ref();
         Shared {
             ports,
-            services,
-            servers: cfg
-                .servers
-                .iter()
-                .map(|s| ServerRt {
-                    ip: s.ip,
-                    port: s.port,
-                    service: s.service,
-                    neighbor: s.neighbor,
-                    probe: cfg.services[usize::from(s.service)].probe.filter(|_| s.agent.is_none()),
-                })
-                .collect(),
-            probe_up: cfg.servers.iter().map(|_| AtomicBool::new(true)).collect(),
-            probe_answer: cfg.servers.iter().map(|_| AtomicU32::new(0)).collect(),
-            neighbors,
-            vips,
-            nat_backends,
-            fragment_vips,
+            routing: Mutex::new(Arc::new(routing)),
+            server_capacity,
+            probe_up: (0..server_capacity).map(|_| AtomicBool::new(true)).collect(),
+            probe_answer: (0..server_capacity).map(|_| AtomicU32::new(0)).collect(),
             vip_slots,
             vip_rebuilding: vip_owned.iter().map(|_| AtomicBool::new(false)).collect(),
-            server_weight: cfg.servers.iter().map(|s| AtomicU32::new(s.weight)).collect(),
-            drained: cfg.servers.iter().map(|_| AtomicBool::new(false)).collect(),
+            server_weight: (0..server_capacity)
+                .map(|i| AtomicU32::new(cfg.servers.get(i).map_or(0, |s| s.weight)))
+                .collect(),
+            drained: (0..server_capacity).map(|_| AtomicBool::new(false)).collect(),
             vip_owned,
             garp: cfg.cluster.as_ref().map_or(DEFAULT_GARP, |c| c.garp),
             workers,
-            timeouts: cfg.timeouts,
             session_capacity_per_worker: cfg.session_capacity.div_ceil(workers),
             lock_capacity: cfg.services.iter().any(|s| s.persistence_ms.is_some()).then_some(cfg.lock_capacity),
             proxied_capacity: cfg
@@ -472,6 +277,33 @@ impl Shared {
             defer_ms: cluster.and_then(|c| c.defer_ms),
             ports_up: AtomicBool::new(false),
         }
+    }
+
+    /// The routing tables now (control thread and operator; workers hold
+    /// their own).
+    pub fn routing(&self) -> Arc<Routing> {
+        Arc::clone(&self.routing.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Makes `routing` the one `routing()` returns (a reload: the control
+    /// thread then hands it to each worker).
+    pub fn set_routing(&self, routing: Arc<Routing>) {
+        *self.routing.lock().unwrap_or_else(|e| e.into_inner()) = routing;
+    }
+
+    /// The VIP slots (fixed for the appliance's life).
+    pub fn vip_slots(&self) -> &FxHashMap<u32, usize> {
+        &self.vip_slots
+    }
+
+    /// The MACs in use on the ports.
+    pub fn port_macs(&self) -> Vec<Mac> {
+        self.ports.iter().map(|p| p.mac).collect()
+    }
+
+    /// The service at (VIP, port, protocol), by the routing now.
+    pub fn service_at(&self, vip: u32, port: u16, proto: u8) -> Option<u16> {
+        self.routing().service_at(vip, port, proto)
     }
 
     /// Whether a service answers SYNs with cookies (`syn_proxy` or `l7`).
@@ -508,30 +340,6 @@ impl Shared {
         self.defer_active.store(on && self.defer_ms.is_some(), Relaxed);
     }
 
-    /// The service at (VIP, port, protocol).
-    pub fn service_at(&self, vip: u32, port: u16, proto: u8) -> Option<u16> {
-        self.vips.get(vip, port, proto).map(|v| v.svc)
-    }
-
-    /// The global id of `service`'s server at (ip, port).
-    pub fn server_of(&self, service: u16, ip: u32, port: u16) -> Option<u16> {
-        let s = self.services.get(usize::from(service))?;
-        s.servers.iter().copied().find(|&id| {
-            let sv = &self.servers[usize::from(id)];
-            sv.ip == ip && sv.port == port
-        })
-    }
-
-    /// A server's (ip, port, service).
-    pub fn server_addr(&self, id: u16) -> Option<(u32, u16, u16)> {
-        self.servers.get(usize::from(id)).map(|s| (s.ip, s.port, s.service))
-    }
-
-    /// A service's (VIP, port, protocol).
-    pub fn service_endpoint(&self, service: u16) -> Option<(u32, u16, u8)> {
-        self.services.get(usize::from(service)).map(|s| (s.vip, s.port, s.proto))
-    }
-
     /// The worker that owns a client endpoint. Multiply-shift instead of `%`.
     #[inline]
     pub fn owner(&self, client_ip: u32, client_port: u16) -> usize {
@@ -540,14 +348,6 @@ impl Shared {
         }
         let h = mix(u64::from(client_ip) ^ self.hash_seed, u64::from(client_port)) >> 32;
         ((h * self.workers as u64) >> 32) as usize
-    }
-
-    /// The server a Maglev service gives a new flow (the same on every
-    /// appliance); None for round-robin services. Lets tools predict placement.
-    pub fn maglev_pick(&self, service: usize, key: &FlowKey) -> Option<u16> {
-        let s = self.services.get(service)?;
-        let m = s.maglev.as_ref()?;
-        Some(s.servers[m.lookup(key.hash(0))])
     }
 
     /// Whom an ARP request or ping for `ip` on `port` concerns.
@@ -576,37 +376,6 @@ impl Shared {
     pub fn with_cookie_key(mut self, key: (u64, u64)) -> Shared {
         self.cookies = CookieJar::new(key);
         self
-    }
-
-    /// Server `id`'s next hop (the server itself on its subnet).
-    #[inline(always)]
-    pub(super) fn next_hop(&self, id: u16) -> Option<&Neighbor> {
-        self.neighbors.get(usize::from(self.servers.get(usize::from(id))?.neighbor))
-    }
-
-    /// Whether a NAT reply (its source address and port, the port it came
-    /// in on and its source MAC) comes from server `id` itself: Err names
-    /// the drop. Addresses are easy to spoof, the link a frame came by less
-    /// so; the long way and the short way of a reply both ask this.
-    #[inline(always)]
-    pub(super) fn reply_source_check(
-        &self,
-        id: u16,
-        src: (u32, u16),
-        in_port: u8,
-        src_mac: Mac,
-    ) -> Result<(), DropReason> {
-        let Some(srv) = self.servers.get(usize::from(id)) else {
-            return Err(DropReason::NoSession);
-        };
-        if (srv.ip, srv.port) != src {
-            // A reply from a server this client's session is not bound to.
-            return Err(DropReason::NoSession);
-        }
-        match self.neighbors.get(usize::from(srv.neighbor)) {
-            Some(hop) if hop.port == in_port && hop.mac() == Some(src_mac) => Ok(()),
-            _ => Err(DropReason::SpoofedReply),
-        }
     }
 
     /// Does this appliance take new flows for the service's VIP?
@@ -702,35 +471,6 @@ impl Shared {
     pub fn set_vip_owned(&self, ip: u32, owned: bool) {
         if let Some(&slot) = self.vip_slots.get(&ip) {
             self.vip_owned[slot].1.store(owned, Relaxed);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::EndpointMap;
-
-    #[test]
-    fn endpoint_map_finds_replaces_and_misses_small_and_large() {
-        assert_eq!(EndpointMap::<u16>::default().get(0xc612_6400, 80, 6), None, "empty");
-        for n in [1u32, 3, 100, 5000] {
-            let mut m = EndpointMap::default();
-            for i in 0..n {
-                m.insert(0xc612_6400 + i, 80, 6, i as u16);
-            }
-            m.insert(0xc612_6400, 80, 6, 999); // replaces
-            assert_eq!(m.get(0xc612_6400, 80, 6), Some(999));
-            for i in 1..n {
-                assert_eq!(m.get(0xc612_6400 + i, 80, 6), Some(i as u16));
-                assert_eq!(m.get(0xc612_6400 + i, 81, 6), None, "other port");
-                assert_eq!(m.get(0xc612_6400 + i, 80, 17), None, "other protocol");
-            }
-            assert_eq!(m.get(0xc612_6400 + n, 80, 6), None);
-            // The wire's byte order finds the same entry.
-            // A frame's tuple finds the same entry.
-            let ips = u64::from_ne_bytes([203, 0, 113, 7, 198, 18, 100, 2]);
-            let tuple = crate::packet::wire_key(ips, u32::from_ne_bytes([0x9c, 0x40, 0, 80]), 6);
-            assert_eq!(m.get_wire(crate::packet::dst_key(tuple)), (n > 2).then_some(2));
         }
     }
 }

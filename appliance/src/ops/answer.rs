@@ -19,6 +19,8 @@ struct ServerInfo {
     ip: Ipv4Addr,
     port: u16,
     weight: u32,
+    /// Removed by a reload: not listed, not drained.
+    removed: bool,
 }
 
 /// Answers requests about the appliance `cfg` configures.
@@ -49,6 +51,7 @@ impl Answerer {
                 ip: Ipv4Addr::from(s.ip),
                 port: s.port,
                 weight: s.weight,
+                removed: s.removed,
             })
             .collect();
         let services = cfg.services.iter().map(|s| (s.name.clone(), s.vip, s.port)).collect();
@@ -117,6 +120,7 @@ impl Answerer {
         };
         match request {
             Request::Sessions { .. } => (Response::error("sessions are sampled, not answered at once"), None),
+            Request::Reload => (Response::error("the control loop answers reloads itself"), None),
             Request::Status => (json(serde_json::to_value(Status::new(t_s, snap, &labels, control))), None),
             Request::Servers => (json(serde_json::to_value(self.rows(snap, control))), None),
             Request::Metrics => {
@@ -155,9 +159,10 @@ impl Answerer {
     fn matching(&self, spec: &str) -> Vec<usize> {
         let spec = spec.trim();
         let by = |s: &ServerInfo| {
-            s.label == spec
-                || format!("{}:{}", s.ip, s.port) == spec
-                || spec.parse::<Ipv4Addr>().is_ok_and(|ip| ip == s.ip)
+            !s.removed
+                && (s.label == spec
+                    || format!("{}:{}", s.ip, s.port) == spec
+                    || spec.parse::<Ipv4Addr>().is_ok_and(|ip| ip == s.ip))
         };
         (0..self.servers.len()).filter(|&i| by(&self.servers[i])).collect()
     }
@@ -167,6 +172,7 @@ impl Answerer {
         self.servers
             .iter()
             .enumerate()
+            .filter(|(_, s)| !s.removed)
             .map(|(i, s)| ServerRow {
                 server: s.label.clone(),
                 service: s.service.clone(),

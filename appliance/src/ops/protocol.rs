@@ -29,6 +29,8 @@ pub enum Request {
     Undrain { server: String },
     /// The counters in Prometheus's text format.
     Metrics,
+    /// Re-read the configuration file and apply it (`config::reload`).
+    Reload,
 }
 
 /// Sessions `ringlb sessions` lists unless told otherwise, and at most.

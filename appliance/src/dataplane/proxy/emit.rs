@@ -61,8 +61,9 @@ impl Worker<'_> {
 
     fn emit_one(&mut self, p: &Proxied, key: &FlowKey, e: Emit) {
         let shared = self.shared;
-        let srv = &shared.servers[usize::from(p.server)];
-        let nb = &shared.neighbors[usize::from(srv.neighbor)];
+        let routing = &*self.routing;
+        let srv = &routing.servers[usize::from(p.server)];
+        let nb = &routing.neighbors[usize::from(srv.neighbor)];
         let client = (key.client_ip, key.client_port);
         let server = (srv.ip, srv.port);
         let service = (key.vip, key.vport);

@@ -36,7 +36,8 @@
 
 use super::l7::next_server;
 use super::Proxied;
-use crate::dataplane::shared::{L7Rt, Shared};
+use crate::dataplane::routing::L7Rt;
+use crate::dataplane::shared::Shared;
 use crate::l7::conn::{Emit, Seg, ACK, FIN, RST};
 use crate::l7::request::{self, Head, RequestPool};
 use crate::l7::response::{self, ResponseHead, Validator};

@@ -4,7 +4,8 @@
 //! choice of another server when one fails before answering.
 
 use super::{failover, tcp_header, Proxied, State};
-use crate::dataplane::shared::{L7Rt, Shared};
+use crate::dataplane::routing::L7Rt;
+use crate::dataplane::shared::Shared;
 use crate::dataplane::{Verdict, Worker};
 use crate::l7::conn::{Action, Emit, Seg};
 use crate::l7::request::{self, Gathered, Head, RequestPool, HEAD_CAP};
@@ -30,7 +31,8 @@ impl Worker<'_> {
         now_ms: u32,
     ) -> Verdict {
         let shared = self.shared;
-        let service = &shared.services[usize::from(svc)];
+        let routing = &*self.routing;
+        let service = &routing.services[usize::from(svc)];
         let (Some(table), Some(pool), Some(l7)) = (self.proxied.as_mut(), self.requests.as_mut(), &service.l7) else {
             return Verdict::Drop(DropReason::NoSession);
         };
@@ -110,7 +112,7 @@ impl Worker<'_> {
                                         }
                                         if p.racing == 1 {
                                             p.racing = 0; // nobody to race with
-                                            self.stats.server_new_sessions[usize::from(p.server)].inc();
+                                            self.stats.server_new_session(p.server);
                                         }
                                     }
                                     None => {

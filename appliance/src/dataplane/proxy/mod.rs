@@ -197,7 +197,7 @@ impl Worker<'_> {
         let Some(table) = self.proxied.as_mut() else {
             return Verdict::Drop(DropReason::NoSession); // not allocated: no proxied service
         };
-        let l7 = self.shared.services[usize::from(svc)].l7.is_some();
+        let l7 = self.routing.services[usize::from(svc)].l7.is_some();
         if let Some(p) = table.get_mut(key.pack(), hash, now_ms) {
             if let Some(d) = p.track.as_mut() {
                 // `l7`, a tracked download: the client's ACKs say how far
@@ -306,7 +306,8 @@ impl Worker<'_> {
     /// A SYN: the SYN-ACK with the cookie, written in its place. Nothing is kept.
     fn answer_syn(&mut self, frame: &mut [u8], svc: u16, key: &FlowKey, in_port: u8, now_ms: u32) -> Verdict {
         let shared = self.shared;
-        let service = &shared.services[usize::from(svc)];
+        let routing = &*self.routing;
+        let service = &routing.services[usize::from(svc)];
         if !shared.owns_vip_of(service) {
             return Verdict::Drop(DropReason::VipNotOwned);
         }
@@ -353,6 +354,7 @@ impl Worker<'_> {
         now_ms: u32,
     ) -> Verdict {
         let shared = self.shared;
+        let routing = &*self.routing;
         let cookie = seg.ack.wrapping_sub(1);
         let isn = seg.seq.wrapping_sub(1);
         let opts = match shared.cookies.check(&flow_of(key), isn, cookie, self.wall_ms(now_ms)) {
@@ -360,7 +362,7 @@ impl Worker<'_> {
             Err(CookieError::Stale) => return Verdict::Drop(DropReason::CookieStale),
             Err(CookieError::Forged) => return Verdict::Drop(DropReason::CookieForged),
         };
-        let service = &shared.services[usize::from(svc)];
+        let service = &routing.services[usize::from(svc)];
         if !shared.owns_vip_of(service) {
             return Verdict::Drop(DropReason::VipNotOwned);
         }
@@ -412,7 +414,7 @@ impl Worker<'_> {
         self.stats.proxy_active.inc();
         match syn {
             Some(syn) => {
-                self.stats.server_new_sessions[usize::from(server)].inc();
+                self.stats.server_new_session(server);
                 self.emit(&p, key, syn);
                 Verdict::Consumed
             }
@@ -454,6 +456,7 @@ impl Worker<'_> {
         now_ms: u32,
     ) -> Verdict {
         let shared = self.shared;
+        let routing = &*self.routing;
         let Some(mut seg) = seg_of(frame, info) else {
             return Verdict::Drop(DropReason::Malformed);
         };
@@ -466,7 +469,7 @@ impl Worker<'_> {
             let racing = usize::from(p.racing);
             let Some(k) = p.race[..racing]
                 .iter()
-                .position(|&c| shared.reply_source_check(c, from, in_port, packet::src_mac(frame)).is_ok())
+                .position(|&c| routing.reply_source_check(c, from, in_port, packet::src_mac(frame)).is_ok())
             else {
                 return Verdict::Drop(DropReason::NoSession);
             };
@@ -481,7 +484,7 @@ impl Worker<'_> {
                 p.server = p.race[0];
                 if p.racing == 1 {
                     p.racing = 0;
-                    self.stats.server_new_sessions[usize::from(p.server)].inc();
+                    self.stats.server_new_session(p.server);
                 }
                 return Verdict::Consumed;
             } else if seg.flags & (tcp_flags::SYN | tcp_flags::RST) == tcp_flags::SYN && for_our_syn {
@@ -489,8 +492,8 @@ impl Worker<'_> {
                 let winner = p.race[k];
                 let losers = *p;
                 (p.server, p.racing) = (winner, 0);
-                self.stats.server_new_sessions[usize::from(winner)].inc();
-                self.stats.server_race_won[usize::from(winner)].inc();
+                self.stats.server_new_session(winner);
+                self.stats.server_won_race(winner);
                 for (i, &loser) in losers.race[..racing].iter().enumerate() {
                     if i != k {
                         let mut q = losers;
@@ -503,13 +506,13 @@ impl Worker<'_> {
             } else {
                 return Verdict::Drop(DropReason::ProxyRefused);
             }
-        } else if let Err(reason) = shared.reply_source_check(p.server, from, in_port, packet::src_mac(frame)) {
+        } else if let Err(reason) = routing.reply_source_check(p.server, from, in_port, packet::src_mac(frame)) {
             return Verdict::Drop(reason);
         }
         if info.ttl <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
-        let l7 = shared.services[usize::from(svc)].l7.as_ref();
+        let l7 = routing.services[usize::from(svc)].l7.as_ref();
         let before = p.conn.state;
         let mut head_to_strip = None;
         if let (Some(l7), State::Spliced, false) = (l7, before, p.answered) {
@@ -628,7 +631,7 @@ impl Worker<'_> {
                         self.requests.as_mut().and_then(|pool| failover::fail_over(p, l7, sched, shared, pool, now_ms));
                     if let Some(syn) = syn {
                         let new = *p;
-                        self.stats.server_redirects[usize::from(old.server)].inc();
+                        self.stats.server_redirected(old.server);
                         if seg.flags & tcp_flags::RST == 0 {
                             self.emit(&old, key, Emit::RstToServer { seq: old.conn.client_next() });
                         }
@@ -653,6 +656,8 @@ impl Worker<'_> {
             };
         }
         let (action, mut emits) = p.conn.on_server(&seg);
+        // Looked up again: the borrow above ends at the `&mut self` calls.
+        let l7 = self.routing.services[usize::from(svc)].l7.as_ref();
         if let (Some(l7), State::Connecting, State::Closed) = (l7, before, p.conn.state) {
             // `l7`: the server refused the replayed SYN: another one, if any.
             let failed_server = p.server;
@@ -660,7 +665,7 @@ impl Worker<'_> {
             match redirect(p, l7, sched, shared, self.requests.as_mut(), now_ms) {
                 Some(syn) => {
                     emits = [Some(syn), None];
-                    self.stats.server_redirects[usize::from(failed_server)].inc();
+                    self.stats.server_redirected(failed_server);
                     self.stats.l7_redirects.inc();
                 }
                 None if p.track.is_some_and(|d| d.resuming()) => {
@@ -747,14 +752,15 @@ impl Worker<'_> {
         now_ms: u32,
     ) -> Option<Verdict> {
         let shared = self.shared;
-        let l7 = shared.services[usize::from(svc)].l7.as_ref()?;
+        let routing = &*self.routing;
+        let l7 = routing.services[usize::from(svc)].l7.as_ref()?;
         let p = self.proxied.as_mut()?.get_mut(key.pack(), hash, now_ms)?;
         let old = *p;
         let sched = &mut self.l7_schedulers[usize::from(svc)];
         match redirect(p, l7, sched, shared, self.requests.as_mut(), now_ms) {
             Some(syn) => {
                 let new = *p;
-                self.stats.server_redirects[usize::from(old.server)].inc();
+                self.stats.server_redirected(old.server);
                 self.stats.l7_redirects.inc();
                 if !server_reset {
                     self.emit(&old, key, Emit::RstToServer { seq: old.conn.client_next() });
@@ -794,8 +800,9 @@ impl Worker<'_> {
     /// A client's segment of a joined connection, on its way to the server.
     fn splice_to_server(&self, frame: &mut [u8], info: &L4Info, p: Splice) -> Verdict {
         let shared = self.shared;
-        let srv = &shared.servers[usize::from(p.server)];
-        let nb = &shared.neighbors[usize::from(srv.neighbor)];
+        let routing = &*self.routing;
+        let srv = &routing.servers[usize::from(p.server)];
+        let nb = &routing.neighbors[usize::from(srv.neighbor)];
         let Some(server_mac) = nb.mac() else {
             return Verdict::Drop(DropReason::NoNeighbor);
         };
@@ -814,7 +821,8 @@ impl Worker<'_> {
     /// A server's segment of a joined connection, on its way to the client.
     fn splice_to_client(&self, frame: &mut [u8], info: &L4Info, svc: u16, p: &Proxied) -> Verdict {
         let shared = self.shared;
-        let service = &shared.services[usize::from(svc)];
+        let routing = &*self.routing;
+        let service = &routing.services[usize::from(svc)];
         let Some(out) = shared.ports.get(usize::from(p.client_port)) else {
             return Verdict::Drop(DropReason::NoNeighbor);
         };

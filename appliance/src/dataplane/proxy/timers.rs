@@ -15,14 +15,14 @@ impl Worker<'_> {
     /// given up, idle connections removed.
     pub(in crate::dataplane) fn proxy_sweep(&mut self, now_ms: u32) {
         let Some(mut table) = self.proxied.take() else { return };
-        let timeouts = self.shared.timeouts;
+        let timeouts = self.routing.timeouts;
         let budget = (table.capacity() / 64).max(256);
         let mut due = [(0u128, Proxied::default(), Emit::RstToServer { seq: 0 }); 32];
         let mut n_due = 0;
         let (stats, mut failed) = (self.stats, 0u64);
         let mut pool = self.requests.as_mut();
         let mut removed = 0u64;
-        let (shared, schedulers) = (self.shared, &mut self.l7_schedulers);
+        let (shared, routing, schedulers) = (self.shared, &*self.routing, &mut self.l7_schedulers);
         let (mut redirected, mut resume_refused) = (0u64, 0u64);
         table.visit(budget, |key, p, last_seen_ms| {
             if n_due + 2 > due.len() {
@@ -50,12 +50,12 @@ impl Worker<'_> {
                             let old = *p;
                             due[n_due] = (key, old, Emit::RstToServer { seq: old.conn.client_isn.wrapping_add(1) });
                             n_due += 1;
-                            let l7 = shared.services[usize::from(p.svc)].l7.as_ref();
+                            let l7 = routing.services[usize::from(p.svc)].l7.as_ref();
                             let sched = schedulers.get_mut(usize::from(p.svc));
                             let pool = pool.as_deref_mut();
                             match l7.zip(sched).and_then(|(l7, sched)| redirect(p, l7, sched, shared, pool, now_ms)) {
                                 Some(syn) => {
-                                    stats.server_redirects[usize::from(old.server)].inc();
+                                    stats.server_redirected(old.server);
                                     redirected += 1;
                                     due[n_due] = (key, *p, syn);
                                 }
@@ -110,7 +110,7 @@ impl Worker<'_> {
                 State::Spliced if p.answered && p.track.is_some_and(|d| d.stalled(now_ms)) => {
                     let old = *p;
                     let mut stays = true;
-                    let l7 = shared.services[usize::from(p.svc)].l7.as_ref();
+                    let l7 = routing.services[usize::from(p.svc)].l7.as_ref();
                     let sched = schedulers.get_mut(usize::from(p.svc));
                     let syn = match (l7, sched, pool.as_deref_mut()) {
                         (Some(l7), Some(sched), Some(pool)) => fail_over(p, l7, sched, shared, pool, now_ms),
@@ -118,7 +118,7 @@ impl Worker<'_> {
                     };
                     match syn {
                         Some(syn) => {
-                            stats.server_redirects[usize::from(old.server)].inc();
+                            stats.server_redirected(old.server);
                             due[n_due] = (key, old, Emit::RstToServer { seq: old.conn.client_next() });
                             due[n_due + 1] = (key, *p, syn);
                             n_due += 2;
