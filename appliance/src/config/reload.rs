@@ -156,6 +156,21 @@ fn needs_no_restart(running: &Config, new: &Config) -> Result<(), String> {
             names(new).join(", ")
         ));
     }
+    // Agents are ring members: the ring's peer list is fixed at start.
+    let agents = |c: &Config| {
+        let mut v: Vec<String> = c
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.removed && s.agent.is_some())
+            .map(|(i, s)| format!("{} agent {:?}", c.server_label(i), s.agent))
+            .collect();
+        v.sort();
+        v
+    };
+    if agents(running) != agents(new) {
+        return Err("servers with an agent changed: the ring's members need a restart".into());
+    }
     let had_locks = running.services.iter().any(|s| s.persistence_ms.is_some());
     for (old, s) in running.services.iter().zip(&new.services) {
         let fixed =
