@@ -252,13 +252,14 @@ fn run_with_eal(
 
     let labels: Vec<String> = (0..cfg.servers.len()).map(|i| cfg.server_label(i)).collect();
     let mut driver = Driver::new(cluster_sockets, &stats, labels.clone());
-    if let Some(path) = &opts.config_path {
-        driver.reload_from(path.clone(), cfg.clone(), Arc::clone(sighup));
-    }
+    driver.reload_on(Arc::clone(sighup));
     driver.serve_ops(ops_inbox, crate::ops::answer::Answerer::new(cfg));
     // The incarnation grows from one start to the next: the wall clock.
     let incarnation = driver::wall_us() / 1000;
     let mut control = Control::new(cfg, Arc::clone(&shared), control_ports, driver.now(), incarnation);
+    if let Some(path) = &opts.config_path {
+        control.reload_from(path.clone());
+    }
     control.runtime =
         crate::control::status::Runtime { workers, tsc_hz: eal.tsc_hz(), table_bytes_per_worker: table_bytes as u64 };
     // The ports start once the control plane is ready for traffic (at once

@@ -228,3 +228,107 @@ fn the_standby_takes_the_vip_with_gratuitous_arp_after_kill_9() {
     assert!(first < Duration::from_millis(1_500), "{first:?}");
     assert!(garps[1] - garps[0] >= Duration::from_millis(90), "spaced by the interval: {garps:?}");
 }
+
+/// `ringlb reload` on `name`'s control socket: (exit ok, what it printed).
+fn reload(dir: &Path, name: &str) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .arg("reload")
+        .arg("--socket")
+        .arg(dir.join(format!("{name}.sock")))
+        .output()
+        .expect("run ringlb reload");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text.trim().to_string())
+}
+
+/// (generation, cluster version) of `name`'s configuration.
+fn config_of(s: &serde_json::Value) -> (u64, String) {
+    (u(s, &["config", "generation"]), s["config"]["cluster_version"].as_str().unwrap_or("").to_string())
+}
+
+#[test]
+fn a_reload_on_one_member_reaches_all_three_and_a_member_killed_during_the_next_converges_on_return() {
+    let dir = Dir(std::env::temp_dir().join(format!("ringlb-vdev-cluster-cfg-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let net = 1 + (std::process::id() % 200) as u8;
+    let addrs: Vec<String> = (1..=3).map(|i| format!("127.{net}.1.{i}:7400")).collect();
+    let members = addrs.join(", ");
+    let null = "net_null0,no-rx=1";
+    let names = ["a", "b", "c"];
+    let mut procs: Vec<Proc> = names.iter().zip(&addrs).map(|(n, a)| start(&dir.0, n, null, a, &members)).collect();
+    for n in names {
+        wait_for(&dir.0, n, "a ring of three", |s| s["cluster"]["members"].as_array().map(Vec::len) == Some(3));
+    }
+    let first = config_of(&status(&dir.0, "a").unwrap());
+    assert_eq!(first.0, 0);
+
+    // a's file: s2 reweighted, s3 added; `ringlb reload` on a only.
+    let file = dir.0.join("a.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let two = r#"{ ip: 198.18.0.12, port: 80, weight: 2, mac: "02:00:00:00:01:02" }"#;
+    let changed = text.replace(
+        two,
+        r#"{ ip: 198.18.0.12, port: 80, weight: 5, mac: "02:00:00:00:01:02" }
+    - { ip: 198.18.0.13, port: 80, weight: 1, mac: "02:00:00:00:01:03" }"#,
+    );
+    assert_ne!(changed, text);
+    std::fs::write(&file, &changed).unwrap();
+    let (ok, said) = reload(&dir.0, "a");
+    println!("$ ringlb reload (on a) → {said}");
+    assert!(ok && said.contains("agreed by every appliance"), "{said}");
+    // The status file follows within its interval.
+    let agreed = config_of(&wait_for(&dir.0, "a", "generation 1", |s| u(s, &["config", "generation"]) == 1));
+    assert_ne!(agreed.1, first.1);
+    for n in names {
+        let s = wait_for(&dir.0, n, "generation 1", |s| config_of(s) == agreed);
+        println!("{n}: config version {} cluster version {} generation {}", s["config_version"], agreed.1, agreed.0);
+    }
+
+    // kill -9 c, and at once another change on a: the ring purges c, a and
+    // b agree without it.
+    let _ = procs[2].0.kill();
+    let _ = procs[2].0.wait();
+    std::fs::write(
+        &file,
+        changed.replace("weight: 1, mac: \"02:00:00:00:01:03\"", "weight: 4, mac: \"02:00:00:00:01:03\""),
+    )
+    .unwrap();
+    let (ok, said) = reload(&dir.0, "a");
+    println!("c killed; $ ringlb reload (on a) → {said}");
+    assert!(ok, "{said}");
+    let second = config_of(&wait_for(&dir.0, "a", "generation 2", |s| u(s, &["config", "generation"]) == 2));
+    wait_for(&dir.0, "b", "generation 2", |s| config_of(s) == second);
+
+    // c returns from its own, old file: it pulls generation 2.
+    std::fs::remove_file(dir.0.join("c.json")).unwrap();
+    procs[2] = start(&dir.0, "c", null, &addrs[2], &members);
+    let s = wait_for(&dir.0, "c", "generation 2 after its return", |s| config_of(s) == second);
+    println!("c restarted from its old file: cluster version {} generation {}", second.1, second.0);
+    let log = std::fs::read_to_string(dir.0.join("c.log")).unwrap();
+    assert!(log.contains("pulled from"), "{log}");
+    let listed: Vec<String> = s["config"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!("{}={}@{}", m["member"].as_str().unwrap(), m["cluster_version"].as_str().unwrap(), m["generation"])
+        })
+        .collect();
+    println!("c's status lists: {}", listed.join(" "));
+    let a = wait_for(&dir.0, "a", "every member at generation 2", |s| {
+        s["config"]["members"].as_array().is_some_and(|m| {
+            m.len() == 3 && m.iter().all(|m| m["generation"] == 2 && m["cluster_version"] == second.1.as_str())
+        })
+    });
+    println!("a's status: {}", a["config"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["status", "--socket"])
+        .arg(dir.0.join("a.sock"))
+        .output()
+        .expect("run ringlb status");
+    let table = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = table.lines().filter(|l| l.starts_with("config")).collect();
+    println!("$ ringlb status (on a)\n{}", lines.join("\n"));
+    assert_eq!(lines.len(), 2, "{table}");
+    assert_eq!(lines[1].matches(&format!("{}@2", second.1)).count(), 3, "{table}");
+}

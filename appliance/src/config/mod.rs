@@ -37,6 +37,8 @@ struct RawConfig {
     cluster: Option<cluster::RawCluster>,
     #[serde(default)]
     syn_cookies: Option<RawSynCookies>,
+    #[serde(default)]
+    bird: Option<RawBird>,
 }
 
 /// The SYN cookies' key, shared by the appliances that must check each
@@ -90,6 +92,30 @@ struct RawPort {
     ip: Spanned<String>,
     #[serde(default)]
     mac: Option<Spanned<String>>,
+    /// A kernel interface for what the fast path does not answer (BGP, ssh).
+    #[serde(default)]
+    kernel: Option<Spanned<RawKernel>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawKernel {
+    /// The tap interface's name (net_tap PMD).
+    tap: String,
+    /// Give it the port's address and bring it up (default true).
+    #[serde(default)]
+    configure: Option<bool>,
+}
+
+/// Announcing the VIPs by BGP through BIRD.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawBird {
+    /// The file ringlb writes: a BIRD `protocol static` with the VIPs to announce.
+    vips_file: Spanned<String>,
+    /// BIRD's control socket (`birdc -s`), told to `configure` after each change.
+    #[serde(default)]
+    socket: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -388,6 +414,8 @@ pub struct PortConfig {
     pub ip: u32,
     pub prefix_len: u8,
     pub mac: Option<Mac>,
+    /// The port's kernel interface (a net_tap), if any.
+    pub kernel: Option<KernelTap>,
 }
 
 impl PortConfig {
@@ -427,6 +455,23 @@ pub struct ServiceConfig {
     pub syn_proxy: bool,
     /// `mode: l7`: its groups (the default first) and rules.
     pub l7: Option<L7Config>,
+}
+
+/// A port's kernel interface: a tap with the port's MAC (and, with
+/// `configure`, its address), through which the frames to the port's own
+/// address that the fast path does not answer (BGP, ssh, ARP replies it
+/// did not ask for) reach the kernel, and the kernel's frames leave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelTap {
+    pub tap: String,
+    pub configure: bool,
+}
+
+/// Where ringlb tells BIRD which VIPs to announce (`control::bird`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BirdConfig {
+    pub vips_file: String,
+    pub socket: Option<String>,
 }
 
 /// One member of a service's server group. A machine serving two services
@@ -473,6 +518,7 @@ pub struct Config {
     /// `syn_cookies.key_file` and the secret it holds.
     pub syn_cookie_key_file: Option<String>,
     pub syn_cookie_secret: Option<Secret>,
+    pub bird: Option<BirdConfig>,
 }
 
 // ---------- errors ----------
@@ -632,7 +678,33 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
                 cx.at(m, format!("ports[{i}].mac: '{}' is not a MAC address (02:00:00:00:00:01)", m.value))
             })?),
         };
-        let port = PortConfig { device: p.device.value.clone(), ip: u32::from(ip), prefix_len: prefix, mac };
+        let kernel = match &p.kernel {
+            None => None,
+            Some(k) => {
+                let name = &k.value.tap;
+                let ok = !name.is_empty()
+                    && name.len() <= 15
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if !ok {
+                    return Err(cx.at(
+                        k,
+                        format!("ports[{i}].kernel.tap: '{name}' is not an interface name (1-15 of a-z A-Z 0-9 _ -)"),
+                    ));
+                }
+                if mac.is_none() {
+                    return Err(
+                        cx.at(k, format!("ports[{i}].kernel: needs ports[{i}].mac (the tap takes the port's MAC)"))
+                    );
+                }
+                Some(KernelTap { tap: name.clone(), configure: k.value.configure.unwrap_or(true) })
+            }
+        };
+        if let Some(k) = &kernel {
+            if ports.iter().any(|o: &PortConfig| o.kernel.as_ref().is_some_and(|ok| ok.tap == k.tap)) {
+                return Err(cx.key(format!("ports[{i}].kernel.tap: '{}' is used by two ports", k.tap)));
+            }
+        }
+        let port = PortConfig { device: p.device.value.clone(), ip: u32::from(ip), prefix_len: prefix, mac, kernel };
         if !devices.insert(port.dpdk_name().to_owned()) {
             return Err(cx.at(&p.device, format!("ports[{i}].device: '{}' is used by two ports", port.dpdk_name())));
         }
@@ -1081,6 +1153,18 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
                 .map_err(|e| cx.at(&c.key_file, format!("syn_cookies.key_file: {e}")))?,
         )),
     };
+    let bird = match &raw.bird {
+        None => None,
+        Some(b) => {
+            if !b.vips_file.value.starts_with('/') {
+                return Err(cx.at(&b.vips_file, "bird.vips_file: give an absolute path (BIRD includes it)"));
+            }
+            Some(BirdConfig {
+                vips_file: b.vips_file.value.clone(),
+                socket: b.socket.as_ref().map(|s| s.value.clone()),
+            })
+        }
+    };
     for (addr, span) in &agents {
         match &cluster {
             None => return Err(cx.at(span, "agent: a server's agent is reached over the ring: configure cluster")),
@@ -1117,6 +1201,7 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
         cluster,
         syn_cookie_key_file: raw.syn_cookies.as_ref().map(|c| c.key_file.value.clone()),
         syn_cookie_secret,
+        bird,
     })
 }
 
@@ -1157,7 +1242,56 @@ impl Config {
                 None => writeln!(o, "    # mac: the device's own"),
             }
             .ok();
+            if let Some(k) = &p.kernel {
+                let _ = writeln!(o, "    kernel: {{ tap: {}, configure: {} }}", yaml_str(&k.tap), k.configure);
+            }
         }
+        o.push_str(&self.render_services_and_groups());
+        let t = &self.timeouts;
+        let _ = writeln!(
+            o,
+            "sessions:\n  capacity: {}\n  locks: {}\n  proxied: {}\n  request_buffers: {}",
+            self.session_capacity, self.lock_capacity, self.proxied_capacity, self.request_buffers
+        );
+        let _ = writeln!(
+            o,
+            "timeouts:\n  syn: {}ms\n  established: {}ms\n  closing: {}ms\n  udp: {}ms\narp:\n  refresh: {}ms",
+            t.syn_ms, t.established_ms, t.closing_ms, t.udp_ms, self.arp_refresh_ms
+        );
+        if let Some(k) = &self.syn_cookie_key_file {
+            let _ = writeln!(o, "syn_cookies:\n  key_file: {}", yaml_str(k));
+        }
+        if let Some(b) = &self.bird {
+            let _ = writeln!(o, "bird:\n  vips_file: {}", yaml_str(&b.vips_file));
+            if let Some(s) = &b.socket {
+                let _ = writeln!(o, "  socket: {}", yaml_str(s));
+            }
+        }
+        if let Some(c) = &self.cluster {
+            let members: Vec<String> = c.members.iter().map(ToString::to_string).collect();
+            let _ = writeln!(
+                o,
+                "cluster:\n  address: {}\n  members: [{}]\n  key_file: {}\n  timers: {}\n  sync: {}\n  defer: {}\n  \
+                 vips: {}\n  preempt: {}\n  garp: {{ count: {}, interval: {}ms }}",
+                c.address,
+                members.join(", "),
+                yaml_str(&c.key_file),
+                c.timers_name,
+                c.sync,
+                c.defer_ms.map_or("off".into(), |ms| format!("{ms}ms")),
+                c.vips.name(),
+                c.preempt,
+                c.garp.count,
+                c.garp.interval_ms
+            );
+        }
+        o
+    }
+
+    /// The `services` and `server_groups` sections of `render`.
+    fn render_services_and_groups(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
         let _ = writeln!(o, "services:");
         for s in &self.services {
             let _ = writeln!(
@@ -1233,39 +1367,28 @@ impl Config {
                 }
             }
         }
-        let t = &self.timeouts;
-        let _ = writeln!(
-            o,
-            "sessions:\n  capacity: {}\n  locks: {}\n  proxied: {}\n  request_buffers: {}",
-            self.session_capacity, self.lock_capacity, self.proxied_capacity, self.request_buffers
-        );
-        let _ = writeln!(
-            o,
-            "timeouts:\n  syn: {}ms\n  established: {}ms\n  closing: {}ms\n  udp: {}ms\narp:\n  refresh: {}ms",
-            t.syn_ms, t.established_ms, t.closing_ms, t.udp_ms, self.arp_refresh_ms
-        );
-        if let Some(k) = &self.syn_cookie_key_file {
-            let _ = writeln!(o, "syn_cookies:\n  key_file: {}", yaml_str(k));
-        }
-        if let Some(c) = &self.cluster {
-            let members: Vec<String> = c.members.iter().map(ToString::to_string).collect();
-            let _ = writeln!(
-                o,
-                "cluster:\n  address: {}\n  members: [{}]\n  key_file: {}\n  timers: {}\n  sync: {}\n  defer: {}\n  \
-                 vips: {}\n  preempt: {}\n  garp: {{ count: {}, interval: {}ms }}",
-                c.address,
-                members.join(", "),
-                yaml_str(&c.key_file),
-                c.timers_name,
-                c.sync,
-                c.defer_ms.map_or("off".into(), |ms| format!("{ms}ms")),
-                c.vips.name(),
-                c.preempt,
-                c.garp.count,
-                c.garp.interval_ms
-            );
-        }
         o
+    }
+
+    /// The part of the configuration every member of a cluster shares
+    /// (`SHARED_SECTIONS`), rendered: what `cluster_version` hashes.
+    pub fn render_shared(&self) -> String {
+        let t = &self.timeouts;
+        format!(
+            "{}timeouts:\n  syn: {}ms\n  established: {}ms\n  closing: {}ms\n  udp: {}ms\n",
+            self.render_services_and_groups(),
+            t.syn_ms,
+            t.established_ms,
+            t.closing_ms,
+            t.udp_ms
+        )
+    }
+
+    /// The version of the cluster-wide part (`render_shared`): the same on
+    /// every member that runs the same services, servers and timeouts,
+    /// whatever its own address, ports and cores.
+    pub fn cluster_version(&self) -> String {
+        blake3::hash(self.render_shared().as_bytes()).to_hex()[..12].to_string()
     }
 
     /// The configuration's version: the first 12 hex digits of the BLAKE3

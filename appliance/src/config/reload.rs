@@ -145,8 +145,11 @@ fn needs_no_restart(running: &Config, new: &Config) -> Result<(), String> {
     if capacities(running) != capacities(new) {
         return Err("sessions changed: table capacities need a restart".into());
     }
-    if running.arp_refresh_ms != new.arp_refresh_ms || running.syn_cookie_key_file != new.syn_cookie_key_file {
-        return Err("arp.refresh or syn_cookies changed: they need a restart".into());
+    if running.arp_refresh_ms != new.arp_refresh_ms
+        || running.syn_cookie_key_file != new.syn_cookie_key_file
+        || running.bird != new.bird
+    {
+        return Err("arp.refresh, syn_cookies or bird changed: they need a restart".into());
     }
     let names = |c: &Config| c.services.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
     if names(running) != names(new) {
@@ -190,6 +193,63 @@ fn needs_no_restart(running: &Config, new: &Config) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The top-level sections every member of a cluster shares: a reload on
+/// one member proposes them to all (`control::agreement`); each member
+/// keeps its own `eal`, `ports`, `sessions`, `cluster` and the rest.
+pub const SHARED_SECTIONS: [&str; 3] = ["services", "server_groups", "timeouts"];
+
+/// A YAML document's top-level blocks: (key, text from its line to the
+/// next top-level key). Text before the first key has key "".
+fn blocks(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = vec![(String::new(), String::new())];
+    for line in text.split_inclusive('\n') {
+        let top = line.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if let Some(key) = line.split_once(':').map(|(k, _)| k).filter(|_| top) {
+            out.push((key.trim().to_string(), String::new()));
+        }
+        if let Some(last) = out.last_mut() {
+            last.1.push_str(line);
+        }
+    }
+    out
+}
+
+/// The shared sections of a configuration file's text.
+pub fn shared_text(text: &str) -> String {
+    blocks(text).into_iter().filter(|(k, _)| SHARED_SECTIONS.contains(&k.as_str())).map(|(_, t)| t).collect()
+}
+
+/// `local` (this member's file) with its shared sections replaced by those
+/// of `shared` (a `shared_text`): sections `shared` lacks are dropped,
+/// ones `local` lacks are appended.
+pub fn merge_shared(local: &str, shared: &str) -> String {
+    let theirs = blocks(shared);
+    let mut out = String::new();
+    let mut placed = Vec::new();
+    for (key, text) in blocks(local) {
+        if !SHARED_SECTIONS.contains(&key.as_str()) {
+            out.push_str(&text);
+            if !out.ends_with('\n') && !out.is_empty() {
+                out.push('\n');
+            }
+            continue;
+        }
+        if let Some((_, t)) = theirs.iter().find(|(k, _)| *k == key) {
+            out.push_str(t);
+            placed.push(key);
+        }
+    }
+    for (key, text) in theirs.iter().filter(|(k, _)| SHARED_SECTIONS.contains(&k.as_str())) {
+        if !placed.contains(key) {
+            if !out.ends_with('\n') && !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(text);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -263,5 +323,29 @@ mod tests {
         // Out of ids: the 17th server ever.
         let many: Vec<(u8, u32)> = (20..37).map(|l| (l, 1)).collect();
         assert!(prepare(&running, cfg(&many, "wrr", ""), 16).unwrap_err().contains("server ids"));
+    }
+
+    #[test]
+    fn a_members_own_sections_stay_and_the_shared_ones_are_taken_from_the_proposal() {
+        let local = "# b\neal: { control_core: 0, worker_cores: [1] }\nservices:\n  - old\nsessions: { capacity: 9 }\ncluster:\n  address: b\n";
+        let theirs =
+            "eal: { control_core: 5 }\nservices:\n  - new\nserver_groups:\n  web: []\ncluster:\n  address: a\n";
+        let shared = shared_text(theirs);
+        assert_eq!(shared, "services:\n  - new\nserver_groups:\n  web: []\n");
+        assert_eq!(
+            merge_shared(local, &shared),
+            "# b\neal: { control_core: 0, worker_cores: [1] }\nservices:\n  - new\nsessions: { capacity: 9 }\n\
+             cluster:\n  address: b\nserver_groups:\n  web: []\n"
+        );
+        // A real file: merged with its own shared text, the same config.
+        let running = cfg(&[(11, 1), (12, 2)], "wrr", "timeouts: { syn: 3s }\n");
+        let text = yaml(&(server(11, 1) + &server(12, 2)), "wrr", "timeouts: { syn: 3s }\n");
+        let merged = parse(&merge_shared(&text, &shared_text(&text)), "m.yaml").unwrap();
+        assert_eq!(merged.version(), running.version());
+        assert_eq!(merged.cluster_version(), running.cluster_version());
+        // Another member's ports and cores do not change the cluster version.
+        let other = parse(&text.replace("198.18.0.1/24", "198.18.0.2/24"), "o.yaml").unwrap();
+        assert_ne!(other.version(), running.version());
+        assert_eq!(other.cluster_version(), running.cluster_version());
     }
 }

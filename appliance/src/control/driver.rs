@@ -13,9 +13,9 @@
 //! a cluster member first joins the ring and pulls its siblings' sessions
 //! (behind an LACP trunk, a started port is what brings the link up).
 
+use super::agreement::Started;
 use super::status::Status;
 use super::{Channel, Control, Now};
-use crate::config::{reload, Config};
 use crate::ops::answer::{Answer, Answerer};
 use crate::ops::protocol::{Request, Response};
 use crate::ops::server::Call;
@@ -57,6 +57,9 @@ const SYNC_SOCKET_BUFFER: usize = 16 << 20;
 /// The workers have this long to sample their sessions for `ringlb
 /// sessions` (the control socket's client waits 5 s).
 const SAMPLE_DEADLINE: Duration = Duration::from_secs(3);
+/// A reload the cluster has not decided by then is answered as undecided
+/// (the control socket's client waits 30 s; the round's own limit is 10 s).
+const RELOAD_DEADLINE: Duration = Duration::from_secs(15);
 /// Idle waits: short while work came recently, longer after a quiet second.
 const WAIT_BUSY: Duration = Duration::from_micros(100);
 const WAIT_RECENT: Duration = Duration::from_millis(1);
@@ -93,14 +96,6 @@ impl Sockets {
     }
 }
 
-/// Where a reload reads the configuration, and the one running now.
-struct Reloader {
-    path: PathBuf,
-    running: Config,
-    /// Set by SIGHUP.
-    sighup: Arc<AtomicBool>,
-}
-
 /// The control thread's clock and what it prints.
 pub struct Driver<'a> {
     started: Instant,
@@ -108,8 +103,13 @@ pub struct Driver<'a> {
     stats: Vec<&'a WorkerStats>,
     /// Per server id: "service/ip:port".
     labels: Vec<String>,
-    /// What `ringlb reload` and SIGHUP re-read, if the appliance reloads.
-    reloader: Option<Reloader>,
+    /// Set by SIGHUP: reload the configuration file.
+    sighup: Option<Arc<AtomicBool>>,
+    /// Reloads the cluster is deciding: the operator's call (None: SIGHUP),
+    /// the round, and when to give up waiting.
+    reloading: Vec<(Option<Call>, u64, Instant)>,
+    /// The configuration change the labels and the answerer follow.
+    config_epoch: u64,
     last: Snapshot,
     last_print: Instant,
     buf: Vec<u8>,
@@ -130,7 +130,9 @@ impl<'a> Driver<'a> {
             sockets,
             stats,
             labels,
-            reloader: None,
+            sighup: None,
+            reloading: Vec::new(),
+            config_epoch: 0,
             last_print: Instant::now(),
             buf: vec![0; 65_536],
             ops: None,
@@ -143,41 +145,72 @@ impl<'a> Driver<'a> {
         self.ops = Some((inbox, answerer));
     }
 
-    /// Reloads `running` from `path` on `ringlb reload`, and when `sighup` is set.
-    pub fn reload_from(&mut self, path: PathBuf, running: Config, sighup: Arc<AtomicBool>) {
-        self.reloader = Some(Reloader { path, running, sighup });
+    /// Reloads the configuration file on SIGHUP (`sighup` set) too.
+    pub fn reload_on(&mut self, sighup: Arc<AtomicBool>) {
+        self.sighup = Some(sighup);
     }
 
-    /// Re-reads the configuration file and applies it (`config::reload`):
-    /// Ok says what changed, Err why nothing did.
-    fn reload(&mut self, control: &mut Control) -> Result<String, String> {
-        let Some(r) = &mut self.reloader else { return Err("this appliance was not started from a file".into()) };
-        let new = crate::config::load(&r.path.to_string_lossy()).map_err(|e| e.to_string())?;
-        let (new, changes) = reload::prepare(&r.running, new, control.shared().server_capacity)?;
-        let (from, to) = (r.running.version(), new.version());
-        control.reload(&new)?;
-        self.labels = (0..new.servers.len()).map(|i| new.server_label(i)).collect();
-        if let Some((_, answerer)) = &mut self.ops {
-            *answerer = Answerer::new(&new);
-        }
-        r.running = new;
-        Ok(format!("reload: config version {from} → {to}: {}", changes.summary()))
+    /// Starts a reload (`ringlb reload` with its call, or SIGHUP): answered
+    /// now when it is applied or refused here, else once the cluster decided.
+    fn start_reload(&mut self, control: &mut Control, call: Option<Call>) {
+        let done = match control.reload_file(self.now()) {
+            Ok(Started::Applied(_, line)) => Ok(line),
+            Ok(Started::Proposed(id)) => {
+                log::info!("reload: proposed to the cluster (round {id})");
+                self.reloading.push((call, id, Instant::now() + RELOAD_DEADLINE));
+                return;
+            }
+            Err(e) => Err(e),
+        };
+        Self::answer_reload(call, done);
     }
 
-    /// A reload by SIGHUP, logged (the control socket's answers its caller).
-    fn reload_on_signal(&mut self, control: &mut Control) {
-        if !self.reloader.as_ref().is_some_and(|r| r.sighup.swap(false, Relaxed)) {
-            return;
+    fn answer_reload(call: Option<Call>, done: Result<String, String>) {
+        let response = match done {
+            Ok(line) => Response::ok(line.into()),
+            Err(e) => {
+                log::error!("reload refused, the running configuration stays: {e}");
+                Response::error(e)
+            }
+        };
+        if let Some(call) = call {
+            call.answer(response);
         }
-        match self.reload(control) {
-            Ok(done) => log::info!("{done}"),
-            Err(e) => log::error!("reload refused, the running configuration stays: {e}"),
+    }
+
+    /// Answers reloads the cluster decided; follows a configuration change
+    /// (the operator's or the cluster's) in the labels and the answers.
+    fn follow_reloads(&mut self, control: &mut Control) {
+        if self.sighup.as_ref().is_some_and(|f| f.swap(false, Relaxed)) {
+            self.start_reload(control, None);
+        }
+        let mut i = 0;
+        while i < self.reloading.len() {
+            let id = self.reloading[i].1;
+            let done = match control.reload_outcome(id) {
+                Some(done) => done,
+                None if Instant::now() >= self.reloading[i].2 => Err(format!("round {id} undecided in time")),
+                None => {
+                    i += 1;
+                    continue;
+                }
+            };
+            let (call, ..) = self.reloading.swap_remove(i);
+            Self::answer_reload(call, done);
+        }
+        if control.config_epoch() != self.config_epoch {
+            self.config_epoch = control.config_epoch();
+            let cfg = control.running_config();
+            self.labels = (0..cfg.servers.len()).map(|i| cfg.server_label(i)).collect();
+            if let Some((_, answerer)) = &mut self.ops {
+                *answerer = Answerer::new(cfg);
+            }
         }
     }
 
     /// Answers the requests waiting (a few per round: they are rare).
     fn answer_ops(&mut self, control: &mut Control) {
-        self.reload_on_signal(control);
+        self.follow_reloads(control);
         let Some((inbox, answerer)) = &self.ops else { return };
         if let Some((call, id, deadline)) = self.sampling.take() {
             match control.sampled(id) {
@@ -191,17 +224,7 @@ impl<'a> Driver<'a> {
         let calls: Vec<Call> = (0..4).map_while(|_| inbox.try_recv().ok()).collect();
         for call in calls {
             if call.request == Request::Reload {
-                let response = match self.reload(control) {
-                    Ok(done) => {
-                        log::info!("{done}");
-                        Response::ok(done.into())
-                    }
-                    Err(e) => {
-                        log::error!("reload refused, the running configuration stays: {e}");
-                        Response::error(e)
-                    }
-                };
-                call.answer(response);
+                self.start_reload(control, Some(call));
                 continue;
             }
             let Some((_, answerer)) = &self.ops else { return };

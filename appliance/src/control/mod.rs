@@ -18,6 +18,7 @@
 //! - `status`: what the control thread knows, for the stats line and the
 //!   status file.
 
+pub mod agreement;
 pub mod channel;
 pub mod driver;
 pub mod health;
@@ -118,6 +119,13 @@ pub struct Control {
     pub config_version: String,
     /// Workers that have not yet handed back the routing a reload replaced.
     switching: usize,
+    /// The running configuration and the cluster's agreement on it.
+    agreement: agreement::Agreement,
+    /// A configuration agreed while the workers still took the last one:
+    /// applied as soon as they have.
+    deferred: Option<Config>,
+    /// Counts configuration changes applied (the driver refreshes its labels).
+    config_epoch: u64,
     /// This run's layout (set by `app` once the workers run).
     pub runtime: status::Runtime,
 }
@@ -181,6 +189,7 @@ impl Control {
             .filter(|c| c.vips == VipMode::Owned)
             .map(|c| vips::VipOwners::new(c.address, c.preempt, &shared));
         let rebuild = vips.as_ref().and_then(|_| rebuild::Rebuild::new(cfg));
+        let shared_capacity = shared.server_capacity;
         let mut c = Control {
             shared,
             workers,
@@ -196,6 +205,14 @@ impl Control {
             sample: None,
             config_version: cfg.version(),
             switching: 0,
+            agreement: agreement::Agreement::new(
+                cfg.cluster.as_ref().map(|c| c.address),
+                None,
+                cfg.clone(),
+                shared_capacity,
+            ),
+            deferred: None,
+            config_epoch: 0,
             runtime: status::Runtime::default(),
         };
         if let Some(h) = &mut c.health {
@@ -243,6 +260,9 @@ impl Control {
             }
         }
         self.ring_events(now);
+        let mut effects = Vec::new();
+        self.agreement.poll(now.ms, &mut effects);
+        self.run_effects(effects, now);
         if let Some(s) = &mut self.siblings {
             if s.poll_timeout() <= now.ms {
                 let mut cx = Self::ctx(&self.shared, &mut self.workers, &mut self.notes, now);
@@ -265,7 +285,7 @@ impl Control {
         // VIP ownership follows readiness: look again at least this often.
         let vips = self.vips.as_ref().map_or(u64::MAX, |_| self.last_vip_check_ms.saturating_add(VIP_CHECK_MS));
         let health = self.health.as_ref().map_or(u64::MAX, |_| self.last_health_ms.saturating_add(HEALTH_CHECK_MS));
-        ring.min(sync).min(vips).min(health)
+        ring.min(sync).min(vips).min(health).min(self.agreement.poll_timeout())
     }
 
     /// The next datagram to send, and the socket it goes out of.
@@ -294,6 +314,9 @@ impl Control {
             // A reload's old routing, freed here rather than on the worker.
             while self.workers[w].switched_back().is_some() {
                 self.switching = self.switching.saturating_sub(1);
+            }
+            if self.switching == 0 && self.deferred.is_some() {
+                self.apply_deferred();
             }
             for _ in 0..if congested { 0 } else { EVENTS_PER_POLL } {
                 let Some(ev) = self.workers[w].next_event() else { break };
@@ -326,6 +349,7 @@ impl Control {
     fn ring_events(&mut self, now: Now) {
         let Some(r) = &mut self.ring else { return };
         let mut view_changed = false;
+        let mut effects = Vec::new();
         while let Some(e) = r.member.poll_event() {
             match e {
                 RingEvent::ViewChanged { master, version, members } => {
@@ -350,6 +374,18 @@ impl Control {
                 RingEvent::Purge { reason } => {
                     r.purges += 1;
                     self.notes.warn(format!("ring: purge ({reason})"));
+                }
+                RingEvent::App { origin, payload } if agreement::Agreement::is_ours(&payload) => {
+                    r.app_messages += 1;
+                    if Self::is_appliance(&r.member, origin) {
+                        self.agreement.on_message(origin, &payload, now.ms, &mut effects);
+                    }
+                }
+                RingEvent::Reliable { from, payload } if agreement::Agreement::is_ours(&payload) => {
+                    r.app_messages += 1;
+                    if Self::is_appliance(&r.member, from) {
+                        self.agreement.on_message(from, &payload, now.ms, &mut effects);
+                    }
                 }
                 RingEvent::App { origin, payload } => {
                     r.app_messages += 1;
@@ -397,9 +433,106 @@ impl Control {
                 .collect();
             if let Some(s) = &mut self.siblings {
                 let mut cx = Self::ctx(&self.shared, &mut self.workers, &mut self.notes, now);
-                s.set_view(sibs, &mut cx);
+                s.set_view(sibs.clone(), &mut cx);
+            }
+            let others: Vec<SocketAddrV4> = r
+                .member
+                .member_entries()
+                .iter()
+                .filter(|m| m.caps & CAP_APPLIANCE != 0 && m.addr != r.me)
+                .map(|m| m.addr)
+                .collect();
+            self.agreement.on_view(&others, now.ms, &mut effects);
+        }
+        self.run_effects(effects, now);
+    }
+
+    /// Whether `addr` is an appliance of the ring's view (configuration
+    /// messages are heard from appliances only, not servers' agents).
+    fn is_appliance(member: &Member, addr: SocketAddrV4) -> bool {
+        member.member_entries().iter().any(|m| m.addr == addr && m.caps & CAP_APPLIANCE != 0)
+    }
+
+    /// Does what the configuration agreement asks.
+    fn run_effects(&mut self, effects: Vec<agreement::Effect>, now: Now) {
+        use agreement::Effect;
+        for e in effects {
+            match e {
+                Effect::Broadcast(payload) => {
+                    if let Some(r) = &mut self.ring {
+                        let _ = r.member.send_app(now.ms, Dest::Broadcast, payload);
+                    }
+                }
+                Effect::To(to, payload) => {
+                    if let Some(r) = &mut self.ring {
+                        if let Err(e) = r.member.send_reliable(now.ms, to, &payload) {
+                            self.notes.warn(format!("config: cannot send to {to}: {e}"));
+                        }
+                    }
+                }
+                Effect::Apply(cfg, line) => {
+                    self.notes.push_back(line);
+                    self.deferred = Some(*cfg);
+                    self.apply_deferred();
+                }
+                Effect::Note(n) => self.notes.push_back(n),
+                Effect::Warn(n) => self.notes.warn(n),
             }
         }
+    }
+
+    /// Applies an agreed configuration once the workers took the last one.
+    fn apply_deferred(&mut self) {
+        if self.switching > 0 {
+            return;
+        }
+        if let Some(cfg) = self.deferred.take() {
+            // Cannot fail: no switch is under way.
+            let _ = self.reload(&cfg);
+            self.config_epoch += 1;
+        }
+    }
+
+    /// Reads the configuration file again and applies it (`ringlb reload`,
+    /// SIGHUP): here at once when standalone, else proposed to every
+    /// appliance of the ring (`agreement`). Err: refused, nothing changed.
+    pub fn reload_file(&mut self, now: Now) -> Result<agreement::Started, String> {
+        let mut effects = Vec::new();
+        let started = self.agreement.reload(now.ms, &mut effects);
+        self.run_effects(effects, now);
+        if let Ok(agreement::Started::Applied(cfg, line)) = &started {
+            self.notes.push_back(line.clone());
+            self.deferred = Some((**cfg).clone());
+            self.apply_deferred();
+        }
+        started
+    }
+
+    /// The operator's reload `id`, once the cluster decided it.
+    pub fn reload_outcome(&mut self, id: u64) -> Option<Result<String, String>> {
+        self.agreement.outcome(id)
+    }
+
+    /// The file `ringlb reload` and SIGHUP read.
+    pub fn reload_from(&mut self, path: std::path::PathBuf) {
+        let running = self.agreement.running().clone();
+        let me = self.ring.as_ref().map(|r| r.me);
+        self.agreement = agreement::Agreement::new(me, Some(path), running, self.shared.server_capacity);
+    }
+
+    /// The configuration running now.
+    pub fn running_config(&self) -> &Config {
+        self.agreement.running()
+    }
+
+    /// Grows by one with each configuration change applied.
+    pub fn config_epoch(&self) -> u64 {
+        self.config_epoch
+    }
+
+    /// This member's and the others' configuration generations and versions.
+    pub fn agreement_status(&self) -> agreement::AgreementStatus {
+        self.agreement.status()
     }
 
     /// With `cluster.vips: owned`: says this appliance is ready when due,

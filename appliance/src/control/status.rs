@@ -200,6 +200,9 @@ pub struct Status {
     pub t_s: f64,
     /// The running configuration's version (`ringlb check` prints it too).
     pub config_version: String,
+    /// The cluster-wide part's version and generation, and each member's
+    /// (`control::agreement`).
+    pub config: super::agreement::AgreementStatus,
     pub runtime: Runtime,
     pub rx: u64,
     pub tx: u64,
@@ -247,6 +250,7 @@ impl Status {
         Status {
             t_s,
             config_version: control.config_version.clone(),
+            config: control.agreement_status(),
             runtime: control.runtime,
             rx: s.rx,
             tx: s.tx,

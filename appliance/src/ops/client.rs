@@ -86,7 +86,15 @@ pub fn status_text(v: &serde_json::Value) -> String {
     let n = |path: &str| v.pointer(path).and_then(serde_json::Value::as_u64).unwrap_or(0).to_string();
     let mut rows = vec![
         vec!["uptime".into(), format!("{:.1} s", v["t_s"].as_f64().unwrap_or(0.0))],
-        vec!["config".into(), format!("version {}", v["config_version"].as_str().unwrap_or("-"))],
+        vec![
+            "config".into(),
+            format!(
+                "version {}, cluster version {} generation {}",
+                v["config_version"].as_str().unwrap_or("-"),
+                v.pointer("/config/cluster_version").and_then(serde_json::Value::as_str).unwrap_or("-"),
+                n("/config/generation")
+            ),
+        ],
         vec!["packets".into(), format!("rx {} tx {} handoff {}", n("/rx"), n("/tx"), n("/handoff"))],
         vec![
             "sessions".into(),
@@ -128,6 +136,22 @@ pub fn status_text(v: &serde_json::Value) -> String {
                 format!("{} as {}, view {} of {}", s("state"), s("address"), c["view_version"], s("master")),
             ]);
             rows.push(vec!["members".into(), members.join(" ")]);
+            // Each appliance's configuration, as it last said.
+            let configs: Vec<String> = v
+                .pointer("/config/members")
+                .and_then(serde_json::Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    format!(
+                        "{} {}@{}",
+                        m["member"].as_str().unwrap_or("-"),
+                        m["cluster_version"].as_str().unwrap_or("-"),
+                        m["generation"]
+                    )
+                })
+                .collect();
+            rows.push(vec!["configs".into(), configs.join(" ")]);
             rows.push(vec!["dispatcher".into(), s("dispatcher")]);
         }
     }
