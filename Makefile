@@ -45,6 +45,7 @@ install:
 	install -m 644 deploy/systemd/*.service $(DESTDIR)/lib/systemd/system/
 	[ -e $(DESTDIR)/etc/ringlb/ringlb.yaml ] || install -m 644 deploy/lab/dsr.yaml $(DESTDIR)/etc/ringlb/ringlb.yaml
 	[ -e $(DESTDIR)/etc/ringlb/agent.yaml ] || install -m 644 deploy/agent.example.yaml $(DESTDIR)/etc/ringlb/agent.yaml
+	install -m 644 deploy/bird/bird.conf $(DESTDIR)/etc/ringlb/bird.conf.example
 	# A new cluster key (32 random bytes, owner-only); copy it to every member.
 	[ -e $(DESTDIR)/etc/ringlb/cluster.key ] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > $(DESTDIR)/etc/ringlb/cluster.key)
 

@@ -7,7 +7,9 @@
 #      cluster: three appliances behind a port-trunked router, failure and rejoin;
 #      failover: two appliances on one segment, VIP takeover by gratuitous ARP;
 #        with sync off, sessions rebuilt from the servers' agents; health: servers whose
-#        agent leaves the ring get no new flows, least_load follows load reports
+#        agent leaves the ring get no new flows, least_load follows load reports;
+#      hot reload under load; BGP: two appliances announce the VIP through
+#        BIRD over their net_tap kernel interfaces to an ECMP router
 #   3. a smoke run of the benchmark harness (well-formed results only)
 #   4. coverage-guided fuzzing, 20 s per target (`make fuzz` runs longer)
 set -uo pipefail
@@ -37,6 +39,7 @@ run "lab failover DSR, sync off, cold standby (sessions rebuilt from the agents)
 run "lab failover NAT (servers' gateway is the first VIP; kill -9 and return)" bash tests/lab/failover_test.sh nat preempt
 run "lab failover NAT, sync off, cold standby (sessions rebuilt from the agents)" bash tests/lab/failover_test.sh nat rebuild
 run "lab health (agent leaves the ring: no new flows; least_load shares)" bash tests/lab/health_test.sh
+run "lab BGP (two appliances announce the VIP by BGP through their kernel interfaces; ECMP; stop and kill -9)" bash tests/lab/bgp_test.sh
 run "lab cleanup on failure" bash tests/lab/cleanup_test.sh
 run "benchmark smoke run" bash tests/bench_smoke.sh
 run "fuzzing, 20 s per target (packet path, ring and sync wire, YAML, L7 decoders)" bash fuzz/run.sh 20

@@ -53,6 +53,13 @@ pub fn eal_args(cfg: &Config) -> Vec<String> {
         }
         a.push(p.device.clone());
     }
+    // Each kernel interface: a tap with the port's MAC (`ports[].kernel`).
+    for (i, p) in cfg.ports.iter().enumerate() {
+        if let (Some(k), Some(mac)) = (&p.kernel, p.mac) {
+            a.push("--vdev".into());
+            a.push(format!("{},iface={},mac={}", tap_vdev(i), k.tap, fmt_mac(&mac)));
+        }
+    }
     if !any_pci {
         a.push("--no-pci".into());
     }
@@ -60,6 +67,30 @@ pub fn eal_args(cfg: &Config) -> Vec<String> {
     a.push("*:warning".into());
     a.extend(e.extra_args.iter().cloned());
     a
+}
+
+/// The DPDK name of port `i`'s kernel interface.
+fn tap_vdev(i: usize) -> String {
+    format!("net_tap{i}")
+}
+
+/// Gives port `i`'s kernel interface the port's address and brings it up.
+fn configure_tap(cfg: &Config, i: usize) -> Result<(), String> {
+    let (p, Some(k)) = (&cfg.ports[i], &cfg.ports[i].kernel) else { return Ok(()) };
+    if !k.configure {
+        return Ok(());
+    }
+    let address = format!("{}/{}", std::net::Ipv4Addr::from(p.ip), p.prefix_len);
+    for args in
+        [vec!["addr", "replace", address.as_str(), "dev", k.tap.as_str()], vec!["link", "set", k.tap.as_str(), "up"]]
+    {
+        let out = std::process::Command::new("ip").args(&args).output().map_err(|e| format!("running ip: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+        }
+    }
+    log::info!("port {i}: kernel interface {} up with {address}", k.tap);
+    Ok(())
 }
 
 fn fmt_mac(m: &[u8; 6]) -> String {
@@ -127,6 +158,14 @@ fn run_with_eal(
         let port = Port::by_name(pc.dpdk_name()).map_err(|e| format!("ports[{i}]: {e}"))?;
         ports.push(port);
     }
+    // Kernel interfaces: port index and its tap.
+    let mut taps = Vec::new();
+    for (i, pc) in cfg.ports.iter().enumerate() {
+        if pc.kernel.is_some() {
+            let tap = Port::by_name(&tap_vdev(i)).map_err(|e| format!("ports[{i}].kernel: {e}"))?;
+            taps.push((i, tap));
+        }
+    }
     let socket = ports[0].socket();
     let queues: Vec<(u16, u16)> = ports
         .iter()
@@ -144,6 +183,7 @@ fn run_with_eal(
         })
         .collect::<Result<_, String>>()?;
     let mbufs: u32 = queues.iter().map(|&(r, t)| u32::from(r + t) * u32::from(RX_DESC)).sum::<u32>()
+        + (taps.len() * 2 * workers) as u32 * u32::from(RX_DESC)
         + (workers * (workers - 1)) as u32 * HANDOFF_QUEUE_LEN
         + MBUF_HEADROOM as u32;
     let mbufs = mbufs.max(cfg.eal.mbufs.unwrap_or(0));
@@ -171,6 +211,16 @@ fn run_with_eal(
         configured.push(port);
     }
     let ports = configured;
+    // Per port: its kernel interface's queues (one rx and one tx per worker).
+    let mut tap_queues: Vec<Option<PortQueues>> = (0..ports.len()).map(|_| None).collect();
+    let mut tap_ports = Vec::new();
+    for (i, tap) in taps {
+        let w = workers as u16;
+        let (tap, rx, tx) =
+            tap.configure_with(w, w, RX_DESC, &pool, false).map_err(|e| format!("ports[{i}].kernel: {e}"))?;
+        tap_queues[i] = Some((rx.into_iter().map(Some).collect(), tx.into_iter().map(Some).collect()));
+        tap_ports.push((i, tap));
+    }
 
     let shared = Arc::new(Shared::new(cfg, &macs));
     let stats: Arc<Vec<WorkerStats>> =
@@ -212,6 +262,12 @@ fn run_with_eal(
         // Worker `id` polls rx queue `id` of each port that has one, and owns tx queue `id` of every port.
         let rx = port_queues.iter_mut().filter_map(|(rx, _)| rx.get_mut(id)?.take()).collect();
         let tx = port_queues.iter_mut().filter_map(|(_, tx)| tx.get_mut(id)?.take()).collect();
+        let kernel_tx = tap_queues.iter_mut().map(|q| q.as_mut().and_then(|(_, tx)| tx.get_mut(id)?.take())).collect();
+        let kernel_rx = tap_queues
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(p, q)| Some((q.as_mut()?.0.get_mut(id)?.take()?, p as u8)))
+            .collect();
         let setup = WorkerSetup {
             id,
             shared: Arc::clone(&shared),
@@ -225,6 +281,8 @@ fn run_with_eal(
             quit: Arc::clone(&worker_quit),
             clock,
             tsc_hz: eal.tsc_hz(),
+            kernel_tx,
+            kernel_rx,
             commands,
             events,
             idle: cfg.eal.idle,
@@ -268,10 +326,16 @@ fn run_with_eal(
         for (i, p) in ports.iter().enumerate() {
             p.start().map_err(|e| format!("ports[{i}]: {e}"))?;
         }
+        for (i, tap) in &tap_ports {
+            tap.start().map_err(|e| format!("ports[{i}].kernel: {e}"))?;
+            configure_tap(cfg, *i)?;
+        }
         shared.set_ports_up();
         Ok(())
     };
     let run = driver.run(&mut control, quit, opts, &mut start_ports);
+    // Routers stop sending to us before the workers stop.
+    control.withdraw_announcements();
 
     worker_quit.store(true, Relaxed);
     eal.wait_all();
@@ -279,6 +343,8 @@ fn run_with_eal(
     let fin = Snapshot::take(&stats.iter().collect::<Vec<_>>());
     println!("{}", summary(driver.now().ms as f64 / 1000.0, &fin, &labels));
     eal.stop_ports(&ports);
+    let taps: Vec<_> = tap_ports.into_iter().map(|(_, t)| t).collect();
+    eal.stop_ports(&taps);
     run
 }
 

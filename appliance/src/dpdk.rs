@@ -384,11 +384,24 @@ impl Port {
         desc: u16,
         pool: &Mempool,
     ) -> Result<(ConfiguredPort, Vec<RxQueue>, Vec<TxQueue>), DpdkError> {
+        self.configure_with(rxq, txq, desc, pool, true)
+    }
+
+    /// As `configure`; `rss: false` leaves the spreading over rx queues to
+    /// the device (a tap: the kernel picks the queue).
+    pub fn configure_with(
+        self,
+        rxq: u16,
+        txq: u16,
+        desc: u16,
+        pool: &Mempool,
+        rss: bool,
+    ) -> Result<(ConfiguredPort, Vec<RxQueue>, Vec<TxQueue>), DpdkError> {
         let mut info = sys::rte_eth_dev_info::default();
         // SAFETY: valid out-pointer.
         check(unsafe { sys::rte_eth_dev_info_get(self.0, &mut info) }, "rte_eth_dev_info_get")?;
         let mut conf = sys::rte_eth_conf::default();
-        if rxq > 1 && info.flow_type_rss_offloads != 0 {
+        if rss && rxq > 1 && info.flow_type_rss_offloads != 0 {
             conf.rxmode.mq_mode = sys::rte_eth_rx_mq_mode::RTE_ETH_MQ_RX_RSS;
             conf.rx_adv_conf.rss_conf.rss_hf = info.flow_type_rss_offloads;
         }

@@ -181,6 +181,9 @@ pub struct WorkerStats {
     /// The frames' bytes (Ethernet header on, no FCS), received and sent.
     pub rx_bytes: Counter,
     pub tx_bytes: Counter,
+    /// Frames through the ports' kernel interfaces: to the kernel, and from it.
+    pub kernel_in: Counter,
+    pub kernel_out: Counter,
     pub handoff_out: Counter,
     pub arp_replies_sent: Counter,
     pub echo_replies_sent: Counter,
@@ -272,6 +275,8 @@ impl WorkerStats {
             tx: Counter::default(),
             rx_bytes: Counter::default(),
             tx_bytes: Counter::default(),
+            kernel_in: Counter::default(),
+            kernel_out: Counter::default(),
             handoff_out: Counter::default(),
             arp_replies_sent: Counter::default(),
             echo_replies_sent: Counter::default(),
@@ -398,6 +403,8 @@ pub struct Snapshot {
     pub tx: u64,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    pub kernel_in: u64,
+    pub kernel_out: u64,
     pub handoff: u64,
     pub arp_replies: u64,
     pub echo_replies: u64,
@@ -458,6 +465,8 @@ impl Snapshot {
             s.tx += w.tx.get();
             s.rx_bytes += w.rx_bytes.get();
             s.tx_bytes += w.tx_bytes.get();
+            s.kernel_in += w.kernel_in.get();
+            s.kernel_out += w.kernel_out.get();
             s.handoff += w.handoff_out.get();
             s.arp_replies += w.arp_replies_sent.get();
             s.echo_replies += w.echo_replies_sent.get();

@@ -36,6 +36,8 @@ const AWAIT_MS: u32 = 1500;
 /// (doubling while idle, back to polling on the first packet). DPDK's
 /// l3fwd-power backs off the same way before it sleeps on interrupts.
 const IDLE_POLLS: u32 = 256;
+/// How often a worker reads the ports' kernel interfaces.
+const KERNEL_POLL_US: u64 = 50;
 const IDLE_SLEEP_MIN_US: u64 = 16;
 const IDLE_SLEEP_MAX_US: u64 = 512;
 
@@ -77,6 +79,11 @@ pub struct WorkerSetup {
     pub quit: Arc<AtomicBool>,
     pub clock: Clock,
     pub tsc_hz: u64,
+    /// Per port: this worker's queue to the port's kernel interface (None:
+    /// the port has none).
+    pub kernel_tx: Vec<Option<TxQueue>>,
+    /// This worker's queues from the kernel interfaces, with their port.
+    pub kernel_rx: Vec<(RxQueue, u8)>,
     /// The control thread's queues.
     pub commands: CommandRx,
     pub events: EventTx,
@@ -197,6 +204,8 @@ struct Output<'a> {
     stats: &'a WorkerStats,
     tx: Vec<TxQueue>,
     tx_burst: Vec<Burst<BURST>>,
+    /// Per port: its kernel interface's queue, and the burst for it.
+    kernel: Vec<Option<(TxQueue, Burst<BURST>)>>,
     outbound: Vec<Option<HandoffTx>>,
     handoff: Vec<Burst<BURST>>,
     handoff_patience_tsc: u64,
@@ -224,6 +233,17 @@ impl Output<'_> {
                     self.stats.drop(DropReason::HandoffFull);
                 }
             }
+            Verdict::Kernel(p) => match self.kernel.get_mut(usize::from(p)) {
+                Some(Some((q, burst))) => {
+                    if burst.is_full() {
+                        Self::flush_kernel(q, burst, self.stats);
+                    }
+                    if burst.push(m).is_err() {
+                        self.stats.drop(DropReason::TxFull);
+                    }
+                }
+                _ => self.stats.drop(DropReason::NoService),
+            },
             Verdict::Consumed => {}
             Verdict::Drop(d) => self.stats.drop(d),
             // Frames that wait are taken out before they get here.
@@ -263,10 +283,24 @@ impl Output<'_> {
         }
     }
 
+    /// Writes a burst to a kernel interface (what does not fit: dropped, counted).
+    fn flush_kernel(q: &mut TxQueue, burst: &mut Burst<BURST>, stats: &WorkerStats) {
+        let sent = q.tx(burst);
+        stats.kernel_in.add(sent as u64);
+        for _ in burst.drain() {
+            stats.drop(DropReason::TxFull);
+        }
+    }
+
     fn flush_all(&mut self, peers_waiting: bool) {
         for p in 0..self.tx_burst.len() {
             if !self.tx_burst[p].is_empty() {
                 self.flush_tx(p);
+            }
+        }
+        for (q, burst) in self.kernel.iter_mut().flatten() {
+            if !burst.is_empty() {
+                Self::flush_kernel(q, burst, self.stats);
             }
         }
         for w in 0..self.handoff.len() {
@@ -378,6 +412,8 @@ pub fn run(setup: WorkerSetup) -> i32 {
         quit,
         clock,
         tsc_hz,
+        kernel_tx,
+        mut kernel_rx,
         mut commands,
         events,
         idle,
@@ -397,10 +433,15 @@ pub fn run(setup: WorkerSetup) -> i32 {
         tx,
         handoff: (0..outbound.len()).map(|_| Burst::default()).collect(),
         outbound,
+        kernel: kernel_tx.into_iter().map(|q| q.map(|q| (q, Burst::default()))).collect(),
         handoff_patience_tsc: tsc_hz * HANDOFF_PATIENCE_US / 1_000_000,
     };
     let mut burst: Burst<BURST> = Burst::default();
     let mut last_tick_ms = u32::MAX;
+    // The kernel interfaces are read every KERNEL_POLL_US: each read is a
+    // syscall in the tap driver, and what comes that way is control traffic.
+    let kernel_poll_tsc = tsc_hz * KERNEL_POLL_US / 1_000_000;
+    let mut next_kernel_poll = 0u64;
     while !quit.load(Relaxed) {
         let now = clock.now_ms();
         if !shared.ports_up() {
@@ -449,6 +490,19 @@ pub fn run(setup: WorkerSetup) -> i32 {
                 &mut awaiting,
                 peers_waiting,
             );
+        }
+        if !kernel_rx.is_empty() && dpdk::rdtsc() >= next_kernel_poll {
+            next_kernel_poll = dpdk::rdtsc() + kernel_poll_tsc;
+            for (q, port) in &mut kernel_rx {
+                let n = q.rx(&mut burst);
+                got += n;
+                stats.kernel_out.add(n as u64);
+                // The kernel's frames leave by their port as they are (the
+                // tap has the port's MAC and address).
+                for m in burst.drain() {
+                    out.send(Verdict::Tx(*port), m, peers_waiting);
+                }
+            }
         }
         got += apply_commands(&mut dp, &mut commands, now, &mut released);
         if !held.packets.is_empty() {
@@ -522,6 +576,16 @@ pub fn run(setup: WorkerSetup) -> i32 {
     for h in &mut out.handoff {
         for _ in h.drain() {
             stats.drop(DropReason::HandoffFull);
+        }
+    }
+    for (q, _) in &mut kernel_rx {
+        // The kernel's frames after the last burst: freed (bounded: the
+        // kernel may still be sending).
+        for _ in 0..64 {
+            if q.rx(&mut burst) == 0 {
+                break;
+            }
+            for _ in burst.drain() {}
         }
     }
     // Drain what others handed us, so the queues hold no mbufs when freed.

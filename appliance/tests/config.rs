@@ -538,3 +538,26 @@ fn syn_cookie_key_file_is_read_and_checked() {
     assert_eq!(again.syn_cookie_key_file, c.syn_cookie_key_file);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_kernel_interface_needs_a_port_mac_and_a_valid_name_and_bird_an_absolute_file() {
+    let ip = "    ip: 198.18.0.1/24\n";
+    let m = reject(ip, &format!("{ip}    kernel: {{ tap: rlbk0 }}\n"));
+    assert_has(&m, &["bad.yaml:", "ports[0].kernel: needs ports[0].mac"]);
+    let with_mac = format!("{ip}    mac: \"02:00:00:00:00:01\"\n");
+    let m = reject(ip, &format!("{with_mac}    kernel: {{ tap: \"no way/this\" }}\n"));
+    assert_has(&m, &["bad.yaml:", "ports[0].kernel.tap: 'no way/this' is not an interface name"]);
+    let good = GOOD.replacen(ip, &format!("{with_mac}    kernel: {{ tap: rlbk0 }}\n"), 1);
+    let cfg = config::parse(&good, "good.yaml").unwrap();
+    let k = cfg.ports[0].kernel.as_ref().unwrap();
+    assert_eq!((k.tap.as_str(), k.configure), ("rlbk0", true));
+    // The effective configuration says so, and parses back the same.
+    assert!(cfg.render().contains("kernel: { tap: \"rlbk0\", configure: true }"), "{}", cfg.render());
+    assert_eq!(config::parse(&cfg.render(), "r.yaml").unwrap().version(), cfg.version());
+    let m = reject("server_groups:", "bird: { vips_file: vips.conf }\nserver_groups:");
+    assert_has(&m, &["bad.yaml:", "bird.vips_file: give an absolute path"]);
+    let bird =
+        GOOD.replacen("server_groups:", "bird: { vips_file: /run/v.conf, socket: /run/b.ctl }\nserver_groups:", 1);
+    let b = config::parse(&bird, "b.yaml").unwrap().bird.unwrap();
+    assert_eq!((b.vips_file.as_str(), b.socket.as_deref()), ("/run/v.conf", Some("/run/b.ctl")));
+}

@@ -676,3 +676,40 @@ fn on_server_down_reset_ends_the_session_with_a_rst_to_the_client_and_keep_does_
         assert_eq!(w.process(&mut pkt(ACK), 0, 2, false), Verdict::Drop(DropReason::NoSession));
     }
 }
+
+#[test]
+fn with_a_kernel_interface_what_the_fast_path_does_not_answer_for_the_port_goes_to_the_kernel() {
+    let with_tap = yaml("[1]", 100)
+        .replace("mac: \"02:00:00:00:00:01\" }", "mac: \"02:00:00:00:00:01\", kernel: { tap: rlbk0 } }");
+    let router = [2, 0, 0, 0, 9, 1];
+    for kernel in [false, true] {
+        let text = if kernel { with_tap.clone() } else { yaml("[1]", 100) };
+        let cfg = config::parse(&text, "t.yaml").unwrap();
+        let shared = Shared::new(&cfg, &[PORT_MAC]);
+        let stats = [WorkerStats::new(shared.server_capacity)];
+        let mut w = Worker::new(0, &shared, &stats[0]);
+        let to_kernel = |reason| if kernel { Verdict::Kernel(0) } else { Verdict::Drop(reason) };
+        // BGP to the port's address: the kernel's (its BIRD), untouched.
+        let bgp = tcp(router, PORT_MAC, ip("198.18.0.254"), ip("198.18.0.1"), 40_000, 179, SYN, b"");
+        let mut f = bgp.clone();
+        assert_eq!(w.process(&mut f, 0, 0, false), to_kernel(DropReason::NoService));
+        assert_eq!(f, bgp, "passed as it came");
+        // An ARP reply to the port's address nobody here asked for: the
+        // kernel's (it asked for its BGP peer); the fast path learns nothing.
+        let mut reply = arp_reply(router, ip("198.18.0.254"), PORT_MAC, ip("198.18.0.1"));
+        assert_eq!(w.process(&mut reply, 0, 0, false), to_kernel(DropReason::ArpUnsolicited));
+        // Not for the port's address: never the kernel's.
+        let mut other = arp_reply(router, ip("198.18.0.254"), PORT_MAC, ip("198.18.0.9"));
+        assert_eq!(w.process(&mut other, 0, 0, false), Verdict::Drop(DropReason::ArpUnsolicited));
+        let mut elsewhere = tcp(router, PORT_MAC, ip("198.18.0.254"), ip("198.18.0.9"), 40_000, 179, SYN, b"");
+        assert_eq!(w.process(&mut elsewhere, 0, 0, false), Verdict::Drop(DropReason::NoService));
+        // What the fast path answers stays its own: ARP and ping for the
+        // port, and the services.
+        let mut ask = arp_request(router, ip("198.18.0.254"), ip("198.18.0.1"));
+        assert_eq!(w.process(&mut ask, 0, 0, false), Verdict::Tx(0));
+        let mut ping = icmp_echo(router, PORT_MAC, ip("198.18.0.254"), ip("198.18.0.1"));
+        assert_eq!(w.process(&mut ping, 0, 0, false), Verdict::Tx(0));
+        let mut web = tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.100.1"), 1000, 80, SYN, b"");
+        assert_eq!(w.process(&mut web, 0, 0, false), Verdict::Tx(0));
+    }
+}

@@ -4,7 +4,8 @@
 #
 #   lab_up MODE     MODE = dsr | nat | trunk-dsr | trunk-nat (three appliances
 #                   behind a port-trunked router: trunk.sh) | failover-dsr (two
-#                   appliances on one segment, active/standby: failover.sh);
+#                   appliances on one segment, active/standby: failover.sh) |
+#                   bgp (two appliances announcing the VIP by BGP to a router: bgp.sh);
 #                   needs LAB (unique prefix) and LAB_DIR set
 #   lab_start_ringlb CONFIG LOG   runs ringlb in the appliance namespace
 #   lab_down        stops everything started and removes the namespaces
@@ -23,6 +24,8 @@ LAB_PIDS=()
 source "$(dirname "${BASH_SOURCE[0]}")/trunk.sh"
 # shellcheck source=failover.sh
 source "$(dirname "${BASH_SOURCE[0]}")/failover.sh"
+# shellcheck source=bgp.sh
+source "$(dirname "${BASH_SOURCE[0]}")/bgp.sh"
 
 lab_ns() { echo "${LAB}-$1"; }
 
@@ -88,6 +91,7 @@ lab_up() {
   case $mode in
     trunk-dsr|trunk-nat) lab_up_trunk "${mode#trunk-}"; return ;;
     failover-dsr|failover-nat) lab_up_failover "${mode#failover-}"; return ;;
+    bgp) lab_up_bgp; return ;;
     dsr|nat) ;;
     *) echo "lab_up: unknown mode '$mode'" >&2; return 1 ;;
   esac

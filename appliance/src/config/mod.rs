@@ -715,7 +715,9 @@ fn validate(raw: RawConfig, cx: &Ctx) -> Result<Config, ConfigError> {
     // descriptors, every hand-off ring, headroom) must fit in `memory_mb`.
     if let Some(mb) = raw.eal.memory_mb {
         let w = raw.eal.worker_cores.value.len() as u64;
-        let queues = raw.ports.len() as u64 * 2 * w * u64::from(PORT_QUEUE_DESC);
+        // Each port's queues, and each kernel interface's (one rx and one tx per worker).
+        let taps = raw.ports.iter().filter(|p| p.kernel.is_some()).count() as u64;
+        let queues = (raw.ports.len() as u64 + taps) * 2 * w * u64::from(PORT_QUEUE_DESC);
         let handoff = w * w.saturating_sub(1) * u64::from(HANDOFF_QUEUE_LEN);
         let mbufs = (queues + handoff + MBUF_HEADROOM).max(raw.eal.mbufs.as_ref().map_or(0, |m| u64::from(m.value)));
         let need_mb = (mbufs * MBUF_BYTES).div_ceil(1 << 20);

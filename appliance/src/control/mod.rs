@@ -19,6 +19,7 @@
 //!   status file.
 
 pub mod agreement;
+pub mod bird;
 pub mod channel;
 pub mod driver;
 pub mod health;
@@ -126,6 +127,8 @@ pub struct Control {
     deferred: Option<Config>,
     /// Counts configuration changes applied (the driver refreshes its labels).
     config_epoch: u64,
+    /// With `bird:`: the VIPs BIRD announces by BGP.
+    bird: Option<bird::Bird>,
     /// This run's layout (set by `app` once the workers run).
     pub runtime: status::Runtime,
 }
@@ -213,6 +216,7 @@ impl Control {
             ),
             deferred: None,
             config_epoch: 0,
+            bird: cfg.bird.clone().map(bird::Bird::new),
             runtime: status::Runtime::default(),
         };
         if let Some(h) = &mut c.health {
@@ -271,6 +275,9 @@ impl Control {
         }
         // Ownership follows the ring, readiness and time (the claim grace).
         self.update_vips(now);
+        if let Some(b) = self.bird.as_mut().filter(|b| now.ms >= b.last_check_ms + bird::CHECK_EVERY_MS) {
+            b.poll(now.ms, &self.shared, &mut self.notes);
+        }
         // Probes' verdicts (worker 0's) reach the notes and the status.
         if let Some(h) = self.health.as_mut().filter(|_| now.ms >= self.last_health_ms + HEALTH_CHECK_MS) {
             self.last_health_ms = now.ms;
@@ -285,7 +292,8 @@ impl Control {
         // VIP ownership follows readiness: look again at least this often.
         let vips = self.vips.as_ref().map_or(u64::MAX, |_| self.last_vip_check_ms.saturating_add(VIP_CHECK_MS));
         let health = self.health.as_ref().map_or(u64::MAX, |_| self.last_health_ms.saturating_add(HEALTH_CHECK_MS));
-        ring.min(sync).min(vips).min(health).min(self.agreement.poll_timeout())
+        let bird = self.bird.as_ref().map_or(u64::MAX, |b| b.last_check_ms.saturating_add(bird::CHECK_EVERY_MS));
+        ring.min(sync).min(vips).min(health).min(self.agreement.poll_timeout()).min(bird)
     }
 
     /// The next datagram to send, and the socket it goes out of.
@@ -649,6 +657,16 @@ impl Control {
         }
         self.config_version = cfg.version();
         Ok(())
+    }
+
+    /// A clean stop: BIRD withdraws every VIP (before the workers stop).
+    pub fn withdraw_announcements(&mut self) {
+        if let Some(b) = &mut self.bird {
+            b.withdraw_all(&mut self.notes);
+        }
+        while let Some(n) = self.poll_note() {
+            log::log!(n.level, "{}", n.text);
+        }
     }
 
     /// Workers still to take up the last reload.

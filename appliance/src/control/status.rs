@@ -208,6 +208,9 @@ pub struct Status {
     pub tx: u64,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// Frames to and from the ports' kernel interfaces.
+    pub kernel_in: u64,
+    pub kernel_out: u64,
     pub handoff: u64,
     pub arp_replies: u64,
     pub echo_replies: u64,
@@ -256,6 +259,8 @@ impl Status {
             tx: s.tx,
             rx_bytes: s.rx_bytes,
             tx_bytes: s.tx_bytes,
+            kernel_in: s.kernel_in,
+            kernel_out: s.kernel_out,
             handoff: s.handoff,
             arp_replies: s.arp_replies,
             echo_replies: s.echo_replies,

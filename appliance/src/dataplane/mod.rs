@@ -52,6 +52,10 @@ pub enum Verdict {
     /// VIP's sessions are being rebuilt from the servers: keep the frame
     /// untouched and process it again shortly (`worker::Awaiting`).
     Await,
+    /// For the kernel, through the port's tap (`ports[].kernel`): a frame
+    /// to the port's own address the fast path does not answer (BGP, ssh),
+    /// or an ARP reply it did not ask for.
+    Kernel(u8),
     /// Handled here, nothing to send (e.g. an ARP reply we learned from).
     Consumed,
     Drop(DropReason),
@@ -564,8 +568,18 @@ impl<'a> Worker<'a> {
             },
             Step::ToPort { info } => {
                 let mac = self.shared.ports.get(usize::from(in_port)).map_or([0; 6], |p| p.mac);
-                self.probe_answer(frame, &info, in_port, mac).unwrap_or(Verdict::Drop(DropReason::NoService))
+                self.probe_answer(frame, &info, in_port, mac)
+                    .unwrap_or_else(|| self.for_kernel(in_port, DropReason::NoService))
             }
+        }
+    }
+
+    /// A frame for the port's own address the fast path does not answer:
+    /// to the kernel if the port has a kernel interface, else dropped.
+    fn for_kernel(&self, in_port: u8, otherwise: DropReason) -> Verdict {
+        match self.shared.ports.get(usize::from(in_port)) {
+            Some(p) if p.kernel => Verdict::Kernel(in_port),
+            _ => Verdict::Drop(otherwise),
         }
     }
 
@@ -586,7 +600,13 @@ impl<'a> Worker<'a> {
                     }
                 }
             }
-            return if learned { Verdict::Consumed } else { Verdict::Drop(DropReason::ArpUnsolicited) };
+            return match learned {
+                true => Verdict::Consumed,
+                // The kernel asks for its own peers (a BGP router): their
+                // replies are its business; it ignores what it did not ask.
+                false if arp.target_ip == port_ip => self.for_kernel(in_port, DropReason::ArpUnsolicited),
+                false => Verdict::Drop(DropReason::ArpUnsolicited),
+            };
         }
         if arp.is_request && kind == AddressKind::OtherAppliances {
             // A standby stays silent for the VIPs it does not own.

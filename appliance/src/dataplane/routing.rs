@@ -320,6 +320,11 @@ impl Routing {
         }
     }
 
+    /// Whether a service of `vip` has a server `takes` new flows.
+    pub fn serves(&self, vip: u32, takes: impl Fn(u16) -> bool) -> bool {
+        self.services.iter().filter(|s| s.vip == vip).any(|s| s.servers.iter().any(|&id| takes(id)))
+    }
+
     /// The service at (VIP, port, protocol).
     pub fn service_at(&self, vip: u32, port: u16, proto: u8) -> Option<u16> {
         self.vips.get(vip, port, proto).map(|v| v.svc)

@@ -132,6 +132,9 @@ impl Neighbor {
 pub struct PortRt {
     pub ip: u32,
     pub mac: Mac,
+    /// The port has a kernel interface (`ports[].kernel`): what the fast
+    /// path does not answer for its address goes there (`Verdict::Kernel`).
+    pub kernel: bool,
 }
 
 /// An address an ARP request or ping asks about, as this appliance sees it.
@@ -218,7 +221,12 @@ impl Shared {
     /// Builds the shared tables. `port_macs` are the MACs actually in use on
     /// each port (configured, or the device's own).
     pub fn new(cfg: &Config, port_macs: &[Mac]) -> Shared {
-        let ports = cfg.ports.iter().zip(port_macs).map(|(p, &mac)| PortRt { ip: p.ip, mac }).collect();
+        let ports = cfg
+            .ports
+            .iter()
+            .zip(port_macs)
+            .map(|(p, &mac)| PortRt { ip: p.ip, mac, kernel: p.kernel.is_some() })
+            .collect();
         let owned_at_start = cfg.cluster.as_ref().is_none_or(|c| c.vips == VipMode::Shared);
         let mut addresses: Vec<u32> = cfg.services.iter().map(|s| s.vip).collect();
         addresses.sort_unstable();

@@ -32,6 +32,12 @@ fn record(s: &Snapshot, status: &Status, servers: &[ServerRow]) {
         ("ringlb_rx_bytes_total", "Bytes of the frames the workers received.", s.rx_bytes),
         ("ringlb_tx_bytes_total", "Bytes of the frames the workers sent.", s.tx_bytes),
         ("ringlb_handoff_packets_total", "Packets handed to the worker that owns their flow.", s.handoff),
+        ("ringlb_kernel_in_packets_total", "Frames passed to the ports' kernel interfaces.", s.kernel_in),
+        (
+            "ringlb_kernel_out_packets_total",
+            "Frames the kernel sent through the ports' kernel interfaces.",
+            s.kernel_out,
+        ),
         ("ringlb_arp_replies_total", "ARP replies sent.", s.arp_replies),
         ("ringlb_echo_replies_total", "ICMP echo replies sent.", s.echo_replies),
     ];
