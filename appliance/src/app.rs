@@ -21,6 +21,10 @@ use crate::config::{HANDOFF_QUEUE_LEN, MBUF_HEADROOM, PORT_QUEUE_DESC as RX_DESC
 /// One port's queue handles; each is taken by exactly one worker.
 type PortQueues = (Vec<Option<RxQueue>>, Vec<Option<TxQueue>>);
 
+/// How long the workers keep serving the kernel interfaces after BIRD
+/// was told to withdraw the VIPs (its UPDATE goes out through them).
+const WITHDRAW_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The EAL command line for a configuration.
 pub fn eal_args(cfg: &Config) -> Vec<String> {
     let e = &cfg.eal;
@@ -334,8 +338,11 @@ fn run_with_eal(
         Ok(())
     };
     let run = driver.run(&mut control, quit, opts, &mut start_ports);
-    // Routers stop sending to us before the workers stop.
-    control.withdraw_announcements();
+    // Routers stop sending to us before the workers stop: BIRD's
+    // withdrawal leaves through the kernel interface the workers serve.
+    if control.withdraw_announcements() {
+        std::thread::sleep(WITHDRAW_DRAIN);
+    }
 
     worker_quit.store(true, Relaxed);
     eal.wait_all();

@@ -71,10 +71,14 @@ pub enum DropReason {
     /// No `l7` request buffer free: the bytes are not ACKed (the client
     /// sends them again).
     L7NoBuffer,
+    /// For a port's kernel interface, over the worker's budget for it (a
+    /// flood to the port's address must not cost the fast path a tap write
+    /// per frame).
+    KernelLimit,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 30] = [
+    pub const ALL: [DropReason; 31] = [
         DropReason::Malformed,
         DropReason::UnsupportedEthertype,
         DropReason::UnsupportedProtocol,
@@ -105,6 +109,7 @@ impl DropReason {
         DropReason::ProxyRefused,
         DropReason::L7Request,
         DropReason::L7NoBuffer,
+        DropReason::KernelLimit,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -140,6 +145,7 @@ impl DropReason {
             DropReason::ProxyRefused => "proxy_refused",
             DropReason::L7Request => "l7_request",
             DropReason::L7NoBuffer => "l7_no_buffer",
+            DropReason::KernelLimit => "kernel_limit",
         }
     }
 }

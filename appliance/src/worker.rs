@@ -36,8 +36,9 @@ const AWAIT_MS: u32 = 1500;
 /// (doubling while idle, back to polling on the first packet). DPDK's
 /// l3fwd-power backs off the same way before it sleeps on interrupts.
 const IDLE_POLLS: u32 = 256;
-/// How often a worker reads the ports' kernel interfaces.
-const KERNEL_POLL_US: u64 = 50;
+/// How often a worker reads the ports' kernel interfaces (each read is a
+/// syscall; what comes that way is control traffic).
+const KERNEL_POLL_US: u64 = 250;
 const IDLE_SLEEP_MIN_US: u64 = 16;
 const IDLE_SLEEP_MAX_US: u64 = 512;
 
@@ -438,8 +439,7 @@ pub fn run(setup: WorkerSetup) -> i32 {
     };
     let mut burst: Burst<BURST> = Burst::default();
     let mut last_tick_ms = u32::MAX;
-    // The kernel interfaces are read every KERNEL_POLL_US: each read is a
-    // syscall in the tap driver, and what comes that way is control traffic.
+    // The kernel interfaces are read every KERNEL_POLL_US.
     let kernel_poll_tsc = tsc_hz * KERNEL_POLL_US / 1_000_000;
     let mut next_kernel_poll = 0u64;
     while !quit.load(Relaxed) {

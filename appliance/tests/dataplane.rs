@@ -713,3 +713,24 @@ fn with_a_kernel_interface_what_the_fast_path_does_not_answer_for_the_port_goes_
         assert_eq!(w.process(&mut web, 0, 0, false), Verdict::Tx(0));
     }
 }
+
+#[test]
+fn a_flood_to_the_ports_address_reaches_the_kernel_only_within_the_workers_budget() {
+    let text = yaml("[1]", 100)
+        .replace("mac: \"02:00:00:00:00:01\" }", "mac: \"02:00:00:00:00:01\", kernel: { tap: rlbk0 } }");
+    let cfg = config::parse(&text, "t.yaml").unwrap();
+    let shared = Shared::new(&cfg, &[PORT_MAC]);
+    let stats = [WorkerStats::new(shared.server_capacity)];
+    let mut w = Worker::new(0, &shared, &stats[0]);
+    let syn = |w: &mut Worker, n: u32, now: u32| {
+        let mut f = tcp([2, 0, 0, 0, 9, 1], PORT_MAC, client(n), ip("198.18.0.1"), 1000 + n as u16, 22, SYN, b"");
+        w.process(&mut f, 0, now, false)
+    };
+    let verdicts: Vec<Verdict> = (0..5000).map(|n| syn(&mut w, n, 0)).collect();
+    assert!(verdicts[..2000].iter().all(|v| *v == Verdict::Kernel(0)), "a burst of 2,000");
+    assert!(verdicts[2000..].iter().all(|v| *v == Verdict::Drop(DropReason::KernelLimit)), "then counted drops");
+    // 20 more each millisecond.
+    w.sweep(10);
+    let passed = (0..500).filter(|&n| syn(&mut w, n, 10) == Verdict::Kernel(0)).count();
+    assert_eq!(passed, 200);
+}

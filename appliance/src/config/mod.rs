@@ -1376,13 +1376,17 @@ impl Config {
     /// (`SHARED_SECTIONS`), rendered: what `cluster_version` hashes.
     pub fn render_shared(&self) -> String {
         let t = &self.timeouts;
+        // Without the comments: how a member resolves a server (ARP or a
+        // static MAC, through which of its ports) is its own business.
+        let routing: String = self
+            .render_services_and_groups()
+            .lines()
+            .map(|l| l.split_once("  # ").map_or(l, |(kept, _)| kept))
+            .map(|l| format!("{l}\n"))
+            .collect();
         format!(
             "{}timeouts:\n  syn: {}ms\n  established: {}ms\n  closing: {}ms\n  udp: {}ms\n",
-            self.render_services_and_groups(),
-            t.syn_ms,
-            t.established_ms,
-            t.closing_ms,
-            t.udp_ms
+            routing, t.syn_ms, t.established_ms, t.closing_ms, t.udp_ms
         )
     }
 

@@ -72,7 +72,12 @@ pub fn prepare(running: &Config, mut new: Config, capacity: usize) -> Result<(Co
     // Servers: every old one starts as a tombstone, the new ones take
     // their old ids or the next free ones.
     let key = |cfg: &Config, s: &ServerConfig| (cfg.services[usize::from(s.service)].name.clone(), s.ip, s.port);
-    let old_ids: HashMap<_, usize> = running.servers.iter().enumerate().map(|(i, s)| (key(running, s), i)).collect();
+    // A key may have several ids (a server in two groups of one `l7`
+    // service): they are handed out again in order.
+    let mut old_ids: HashMap<_, Vec<usize>> = HashMap::new();
+    for (i, s) in running.servers.iter().enumerate() {
+        old_ids.entry(key(running, s)).or_default().push(i);
+    }
     let mut servers: Vec<ServerConfig> =
         running.servers.iter().map(|s| ServerConfig { removed: true, agent: None, ..s.clone() }).collect();
     let mut taken = vec![false; servers.len()];
@@ -81,8 +86,9 @@ pub fn prepare(running: &Config, mut new: Config, capacity: usize) -> Result<(Co
     for s in &new.servers {
         let moved = ServerConfig { neighbor: neighbor_map[usize::from(s.neighbor)], ..s.clone() };
         let label = new.server_label(server_map.len());
-        let id = match old_ids.get(&key(&new, s)) {
-            Some(&i) if !taken[i] => {
+        let kept = old_ids.get(&key(&new, s)).and_then(|ids| ids.iter().copied().find(|&i| !taken[i]));
+        let id = match kept {
+            Some(i) => {
                 let old = &running.servers[i];
                 if old.removed {
                     changes.added.push(label);
@@ -92,7 +98,7 @@ pub fn prepare(running: &Config, mut new: Config, capacity: usize) -> Result<(Co
                 servers[i] = moved;
                 i
             }
-            _ => {
+            None => {
                 changes.added.push(label);
                 servers.push(moved);
                 taken.push(false);
@@ -101,6 +107,14 @@ pub fn prepare(running: &Config, mut new: Config, capacity: usize) -> Result<(Co
         };
         taken[id] = true;
         server_map.push(id as u16);
+    }
+    if new.services.iter().any(|s| s.probe.is_some()) && servers.len() > super::MAX_PROBED {
+        return Err(format!(
+            "the reload needs {} server ids; probes allow {} (one probe port each; ids of removed servers are \
+             freed by a restart)",
+            servers.len(),
+            super::MAX_PROBED
+        ));
     }
     if servers.len() > capacity {
         return Err(format!(
@@ -347,5 +361,27 @@ mod tests {
         let other = parse(&text.replace("198.18.0.1/24", "198.18.0.2/24"), "o.yaml").unwrap();
         assert_ne!(other.version(), running.version());
         assert_eq!(other.cluster_version(), running.cluster_version());
+    }
+
+    #[test]
+    fn a_server_in_two_groups_of_one_l7_service_keeps_both_its_ids() {
+        let l7 = |api_weight: u32| {
+            format!(
+                "eal: {{ control_core: 0, worker_cores: [1], hugepages: false, memory_mb: 256 }}\n\
+                 ports:\n  - {{ device: net_null0, ip: 198.18.0.1/24, mac: \"02:00:00:00:00:01\" }}\n\
+                 services:\n  - name: web\n    vip: 198.18.100.1\n    port: 80\n    mode: l7\n    group: site\n\
+                 \x20   l7:\n      rules:\n        - {{ path_prefix: /api/, group: api }}\n\
+                 server_groups:\n  site:\n    - {{ ip: 198.18.0.11, port: 8080 }}\n    \
+                 - {{ ip: 198.18.0.12, port: 8080 }}\n  api:\n    - {{ ip: 198.18.0.12, port: 8080, weight: {api_weight} }}\n"
+            )
+        };
+        let running = parse(&l7(1), "r.yaml").unwrap();
+        let n = running.servers.len();
+        let (new, changes) = prepare(&running, parse(&l7(4), "n.yaml").unwrap(), 16).unwrap();
+        assert_eq!(new.servers.len(), n, "no id leaked: {:?}", ids(&new));
+        assert!(new.servers.iter().all(|s| !s.removed));
+        assert!(changes.added.is_empty() && changes.removed.is_empty(), "{changes:?}");
+        let (again, _) = prepare(&new, parse(&l7(4), "n.yaml").unwrap(), 16).unwrap();
+        assert_eq!(again.servers.len(), n);
     }
 }

@@ -23,7 +23,7 @@
 
 use crate::config::reload::{self, Changes};
 use crate::config::Config;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
 
@@ -33,6 +33,8 @@ pub const ROUND_LIMIT_MS: u64 = 10_000;
 pub const HAVE_EVERY_MS: u64 = 2_000;
 /// A pull not answered by then is asked again (of whoever is ahead then).
 const PULL_RETRY_MS: u64 = 3_000;
+/// Aborted rounds remembered (an abort that overtook its prepare).
+const ABORTED_KEPT: usize = 16;
 /// A prepared change whose commit or abort never comes is dropped then.
 const PREPARED_LIMIT_MS: u64 = 2 * ROUND_LIMIT_MS;
 
@@ -121,7 +123,12 @@ pub struct Agreement {
     /// Decided rounds (coordinator): id → the answer for the operator.
     outcomes: BTreeMap<u64, Result<String, String>>,
     last_have_ms: Option<u64>,
+    /// The pull under way: whom it asked, when.
     pull: Option<(SocketAddrV4, u64)>,
+    /// A (generation, version) this member could not take: not pulled again.
+    refused_state: Option<(u64, String)>,
+    /// Rounds of others aborted lately (an abort may overtake its prepare).
+    aborted: VecDeque<(SocketAddrV4, u64)>,
     /// Server ids the appliance can hold (`Shared::server_capacity`).
     capacity: usize,
     status: AgreementStatus,
@@ -154,6 +161,8 @@ impl Agreement {
             outcomes: BTreeMap::new(),
             last_have_ms: None,
             pull: None,
+            refused_state: None,
+            aborted: VecDeque::new(),
             capacity,
             status,
         }
@@ -227,25 +236,52 @@ impl Agreement {
                 let v = self.running.cluster_version();
                 out.push(Effect::To(from, format!("cfg state {} {v}\n{shared}", self.generation).into_bytes()));
             }
-            (Some("state"), Some(generation), _) if generation > self.generation && self.round.is_none() => {
-                self.pull = None;
-                let version = w.get(3).unwrap_or(&"");
+            // Only the answer to our own pull, and only with no change under way.
+            (Some("state"), Some(generation), _)
+                if self.pull.is_some_and(|(asked, _)| asked == from)
+                    && self.round.is_none()
+                    && self.prepared.is_none() =>
+            {
+                let version = w.get(3).unwrap_or(&"").to_string();
+                if !self.ahead(generation, &version, from) {
+                    self.pull = None;
+                    return;
+                }
                 match self.validate(body, &format!("the cluster's configuration from {from}")) {
-                    Ok((config, text, changes)) if config.cluster_version() == *version => {
+                    Ok((config, text, changes)) if config.cluster_version() == version => {
+                        self.pull = None;
                         self.status.pulled += 1;
                         let line = self.line(&config, &changes, generation, &format!(" (pulled from {from})"));
                         self.adopt(config, text, generation);
                         out.push(Effect::Apply(Box::new(self.running.clone()), line));
+                        self.pull_if_behind(now_ms, out);
                     }
+                    // Refused: not asked for again (the pull stays as the
+                    // back-off until its retry time).
                     Ok(_) => {
-                        self.refuse(format!("{from}'s generation {generation} is not version {version} here"), out)
+                        self.refused_state = Some((generation, version.clone()));
+                        self.refuse(format!("{from}'s generation {generation} is not version {version} here"), out);
                     }
-                    Err(e) => self.refuse(format!("generation {generation} from {from}: {e}"), out),
+                    Err(e) => {
+                        self.refused_state = Some((generation, version));
+                        self.refuse(format!("generation {generation} from {from}: {e}"), out);
+                    }
                 }
             }
             (Some("prepare"), Some(id), Some(generation)) => {
                 let version = w.get(4).unwrap_or(&"").to_string();
-                let vote = if self.round.is_some() || self.prepared.is_some() {
+                // The same change proposed by several members at once (a
+                // SIGHUP to every member): agreed, whoever commits first.
+                let same_change =
+                    self.round.as_ref().is_some_and(|r| (r.generation, &r.version) == (generation, &version))
+                        || self.prepared.as_ref().is_some_and(|p| {
+                            (p.generation, p.config.cluster_version()) == (generation, version.clone())
+                        });
+                let vote = if same_change {
+                    Ok(())
+                } else if self.aborted.contains(&(from, id)) {
+                    Err("aborted already".to_string())
+                } else if self.round.is_some() || self.prepared.is_some() {
                     Err("another change is under way here".to_string())
                 } else if generation <= self.generation {
                     Err(format!("generation {generation} is not newer than {} here", self.generation))
@@ -289,9 +325,15 @@ impl Agreement {
                 self.adopt(p.config, p.text, p.generation);
                 out.push(Effect::Apply(Box::new(self.running.clone()), line));
             }
-            (Some("abort"), Some(id), _) if self.prepared.take_if(|p| p.from == from && p.id == id).is_some() => {
-                self.status.aborted += 1;
-                out.push(Effect::Note(format!("config: the change proposed by {from} was aborted")));
+            (Some("abort"), Some(id), _) => {
+                if self.aborted.len() == ABORTED_KEPT {
+                    self.aborted.pop_front();
+                }
+                self.aborted.push_back((from, id));
+                if self.prepared.take_if(|p| p.from == from && p.id == id).is_some() {
+                    self.status.aborted += 1;
+                    out.push(Effect::Note(format!("config: the change proposed by {from} was aborted")));
+                }
             }
             _ => {}
         }
@@ -362,12 +404,34 @@ impl Agreement {
         s
     }
 
+    /// Whether a member's (generation, version) is ahead of this one's:
+    /// a higher generation, or (after a partition) the same one with other
+    /// content at a lower address, so that every member ends on one. At
+    /// generation 0 (each started from its file) nothing is ahead.
+    fn ahead(&self, generation: u64, version: &str, from: SocketAddrV4) -> bool {
+        if self.refused_state.as_ref().is_some_and(|(g, v)| *g == generation && v == version) {
+            return false;
+        }
+        let mine = self.running.cluster_version();
+        generation > self.generation
+            || (generation == self.generation
+                && generation > 0
+                && version != mine
+                && self.me.is_some_and(|me| (from.ip().octets(), from.port()) < (me.ip().octets(), me.port())))
+    }
+
     /// Asks a member ahead of this one for its shared sections.
     fn pull_if_behind(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
         if self.pull.is_some() || self.round.is_some() || self.prepared.is_some() {
             return;
         }
-        let ahead = self.peers.iter().filter(|(_, p)| p.0 > self.generation).max_by_key(|(_, p)| p.0);
+        // The highest generation; of equals, the lowest address (the one
+        // the others end on too).
+        let ahead = self
+            .peers
+            .iter()
+            .filter(|(a, p)| self.ahead(p.0, &p.1, **a))
+            .max_by_key(|(a, p)| (p.0, std::cmp::Reverse((a.ip().octets(), a.port()))));
         if let Some((&from, _)) = ahead {
             self.pull = Some((from, now_ms));
             out.push(Effect::To(from, b"cfg pull".to_vec()));
@@ -650,5 +714,69 @@ mod tests {
         m.on_message(addr(3), &[0xff; 40], 0, &mut out);
         assert_eq!(c.versions(), before);
         assert!(c.applied.iter().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn the_same_change_proposed_by_every_member_at_once_is_agreed() {
+        let mut c = Cluster::new("same");
+        c.settle(0);
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            c.write(i, &[(11, 1), (12, 1), (14, 2)]);
+            let Started::Proposed(id) = reload(&mut c, i, 1) else { panic!() };
+            ids.push(id);
+        }
+        c.settle(1);
+        for (i, id) in ids.into_iter().enumerate() {
+            assert!(c.members[i].outcome(id).unwrap().is_ok(), "member {}'s round", i + 1);
+        }
+        let v = c.versions();
+        assert!(v.iter().all(|x| *x == v[0]) && v[0].0 == 1, "{v:?}");
+    }
+
+    #[test]
+    fn a_state_nobody_pulled_is_ignored_and_a_refused_one_is_not_pulled_again() {
+        let mut c = Cluster::new("state");
+        let before = c.versions();
+        let shared = reload::shared_text(&text(3, &[(11, 9)]));
+        let mut out = Vec::new();
+        c.members[1].on_message(addr(3), format!("cfg state 9 x\n{shared}").as_bytes(), 0, &mut out);
+        assert!(out.is_empty() && c.versions() == before, "unsolicited: {out:?}");
+        // 3 says it is at generation 9 with content 2 cannot take (its
+        // version does not match): 2 pulls once, refuses, and stops asking.
+        c.members[1].on_message(addr(3), b"cfg have 9 x", 0, &mut out);
+        assert!(matches!(&out[..], [Effect::To(a, p)] if *a == addr(3) && p == b"cfg pull"), "{out:?}");
+        out.clear();
+        c.members[1].on_message(addr(3), format!("cfg state 9 x\n{shared}").as_bytes(), 0, &mut out);
+        assert!(matches!(&out[..], [Effect::Warn(_)]), "{out:?}");
+        out.clear();
+        c.members[1].poll(60_000, &mut out);
+        assert!(!out.iter().any(|e| matches!(e, Effect::To(_, p) if p == b"cfg pull")), "pulled again: {out:?}");
+        assert_eq!(c.versions(), before);
+    }
+
+    #[test]
+    fn after_a_partition_two_changes_of_one_generation_end_on_the_lower_addresss() {
+        let mut c = Cluster::new("split");
+        // 1 and 3 cannot hear each other: each changes alone (2 is away).
+        c.up[1] = false;
+        c.up[2] = false;
+        c.view(0);
+        c.write(0, &[(11, 5)]);
+        assert!(matches!(reload(&mut c, 0, 1), Started::Applied(..)));
+        c.up[0] = false;
+        c.up[2] = true;
+        c.view(2);
+        c.write(2, &[(12, 7)]);
+        assert!(matches!(reload(&mut c, 2, 3), Started::Applied(..)));
+        assert_eq!(c.versions()[0].0, c.versions()[2].0, "one generation each");
+        assert_ne!(c.versions()[0].1, c.versions()[2].1);
+        // Healed: everyone hears everyone; all end on member 1's.
+        c.up = vec![true; 3];
+        c.view(10);
+        c.settle(10);
+        let v = c.versions();
+        assert!(v.iter().all(|x| x.1 == v[0].1), "{v:?}");
+        assert_eq!(c.members[2].running().servers.iter().filter(|s| !s.removed).count(), 1);
     }
 }

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 pub const CHECK_EVERY_MS: u64 = 250;
 /// A failed `birdc configure` is tried again this much later.
 const RETRY_MS: u64 = 5_000;
+/// A `birdc` still running after this long is killed (BIRD hung).
+const BIRDC_LIMIT: Duration = Duration::from_secs(10);
 /// The most a clean stop waits for BIRD to take the withdrawal.
 const WITHDRAW_WAIT: Duration = Duration::from_secs(3);
 
@@ -30,8 +32,9 @@ pub struct Bird {
     cfg: BirdConfig,
     /// The VIPs in the file now (None: not written yet).
     announced: Option<Vec<u32>>,
-    /// `birdc configure` under way, and whether the file changed since it began.
-    child: Option<Child>,
+    /// `birdc configure` under way (and when it began), and whether the
+    /// file changed since.
+    child: Option<(Child, Instant)>,
     again: bool,
     /// After a failed `birdc`, when to try again.
     retry_at_ms: Option<u64>,
@@ -120,13 +123,19 @@ impl Bird {
     }
 
     /// A clean stop: no VIP, and BIRD told (waiting for it, bounded).
-    pub fn withdraw_all(&mut self, notes: &mut Notes) {
+    /// True if something was withdrawn (BIRD's UPDATE still has to leave
+    /// through the kernel interface, which the workers serve).
+    pub fn withdraw_all(&mut self, notes: &mut Notes) -> bool {
         if self.announced.as_ref().is_some_and(Vec::is_empty) && !self.again {
-            return;
+            return false;
         }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.wait();
+        // A `birdc` under way: given the same time, then killed.
+        let deadline = Instant::now() + WITHDRAW_WAIT;
+        while self.child.is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            let _ = self.reap(notes);
         }
+        self.kill_child();
         if self.write(&[]).is_ok() {
             self.announced = Some(Vec::new());
             notes.warn("bird: withdrawing every VIP (stopping)".to_string());
@@ -136,7 +145,10 @@ impl Bird {
                 std::thread::sleep(Duration::from_millis(10));
                 let _ = self.reap(notes);
             }
+            self.kill_child();
+            return true;
         }
+        false
     }
 
     fn write(&self, vips: &[u32]) -> std::io::Result<()> {
@@ -156,7 +168,7 @@ impl Bird {
         match cmd.spawn() {
             Ok(c) => {
                 self.configures += 1;
-                self.child = Some(c);
+                self.child = Some((c, Instant::now()));
             }
             Err(e) => {
                 self.failures += 1;
@@ -165,13 +177,20 @@ impl Bird {
         }
     }
 
-    /// Collects a finished `birdc`; true (and noted) if it failed.
+    /// Collects a finished `birdc`; true (and noted) if it failed or hung
+    /// (killed after `BIRDC_LIMIT`).
     fn reap(&mut self, notes: &mut Notes) -> bool {
-        let Some(c) = &mut self.child else { return false };
+        let Some((c, started)) = &mut self.child else { return false };
         match c.try_wait() {
-            Ok(None) => false,
+            Ok(None) if started.elapsed() < BIRDC_LIMIT => false,
+            Ok(None) => {
+                self.kill_child();
+                self.failures += 1;
+                notes.warn(format!("bird: birdc configure did not finish in {BIRDC_LIMIT:?}: killed"));
+                true
+            }
             Ok(Some(status)) => {
-                let Some(c) = self.child.take() else { return false };
+                let Some((c, _)) = self.child.take() else { return false };
                 let out = c.wait_with_output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
                 let said = out.unwrap_or_default();
                 // birdc exits 0 even when BIRD refuses; its answer says so.
@@ -188,6 +207,13 @@ impl Bird {
                 notes.warn(format!("bird: birdc: {e}"));
                 true
             }
+        }
+    }
+
+    fn kill_child(&mut self) {
+        if let Some((mut c, _)) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }

@@ -222,7 +222,12 @@ impl WorkerPort {
     pub fn switch(&mut self, next: Box<RoutingSwitch>) -> Result<(), Box<RoutingSwitch>> {
         match self.switch_out.push(next) {
             Ok(()) => {
-                self.send(Command::Switch);
+                // Never dropped, even past the backlog's bound: a lost
+                // Switch would leave the routing unclaimed for good.
+                if self.backlog.is_empty() && self.commands.push(Command::Switch).is_ok() {
+                    return Ok(());
+                }
+                self.backlog.push_back(Command::Switch);
                 Ok(())
             }
             Err(rtrb::PushError::Full(next)) => Err(next),

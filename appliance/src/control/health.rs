@@ -105,7 +105,10 @@ impl Health {
         let Some(old) = old else {
             // Nothing followed before: the weights in `Shared` are the configured ones.
             for (s, c) in new.servers.iter_mut().zip(&cfg.servers) {
-                s.weight_now = if c.removed { 0 } else { c.weight };
+                if c.removed {
+                    s.weight = 0;
+                }
+                s.weight_now = s.weight;
                 s.fresh = true;
             }
             return Some(new);

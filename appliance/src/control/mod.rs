@@ -660,13 +660,15 @@ impl Control {
     }
 
     /// A clean stop: BIRD withdraws every VIP (before the workers stop).
-    pub fn withdraw_announcements(&mut self) {
-        if let Some(b) = &mut self.bird {
-            b.withdraw_all(&mut self.notes);
-        }
+    /// True if routes were withdrawn: BIRD's UPDATE still has to leave
+    /// through the kernel interface, so the caller keeps the workers a
+    /// moment longer.
+    pub fn withdraw_announcements(&mut self) -> bool {
+        let withdrawn = self.bird.as_mut().is_some_and(|b| b.withdraw_all(&mut self.notes));
         while let Some(n) = self.poll_note() {
             log::log!(n.level, "{}", n.text);
         }
+        withdrawn
     }
 
     /// Workers still to take up the last reload.

@@ -125,6 +125,10 @@ pub struct Worker<'a> {
     l7_schedulers: Vec<Vec<SmoothWrr>>,
     /// Frames of the appliance's own waiting to be sent (`drain_frames`).
     emits: proxy::Emits,
+    /// Frames this worker may still pass to the kernel interfaces
+    /// (`KERNEL_FRAMES_PER_MS` more each millisecond, up to `KERNEL_BURST`).
+    kernel_budget: u32,
+    kernel_refilled_ms: u32,
 }
 
 /// A health probe to send (`Worker::due_probes`): a TCP SYN.
@@ -255,6 +259,11 @@ const SWEEP_BUDGET: usize = 256;
 const UNRESOLVED_RETRY_MS: u32 = 1000;
 /// A SYN this soon after a one-sided close keeps the session's server.
 const KEEP_AFTER_CLOSE_MS: u32 = 1000;
+/// Frames a worker passes to the kernel interfaces per millisecond, and at
+/// most in a burst: BGP, ssh and ARP need far less; a flood to the port's
+/// address is cut here, counted as `KernelLimit`.
+const KERNEL_FRAMES_PER_MS: u32 = 20;
+const KERNEL_BURST: u32 = 2_000;
 /// An ARP reply is learned only this long after our request.
 const ARP_REPLY_WINDOW_MS: u32 = 1000;
 
@@ -321,6 +330,8 @@ impl<'a> Worker<'a> {
             requests: tables.requests,
             l7_schedulers: schedulers.l7,
             emits: proxy::Emits::new(),
+            kernel_budget: KERNEL_BURST,
+            kernel_refilled_ms: 0,
         }
     }
 
@@ -576,9 +587,13 @@ impl<'a> Worker<'a> {
 
     /// A frame for the port's own address the fast path does not answer:
     /// to the kernel if the port has a kernel interface, else dropped.
-    fn for_kernel(&self, in_port: u8, otherwise: DropReason) -> Verdict {
+    fn for_kernel(&mut self, in_port: u8, otherwise: DropReason) -> Verdict {
         match self.shared.ports.get(usize::from(in_port)) {
-            Some(p) if p.kernel => Verdict::Kernel(in_port),
+            Some(p) if p.kernel && self.kernel_budget > 0 => {
+                self.kernel_budget -= 1;
+                Verdict::Kernel(in_port)
+            }
+            Some(p) if p.kernel => Verdict::Drop(DropReason::KernelLimit),
             _ => Verdict::Drop(otherwise),
         }
     }
@@ -1034,6 +1049,9 @@ impl<'a> Worker<'a> {
     /// Periodic work between bursts: expire idle sessions and locks a slice
     /// at a time, refresh busy sessions to the siblings, and carry on a dump.
     pub fn sweep(&mut self, now_ms: u32) {
+        let elapsed = now_ms.wrapping_sub(self.kernel_refilled_ms).min(KERNEL_BURST);
+        self.kernel_budget = (self.kernel_budget + elapsed * KERNEL_FRAMES_PER_MS).min(KERNEL_BURST);
+        self.kernel_refilled_ms = now_ms;
         let stats = self.stats;
         let outbox = &mut self.outbox;
         self.table.sweep(now_ms, SWEEP_BUDGET, |visit, key, e| match visit {

@@ -25,6 +25,8 @@ struct Probed {
 /// Worker 0's probes, one per probed server.
 pub(super) struct Prober {
     probed: Vec<Probed>,
+    /// Per server id: among `probed` (scratch for `update`).
+    known: Vec<bool>,
     /// Probes sent; each probe's sequence number is a keyed hash of it, so
     /// a spoofed SYN-ACK cannot guess the acknowledgement that counts.
     sent: u64,
@@ -45,6 +47,7 @@ impl Prober {
         // that adds probed servers allocates nothing on the worker.
         let mut prober = Prober {
             probed: Vec::with_capacity(shared.server_capacity),
+            known: vec![false; shared.server_capacity],
             sent: 0,
             key: shared.hash_seed ^ 0x7072_6f62_6573,
         };
@@ -67,9 +70,16 @@ impl Prober {
                 false
             }
         });
+        // Which servers are probed already: one pass, not one per server.
+        self.known.fill(false);
+        for p in &self.probed {
+            if let Some(k) = self.known.get_mut(usize::from(p.server)) {
+                *k = true;
+            }
+        }
         for (i, s) in routing.servers.iter().enumerate() {
             let Some(probe) = s.probe else { continue };
-            if self.probed.iter().any(|p| usize::from(p.server) == i) || self.probed.len() == self.probed.capacity() {
+            if self.known.get(i).is_none_or(|&k| k) || self.probed.len() == self.probed.capacity() {
                 continue;
             }
             self.probed.push(Probed {
@@ -115,7 +125,7 @@ impl Prober {
                 p.next_at = now.wrapping_add(p.probe.interval_ms);
                 self.sent += 1;
                 let seq = (crate::session::mix(self.key, self.sent) >> 32) as u32;
-                let syn = ProbeSyn { server: p.server, src_port: PROBE_PORT_BASE + p.server, seq };
+                let syn = ProbeSyn { server: p.server, src_port: PROBE_PORT_BASE.wrapping_add(p.server), seq };
                 // Not sent (no MAC yet, queue full): it times out as a failure.
                 send(syn);
                 p.in_flight = Some((seq, now));

@@ -157,6 +157,11 @@ pub(super) fn next_server(p: &mut Proxied, l7: &L7Rt, schedulers: &mut [SmoothWr
         return None;
     }
     let members = l7.groups.get(usize::from(p.group))?;
+    // Its server left its group (a reload changed the groups since it was
+    // bound): `group` and `tried` name positions of another list now.
+    if !members.contains(&p.server) {
+        return None;
+    }
     let tried = p.tried;
     let weight = |i: usize| if tried & (1 << i.min(63)) != 0 { 0 } else { shared.server_weight(members[i]) };
     let i = schedulers.get_mut(usize::from(p.group))?.pick(weight)?;
