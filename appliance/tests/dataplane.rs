@@ -711,6 +711,10 @@ fn with_a_kernel_interface_what_the_fast_path_does_not_answer_for_the_port_goes_
         assert_eq!(w.process(&mut ping, 0, 0, false), Verdict::Tx(0));
         let mut web = tcp(ROUTER_MAC, PORT_MAC, client(1), ip("198.18.100.1"), 1000, 80, SYN, b"");
         assert_eq!(w.process(&mut web, 0, 0, false), Verdict::Tx(0));
+        // An ICMP error about the kernel's own BGP segment (from its address).
+        let sent = tcp(PORT_MAC, router, ip("198.18.0.1"), ip("198.18.0.254"), 179, 40_000, ACK, b"");
+        let mut err = icmp_error(router, PORT_MAC, ip("198.18.0.254"), ip("198.18.0.1"), 3, 4, &sent[14..]);
+        assert_eq!(w.process(&mut err, 0, 0, false), to_kernel(DropReason::NoService));
     }
 }
 

@@ -234,3 +234,114 @@ fn an_invalid_file_or_a_change_that_needs_a_restart_changes_nothing() {
     let spread: Vec<u8> = (0..4).map(|c| rig.open(c, 2)).collect();
     assert_eq!(counts(spread.into_iter()), BTreeMap::from([(11, 2), (12, 2)]));
 }
+
+#[test]
+fn a_removed_servers_address_is_not_asked_for_any_more() {
+    // Servers without a static MAC: worker 0 asks for them by ARP.
+    let dynamic = |servers: &[(u8, u32)]| {
+        let mut y = yaml(servers, "wrr", "keep");
+        for (l, _) in servers {
+            y = y.replace(&format!(", mac: \"02:00:00:00:02:{l:02x}\""), "");
+        }
+        y
+    };
+    let mut rig = Rig::start(&dynamic(&[(11, 1), (12, 1), (13, 1)]));
+    let asked = |rig: &mut Rig, now: u32| {
+        let mut v = Vec::new();
+        rig.worker.due_solicits(now, |n, _| {
+            v.push(n.ip as u8);
+            true
+        });
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(asked(&mut rig, 0), vec![11, 12, 13]);
+    rig.reload(&dynamic(&[(11, 1), (12, 1)])).unwrap();
+    rig.worker_round(1);
+    // Unanswered requests are repeated each second: 13's no more.
+    assert_eq!(asked(&mut rig, 1_100), vec![11, 12]);
+    rig.reload(&dynamic(&[(11, 1), (12, 1), (13, 1)])).unwrap();
+    rig.worker_round(1_200);
+    assert_eq!(asked(&mut rig, 2_300), vec![11, 12, 13], "back with its server");
+}
+
+#[test]
+fn a_server_a_reload_adds_gets_new_flows_once_its_mac_is_known() {
+    let dynamic = |servers: &[(u8, u32)]| {
+        let mut y = yaml(servers, "wrr", "keep");
+        for (l, _) in servers {
+            y = y.replace(&format!(", mac: \"02:00:00:00:02:{l:02x}\""), "");
+        }
+        y
+    };
+    // Worker 0 asks; server `l` answers from 02:00:00:00:02:<l>.
+    let resolve = |rig: &mut Rig, now: u32, servers: &[u8]| {
+        rig.worker.due_solicits(now, |_, _| true);
+        for &l in servers {
+            let mac = [2, 0, 0, 0, 2, l];
+            let mut reply = arp_reply(mac, ip(&format!("198.18.0.{l}")), PORT_MAC, ip("198.18.0.1"));
+            assert_eq!(rig.worker.process(&mut reply, 0, now, false), Verdict::Consumed, "server {l}");
+        }
+    };
+    let mut rig = Rig::start(&dynamic(&[(11, 1), (12, 1)]));
+    resolve(&mut rig, 0, &[11, 12]);
+    rig.reload(&dynamic(&[(11, 1), (12, 1), (13, 2)])).unwrap();
+    rig.worker_round(1);
+    // 13's MAC is unknown: new flows go to 11 and 12 (none dropped).
+    let before: Vec<u8> = (0..40).map(|c| rig.open(c, 2)).collect();
+    assert_eq!(counts(before.into_iter()), BTreeMap::from([(11, 20), (12, 20)]));
+    resolve(&mut rig, 1_100, &[13]);
+    let after: Vec<u8> = (100..140).map(|c| rig.open(c, 1_101)).collect();
+    assert_eq!(counts(after.into_iter()), BTreeMap::from([(11, 10), (12, 10), (13, 20)]));
+}
+
+#[test]
+fn handshakes_under_way_at_a_reload_complete_through_it() {
+    let mut rig = Rig::start(&yaml(&[(11, 1), (12, 1)], "wrr", "keep"));
+    let servers: Vec<u8> = (0..40).map(|c| rig.open(c, 0)).collect();
+    rig.reload(&yaml(&[(11, 1), (12, 2), (13, 3)], "maglev", "keep")).unwrap();
+    rig.worker_round(1);
+    for (c, &s) in servers.iter().enumerate() {
+        let c = c as u32;
+        let mut synack = tcp(
+            [2, 0, 0, 0, 2, s],
+            PORT_MAC,
+            ip(&format!("198.18.0.{s}")),
+            client(c),
+            8080,
+            40_000 + c as u16,
+            SYN | ACK,
+            b"",
+        );
+        let mut burst = [&mut synack[..]];
+        let mut v = [Verdict::Consumed; 1];
+        rig.worker.process_burst(&mut burst, &[0], 2, false, &mut v);
+        assert_eq!(v[0], Verdict::Tx(0), "flow {c}'s SYN-ACK from {s}");
+        let mut ack = tcp(ROUTER_MAC, PORT_MAC, client(c), ip(VIP), 40_000 + c as u16, 80, ACK, b"GET /");
+        let mut burst = [&mut ack[..]];
+        rig.worker.process_burst(&mut burst, &[0], 3, false, &mut v);
+        assert_eq!(v[0], Verdict::Tx(0), "flow {c}'s ACK");
+        assert_eq!(check(&ack).unwrap().dst[3], s, "flow {c} stays on its server");
+    }
+}
+
+#[test]
+fn a_handshake_under_way_with_a_removed_server_completes_with_it() {
+    let mut rig = Rig::start(&yaml(&[(11, 1), (12, 1), (13, 1)], "wrr", "keep"));
+    let on: Vec<u8> = (0..6).map(|c| rig.open(c, 0)).collect();
+    let c = on.iter().position(|&s| s == 13).unwrap() as u32;
+    // 13 answered the SYN; its SYN-ACK is on its way when 13 is removed.
+    let mut synack =
+        tcp([2, 0, 0, 0, 2, 13], PORT_MAC, ip("198.18.0.13"), client(c), 8080, 40_000 + c as u16, SYN | ACK, b"");
+    assert_eq!(rig.worker.process(&mut synack, 0, 1, false), Verdict::Tx(0));
+    rig.reload(&yaml(&[(11, 1), (12, 1)], "wrr", "keep")).unwrap();
+    rig.worker_round(2);
+    // The client's SYN again (its timer fired first): still 13, not another
+    // server that would reset the client's next segment.
+    let (v, f) = rig.client_packet(c, SYN, 1_000);
+    assert_eq!(v, Verdict::Tx(0));
+    assert_eq!(check(&f).unwrap().dst[3], 13);
+    assert_eq!(rig.follow(c, 1_001), 13);
+    // A new flow never goes there.
+    assert!((100..130).all(|n| rig.open(n, 1_002) != 13));
+}

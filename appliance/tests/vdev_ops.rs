@@ -55,18 +55,23 @@ fn http_get(addr: &str, path: &str) -> String {
 
 #[test]
 fn every_command_has_help_that_exits_0() {
-    for cmd in [
-        &[][..],
-        &["run"],
-        &["check"],
-        &["status"],
-        &["servers"],
-        &["sessions"],
-        &["drain"],
-        &["undrain"],
-        &["metrics"],
-        &["completions"],
-    ] {
+    // Every subcommand `ringlb --help` lists (a new one is covered too).
+    let top = ringlb(&["--help"]);
+    let text = stdout(&top);
+    let listed: Vec<String> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    for c in ["run", "check", "status", "servers", "sessions", "drain", "undrain", "reload", "metrics", "completions"] {
+        assert!(listed.iter().any(|l| l == c), "{c} not in --help: {text}");
+    }
+    let mut commands: Vec<Vec<&str>> = vec![vec![]];
+    commands.extend(listed.iter().map(|c| vec![c.as_str()]));
+    for cmd in commands {
         let mut args = cmd.to_vec();
         args.push("--help");
         let o = ringlb(&args);

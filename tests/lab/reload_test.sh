@@ -27,7 +27,13 @@ T=lab-reload
 SOCK=$LAB_DIR/lb.sock
 CFG=$LAB_DIR/ringlb.yaml
 say() { echo "$T: $*"; }
-fail() { echo "FAIL $T: $*"; [ -f "$LAB_DIR/ringlb.log" ] && tail -20 "$LAB_DIR/ringlb.log"; exit 1; }
+stamp() { say "at $(date +%s.%N | cut -c1-14): $*"; }
+fail() {
+  echo "FAIL $T: $*"
+  [ -f "$LAB_DIR/lb.json" ] && echo "drops: $(jq -c '.drops | with_entries(select(.value > 0))' "$LAB_DIR/lb.json")"
+  [ -f "$LAB_DIR/ringlb.log" ] && grep -v ' stats t=' "$LAB_DIR/ringlb.log" | tail -20
+  exit 1
+}
 cleanup() {
   lab_down
   if ip netns list | grep -q "^${LAB}-"; then echo "FAIL $T: namespaces left behind"; fi
@@ -81,11 +87,13 @@ load_start 40
 sleep 3
 
 write_config wrr "1 2 3"
+stamp "reload A"
 out=$(ops reload) || fail "reload A refused: $out"
 say "\$ ringlb reload → $out"
 ab_share "after A (s3 added, weights 1:2:3, wrr)" 1200 "200 400 600"
 
 write_config maglev "1 2 3"
+stamp "reload B"
 out=$(ops reload) || fail "reload B refused: $out"
 say "\$ ringlb reload → $out"
 ab_share "after B (maglev, weights 1:2:3)" 2400 "400 800 1200"
@@ -104,6 +112,7 @@ echo "$out" | grep -q "ports changed" || fail "the refusal does not name the por
 kill -0 "$RINGLB_PID" || fail "ringlb died on a refused reload"
 
 write_config maglev "1 2 -"
+stamp "SIGHUP (reload D)"
 kill -HUP "$RINGLB_PID"
 for _ in $(seq 50); do grep -q "reload: config version $v_b" "$LAB_DIR/ringlb.log" && break; sleep 0.1; done
 say "SIGHUP → $(grep "reload: config version $v_b" "$LAB_DIR/ringlb.log" | sed 's/^.*reload:/reload:/')"
@@ -115,6 +124,7 @@ ops servers | sed "s/^/$T:   /"
 [ "$(ops servers --json | jq length)" = 2 ] || fail "servers still lists the removed s3"
 
 load_wait
+say "drops by reason: $(jq -c '.drops | with_entries(select(.value > 0))' "$LAB_DIR/lb.json")"
 load_check "three reloads and two refusals"
 lab_stop_ringlb || fail "ringlb exited non-zero on SIGTERM"
 grep -q "reload refused, the running configuration stays" "$LAB_DIR/ringlb.log" || fail "the refusals are not in the log"

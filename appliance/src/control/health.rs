@@ -36,6 +36,8 @@ struct Server {
     probe_up: bool,
     /// Added by a reload: its first weight is not news.
     fresh: bool,
+    /// Removed by a reload: its weight is `Control::reload`'s business.
+    removed: bool,
 }
 
 #[derive(serde::Serialize, Debug, Clone)]
@@ -91,6 +93,7 @@ impl Health {
                     probed: probed(s),
                     probe_up: true,
                     fresh: false,
+                    removed: s.removed,
                 }
             })
             .collect();
@@ -154,7 +157,7 @@ impl Health {
     /// down or came back.
     pub fn apply(&mut self, shared: &Shared) -> Vec<Note> {
         let mut notes = Vec::new();
-        for (id, s) in self.servers.iter_mut().enumerate() {
+        for (id, s) in self.servers.iter_mut().enumerate().filter(|(_, s)| !s.removed) {
             let load = s.agent.and_then(|a| self.loads.get(&a).copied()).unwrap_or(0.0);
             let now = match (s.up, s.least_load) {
                 (false, _) => 0,

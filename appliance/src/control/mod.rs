@@ -30,7 +30,7 @@ mod siblings;
 pub mod status;
 pub mod vips;
 
-use crate::config::{Config, VipMode};
+use crate::config::{Config, OnServerDown, VipMode};
 use crate::dataplane::{Routing, Shared};
 use channel::{Command, Event, RoutingSwitch, SessionRecord, WorkerPort};
 use ringlb_ring::member::{Config as RingConfig, Event as RingEvent, Member, Transmit};
@@ -635,15 +635,31 @@ impl Control {
             return Err(format!("{} worker(s) have not taken up the last reload yet; try again", self.switching));
         }
         let shared = Arc::clone(&self.shared);
+        let before = shared.routing();
         match health::Health::reload(self.health.take(), cfg) {
             Some(mut h) => {
                 self.notes.extend(h.apply(&shared));
                 self.health = Some(h);
             }
             None => {
-                for (id, s) in cfg.servers.iter().enumerate() {
-                    shared.set_server_weight(id as u16, if s.removed { 0 } else { s.weight });
+                for (id, s) in cfg.servers.iter().enumerate().filter(|(_, s)| !s.removed) {
+                    shared.set_server_weight(id as u16, s.weight);
                 }
+            }
+        }
+        // A removed server takes no new flow. Under `on_server_down: keep`
+        // it is drained: its sessions, handshakes under way included, go on
+        // with it. Under `reset` it is down: they end at their next packet.
+        // Back in a later reload, it is undrained.
+        for (id, s) in cfg.servers.iter().enumerate() {
+            let id = id as u16;
+            let reset =
+                cfg.services.get(usize::from(s.service)).is_some_and(|v| v.on_server_down == OnServerDown::Reset);
+            match (s.removed, reset) {
+                (true, true) => shared.set_server_weight(id, 0),
+                (true, false) => shared.set_drained(id, true),
+                (false, _) if before.removed(id) => shared.set_drained(id, false),
+                (false, _) => {}
             }
         }
         let routing = Arc::new(Routing::build(cfg, &shared.port_macs(), shared.vip_slots(), Some(&shared.routing())));

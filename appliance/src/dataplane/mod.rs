@@ -417,6 +417,10 @@ impl<'a> Worker<'a> {
                 AddressKind::Foreign => Step::Done(Verdict::Drop(DropReason::NoService)),
             },
             Parsed::L4(info) => self.l4(frame, info, handed_off, port.ip),
+            // An error about the kernel's own traffic (its BGP session): the kernel's.
+            Parsed::IcmpError(info) if info.dst_ip == port.ip && port.kernel => {
+                Step::Done(self.for_kernel(in_port, DropReason::NoService))
+            }
             Parsed::IcmpError(info) => self.icmp_error(info, handed_off),
             Parsed::Fragment(info) => Step::Done(self.fragment(frame, &info)),
         }
@@ -716,7 +720,18 @@ impl<'a> Worker<'a> {
             // A SYN on the tuple of a session whose server is down (in DSR
             // the server's reset never passes here, so its session still
             // looks established): a new connection, scheduled afresh.
-            Some(e) if syn && shared.server_weight(e.server) == 0 => reuse = Reuse::Repick,
+            // Not a handshake under way on a server that still carries its
+            // flows (drained, or removed by a reload): that SYN is the
+            // client's retransmission, and the server's SYN-ACK may be on
+            // its way.
+            Some(e)
+                if syn
+                    && shared.server_weight(e.server) == 0
+                    && !(matches!(e.state, State::SynSeen | State::Confirming)
+                        && shared.carrying_weight(e.server) != 0) =>
+            {
+                reuse = Reuse::Repick
+            }
             // A new connection reusing the client port of one that closed
             // on both sides: scheduled afresh.
             Some(e) if syn && e.state == State::Closing => reuse = Reuse::Repick,
@@ -964,10 +979,22 @@ impl<'a> Worker<'a> {
         let shared = self.shared;
         let routing = &*self.routing;
         let service = &routing.services[usize::from(svc)];
-        // Weights now: a server down has 0 (`control::health`).
-        let weight = |i: usize| shared.server_weight(service.servers[i]);
+        // Weights now: a server down has 0 (`control::health`). A server
+        // whose MAC is not known yet (a reload just added it) gets no new
+        // flow while another can take it: its first packets would be
+        // dropped (`no_neighbor`) until worker 0's ARP is answered.
+        let ready = |id: u16| routing.next_hop(id).is_some_and(|n| n.mac().is_some());
+        let weight = |i: usize| {
+            let id = service.servers[i];
+            match shared.server_weight(id) {
+                w if w != 0 && !ready(id) => 0,
+                w => w,
+            }
+        };
         let (Some(life), Some(locks), Some(maglev)) = (service.persistence_ms, &mut self.locks, &service.maglev) else {
-            let i = self.schedulers[usize::from(svc)].pick(key.hash(0), weight)?;
+            let scheduler = &mut self.schedulers[usize::from(svc)];
+            let any = |i: usize| shared.server_weight(service.servers[i]);
+            let i = scheduler.pick(key.hash(0), weight).or_else(|| scheduler.pick(key.hash(0), any))?;
             return Some(service.servers[i]);
         };
         if let Some(lock) = locks.get(key.client_ip, svc, now_ms).filter(|l| shared.server_weight(l.server) != 0) {
@@ -1092,8 +1119,10 @@ impl<'a> Worker<'a> {
         if self.id != 0 {
             return;
         }
-        for n in self.routing.neighbors.iter() {
-            if n.is_static {
+        let routing = &*self.routing;
+        for (i, n) in routing.neighbors.iter().enumerate() {
+            // Static, or only a removed server's (a reload): not asked for.
+            if n.is_static || !routing.neighbor_in_use(i) {
                 continue;
             }
             let since = n.solicited_at().map(|t| now_ms.wrapping_sub(t));

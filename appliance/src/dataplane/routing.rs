@@ -58,6 +58,8 @@ pub(super) struct ServerRt {
     /// The appliance probes this server itself (its service has `probe`,
     /// and it has no agent).
     pub probe: Option<crate::config::Probe>,
+    /// A reload removed it (its id stays for its sessions).
+    pub removed: bool,
 }
 
 /// (address, port, protocol) → a service's entry, for the handful of
@@ -160,6 +162,8 @@ pub struct Routing {
     /// Next hops; one a reload keeps (same address and port) is the same
     /// object, MAC and all.
     pub(super) neighbors: Vec<Arc<Neighbor>>,
+    /// Per next hop: a server not removed goes through it.
+    neighbor_in_use: Vec<bool>,
     /// (VIP, port, proto) → service.
     pub(super) vips: EndpointMap<VipEntry>,
     /// (server IP, port, proto) → NAT service, to recognise replies.
@@ -277,8 +281,15 @@ impl Routing {
                 }
             })
             .collect();
+        let mut neighbor_in_use = vec![false; cfg.neighbors.len()];
+        for s in cfg.servers.iter().filter(|s| !s.removed) {
+            if let Some(u) = neighbor_in_use.get_mut(usize::from(s.neighbor)) {
+                *u = true;
+            }
+        }
         Routing {
             services,
+            neighbor_in_use,
             servers: cfg
                 .servers
                 .iter()
@@ -288,6 +299,7 @@ impl Routing {
                     service: s.service,
                     neighbor: s.neighbor,
                     probe: cfg.services[usize::from(s.service)].probe.filter(|_| s.agent.is_none() && !s.removed),
+                    removed: s.removed,
                 })
                 .collect(),
             neighbors,
@@ -339,6 +351,11 @@ impl Routing {
         })
     }
 
+    /// Whether a reload removed server `id`.
+    pub fn removed(&self, id: u16) -> bool {
+        self.servers.get(usize::from(id)).is_some_and(|s| s.removed)
+    }
+
     /// A server's (ip, port, service).
     pub fn server_addr(&self, id: u16) -> Option<(u32, u16, u16)> {
         self.servers.get(usize::from(id)).map(|s| (s.ip, s.port, s.service))
@@ -355,6 +372,11 @@ impl Routing {
         let s = self.services.get(service)?;
         let m = s.maglev.as_ref()?;
         Some(s.servers[m.lookup(key.hash(0))])
+    }
+
+    /// Whether next hop `i` serves a server that is not removed.
+    pub fn neighbor_in_use(&self, i: usize) -> bool {
+        self.neighbor_in_use.get(i).copied().unwrap_or(false)
     }
 
     /// The next hops.
