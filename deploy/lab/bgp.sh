@@ -6,7 +6,7 @@
 #
 #   lab_up bgp                  build it (then start the appliances and BIRD)
 #   lab_bgp_config N FILE       appliance N's ringlb config (1-2)
-#   lab_bgp_start_appliance N   ringlb in lbN; log LAB_DIR/lbN.log, status LAB_DIR/lbN.json
+#   lab_start_appliance N       ringlb in lbN (trunk.sh's, with this config); log LAB_DIR/lbN.log
 #   lab_bgp_start_bird NAME     BIRD in namespace NAME (r, lb1, lb2); its socket LAB_DIR/bird-NAME.ctl
 #
 # Topology (addresses exist only in these namespaces):
@@ -26,6 +26,8 @@
 lab_bgp_mac() { echo "02:00:00:00:0$1:0$(($2 + 1))"; }
 
 lab_up_bgp() {
+  # shellcheck disable=SC2034  # read by trunk.sh (lab_start_appliance)
+  LAB_KIND=bgp
   local sw r c; sw=$(lab_ns sw); r=$(lab_ns r); c=$(lab_ns c)
   lab_host_ns "$sw"
   ip -n "$sw" link add br1 type bridge forward_delay 0 stp_state 0
@@ -92,17 +94,6 @@ bird:
   vips_file: $LAB_DIR/lb$n-vips.conf
   socket: $LAB_DIR/bird-lb$n.ctl
 EOF
-}
-
-lab_bgp_start_appliance() {
-  local n=$1; shift
-  lab_bgp_config "$n" "$LAB_DIR/lb$n.yaml"
-  rm -f "$LAB_DIR/lb$n.json"
-  ip netns exec "$(lab_ns "lb$n")" "$RINGLB" run -c "$LAB_DIR/lb$n.yaml" --stats-interval 1 \
-    --status-file "$LAB_DIR/lb$n.json" --control-socket "$LAB_DIR/lb$n.sock" "$@" >> "$LAB_DIR/lb$n.log" 2>&1 &
-  # shellcheck disable=SC2034  # declared and read by trunk.sh (lab_stop_appliance)
-  APPLIANCE_PID[$n]=$!
-  LAB_PIDS+=($!)
 }
 
 # lab_bgp_start_bird NAME: BIRD in namespace NAME (r: the router; lbN:

@@ -146,11 +146,11 @@ lab_trunk_config() {
 # lab_start_appliance N [ARGS...]: ringlb in lbN (its log and status file in LAB_DIR).
 lab_start_appliance() {
   local n=$1; shift
-  if [ "${LAB_KIND:-trunk}" = failover ]; then
-    lab_failover_config "$n" "$LAB_DIR/lb$n.yaml"
-  else
-    lab_trunk_config "$n" "$LAB_DIR/lb$n.yaml"
-  fi
+  case ${LAB_KIND:-trunk} in
+    failover) lab_failover_config "$n" "$LAB_DIR/lb$n.yaml" ;;
+    bgp) lab_bgp_config "$n" "$LAB_DIR/lb$n.yaml" ;;
+    *) lab_trunk_config "$n" "$LAB_DIR/lb$n.yaml" ;;
+  esac
   rm -f "$LAB_DIR/lb$n.json"
   ip netns exec "$(lab_ns "lb$n")" "$RINGLB" run -c "$LAB_DIR/lb$n.yaml" --stats-interval 1 \
     --status-file "$LAB_DIR/lb$n.json" --control-socket "$LAB_DIR/lb$n.sock" "$@" >> "$LAB_DIR/lb$n.log" 2>&1 &

@@ -54,8 +54,8 @@ created() { jq -r '.sessions.created' "$LAB_DIR/lb$1.json" 2>/dev/null || echo 0
 
 lab_hugepages
 lab_up bgp
-lab_bgp_start_appliance 1
-lab_bgp_start_appliance 2
+lab_start_appliance 1
+lab_start_appliance 2
 for n in 1 2; do
   for _ in $(seq 100); do [ -f "$LAB_DIR/lb$n-vips.conf" ] && break; sleep 0.1; done
   [ -f "$LAB_DIR/lb$n-vips.conf" ] || fail "appliance $n did not write its VIP file"
@@ -118,7 +118,7 @@ say "lb2 created $((after - before)) sessions for them"
 
 # lb1 back: announced again. Then lb2 crashes (kill -9): nothing withdraws
 # its route but BGP's hold time (its tap, and so its BGP session, go with it).
-lab_bgp_start_appliance 1
+lab_start_appliance 1
 for _ in $(seq 200); do [ "$(next_hops)" = "198.18.2.1 198.18.3.1" ] && break; sleep 0.1; done
 [ "$(next_hops)" = "198.18.2.1 198.18.3.1" ] || fail "lb1 restarted but is not announced again: '$(next_hops)'"
 say "lb1 restarted: announced again, next hops $(next_hops)"
